@@ -1,0 +1,127 @@
+//! The `zarrgate` command: a thin layer that parses arguments into options and calls the
+//! indexer (and, later, the gateway). Tree indexing runs each file in a child process of this
+//! same binary (see [`isolate`]).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+mod isolate;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use zarrgate_indexer::tree::{index_tree, FileIndexer, Outcome, Progress, TreeOptions};
+use zarrgate_indexer::{index_file, IndexOptions};
+
+#[derive(Parser)]
+#[command(name = "zarrgate", version, about = "Serve NetCDF/HDF5 archives as Zarr over S3, without copying a byte")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write Kerchunk references for a file (`-o OUT.json`) or a directory tree (`--out CATALOG_DIR`).
+    Index {
+        /// A NetCDF-3, NetCDF-4 or HDF5 file, or a directory to index recursively.
+        path: PathBuf,
+        /// Output JSON for a single file (default: standard output).
+        #[arg(short = 'o', long = "output", conflicts_with = "out")]
+        output: Option<PathBuf>,
+        /// Catalog directory for a tree.
+        #[arg(long = "out")]
+        out: Option<PathBuf>,
+        /// Write chunk URLs as this prefix plus the file's relative path (e.g. `s3://bucket/data/`).
+        #[arg(long)]
+        url_prefix: Option<String>,
+        /// Re-index every file, even unchanged ones.
+        #[arg(long)]
+        force: bool,
+        /// Files indexed at once (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Give up on a file after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        file_timeout: u64,
+        /// The exact chunk URL for a single file (used by tree workers).
+        #[arg(long, hide = true, conflicts_with = "url_prefix")]
+        url: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zarrgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Index { path, output, out, url_prefix, force, jobs, file_timeout, url } => {
+            if path.is_dir() {
+                let Some(out) = out else { bail!("indexing a directory needs --out CATALOG_DIR") };
+                let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                let worker = isolate::Isolated::new(Duration::from_secs(file_timeout))?;
+                index_dir(&path, &out, TreeOptions { url_prefix, force, jobs }, &worker)
+            } else {
+                if out.is_some() {
+                    bail!("--out is for directories; use -o OUT.json for a single file");
+                }
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let url = url.or_else(|| url_prefix.map(|p| format!("{}/{name}", p.trim_end_matches('/'))));
+                index_single(&path, output.as_deref(), url)
+            }
+        }
+    }
+}
+
+fn index_single(path: &Path, output: Option<&Path>, url: Option<String>) -> anyhow::Result<ExitCode> {
+    let set = index_file(path, &IndexOptions { url }).map_err(|e| anyhow::anyhow!(zarrgate_indexer::tree::error_chain(&e)))?;
+    let bytes = set.to_json_bytes();
+    match output {
+        Some(o) if o != Path::new("-") => std::fs::write(o, &bytes).with_context(|| format!("cannot write {}", o.display()))?,
+        _ => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&bytes)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Bar(indicatif::ProgressBar);
+
+impl Progress for Bar {
+    fn start(&mut self, total: usize) {
+        self.0.set_length(total as u64);
+    }
+    fn file(&mut self, rel: &str, outcome: Outcome) {
+        self.0.set_message(rel.to_string());
+        if let Outcome::Indexed(zarrgate_core::catalog::EntryStatus::Failed) = outcome {
+            self.0.println(format!("failed: {rel}"));
+        }
+        self.0.inc(1);
+    }
+}
+
+fn index_dir(root: &Path, out: &Path, options: TreeOptions, worker: &dyn FileIndexer) -> anyhow::Result<ExitCode> {
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed} {wide_msg}").expect("valid template"),
+    );
+    let mut progress = Bar(bar);
+    let summary = index_tree(root, out, &options, worker, &mut progress)?;
+    progress.0.finish_and_clear();
+    eprintln!(
+        "indexed {} ok, {} partial (see reports), {} failed; {} unchanged skipped; {} removed",
+        summary.ok, summary.partial, summary.failed, summary.skipped, summary.removed
+    );
+    if summary.failed > 0 {
+        eprintln!("some files failed: see {}/reports", out.display());
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

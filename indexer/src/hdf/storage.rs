@@ -1,0 +1,159 @@
+//! Where a variable's bytes are in an HDF5 file: layout, filter pipeline, fill value and the
+//! stored chunks (listed with `H5Dchunk_iter`, which is linear in the number of chunks).
+
+use hdf5::dataset::Layout;
+use hdf5::datatype::ByteOrder;
+use hdf5::filters::Filter;
+use zarrgate_core::report::Hdf5Filter;
+use zarrgate_core::zarr::Endian;
+
+/// A chunk as stored: its grid position, byte range and per-chunk filter mask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredChunk {
+    pub index: Vec<u64>,
+    pub offset: u64,
+    pub length: u64,
+    pub filter_mask: u32,
+}
+
+#[derive(Clone, Debug)]
+pub enum StorageLayout {
+    Chunked { chunk: Vec<u64>, stored: Vec<StoredChunk> },
+    /// `offset` is `None` when the data was never written.
+    Contiguous { offset: Option<u64>, length: u64 },
+    /// Data kept in the object header: the raw bytes, in file byte order.
+    Compact { data: Vec<u8> },
+    Virtual,
+}
+
+#[derive(Clone, Debug)]
+pub struct Storage {
+    /// HDF5 extent, which can be shorter than the netCDF shape along unlimited dimensions.
+    pub extent: Vec<u64>,
+    pub byte_order: Endian,
+    pub layout: StorageLayout,
+    pub filters: Vec<Hdf5Filter>,
+    /// The fill value HDF5 returns for unwritten elements, as raw native-order bytes (`None`
+    /// for types where it is not a number).
+    pub fill: Option<Vec<u8>>,
+}
+
+/// Finds the HDF5 dataset behind a netCDF variable. netCDF-C stores a variable that has the
+/// name of a dimension but is not its coordinate as `_nc4_non_coord_{name}`.
+pub fn find(file: &hdf5::File, group: &str, name: &str) -> Option<hdf5::Dataset> {
+    let base = if group.is_empty() { String::from("/") } else { format!("/{group}/") };
+    [format!("{base}_nc4_non_coord_{name}"), format!("{base}{name}")]
+        .iter()
+        .find_map(|p| file.dataset(p).ok())
+}
+
+pub fn describe(ds: &hdf5::Dataset, numeric: bool) -> hdf5::Result<Storage> {
+    let dtype = ds.dtype()?;
+    let byte_order = match dtype.byte_order() {
+        ByteOrder::BigEndian => Endian::Big,
+        ByteOrder::LittleEndian => Endian::Little,
+        _ => Endian::NotApplicable,
+    };
+    let extent: Vec<u64> = ds.shape().iter().map(|&n| n as u64).collect();
+    let layout = match ds.layout() {
+        Layout::Chunked => chunked(ds)?,
+        Layout::Contiguous => StorageLayout::Contiguous { offset: ds.offset(), length: ds.storage_size() },
+        Layout::Compact => StorageLayout::Compact { data: read_raw(ds, dtype.size())? },
+        Layout::Virtual => StorageLayout::Virtual,
+    };
+    let fill = if numeric { fill_bytes(ds)? } else { None };
+    Ok(Storage { extent, byte_order, layout, filters: ds.filters().iter().map(filter_info).collect(), fill })
+}
+
+fn chunked(ds: &hdf5::Dataset) -> hdf5::Result<StorageLayout> {
+    let chunk: Vec<u64> = ds.chunk().unwrap_or_default().iter().map(|&n| n as u64).collect();
+    let mut stored = Vec::new();
+    ds.chunks_visit(|info| {
+        let index = info.offset.iter().zip(&chunk).map(|(&o, &c)| o / c.max(1)).collect();
+        stored.push(StoredChunk { index, offset: info.addr, length: info.size, filter_mask: info.filter_mask });
+        0
+    })?;
+    Ok(StorageLayout::Chunked { chunk, stored })
+}
+
+/// Reads a (compact) dataset's elements without conversion, in file byte order.
+fn read_raw(ds: &hdf5::Dataset, elem_size: usize) -> hdf5::Result<Vec<u8>> {
+    let mut buf = vec![0u8; ds.size() * elem_size];
+    let _guard = hdf5_sys::LOCK.lock();
+    // SAFETY: the buffer holds every element of the dataset in its own file type, and the type
+    // id is closed after use.
+    let status = unsafe {
+        let tid = hdf5_sys::h5d::H5Dget_type(ds.id());
+        let s = hdf5_sys::h5d::H5Dread(
+            ds.id(),
+            tid,
+            hdf5_sys::h5s::H5S_ALL,
+            hdf5_sys::h5s::H5S_ALL,
+            hdf5_sys::h5p::H5P_DEFAULT,
+            buf.as_mut_ptr().cast(),
+        );
+        hdf5_sys::h5t::H5Tclose(tid);
+        s
+    };
+    if status < 0 {
+        return Err("H5Dread of compact data failed".into());
+    }
+    Ok(buf)
+}
+
+/// The fill value HDF5 writes into unwritten elements, in native byte order; zeros when the
+/// library default applies.
+fn fill_bytes(ds: &hdf5::Dataset) -> hdf5::Result<Option<Vec<u8>>> {
+    let dcpl = ds.dcpl()?;
+    let size = ds.dtype()?.size();
+    let _guard = hdf5_sys::LOCK.lock();
+    let mut buf = vec![0u8; size];
+    // SAFETY: the native type has the same size as the file type for numeric types, so `buf`
+    // is large enough; the type ids are closed after use.
+    let status = unsafe {
+        let file_type = hdf5_sys::h5d::H5Dget_type(ds.id());
+        let native = hdf5_sys::h5t::H5Tget_native_type(file_type, hdf5_sys::h5t::H5T_direction_t::H5T_DIR_DEFAULT);
+        let s = hdf5_sys::h5p::H5Pget_fill_value(dcpl.id(), native, buf.as_mut_ptr().cast());
+        hdf5_sys::h5t::H5Tclose(native);
+        hdf5_sys::h5t::H5Tclose(file_type);
+        s
+    };
+    Ok((status >= 0).then_some(buf))
+}
+
+fn filter_info(f: &Filter) -> Hdf5Filter {
+    let (id, cd_values): (i32, Vec<u32>) = match f {
+        Filter::Deflate(level) => (1, vec![u32::from(*level)]),
+        Filter::Shuffle => (2, vec![]),
+        Filter::Fletcher32 => (3, vec![]),
+        Filter::SZip(coding, ppb) => (4, vec![*coding as u32, u32::from(*ppb)]),
+        Filter::NBit => (5, vec![]),
+        Filter::ScaleOffset(_) => (6, vec![]),
+        Filter::User(id, cd) => (*id, cd.clone()),
+    };
+    Hdf5Filter { id, name: filter_name(id).to_string(), cd_values }
+}
+
+/// Names of registered HDF5 filter ids (the HDF Group's registry).
+pub fn filter_name(id: i32) -> &'static str {
+    match id {
+        1 => "deflate",
+        2 => "shuffle",
+        3 => "fletcher32",
+        4 => "szip",
+        5 => "nbit",
+        6 => "scaleoffset",
+        307 => "bzip2",
+        32000 => "lzf",
+        32001 => "blosc",
+        32004 => "lz4",
+        32008 => "bitshuffle",
+        32013 => "zfp",
+        32015 => "zstd",
+        32017 => "sz",
+        32019 => "jpeg",
+        32024 => "sz3",
+        32026 => "blosc2",
+        _ => "unknown",
+    }
+}

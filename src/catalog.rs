@@ -1,0 +1,163 @@
+//! The catalog of an indexed tree: which files were indexed, their fingerprints, and where
+//! their reference sets and reports are.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Serialize};
+
+/// What identifies one version of a source file. A change in either field means the file must
+/// be indexed again and its old references must not be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch (negative before it).
+    pub mtime_ns: i64,
+}
+
+impl Fingerprint {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .map(|t| match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => d.as_nanos() as i64,
+                Err(e) => -(e.duration().as_nanos() as i64),
+            })
+            .unwrap_or(0);
+        Fingerprint { size: meta.len(), mtime_ns }
+    }
+
+    pub fn of_path(path: &Path) -> std::io::Result<Self> {
+        Ok(Self::of(&std::fs::metadata(path)?))
+    }
+}
+
+/// Outcome of indexing one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryStatus {
+    /// Every variable is referenced or inlined.
+    Ok,
+    /// Indexed, but some variables need the gateway (transcode) or were refused.
+    Partial,
+    /// The file could not be indexed; `error` says why.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    pub fingerprint: Fingerprint,
+    pub status: EntryStatus,
+    /// Reference JSON, relative to the catalog directory (absent when indexing failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refs: Option<String>,
+    /// Per-file report, relative to the catalog directory.
+    pub report: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `catalog.json` of a catalog directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub version: u32,
+    /// The indexed tree; dataset ids are paths relative to it.
+    pub root: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_prefix: Option<String>,
+    pub datasets: BTreeMap<String, CatalogEntry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read catalog {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("catalog {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub const CATALOG_FILE: &str = "catalog.json";
+
+impl Catalog {
+    pub fn new(root: PathBuf, url_prefix: Option<String>) -> Self {
+        Catalog { version: 1, root, url_prefix, datasets: BTreeMap::new() }
+    }
+
+    /// Loads `dir/catalog.json`, or `None` if there is none yet.
+    pub fn load(dir: &Path) -> Result<Option<Self>, CatalogError> {
+        let path = dir.join(CATALOG_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(CatalogError::Read { path, source }),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|source| CatalogError::Parse { path, source })
+    }
+
+    /// Writes `dir/catalog.json` atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), CatalogError> {
+        let bytes = serde_json::to_vec_pretty(self).expect("catalog serializes");
+        write_atomic(&dir.join(CATALOG_FILE), &bytes)
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so readers
+/// never see a partial file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CatalogError> {
+    let err = |source| CatalogError::Write { path: path.to_path_buf(), source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Catalog::load(dir.path()).unwrap().is_none());
+        let mut cat = Catalog::new("/data".into(), Some("s3://b/".into()));
+        cat.datasets.insert(
+            "a/b.nc".into(),
+            CatalogEntry {
+                fingerprint: Fingerprint { size: 10, mtime_ns: -5 },
+                status: EntryStatus::Partial,
+                refs: Some("refs/a/b.nc.json".into()),
+                report: "reports/a/b.nc.json".into(),
+                error: None,
+            },
+        );
+        cat.save(dir.path()).unwrap();
+        assert_eq!(Catalog::load(dir.path()).unwrap().unwrap(), cat);
+    }
+
+    #[test]
+    fn corrupt_catalog_is_a_parse_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CATALOG_FILE), b"{not json").unwrap();
+        assert!(matches!(Catalog::load(dir.path()), Err(CatalogError::Parse { .. })));
+    }
+}

@@ -1,0 +1,917 @@
+"""End-to-end fidelity oracle for zarrgate reference files.
+
+The oracle is ``xr.open_dataset(original_file)``: a Kerchunk v1 reference JSON
+produced by ``zarrgate index`` is correct when xarray, reading it through
+fsspec's ``reference://`` filesystem and the zarr engine, yields the *same*
+dataset as xarray reading the original file with its default engine, for every
+group, both with ``decode_cf=False`` (raw stored values and attributes) and
+``decode_cf=True`` (masked, scaled, time-decoded values).
+
+Every difference is a failure except exactly three allowed kinds, which are
+counted (each distinct instance once, however many modes it shows up in):
+
+``attr_type``
+    an attribute whose value is numerically equal but whose numpy storage type
+    differs (float32 vs python float/float64, int16 vs int64, a 1-element array
+    vs a scalar).  JSON cannot carry attribute storage types.
+``packed_float64``
+    a packed variable (``scale_factor``/``add_offset``) that decodes to float64
+    through the refs but to float32 from the original, with values equal within
+    float32 precision after casting (a consequence of ``attr_type`` on the
+    packing attributes: xarray picks the decoded float width from their type).
+``transcode``
+    a variable that the JSON's top-level ``zarrgate.variables`` block lists with
+    ``"status": "transcode"``: intentionally absent from the refs, present in
+    the original.
+
+Library entry points: :func:`list_groups`, :func:`open_original`,
+:func:`readable`, :func:`open_refs`, :func:`compare` and :class:`FileResult`.
+:func:`run_isolated` runs any of them in a forked child process, because
+netCDF-C aborts or segfaults on some plain-HDF5 files and a crash must not take
+the test session down with it.
+
+Run ``python fidelity.py ORIGINAL REFS.json`` to compare one pair by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import resource
+import traceback
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import xarray as xr
+
+EXCEPTION_KINDS = ("attr_type", "packed_float64", "transcode")
+
+#: statuses that may appear in the ``zarrgate.variables`` block
+KNOWN_STATUSES = ("referenced", "inlined", "transcode", "refused")
+
+#: how many differing elements a value-mismatch message shows
+_MAX_SHOWN = 3
+
+
+# --------------------------------------------------------------------------
+# Result type
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class FileResult:
+    path: str
+    ok: bool = True
+    exceptions: Counter = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    #: one human-readable line per counted exception (for reports)
+    exception_details: list[str] = field(default_factory=list)
+    #: observations that are neither failures nor counted exceptions
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["exceptions"] = {k: self.exceptions.get(k, 0) for k in EXCEPTION_KINDS}
+        return d
+
+    def summary(self, limit: int = 40) -> str:
+        lines = [f"{self.path}: {len(self.failures)} failure(s)"]
+        lines += ["  - " + f for f in self.failures[:limit]]
+        if len(self.failures) > limit:
+            lines.append(f"  ... and {len(self.failures) - limit} more")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Opening files
+# --------------------------------------------------------------------------
+
+
+def _join(group: str, name: str) -> str:
+    group = _norm_group(group)
+    return f"{group}/{name}" if group else name
+
+
+def _norm_group(group: str | None) -> str:
+    return (group or "").strip("/")
+
+
+def _group_label(group: str) -> str:
+    return "/" + _norm_group(group)
+
+
+def list_groups(path: str | os.PathLike) -> list[str]:
+    """All group paths in *path*: ``""`` for the root, then ``"a"``, ``"a/b"``...
+
+    Uses netCDF4; falls back to h5py for plain HDF5 that netCDF4 cannot open
+    (such a file is not :func:`readable`).  Raises if neither can open it.
+    """
+    path = os.fspath(path)
+    try:
+        import netCDF4
+
+        out = [""]
+        with netCDF4.Dataset(path) as ds:
+
+            def walk(grp: Any, prefix: str) -> None:
+                for name, sub in grp.groups.items():
+                    p = f"{prefix}/{name}" if prefix else name
+                    out.append(p)
+                    walk(sub, p)
+
+            walk(ds, "")
+        return out
+    except Exception as nc_err:  # noqa: BLE001 - fall back to h5py
+        try:
+            import h5py
+        except ImportError:  # pragma: no cover
+            raise nc_err
+        try:
+            with h5py.File(path, "r") as f:
+                names: list[str] = []
+
+                def visit(name: str, obj: Any) -> None:
+                    if isinstance(obj, h5py.Group):
+                        names.append(name)
+
+                f.visititems(visit)
+            return [""] + sorted(names)
+        except Exception:
+            raise nc_err from None
+
+
+def open_original(path: str | os.PathLike, group: str | None, decode_cf: bool) -> xr.Dataset:
+    return xr.open_dataset(os.fspath(path), group=_norm_group(group) or None, decode_cf=decode_cf)
+
+
+def readable(path: str | os.PathLike) -> bool:
+    """True if every group of *path* opens and ``.load()``s with the default engine."""
+    return probe(path)["readable"]
+
+
+def probe(path: str | os.PathLike) -> dict:
+    """Like :func:`readable`, with the groups found and the reason when not."""
+    path = os.fspath(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            groups = list_groups(path)
+        except Exception as e:  # noqa: BLE001
+            return {"readable": False, "groups": [], "reason": f"list_groups: {_exc(e)}"}
+        for g in groups:
+            try:
+                with xr.open_dataset(path, group=g or None) as ds:
+                    ds.load()
+            except Exception as e:  # noqa: BLE001
+                return {
+                    "readable": False,
+                    "groups": groups,
+                    "reason": f"group {_group_label(g)}: {_exc(e)}",
+                }
+    return {"readable": True, "groups": groups, "reason": None}
+
+
+def open_refs(json_path: str | os.PathLike, group: str | None, decode_cf: bool) -> xr.Dataset:
+    return xr.open_dataset(
+        "reference://",
+        engine="zarr",
+        group=_norm_group(group) or None,
+        decode_cf=decode_cf,
+        backend_kwargs={
+            "consolidated": False,
+            # skip_instance_cache: the same JSON path may be rewritten between
+            # calls (e.g. in the harness self-tests); never reuse a stale FS.
+            "storage_options": {"fo": os.fspath(json_path), "skip_instance_cache": True},
+        },
+    )
+
+
+def _exc(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
+
+
+# --------------------------------------------------------------------------
+# Value comparison helpers
+# --------------------------------------------------------------------------
+
+
+def _native(dt: np.dtype) -> np.dtype:
+    """dtype with byte order made native (byte order is an encoding detail)."""
+    if dt.fields is not None:
+        return dt  # structured: leave as is (compared field-wise)
+    if dt.kind in "biufcmMSUV":
+        return dt.newbyteorder("=")
+    return dt
+
+
+def _is_stringish_dtype(dt: np.dtype) -> bool:
+    # object (str) arrays, numpy StringDType and fixed-width unicode all hold
+    # Python str values; netCDF4 gives '<U..' or object for vlen strings and
+    # zarr gives StringDType.  Their *values* are compared element-wise.
+    return dt.kind in ("O", "T", "U")
+
+
+def dtypes_equivalent(a: np.dtype, b: np.dtype) -> bool:
+    """Same dtype up to byte order; unicode/object/StringDType are equivalent."""
+    if _is_stringish_dtype(a) and _is_stringish_dtype(b):
+        return True
+    if a.fields is not None or b.fields is not None:
+        if a.fields is None or b.fields is None or a.names != b.names:
+            return False
+        return all(dtypes_equivalent(a.fields[n][0], b.fields[n][0]) for n in a.names)
+    return _native(a) == _native(b)
+
+
+def _is_null(x: Any) -> bool:
+    if x is None:
+        return True
+    if isinstance(x, (float, np.floating)) and math.isnan(x):
+        return True
+    if isinstance(x, np.datetime64) or isinstance(x, np.timedelta64):
+        return bool(np.isnat(x))
+    return False
+
+
+def py_equal(a: Any, b: Any) -> bool:
+    """Equality of two Python/numpy scalar-or-array values, NaN == NaN."""
+    na, nb = _is_null(a), _is_null(b)
+    if na or nb:
+        if not (na and nb):
+            return False
+        # None vs None, NaN vs NaN (any float type), NaT vs NaT
+        return type(a) is type(b) or (_num_like(a) and _num_like(b))
+    if isinstance(a, (str, bytes)) or isinstance(b, (str, bytes)):
+        # str vs bytes is a real difference, even when the text is the same
+        if isinstance(a, str) and isinstance(b, str):
+            return str(a) == str(b)
+        if isinstance(a, bytes) and isinstance(b, bytes):
+            return bytes(a) == bytes(b)
+        return False
+    if isinstance(a, (np.ndarray, list, tuple)) or isinstance(b, (np.ndarray, list, tuple)):
+        ok, _ = values_equal(np.asarray(a), np.asarray(b))
+        return ok and np.shape(a) == np.shape(b)
+    if _num_like(a) and _num_like(b):
+        return bool(a == b)
+    # cftime and other objects: equal value and same calendar / class
+    try:
+        if type(a).__name__ != type(b).__name__:
+            return False
+        if getattr(a, "calendar", None) != getattr(b, "calendar", None):
+            return False
+        return bool(a == b)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _num_like(x: Any) -> bool:
+    return isinstance(x, (int, float, complex, np.number, np.bool_, bool))
+
+
+def _to_object(arr: np.ndarray) -> np.ndarray:
+    out = np.empty(arr.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, v in enumerate(arr.reshape(-1).tolist() if arr.dtype.kind == "T" else arr.reshape(-1)):
+        flat[i] = v
+    return out
+
+
+def values_equal(a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
+    """Exact value equality (NaN == NaN, NaT == NaT); returns (ok, detail)."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.shape != b.shape:
+        return False, f"shape {a.shape} != {b.shape}"
+    if a.size == 0:
+        return True, ""
+    ka, kb = a.dtype.kind, b.dtype.kind
+    if a.dtype.fields is not None or b.dtype.fields is not None:
+        if a.dtype.fields is None or b.dtype.fields is None or a.dtype.names != b.dtype.names:
+            return False, f"structured fields {a.dtype.names} != {b.dtype.names}"
+        for name in a.dtype.names:
+            ok, detail = values_equal(a[name], b[name])
+            if not ok:
+                return False, f"field {name!r}: {detail}"
+        return True, ""
+    if ka in "mM" or kb in "mM":
+        if ka != kb:
+            return False, f"kind {ka} vs {kb}"
+        unit = np.result_type(a.dtype, b.dtype)
+        ai = a.astype(unit).view("i8")
+        bi = b.astype(unit).view("i8")
+        return _report(ai == bi, a, b)
+    if ka in "biufc" and kb in "biufc":
+        if ka in "fc" or kb in "fc":
+            both_nan = _isnan(a) & _isnan(b)
+            with np.errstate(invalid="ignore"):
+                eq = (a == b) | both_nan
+        else:
+            eq = a == b
+        return _report(np.asarray(eq), a, b)
+    if ka in "SU" and kb == ka:
+        return _report(a == b, a, b)
+    if ka in "OTSU" and kb in "OTSU":
+        ao = a if ka == "O" else _to_object(a)
+        bo = b if kb == "O" else _to_object(b)
+        eq = np.fromiter(
+            (py_equal(x, y) for x, y in zip(ao.reshape(-1), bo.reshape(-1))),
+            dtype=bool,
+            count=a.size,
+        ).reshape(a.shape)
+        return _report(eq, a, b)
+    return False, f"incomparable kinds {a.dtype} vs {b.dtype}"
+
+
+def _isnan(x: np.ndarray) -> np.ndarray:
+    if x.dtype.kind in "fc":
+        return np.isnan(x)
+    return np.zeros(x.shape, dtype=bool)
+
+
+def _report(eq: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
+    eq = np.asarray(eq, dtype=bool)
+    if eq.all():
+        return True, ""
+    bad = np.argwhere(~eq) if eq.ndim else np.zeros((1, 0), dtype=int)
+    shown = []
+    for idx in bad[:_MAX_SHOWN]:
+        t = tuple(int(i) for i in idx)
+        shown.append(f"{list(t)}: original={_short(a[t])} refs={_short(b[t])}")
+    n = int((~eq).sum())
+    extra = ""
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+        na, nb = _isnan(a), _isnan(b)
+        if not np.array_equal(na, nb):
+            extra = (
+                f"; NaN/mask positions differ (original {int(na.sum())} NaN,"
+                f" refs {int(nb.sum())} NaN, {int((na != nb).sum())} positions differ)"
+            )
+    return False, f"{n}/{eq.size} elements differ{extra}; e.g. " + "; ".join(shown)
+
+
+def _short(x: Any, n: int = 80) -> str:
+    s = repr(x.item() if isinstance(x, np.ndarray) and x.ndim == 0 else x)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _attr_array(v: Any) -> np.ndarray | None:
+    """Normalise an attribute value to a numpy array, None if not possible."""
+    try:
+        if isinstance(v, (list, tuple)):
+            arr = np.asarray(v)
+            if arr.dtype.kind == "O":
+                return None
+            return arr
+        return np.asarray(v)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def compare_attr(orig: Any, refs: Any) -> tuple[str, str]:
+    """Classify one attribute pair: ("equal"|"attr_type"|"differ", detail)."""
+    # Text: must be the same Python type and value.
+    o_txt = isinstance(orig, (str, bytes))
+    r_txt = isinstance(refs, (str, bytes))
+    if o_txt or r_txt:
+        if o_txt and r_txt and type(orig) is type(refs) and orig == refs:
+            return "equal", ""
+        if o_txt and r_txt and type(orig) is type(refs):
+            return "differ", "text differs"
+        return "differ", "type differs"
+    oa, ra = _attr_array(orig), _attr_array(refs)
+    if oa is None or ra is None:
+        return ("equal", "") if py_equal(orig, refs) else ("differ", "value differs")
+    ok_kind = "biufc"
+    if oa.dtype.kind in "SUO" or ra.dtype.kind in "SUO":
+        # arrays of strings (NC_STRING attributes) etc.
+        if oa.dtype.kind != ra.dtype.kind:
+            return "differ", f"kind {oa.dtype} vs {ra.dtype}"
+        ok, _ = values_equal(oa.reshape(-1), ra.reshape(-1)) if oa.size == ra.size else (False, "")
+        if not ok:
+            return "differ", "value differs"
+        return ("equal", "") if oa.shape == ra.shape else ("attr_type", "shape differs")
+    if oa.dtype.kind not in ok_kind or ra.dtype.kind not in ok_kind:
+        return "differ", f"incomparable {oa.dtype} vs {ra.dtype}"
+    if oa.size != ra.size:
+        return "differ", f"length {oa.size} vs {ra.size}"
+    ok, _ = values_equal(oa.reshape(-1), ra.reshape(-1))
+    if not ok:
+        return "differ", "value differs"
+    if _native(oa.dtype) == _native(ra.dtype) and oa.shape == ra.shape:
+        return "equal", ""
+    what = []
+    if _native(oa.dtype) != _native(ra.dtype):
+        what.append(f"{oa.dtype} vs {ra.dtype}")
+    if oa.shape != ra.shape:
+        what.append(f"shape {oa.shape} vs {ra.shape}")
+    return "attr_type", ", ".join(what)
+
+
+def _fmt_attr(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        s = f"array({v.tolist()!r}, dtype={v.dtype})"
+    elif isinstance(v, np.generic):
+        s = f"{type(v).__name__}({v.item()!r})"
+    else:
+        s = f"{type(v).__name__}({v!r})"
+    return s if len(s) <= 160 else s[:157] + "..."
+
+
+# --------------------------------------------------------------------------
+# Refs JSON inspection
+# --------------------------------------------------------------------------
+
+
+def load_refs_json(json_path: str | os.PathLike) -> dict:
+    with open(json_path, "rb") as f:
+        return json.loads(f.read())
+
+
+def refs_groups(doc: dict) -> set[str]:
+    refs = doc.get("refs", {}) if doc.get("version") == 1 else doc
+    out = set()
+    for key in refs:
+        if key == ".zgroup":
+            out.add("")
+        elif key.endswith("/.zgroup"):
+            out.add(key[: -len("/.zgroup")])
+    return out
+
+
+def zarrgate_variables(doc: dict) -> dict[str, dict]:
+    meta = doc.get("zarrgate")
+    if not isinstance(meta, dict):
+        return {}
+    v = meta.get("variables")
+    return v if isinstance(v, dict) else {}
+
+
+def _check_refs_structure(doc: Any, res: "_Collector") -> None:
+    if not isinstance(doc, dict):
+        res.fail("refs JSON: top level is not an object")
+        return
+    if doc.get("version") != 1 or not isinstance(doc.get("refs"), dict):
+        res.fail(f"refs JSON: expected {{'version': 1, 'refs': {{...}}}}, got keys {sorted(doc)[:8]}")
+        return
+    templates = doc.get("templates") or {}
+    if not isinstance(templates, dict):
+        res.fail("refs JSON: 'templates' is not an object")
+        templates = {}
+    bad: list[str] = []
+    sizes: dict[str, int | None] = {}
+    for key, val in doc["refs"].items():
+        if isinstance(val, (str, dict)):
+            continue  # inline data / metadata
+        if not isinstance(val, list) or len(val) not in (1, 3):
+            bad.append(f"{key}: malformed ref {val!r:.80}")
+            continue
+        url = val[0]
+        if not isinstance(url, str):
+            bad.append(f"{key}: url is not a string")
+            continue
+        for name, tv in templates.items():
+            url = url.replace("{{" + name + "}}", str(tv))
+        local = url[len("file://"):] if url.startswith("file://") else url
+        if "://" in local or not os.path.isabs(local):
+            bad.append(f"{key}: url {url!r} is not an absolute local path")
+            continue
+        if local not in sizes:
+            sizes[local] = os.path.getsize(local) if os.path.isfile(local) else None
+        if sizes[local] is None:
+            bad.append(f"{key}: {local} does not exist")
+            continue
+        if len(val) == 3:
+            off, length = val[1], val[2]
+            if not (isinstance(off, int) and isinstance(length, int) and off >= 0 and length >= 0):
+                bad.append(f"{key}: bad offset/length {off!r}/{length!r}")
+            elif off + length > sizes[local]:
+                bad.append(f"{key}: range {off}+{length} past end of {local} ({sizes[local]} bytes)")
+    if bad:
+        res.fail(f"refs JSON: {len(bad)} bad chunk reference(s): " + "; ".join(bad[:3]))
+    zg = doc.get("zarrgate")
+    if zg is not None:
+        if not isinstance(zg, dict) or not isinstance(zg.get("variables", {}), dict):
+            res.fail("refs JSON: 'zarrgate' block is malformed")
+            return
+        for vpath, info in zg.get("variables", {}).items():
+            status = info.get("status") if isinstance(info, dict) else None
+            if status not in KNOWN_STATUSES:
+                res.fail(f"refs JSON: zarrgate.variables[{vpath!r}] has unknown status {status!r}")
+
+
+# --------------------------------------------------------------------------
+# The comparison
+# --------------------------------------------------------------------------
+
+
+class _Collector:
+    def __init__(self, path: str) -> None:
+        self.result = FileResult(path=path)
+        self._seen: set = set()
+
+    def fail(self, msg: str, key: tuple | None = None) -> None:
+        """Record a failure; with *key*, only the first of equal keys is kept."""
+        if key is not None:
+            if ("fail", key) in self._seen:
+                return
+            self._seen.add(("fail", key))
+        self.result.failures.append(msg)
+
+    def allow(self, kind: str, key: tuple, msg: str) -> None:
+        assert kind in EXCEPTION_KINDS, kind
+        if (kind, key) in self._seen:
+            return
+        self._seen.add((kind, key))
+        self.result.exceptions[kind] += 1
+        self.result.exception_details.append(f"[{kind}] {msg}")
+
+    def note(self, msg: str) -> None:
+        self.result.notes.append(msg)
+
+    def finish(self) -> FileResult:
+        self.result.ok = not self.result.failures
+        return self.result
+
+
+def compare(path: str | os.PathLike, json_path: str | os.PathLike) -> FileResult:
+    """Compare the refs in *json_path* against *path* (see the module docstring)."""
+    path = os.fspath(path)
+    json_path = os.fspath(json_path)
+    col = _Collector(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            _compare(path, json_path, col)
+        except Exception as e:  # noqa: BLE001 - a harness crash is a failure, never a pass
+            col.fail(f"harness error: {_exc(e)}\n{traceback.format_exc(limit=6)}")
+    return col.finish()
+
+
+def _compare(path: str, json_path: str, col: _Collector) -> None:
+    try:
+        doc = load_refs_json(json_path)
+    except Exception as e:  # noqa: BLE001
+        col.fail(f"refs JSON unreadable: {_exc(e)}")
+        return
+    _check_refs_structure(doc, col)
+    if not isinstance(doc, dict) or not isinstance(doc.get("refs"), dict):
+        return
+
+    try:
+        groups = list_groups(path)
+    except Exception as e:  # noqa: BLE001
+        col.fail(f"original: cannot list groups: {_exc(e)}")
+        return
+
+    # group structure
+    rgroups = refs_groups(doc)
+    for g in sorted(set(groups) - rgroups):
+        col.fail(f"group {_group_label(g)}: missing from refs (no .zgroup)")
+    for g in sorted(rgroups - set(groups)):
+        col.fail(f"group {_group_label(g)}: in refs but not in original")
+
+    zvars = zarrgate_variables(doc)
+    by_group: dict[str, dict[str, dict]] = {}
+    for vpath, info in zvars.items():
+        g, _, name = vpath.strip("/").rpartition("/")
+        by_group.setdefault(g, {})[name] = info if isinstance(info, dict) else {}
+    listed_groups = set(by_group) - set(groups)
+    for g in sorted(listed_groups):
+        for name in sorted(by_group[g]):
+            col.fail(f"zarrgate.variables lists {_join(g, name)!r} but group {_group_label(g)} is not in the original")
+
+    for g in groups:
+        if g not in rgroups:
+            continue
+        raw_orig_attrs: dict[str, dict] = {}
+        for decode_cf in (False, True):
+            _compare_group(path, json_path, g, decode_cf, by_group.get(g, {}), raw_orig_attrs, col)
+
+
+def _compare_group(
+    path: str,
+    json_path: str,
+    g: str,
+    decode_cf: bool,
+    meta: dict[str, dict],
+    raw_orig_attrs: dict[str, dict],
+    col: _Collector,
+) -> None:
+    where = f"group {_group_label(g)} [decode_cf={decode_cf}]"
+    try:
+        o = open_original(path, g, decode_cf)
+    except Exception as e:  # noqa: BLE001
+        col.fail(f"{where}: original failed to open: {_exc(e)}")
+        return
+    try:
+        r = open_refs(json_path, g, decode_cf)
+    except Exception as e:  # noqa: BLE001
+        o.close()
+        col.fail(f"{where}: refs failed to open: {_exc(e)}")
+        return
+    with o, r:
+        _compare_datasets(o, r, g, decode_cf, where, meta, raw_orig_attrs, col)
+
+
+def _compare_datasets(
+    o: xr.Dataset,
+    r: xr.Dataset,
+    g: str,
+    decode_cf: bool,
+    where: str,
+    meta: dict[str, dict],
+    raw_orig_attrs: dict[str, dict],
+    col: _Collector,
+) -> None:
+    ovars, rvars = set(o.variables), set(r.variables)
+
+    # -- variables the indexer declared it left out -------------------------
+    excused: set[str] = set()
+    for name, info in sorted(meta.items()):
+        status = info.get("status")
+        vp = _join(g, name)
+        if status == "transcode":
+            if name in rvars:
+                col.fail(f"{where} var {name!r}: listed as 'transcode' but present in refs")
+            elif name not in ovars:
+                col.fail(f"{where} var {name!r}: listed as 'transcode' but not in the original")
+            else:
+                excused.add(name)
+                col.allow("transcode", (vp,), f"{vp}: {info.get('reason', '')}".rstrip(": "))
+        elif status == "refused":
+            if name in rvars:
+                col.fail(f"{where} var {name!r}: listed as 'refused' but present in refs")
+            elif name not in ovars:
+                col.fail(f"{where} var {name!r}: listed as 'refused' but not in the original")
+            else:
+                excused.add(name)
+                try:
+                    o[name].values  # noqa: B018 - can the oracle read it?
+                except Exception as e:  # noqa: BLE001
+                    col.note(f"{vp}: refused by indexer, unreadable in original too ({_exc(e)})")
+                else:
+                    col.fail(
+                        f"{where} var {name!r}: refused by indexer"
+                        f" ({info.get('reason', 'no reason given')}) but the original reads it"
+                    )
+        elif status in ("referenced", "inlined") and name not in ovars:
+            col.fail(f"{where} var {name!r}: listed as {status!r} but not in the original")
+
+    for name in sorted(ovars - rvars - excused):
+        col.fail(f"{where} var {name!r}: missing from refs")
+    for name in sorted(rvars - ovars):
+        col.fail(f"{where} var {name!r}: in refs but not in original")
+
+    # -- coordinates vs data variables --------------------------------------
+    ocoords, rcoords = set(o.coords) - excused, set(r.coords)
+    for name in sorted((ocoords ^ rcoords) & ovars & rvars):
+        which = "coordinate" if name in ocoords else "data variable"
+        col.fail(f"{where} var {name!r}: is a {which} in the original but not in refs")
+
+    # -- dimensions ----------------------------------------------------------
+    excused_dims = {d for n in excused for d in o.variables[n].dims} - {
+        d for n in ovars - excused for d in o.variables[n].dims
+    }
+    for d in sorted(set(o.sizes) | set(r.sizes), key=str):
+        if d in o.sizes and d in r.sizes:
+            if o.sizes[d] != r.sizes[d]:
+                col.fail(f"{where}: dimension {d!r} size {o.sizes[d]} in original, {r.sizes[d]} in refs")
+        elif d in o.sizes:
+            if d not in excused_dims:
+                col.fail(f"{where}: dimension {d!r} missing from refs")
+        else:
+            col.fail(f"{where}: dimension {d!r} in refs but not in original")
+
+    # -- dataset attributes --------------------------------------------------
+    _compare_attrs(o.attrs, r.attrs, g, None, where + " dataset attrs", col)
+
+    # -- per variable ---------------------------------------------------------
+    for name in sorted(ovars & rvars, key=str):
+        ov, rv = o.variables[name], r.variables[name]
+        vwhere = f"{where} var {name!r}"
+        if not decode_cf:
+            raw_orig_attrs[name] = dict(ov.attrs)
+        if ov.dims != rv.dims:
+            col.fail(f"{vwhere}: dims {ov.dims} in original, {rv.dims} in refs")
+        if ov.shape != rv.shape:
+            col.fail(f"{vwhere}: shape {ov.shape} in original, {rv.shape} in refs")
+            _compare_attrs(ov.attrs, rv.attrs, g, name, vwhere + " attrs", col)
+            continue
+        _compare_attrs(ov.attrs, rv.attrs, g, name, vwhere + " attrs", col)
+        try:
+            ovals = np.asarray(ov.values)
+        except Exception as e:  # noqa: BLE001
+            col.fail(f"{vwhere}: original failed to load: {_exc(e)}")
+            continue
+        try:
+            rvals = np.asarray(rv.values)
+        except Exception as e:  # noqa: BLE001
+            col.fail(f"{vwhere}: refs failed to load: {_exc(e)}")
+            continue
+        _compare_values(ovals, rvals, g, name, decode_cf, vwhere, raw_orig_attrs.get(name, ov.encoding), col)
+
+
+def _compare_values(
+    ovals: np.ndarray,
+    rvals: np.ndarray,
+    g: str,
+    name: str,
+    decode_cf: bool,
+    vwhere: str,
+    raw_attrs: dict,
+    col: _Collector,
+) -> None:
+    od, rd = ovals.dtype, rvals.dtype
+    packed = "scale_factor" in raw_attrs or "add_offset" in raw_attrs
+    if not dtypes_equivalent(od, rd):
+        if decode_cf and packed and od == np.float32 and rd == np.float64:
+            ok, detail = _packed_close(ovals, rvals, raw_attrs)
+            if ok:
+                vp = _join(g, name)
+                col.allow("packed_float64", (vp,), f"{vp}: decodes to float64 via refs, float32 from original")
+            else:
+                col.fail(f"{vwhere}: packed, float64 via refs vs float32 original, and values differ: {detail}")
+            return
+        col.fail(f"{vwhere}: dtype {od} in original, {rd} in refs")
+        # still report value differences when comparable
+    ok, detail = values_equal(ovals, rvals)
+    if not ok:
+        col.fail(f"{vwhere}: values differ: {detail}")
+
+
+def _packed_close(ovals: np.ndarray, rvals: np.ndarray, raw_attrs: dict) -> tuple[bool, str]:
+    r32 = rvals.astype(np.float32)
+    on, rn = np.isnan(ovals), np.isnan(r32)
+    if not np.array_equal(on, rn):
+        return False, f"NaN/mask positions differ ({int(on.sum())} vs {int(rn.sum())} NaN)"
+    # float32 arithmetic (x*scale + offset) loses up to ~1 ulp of the larger
+    # operand, so allow an absolute slack proportional to |add_offset|.
+    offset = raw_attrs.get("add_offset", 0)
+    try:
+        atol = 2 * float(np.spacing(np.float32(abs(float(np.asarray(offset).reshape(-1)[0])))))
+    except Exception:  # noqa: BLE001
+        atol = 0.0
+    close = np.isclose(r32, ovals, rtol=1e-6, atol=atol, equal_nan=True)
+    if close.all():
+        return True, ""
+    return _report(close, ovals, r32)
+
+
+def _compare_attrs(oattrs: dict, rattrs: dict, g: str, var: str | None, where: str, col: _Collector) -> None:
+    vp = _join(g, var) if var else (_group_label(g) + " (dataset)")
+    for k in sorted(set(oattrs) | set(rattrs), key=str):
+        # the same attribute difference seen with decode_cf=False and True is
+        # reported once (keyed by group/variable/attribute)
+        key = ("attr", vp, k)
+        if k not in rattrs:
+            col.fail(f"{where}: attribute {k!r} missing from refs (original {_fmt_attr(oattrs[k])})", key)
+            continue
+        if k not in oattrs:
+            extra = " (invented fill value)" if k == "_FillValue" else ""
+            col.fail(f"{where}: attribute {k!r} in refs but not in original{extra}: {_fmt_attr(rattrs[k])}", key)
+            continue
+        verdict, detail = compare_attr(oattrs[k], rattrs[k])
+        if verdict == "equal":
+            continue
+        if verdict == "attr_type":
+            col.allow("attr_type", (vp, k), f"{vp} @{k}: {detail}")
+            continue
+        col.fail(
+            f"{where}: attribute {k!r} differs ({detail}): original {_fmt_attr(oattrs[k])},"
+            f" refs {_fmt_attr(rattrs[k])}",
+            key,
+        )
+
+
+# --------------------------------------------------------------------------
+# Process isolation
+# --------------------------------------------------------------------------
+
+
+class IsolationError(RuntimeError):
+    pass
+
+
+def _child(conn: Any, fn: Callable, args: tuple, mem_limit: int | None) -> None:
+    try:
+        if mem_limit:
+            resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
+        out = ("ok", fn(*args))
+    except BaseException as e:  # noqa: BLE001
+        out = ("error", f"{_exc(e)}\n{traceback.format_exc(limit=8)}")
+    try:
+        conn.send(out)
+    finally:
+        conn.close()
+
+
+def run_isolated(fn: Callable, *args: Any, timeout: float = 300.0, mem_limit: int | None = None) -> Any:
+    """Run ``fn(*args)`` in a forked child and return its (picklable) result.
+
+    netCDF-C aborts (``NClist failure``) or segfaults on some plain HDF5 files,
+    and may try multi-GB allocations first; the child gets an address-space
+    limit (``mem_limit`` bytes, default ``$ZARRGATE_FIDELITY_MEM_LIMIT_GB`` or
+    8 GiB) so such allocations fail fast.  Raises :class:`IsolationError` when
+    the child crashes, raises, or times out.
+    """
+    if mem_limit is None:
+        mem_limit = int(float(os.environ.get("ZARRGATE_FIDELITY_MEM_LIMIT_GB", "8")) * (1 << 30))
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, fn, args, mem_limit), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        if not recv.poll(timeout):
+            proc.kill()
+            proc.join()
+            raise IsolationError(f"timed out after {timeout:.0f}s")
+        try:
+            status, payload = recv.recv()
+        except EOFError:
+            proc.join()
+            raise IsolationError(f"child died with exit code {proc.exitcode}") from None
+    finally:
+        recv.close()
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if status != "ok":
+        raise IsolationError(payload)
+    return payload
+
+
+def probe_isolated(path: str | os.PathLike, timeout: float = 300.0) -> dict:
+    """:func:`probe` in a child process; a crash or timeout means unreadable."""
+    try:
+        return run_isolated(probe, os.fspath(path), timeout=timeout)
+    except IsolationError as e:
+        return {"readable": False, "groups": [], "reason": f"probe crashed: {str(e).splitlines()[0]}"}
+
+
+def compare_isolated(path: str | os.PathLike, json_path: str | os.PathLike, timeout: float = 600.0) -> FileResult:
+    """:func:`compare` in a child process; a crash or timeout is a failure."""
+    try:
+        return run_isolated(compare, os.fspath(path), os.fspath(json_path), timeout=timeout)
+    except IsolationError as e:
+        return FileResult(path=os.fspath(path), ok=False, failures=[f"compare crashed: {e}"])
+
+
+# --------------------------------------------------------------------------
+# Candidate discovery
+# --------------------------------------------------------------------------
+
+EXTENSIONS = (".nc", ".h5", ".hdf5", ".nc4", ".he5")
+MAGICS = (b"CDF", b"\x89HDF")
+
+
+def is_candidate(path: str | os.PathLike) -> bool:
+    path = os.fspath(path)
+    if os.path.basename(path) == "MANIFEST.json" or not os.path.isfile(path):
+        return False
+    if path.lower().endswith(EXTENSIONS):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(MAGICS)
+
+
+def find_candidates(root: str | os.PathLike) -> list[str]:
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        return []
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            p = os.path.join(dirpath, fn)
+            if is_candidate(p):
+                out.append(p)
+    return out
+
+
+def _main(argv: Iterable[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Compare a zarrgate refs JSON against its original file.")
+    ap.add_argument("original")
+    ap.add_argument("refs_json")
+    ap.add_argument("--in-process", action="store_true", help="do not fork (for debugging)")
+    ns = ap.parse_args(argv)
+    res = compare(ns.original, ns.refs_json) if ns.in_process else compare_isolated(ns.original, ns.refs_json)
+    print(json.dumps(res.to_dict(), indent=1, default=str))
+    return 0 if res.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -95,6 +95,10 @@ pub struct IndexMeta {
     /// Attributes that could not be represented, by `path@name`, with the reason.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attribute_problems: BTreeMap<String, String>,
+    /// Attributes kept out of `.zattrs` because xarray shows them as encoding (by `path@name`,
+    /// each as a one-attribute `.zattrs` document).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub encoding_attrs: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

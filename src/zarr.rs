@@ -194,9 +194,48 @@ impl<'de> Deserialize<'de> for DType {
     }
 }
 
+/// Builds a Zarr v2 consolidated `.zmetadata` document for the group at `group` from
+/// `(key, document)` pairs of the whole store. Documents are embedded as written (they may hold
+/// NaN, which only a hand-written JSON writer keeps).
+pub fn consolidated_v2<'a>(group: &str, docs: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    let prefix = if group.is_empty() { String::new() } else { format!("{group}/") };
+    let mut out = br#"{"metadata": {"#.to_vec();
+    let mut first = true;
+    for (key, doc) in docs {
+        let Some(rel) = key.strip_prefix(&prefix) else { continue };
+        let leaf = rel.rsplit('/').next().unwrap_or(rel);
+        if !matches!(leaf, ".zgroup" | ".zattrs" | ".zarray") {
+            continue;
+        }
+        if !std::mem::take(&mut first) {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(serde_json::to_string(rel).expect("strings serialize").as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(doc);
+    }
+    out.extend_from_slice(br#"}, "zarr_consolidated_format": 1}"#);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consolidated_metadata_is_relative_to_its_group() {
+        let docs: Vec<(&str, &[u8])> = vec![
+            (".zgroup", br#"{"zarr_format":2}"#),
+            ("g/.zgroup", br#"{"zarr_format":2}"#),
+            ("g/v/.zattrs", br#"{"x": NaN}"#),
+            ("g/v/0", b"chunk"),
+            ("gx/.zgroup", br#"{}"#),
+        ];
+        let sub = String::from_utf8(consolidated_v2("g", docs.iter().copied())).unwrap();
+        assert_eq!(sub, r#"{"metadata": {".zgroup": {"zarr_format":2}, "v/.zattrs": {"x": NaN}}, "zarr_consolidated_format": 1}"#);
+        let root = String::from_utf8(consolidated_v2("", docs.iter().copied())).unwrap();
+        assert!(root.contains(r#""g/v/.zattrs""#) && root.contains(r#""gx/.zgroup""#) && !root.contains("chunk"));
+    }
 
     #[test]
     fn typestrings_round_trip() {

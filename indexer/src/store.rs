@@ -5,10 +5,13 @@ use std::collections::BTreeMap;
 use zarrgate_core::attrs::Attributes;
 use zarrgate_core::refs::{Reference, ReferenceSet};
 use zarrgate_core::report::{IndexMeta, SourceFormat, SourceInfo, TranscodeSpec, VariableReport, VariableStatus};
-use zarrgate_core::zarr::{ArrayMetadataV2, GroupMetadataV2};
+use zarrgate_core::zarr::{consolidated_v2, ArrayMetadataV2, GroupMetadataV2};
 
 /// The URL template every chunk reference uses for the source file.
 pub const SOURCE_TEMPLATE: &str = "{{u}}";
+
+/// Attributes that xarray's netCDF4 backend shows as encoding, not as attributes.
+const ENCODING_ATTRS: &[&str] = &["least_significant_digit"];
 
 /// Joins a group path and a name into a Zarr path (`""` is the root group).
 pub fn join(group: &str, name: &str) -> String {
@@ -25,6 +28,8 @@ fn key(path: &str, leaf: &str) -> String {
 
 pub struct StoreBuilder {
     set: ReferenceSet,
+    groups: Vec<String>,
+    encoding_attrs: BTreeMap<String, String>,
     variables: BTreeMap<String, VariableReport>,
     transcode: BTreeMap<String, TranscodeSpec>,
     attribute_problems: BTreeMap<String, String>,
@@ -36,6 +41,8 @@ impl StoreBuilder {
         set.set_template("u", url);
         StoreBuilder {
             set,
+            groups: Vec::new(),
+            encoding_attrs: BTreeMap::new(),
             variables: BTreeMap::new(),
             transcode: BTreeMap::new(),
             attribute_problems: BTreeMap::new(),
@@ -43,14 +50,29 @@ impl StoreBuilder {
     }
 
     pub fn group(&mut self, path: &str, attrs: &Attributes) {
+        self.groups.push(path.to_string());
         self.set.put_json(key(path, ".zgroup"), &GroupMetadataV2::default());
         self.set.refs.insert(key(path, ".zattrs"), Reference::Inline(attrs.to_zattrs(None).into_bytes()));
     }
 
     pub fn array(&mut self, path: &str, meta: &ArrayMetadataV2, attrs: &Attributes, dims: &[String]) {
         self.set.put_json(key(path, ".zarray"), meta);
-        let zattrs = attrs.to_zattrs(Some(dims));
+        let zattrs = self.visible_attrs(path, attrs).to_zattrs(Some(dims));
         self.set.refs.insert(key(path, ".zattrs"), Reference::Inline(zattrs.into_bytes()));
+    }
+
+    /// The attributes xarray shows for a variable: its netCDF4 backend moves
+    /// `least_significant_digit` into the encoding, so it is kept in the report instead.
+    pub fn visible_attrs(&mut self, path: &str, attrs: &Attributes) -> Attributes {
+        let mut attrs = attrs.clone();
+        for name in ENCODING_ATTRS {
+            if let Some(v) = attrs.remove(name) {
+                let mut one = Attributes::default();
+                one.push(*name, v);
+                self.encoding_attrs.insert(format!("{path}@{name}"), one.to_zattrs(None));
+            }
+        }
+        attrs
     }
 
     pub fn chunk_range(&mut self, path: &str, chunk_key: &str, offset: u64, length: u64) {
@@ -75,7 +97,22 @@ impl StoreBuilder {
         self.attribute_problems.insert(format!("{path}@{name}"), why);
     }
 
+    /// Writes a consolidated `.zmetadata` in every group, so that a client opens any group
+    /// with one read and never has to list (zarr-python cannot list sub-groups of a
+    /// `reference://` store at its root).
+    fn consolidate(&mut self) {
+        for group in &self.groups {
+            let docs = self.set.refs.iter().filter_map(|(k, r)| match r {
+                Reference::Inline(b) => Some((k.as_str(), b.as_slice())),
+                _ => None,
+            });
+            let doc = consolidated_v2(group, docs);
+            self.set.refs.insert(key(group, ".zmetadata"), Reference::Inline(doc));
+        }
+    }
+
     pub fn finish(mut self, source: SourceInfo, format: SourceFormat) -> ReferenceSet {
+        self.consolidate();
         self.set.meta = Some(IndexMeta {
             version: 1,
             source,
@@ -83,6 +120,7 @@ impl StoreBuilder {
             variables: self.variables,
             transcode: self.transcode,
             attribute_problems: self.attribute_problems,
+            encoding_attrs: self.encoding_attrs,
         });
         self.set
     }

@@ -29,6 +29,10 @@ use crate::store::{StoreBuilder, SOURCE_TEMPLATE};
 use model::{ElemType, NcVar};
 use storage::{Storage, StorageLayout, StoredChunk};
 
+/// Report reason for data that was never written in a file created without fill values:
+/// HDF5 returns whatever memory held, so no reader can reproduce it.
+pub const UNDEFINED: &str = "never written and fill disabled: values are undefined (missing chunks read as the Zarr fill value)";
+
 /// Synthesized fill chunks beyond this many bytes per variable are left to the gateway.
 const MAX_SYNTHESIZED: usize = 4 << 20;
 
@@ -50,13 +54,21 @@ pub fn translate(path: &Path, url: &str) -> Result<StoreBuilder, IndexError> {
     for var in &model.vars {
         variable(&mut out, &file, path, var)?;
     }
+    for (dataset, why) in storage::hidden_datasets(&file, &model) {
+        out.status(&dataset, VariableStatus::Refused, Some(why));
+    }
     Ok(out)
 }
 
 fn variable(out: &mut StoreBuilder, file: &hdf5::File, path: &Path, var: &NcVar) -> Result<(), IndexError> {
-    if let ElemType::String = var.elem {
-        inline_strings(out, var);
-        return Ok(());
+    match &var.elem {
+        ElemType::String => return Ok(inline_strings(out, var)),
+        ElemType::Opaque(what) => {
+            let why = format!("{what}: netCDF4-python skips opaque data, so xarray does not show it, and Zarr v2 has no faithful type for it");
+            out.status(&var.path, VariableStatus::Refused, Some(why));
+            return Ok(());
+        }
+        _ => {}
     }
     let Some(ds) = storage::find(file, &var.group, &var.name) else {
         out.status(&var.path, VariableStatus::Refused, Some("no HDF5 dataset found for this netCDF variable".into()));
@@ -157,7 +169,10 @@ impl<'a> Plan<'a> {
             let why = format!("chunk {:?} was stored with filters skipped (filter mask {:#x})", c.index, c.filter_mask);
             return self.mark_transcode(out, why);
         }
+        let grid: u64 = meta.chunk_grid().iter().product();
+        let undefined = self.st.fill_never && (stored.len() as u64) < grid;
         let missing = match self.missing_chunk(&meta, &stored, &filters, compressor.as_ref()) {
+            _ if undefined => None,
             Ok(m) => m,
             Err(why) => return self.mark_transcode(out, why),
         };
@@ -167,7 +182,11 @@ impl<'a> Plan<'a> {
             out.chunk_range(&self.var.path, &ArrayMetadataV2::chunk_key(&c.index), c.offset, length);
         }
         let synthesized = self.write_missing(out, &meta, &stored, missing);
-        let reason = (synthesized > 0).then(|| format!("{synthesized} unwritten chunks inlined with the HDF5 fill value"));
+        let reason = if undefined {
+            Some(UNDEFINED.to_string())
+        } else {
+            (synthesized > 0).then(|| format!("{synthesized} unwritten chunks inlined with the HDF5 fill value"))
+        };
         out.status(&self.var.path, VariableStatus::Referenced, reason);
     }
 
@@ -241,7 +260,7 @@ impl<'a> Plan<'a> {
             chunks: self.chunks.clone(),
             dtype: self.dtype,
             fill_value: self.fill_value.clone(),
-            zattrs: self.attrs().to_zattrs(Some(&self.var.dims)),
+            zattrs: out.visible_attrs(&self.var.path, &self.attrs()).to_zattrs(Some(&self.var.dims)),
             hdf5_filters: self.st.filters.clone(),
             url: SOURCE_TEMPLATE.to_string(),
             stored: stored
@@ -295,7 +314,7 @@ fn zarr_dtype(elem: &ElemType, order: Endian) -> Option<DType> {
         ElemType::Int { signed, size } => Some(DType::new(if *signed { Kind::Int } else { Kind::UInt }, *size, order)),
         ElemType::Float { size } => Some(DType::new(Kind::Float, *size, order)),
         ElemType::Char => Some(DType::new(Kind::Bytes, 1, Endian::NotApplicable)),
-        ElemType::String | ElemType::UserDefined(_) => None,
+        ElemType::String | ElemType::UserDefined(_) | ElemType::Opaque(_) => None,
     }
 }
 

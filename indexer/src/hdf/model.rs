@@ -18,8 +18,10 @@ pub enum ElemType {
     Float { size: usize },
     Char,
     String,
-    /// Compound, enum, opaque and non-string vlen types, described for the report.
+    /// Compound, enum and non-string vlen types, described for the report.
     UserDefined(String),
+    /// Opaque blobs: netCDF4-python skips them, so xarray never shows them.
+    Opaque(String),
 }
 
 #[derive(Clone, Debug)]
@@ -134,7 +136,7 @@ fn elem_type(t: &NcVariableType) -> ElemType {
         NcVariableType::String => ElemType::String,
         NcVariableType::Compound(c) => ElemType::UserDefined(format!("compound type {:?}", c.name)),
         NcVariableType::Enum(e) => ElemType::UserDefined(format!("enum type {:?}", e.name)),
-        NcVariableType::Opaque(o) => ElemType::UserDefined(format!("opaque type {:?}", o.name)),
+        NcVariableType::Opaque(o) => ElemType::Opaque(format!("opaque type {:?} of {} bytes", o.name, o.size)),
         NcVariableType::Vlen(v) => ElemType::UserDefined(format!("vlen type {:?}", v.name)),
     }
 }

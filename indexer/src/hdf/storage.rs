@@ -36,6 +36,9 @@ pub struct Storage {
     /// The fill value HDF5 returns for unwritten elements, as raw native-order bytes (`None`
     /// for types where it is not a number).
     pub fill: Option<Vec<u8>>,
+    /// The file was written without fill values (`H5D_FILL_TIME_NEVER`): unwritten data is
+    /// undefined.
+    pub fill_never: bool,
 }
 
 /// Finds the HDF5 dataset behind a netCDF variable. netCDF-C stores a variable that has the
@@ -45,6 +48,46 @@ pub fn find(file: &hdf5::File, group: &str, name: &str) -> Option<hdf5::Dataset>
     [format!("{base}_nc4_non_coord_{name}"), format!("{base}{name}")]
         .iter()
         .find_map(|p| file.dataset(p).ok())
+}
+
+/// HDF5 datasets that netCDF-C does not show as variables (so neither does xarray), other than
+/// the dimension scales behind netCDF dimensions. They are reported, never dropped silently.
+pub fn hidden_datasets(file: &hdf5::File, model: &super::model::NcModel) -> Vec<(String, String)> {
+    let known: std::collections::HashSet<String> = model
+        .vars
+        .iter()
+        .flat_map(|v| [v.path.clone(), crate::store::join(&v.group, &format!("_nc4_non_coord_{}", v.name))])
+        .collect();
+    let mut out = Vec::new();
+    walk_datasets(file, "", 0, &mut |path, ds| {
+        if known.contains(path) || is_dimension_scale(ds) {
+            return;
+        }
+        let what = ds.dtype().and_then(|t| t.to_descriptor()).map_or_else(|e| e.to_string(), |d| format!("{d:?}"));
+        out.push((path.to_string(), format!("netCDF-C does not expose this dataset (type {what}), so xarray does not show it")));
+    });
+    out
+}
+
+/// Visits every dataset under `group`. Depth is bounded because hard links can form cycles.
+fn walk_datasets(group: &hdf5::Group, prefix: &str, depth: usize, visit: &mut dyn FnMut(&str, &hdf5::Dataset)) {
+    if depth > 32 {
+        return;
+    }
+    for name in group.member_names().unwrap_or_default() {
+        let path = crate::store::join(prefix, &name);
+        if let Ok(ds) = group.dataset(&name) {
+            visit(&path, &ds);
+        } else if let Ok(g) = group.group(&name) {
+            walk_datasets(&g, &path, depth + 1, visit);
+        }
+    }
+}
+
+fn is_dimension_scale(ds: &hdf5::Dataset) -> bool {
+    ds.attr("CLASS")
+        .and_then(|a| a.read_scalar::<hdf5::types::FixedAscii<16>>())
+        .is_ok_and(|c| c.as_str() == "DIMENSION_SCALE")
 }
 
 pub fn describe(ds: &hdf5::Dataset, numeric: bool) -> hdf5::Result<Storage> {
@@ -62,7 +105,8 @@ pub fn describe(ds: &hdf5::Dataset, numeric: bool) -> hdf5::Result<Storage> {
         Layout::Virtual => StorageLayout::Virtual,
     };
     let fill = if numeric { fill_bytes(ds)? } else { None };
-    Ok(Storage { extent, byte_order, layout, filters: ds.filters().iter().map(filter_info).collect(), fill })
+    let fill_never = ds.dcpl()?.fill_time() == hdf5::dataset::FillTime::Never;
+    Ok(Storage { extent, byte_order, layout, filters: ds.filters().iter().map(filter_info).collect(), fill, fill_never })
 }
 
 fn chunked(ds: &hdf5::Dataset) -> hdf5::Result<StorageLayout> {

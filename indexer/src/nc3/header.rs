@@ -218,9 +218,11 @@ impl Reader<'_> {
         Ok(&self.bytes[start..start + n])
     }
 
+    /// A name; like netCDF-C, which hands names out as C strings, it ends at the first NUL.
     fn name(&mut self) -> Result<String, HeaderError> {
         let n = self.usize_count()?;
         let raw = self.padded(n)?;
+        let raw = raw.split(|&b| b == 0).next().unwrap_or(raw);
         match std::str::from_utf8(raw) {
             Ok(s) => Ok(s.to_string()),
             Err(_) => self.fail(HeaderProblem::BadName),

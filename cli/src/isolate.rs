@@ -1,4 +1,4 @@
-//! Indexes each file of a tree in a child process (`zarrgate index FILE -o - --url URL`).
+//! Indexes each file in a child process (`zarrgate index FILE -o - --worker [--url URL]`).
 //!
 //! netCDF-C and HDF5 call `abort()` on some malformed files, and can loop for a long time on
 //! others. A child process turns both into an error for that one file, and lets several files
@@ -24,7 +24,7 @@ impl Isolated {
 
     fn run(&self, path: &Path, url: Option<String>) -> Result<Vec<u8>, String> {
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("index").arg(path).args(["-o", "-"]);
+        cmd.arg("index").arg(path).args(["-o", "-", "--worker"]);
         if let Some(url) = url {
             cmd.arg("--url").arg(url);
         }

@@ -1,6 +1,6 @@
 //! The `zarrgate` command: a thin layer that parses arguments into options and calls the
-//! indexer (and, later, the gateway). Tree indexing runs each file in a child process of this
-//! same binary (see [`isolate`]).
+//! indexer (and, later, the gateway). Each file is indexed in a child process of this same
+//! binary (see [`isolate`]), so a C library that aborts costs one file, not the command.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,8 +10,7 @@ mod isolate;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use zarrgate_indexer::tree::{index_tree, FileIndexer, Outcome, Progress, TreeOptions};
-use zarrgate_indexer::{index_file, IndexOptions};
+use zarrgate_indexer::tree::{index_tree, FileIndexer, InProcess, Outcome, Progress, TreeOptions};
 
 #[derive(Parser)]
 #[command(name = "zarrgate", version, about = "Serve NetCDF/HDF5 archives as Zarr over S3, without copying a byte")]
@@ -47,6 +46,9 @@ enum Command {
         /// The exact chunk URL for a single file (used by tree workers).
         #[arg(long, hide = true, conflicts_with = "url_prefix")]
         url: Option<String>,
+        /// Index in this process instead of a child (what a worker does).
+        #[arg(long, hide = true)]
+        worker: bool,
     },
 }
 
@@ -62,26 +64,31 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Index { path, output, out, url_prefix, force, jobs, file_timeout, url } => {
+        Command::Index { path, output, out, url_prefix, force, jobs, file_timeout, url, worker } => {
             if path.is_dir() {
                 let Some(out) = out else { bail!("indexing a directory needs --out CATALOG_DIR") };
                 let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-                let worker = isolate::Isolated::new(Duration::from_secs(file_timeout))?;
-                index_dir(&path, &out, TreeOptions { url_prefix, force, jobs }, &worker)
+                let isolated = isolate::Isolated::new(Duration::from_secs(file_timeout))?;
+                index_dir(&path, &out, TreeOptions { url_prefix, force, jobs }, &isolated)
             } else {
                 if out.is_some() {
                     bail!("--out is for directories; use -o OUT.json for a single file");
                 }
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let url = url.or_else(|| url_prefix.map(|p| format!("{}/{name}", p.trim_end_matches('/'))));
-                index_single(&path, output.as_deref(), url)
+                let indexer: Box<dyn FileIndexer> = if worker {
+                    Box::new(InProcess)
+                } else {
+                    Box::new(isolate::Isolated::new(Duration::from_secs(file_timeout))?)
+                };
+                index_single(indexer.as_ref(), &path, output.as_deref(), url)
             }
         }
     }
 }
 
-fn index_single(path: &Path, output: Option<&Path>, url: Option<String>) -> anyhow::Result<ExitCode> {
-    let set = index_file(path, &IndexOptions { url }).map_err(|e| anyhow::anyhow!(zarrgate_indexer::tree::error_chain(&e)))?;
+fn index_single(indexer: &dyn FileIndexer, path: &Path, output: Option<&Path>, url: Option<String>) -> anyhow::Result<ExitCode> {
+    let set = indexer.index(path, url).map_err(|e| anyhow::anyhow!(e))?;
     let bytes = set.to_json_bytes();
     match output {
         Some(o) if o != Path::new("-") => std::fs::write(o, &bytes).with_context(|| format!("cannot write {}", o.display()))?,

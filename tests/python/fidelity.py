@@ -24,6 +24,23 @@ counted (each distinct instance once, however many modes it shows up in):
     ``"status": "transcode"``: intentionally absent from the refs, present in
     the original.
 
+Comparison policy (decisions that are easy to get wrong):
+
+* attributes are compared as xarray shows them on each side, literally: e.g.
+  xarray's netCDF4 backend moves ``least_significant_digit`` into
+  ``.encoding``, so the refs must not carry it in ``.zattrs`` either;
+* a float32 attribute must be written as its exact float64 widening
+  (``0.10000000149011612``, not ``0.1``): only an *equal* value in another
+  storage type is ``attr_type``;
+* byte order is an encoding detail and is ignored; fixed-width unicode,
+  object-of-str and StringDType arrays are one "string" dtype class whose
+  values are compared element-wise; ``S`` dtypes must match exactly; str and
+  bytes never compare equal;
+* a variable absent from both sides (e.g. a compound type netCDF4 skips) is
+  no difference, whatever ``zarrgate.variables`` says about it;
+* parts the oracle cannot verify are *notes*, not failures: original values
+  that change from one read to the next (never written with fill off).
+
 Library entry points: :func:`list_groups`, :func:`open_original`,
 :func:`readable`, :func:`open_refs`, :func:`compare` and :class:`FileResult`.
 :func:`run_isolated` runs any of them in a forked child process, because
@@ -41,6 +58,7 @@ import math
 import multiprocessing
 import os
 import resource
+import signal
 import traceback
 import warnings
 from collections import Counter
@@ -74,6 +92,9 @@ class FileResult:
     exception_details: list[str] = field(default_factory=list)
     #: observations that are neither failures nor counted exceptions
     notes: list[str] = field(default_factory=list)
+    #: set when netCDF-C crashed reading the *original* (the oracle failed):
+    #: the file is then unreadable rather than failed
+    oracle_crash: str | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -178,10 +199,18 @@ def probe(path: str | os.PathLike) -> dict:
 
 
 def open_refs(json_path: str | os.PathLike, group: str | None, decode_cf: bool) -> xr.Dataset:
+    """Open one group of a Kerchunk reference JSON with xarray's zarr engine.
+
+    Subgroups are opened as ``reference://<group>`` rather than with
+    ``group=``: with zarr 3.1.6 + fsspec 2026.9, ``group="a"`` on a store
+    rooted at ``reference://`` lists no members (``FsspecStore.list_dir`` asks
+    ``ReferenceFileSystem.ls("/a")``, which raises FileNotFoundError), so the
+    group silently opens as an *empty* dataset.
+    """
+    group = _norm_group(group)
     return xr.open_dataset(
-        "reference://",
+        f"reference://{group}",
         engine="zarr",
-        group=_norm_group(group) or None,
         decode_cf=decode_cf,
         backend_kwargs={
             "consolidated": False,
@@ -375,13 +404,14 @@ def _attr_array(v: Any) -> np.ndarray | None:
 
 def compare_attr(orig: Any, refs: Any) -> tuple[str, str]:
     """Classify one attribute pair: ("equal"|"attr_type"|"differ", detail)."""
-    # Text: must be the same Python type and value.
+    # Text: str vs str (np.str_ is a str) or bytes vs bytes, same value.
     o_txt = isinstance(orig, (str, bytes))
     r_txt = isinstance(refs, (str, bytes))
     if o_txt or r_txt:
-        if o_txt and r_txt and type(orig) is type(refs) and orig == refs:
+        same_kind = o_txt and r_txt and isinstance(orig, str) == isinstance(refs, str)
+        if same_kind and orig == refs:
             return "equal", ""
-        if o_txt and r_txt and type(orig) is type(refs):
+        if same_kind:
             return "differ", "text differs"
         return "differ", "type differs"
     oa, ra = _attr_array(orig), _attr_array(refs)
@@ -532,7 +562,8 @@ class _Collector:
         self.result.exception_details.append(f"[{kind}] {msg}")
 
     def note(self, msg: str) -> None:
-        self.result.notes.append(msg)
+        if msg not in self.result.notes:
+            self.result.notes.append(msg)
 
     def finish(self) -> FileResult:
         self.result.ok = not self.result.failures
@@ -583,8 +614,12 @@ def _compare(path: str, json_path: str, col: _Collector) -> None:
         by_group.setdefault(g, {})[name] = info if isinstance(info, dict) else {}
     listed_groups = set(by_group) - set(groups)
     for g in sorted(listed_groups):
-        for name in sorted(by_group[g]):
-            col.fail(f"zarrgate.variables lists {_join(g, name)!r} but group {_group_label(g)} is not in the original")
+        for name, info in sorted(by_group[g].items()):
+            msg = f"zarrgate.variables lists {_join(g, name)!r} but group {_group_label(g)} is not in the original"
+            if info.get("status") in ("transcode", "refused") and g not in rgroups:
+                col.note(msg + f" (status {info.get('status')!r}, absent from refs too)")
+            else:
+                col.fail(msg)
 
     for g in groups:
         if g not in rgroups:
@@ -615,8 +650,9 @@ def _compare_group(
         o.close()
         col.fail(f"{where}: refs failed to open: {_exc(e)}")
         return
-    with o, r:
-        _compare_datasets(o, r, g, decode_cf, where, meta, raw_orig_attrs, col)
+    reread = _Rereader(path, g, decode_cf)
+    with o, r, reread:
+        _compare_datasets(o, r, g, decode_cf, where, meta, raw_orig_attrs, col, reread)
 
 
 def _compare_datasets(
@@ -628,6 +664,7 @@ def _compare_datasets(
     meta: dict[str, dict],
     raw_orig_attrs: dict[str, dict],
     col: _Collector,
+    reread: Callable[[str, slice | None], np.ndarray],
 ) -> None:
     ovars, rvars = set(o.variables), set(r.variables)
 
@@ -636,19 +673,19 @@ def _compare_datasets(
     for name, info in sorted(meta.items()):
         status = info.get("status")
         vp = _join(g, name)
+        if status in ("transcode", "refused") and name not in ovars and name not in rvars:
+            # e.g. a compound-typed dataset that netCDF4 skips: both sides agree
+            col.note(f"{vp}: listed as {status!r}; xarray does not show it in the original either")
+            continue
         if status == "transcode":
             if name in rvars:
                 col.fail(f"{where} var {name!r}: listed as 'transcode' but present in refs")
-            elif name not in ovars:
-                col.fail(f"{where} var {name!r}: listed as 'transcode' but not in the original")
             else:
                 excused.add(name)
                 col.allow("transcode", (vp,), f"{vp}: {info.get('reason', '')}".rstrip(": "))
         elif status == "refused":
             if name in rvars:
                 col.fail(f"{where} var {name!r}: listed as 'refused' but present in refs")
-            elif name not in ovars:
-                col.fail(f"{where} var {name!r}: listed as 'refused' but not in the original")
             else:
                 excused.add(name)
                 try:
@@ -695,54 +732,137 @@ def _compare_datasets(
     for name in sorted(ovars & rvars, key=str):
         ov, rv = o.variables[name], r.variables[name]
         vwhere = f"{where} var {name!r}"
+        # literally what xr.open_dataset shows: e.g. xarray's netCDF4 backend
+        # moves least_significant_digit into .encoding, so refs must not have
+        # it in .zattrs either
+        oattrs = dict(ov.attrs)
         if not decode_cf:
-            raw_orig_attrs[name] = dict(ov.attrs)
+            raw_orig_attrs[name] = oattrs
         if ov.dims != rv.dims:
             col.fail(f"{vwhere}: dims {ov.dims} in original, {rv.dims} in refs")
         if ov.shape != rv.shape:
             col.fail(f"{vwhere}: shape {ov.shape} in original, {rv.shape} in refs")
-            _compare_attrs(ov.attrs, rv.attrs, g, name, vwhere + " attrs", col)
+            _compare_attrs(oattrs, rv.attrs, g, name, vwhere + " attrs", col)
             continue
-        _compare_attrs(ov.attrs, rv.attrs, g, name, vwhere + " attrs", col)
-        try:
-            ovals = np.asarray(ov.values)
-        except Exception as e:  # noqa: BLE001
-            col.fail(f"{vwhere}: original failed to load: {_exc(e)}")
-            continue
-        try:
-            rvals = np.asarray(rv.values)
-        except Exception as e:  # noqa: BLE001
-            col.fail(f"{vwhere}: refs failed to load: {_exc(e)}")
-            continue
-        _compare_values(ovals, rvals, g, name, decode_cf, vwhere, raw_orig_attrs.get(name, ov.encoding), col)
+        _compare_attrs(oattrs, rv.attrs, g, name, vwhere + " attrs", col)
+        _compare_values(ov, rv, g, name, decode_cf, vwhere, raw_orig_attrs.get(name, ov.encoding), col,
+                        lambda sl, name=name: reread(name, sl))
+
+
+#: variables larger than this (estimated in memory) are compared in slabs
+#: along their first dimension, so a 2 GiB variable never needs 4 x 2 GiB
+BLOCK_BYTES = 64 << 20
+
+
+def _slabs(var: xr.Variable) -> list[slice | None]:
+    if var.ndim == 0 or var.shape[0] <= 1:
+        return [None]
+    est = var.size * max(8, var.dtype.itemsize)
+    if est <= BLOCK_BYTES:
+        return [None]
+    row = max(1, est // var.shape[0])
+    step = max(1, BLOCK_BYTES // row)
+    return [slice(i, min(i + step, var.shape[0])) for i in range(0, var.shape[0], step)]
 
 
 def _compare_values(
-    ovals: np.ndarray,
-    rvals: np.ndarray,
+    ov: xr.Variable,
+    rv: xr.Variable,
     g: str,
     name: str,
     decode_cf: bool,
     vwhere: str,
     raw_attrs: dict,
     col: _Collector,
+    reread: Callable[[slice | None], np.ndarray] | None = None,
 ) -> None:
-    od, rd = ovals.dtype, rvals.dtype
     packed = "scale_factor" in raw_attrs or "add_offset" in raw_attrs
-    if not dtypes_equivalent(od, rd):
-        if decode_cf and packed and od == np.float32 and rd == np.float64:
-            ok, detail = _packed_close(ovals, rvals, raw_attrs)
-            if ok:
-                vp = _join(g, name)
-                col.allow("packed_float64", (vp,), f"{vp}: decodes to float64 via refs, float32 from original")
-            else:
-                col.fail(f"{vwhere}: packed, float64 via refs vs float32 original, and values differ: {detail}")
+    mode = None  # "exact" | "packed", decided on the first slab
+    for sl in _slabs(ov):
+        part = "" if sl is None else f" (rows {sl.start}:{sl.stop} of {ov.dims[0]!r})"
+        try:
+            ovals = np.asarray((ov if sl is None else ov[sl]).values)
+        except Exception as e:  # noqa: BLE001
+            col.fail(f"{vwhere}: original failed to load{part}: {_exc(e)}")
             return
-        col.fail(f"{vwhere}: dtype {od} in original, {rd} in refs")
-        # still report value differences when comparable
-    ok, detail = values_equal(ovals, rvals)
-    if not ok:
-        col.fail(f"{vwhere}: values differ: {detail}")
+        try:
+            rvals = np.asarray((rv if sl is None else rv[sl]).values)
+        except Exception as e:  # noqa: BLE001
+            col.fail(f"{vwhere}: refs failed to load{part}: {_exc(e)}")
+            return
+        if mode is None:
+            od, rd = ovals.dtype, rvals.dtype
+            mode = "exact"
+            if not dtypes_equivalent(od, rd):
+                if decode_cf and packed and od == np.float32 and rd == np.float64:
+                    mode = "packed"
+                else:
+                    col.fail(f"{vwhere}: dtype {od} in original, {rd} in refs")
+                    # go on: value differences are reported too when comparable
+        if mode == "packed":
+            ok, detail = _packed_close(ovals, rvals, raw_attrs)
+        else:
+            ok, detail = values_equal(ovals, rvals)
+        if not ok:
+            if reread is not None and _unstable(ovals, reread, sl):
+                col.note(
+                    f"{vwhere}: the original's values change from one read to the next"
+                    f" (undefined data, e.g. never written with fill off): not compared"
+                )
+                return
+            if mode == "packed":
+                col.fail(f"{vwhere}: packed, float64 via refs vs float32 original, and values differ{part}: {detail}")
+            else:
+                col.fail(f"{vwhere}: values differ{part}: {detail}")
+            return
+    if mode == "packed":
+        vp = _join(g, name)
+        col.allow("packed_float64", (vp,), f"{vp}: decodes to float64 via refs, float32 from original")
+
+
+class _Rereader:
+    """Reads variables of the original again through a second, uncached dataset.
+
+    Opened on first use only (after a mismatch) and once per group and mode.
+    """
+
+    def __init__(self, path: str, g: str, decode_cf: bool) -> None:
+        self.args = (path, g, decode_cf)
+        self.ds: xr.Dataset | None = None
+
+    def __call__(self, name: str, sl: slice | None) -> np.ndarray:
+        if self.ds is None:
+            path, g, decode_cf = self.args
+            self.ds = _open_original_uncached(path, g, decode_cf)
+        v = self.ds.variables[name]
+        return np.asarray((v if sl is None else v[sl]).values)
+
+    def __enter__(self) -> "_Rereader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.ds is not None:
+            self.ds.close()
+            self.ds = None
+
+
+def _open_original_uncached(path: str, g: str, decode_cf: bool) -> xr.Dataset:
+    return xr.open_dataset(path, group=_norm_group(g) or None, decode_cf=decode_cf, cache=False)
+
+
+def _unstable(first: np.ndarray, reread: Callable[[slice | None], np.ndarray], sl: slice | None) -> bool:
+    """True when a second read of the original gives different values.
+
+    netCDF-C returns uninitialised memory for variables that were never
+    written with fill disabled; such values are undefined and no reference
+    can match them.  Only called after a mismatch, so it costs nothing on
+    passing variables.
+    """
+    try:
+        again = reread(sl)
+    except Exception:  # noqa: BLE001
+        return False
+    return not values_equal(first, again)[0]
 
 
 def _packed_close(ovals: np.ndarray, rvals: np.ndarray, raw_attrs: dict) -> tuple[bool, str]:
@@ -799,6 +919,11 @@ class IsolationError(RuntimeError):
 
 
 def _child(conn: Any, fn: Callable, args: tuple, mem_limit: int | None) -> None:
+    import faulthandler
+
+    # a crash is reported through the exit code; pytest's faulthandler would
+    # dump this child's C stack onto the session's real stderr
+    faulthandler.disable()
     try:
         if mem_limit:
             resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
@@ -836,7 +961,9 @@ def run_isolated(fn: Callable, *args: Any, timeout: float = 300.0, mem_limit: in
             status, payload = recv.recv()
         except EOFError:
             proc.join()
-            raise IsolationError(f"child died with exit code {proc.exitcode}") from None
+            code = proc.exitcode
+            what = f" ({signal.Signals(-code).name})" if code and code < 0 else ""
+            raise IsolationError(f"child died with exit code {code}{what}") from None
     finally:
         recv.close()
         proc.join(timeout=10)
@@ -848,20 +975,66 @@ def run_isolated(fn: Callable, *args: Any, timeout: float = 300.0, mem_limit: in
     return payload
 
 
-def probe_isolated(path: str | os.PathLike, timeout: float = 300.0) -> dict:
-    """:func:`probe` in a child process; a crash or timeout means unreadable."""
-    try:
-        return run_isolated(probe, os.fspath(path), timeout=timeout)
-    except IsolationError as e:
-        return {"readable": False, "groups": [], "reason": f"probe crashed: {str(e).splitlines()[0]}"}
+def probe_isolated(path: str | os.PathLike, timeout: float = 300.0, attempts: int = 3) -> dict:
+    """:func:`probe` in child processes; a crash or timeout means unreadable.
+
+    netCDF-C corrupts its heap on some plain-HDF5 files (compound types:
+    "double free or corruption"), so the same file can load in one process
+    and abort in the next.  A file only counts as readable when *attempts*
+    fresh probes in a row succeed; a single crash makes it unreadable.
+    """
+    path = os.fspath(path)
+    info: dict = {}
+    for i in range(max(1, attempts)):
+        try:
+            info = run_isolated(probe, path, timeout=timeout)
+        except IsolationError as e:
+            tries = f" (attempt {i + 1} of {attempts})" if attempts > 1 else ""
+            return {"readable": False, "groups": [], "reason": f"probe crashed{tries}: {str(e).splitlines()[0]}"}
+        if not info["readable"]:
+            return info  # an ordinary exception: deterministic, no need to retry
+    return info
+
+
+def load_refs_everything(json_path: str) -> int:
+    """Open every group of *json_path* in both decode modes and load all values."""
+    doc = load_refs_json(json_path)
+    n = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for g in sorted(refs_groups(doc)):
+            for decode_cf in (False, True):
+                with open_refs(json_path, g, decode_cf) as ds:
+                    for v in ds.variables.values():
+                        for sl in _slabs(v):
+                            np.asarray((v if sl is None else v[sl]).values)
+                            n += 1
+    return n
 
 
 def compare_isolated(path: str | os.PathLike, json_path: str | os.PathLike, timeout: float = 600.0) -> FileResult:
-    """:func:`compare` in a child process; a crash or timeout is a failure."""
+    """:func:`compare` in a child process; a crash or timeout is a failure.
+
+    When the comparison crashes, the refs side is loaded alone in another
+    child: if that works, the crash came from netCDF-C reading the original
+    and the result says so in ``oracle_crash`` (the file is unreadable, not
+    failed); if it crashes too, the refs are at fault and it is a failure.
+    """
+    path, json_path = os.fspath(path), os.fspath(json_path)
     try:
-        return run_isolated(compare, os.fspath(path), os.fspath(json_path), timeout=timeout)
+        return run_isolated(compare, path, json_path, timeout=timeout)
     except IsolationError as e:
-        return FileResult(path=os.fspath(path), ok=False, failures=[f"compare crashed: {e}"])
+        first = str(e).splitlines()[0] if str(e) else "?"
+        if "timed out" in first:
+            return FileResult(path=path, ok=False, failures=[f"compare {first}"])
+        try:
+            run_isolated(load_refs_everything, json_path, timeout=timeout)
+        except IsolationError as e2:
+            msg = str(e2).splitlines()[0] if str(e2) else "?"
+            return FileResult(path=path, ok=False, failures=[
+                f"compare crashed ({first}); loading the refs alone fails too: {msg}"])
+        return FileResult(path=path, ok=False, oracle_crash=f"original crashed during compare ({first})",
+                          failures=[f"compare crashed ({first}) while the refs load fine on their own"])
 
 
 # --------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 //! - unwritten chunks whose fill differs from what Zarr would produce are synthesized.
 
 pub mod model;
+mod raw_attr;
 pub mod storage;
 
 use std::path::Path;

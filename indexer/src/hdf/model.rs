@@ -72,7 +72,9 @@ pub fn read(path: &Path) -> Result<NcModel, IndexError> {
 }
 
 fn walk(path: &Path, g: &netcdf::Group<'_>, gpath: &str, model: &mut NcModel) -> Result<(), IndexError> {
-    let attrs = attributes(g.attributes(), gpath, &mut model.attribute_problems);
+    let attrs = attributes(g.attributes(), gpath, &mut model.attribute_problems, &|name| {
+        super::raw_attr::enum_attr(path, gpath, None, name)
+    });
     model.groups.push(NcGroup { path: gpath.to_string(), attrs });
     for v in g.variables() {
         let var = variable(path, &v, gpath, &mut model.attribute_problems)?;
@@ -92,7 +94,9 @@ fn variable(
 ) -> Result<NcVar, IndexError> {
     let name = v.name();
     let vpath = join(group, &name);
-    let attrs = attributes(v.attributes(), &vpath, problems);
+    let attrs = attributes(v.attributes(), &vpath, problems, &|attr| {
+        super::raw_attr::enum_attr(path, group, Some(&name), attr)
+    });
     let elem = elem_type(&v.vartype());
     let strings = match elem {
         ElemType::String => Some(read_strings(v).map_err(|source| IndexError::Netcdf {
@@ -141,16 +145,22 @@ fn elem_type(t: &NcVariableType) -> ElemType {
     }
 }
 
+/// Reads attributes; `fallback` gets a second chance at those the netcdf crate cannot read
+/// (enum-typed ones). What neither can read is recorded as a problem, never dropped silently.
 fn attributes<'a>(
     iter: impl Iterator<Item = netcdf::Attribute<'a>>,
     owner: &str,
     problems: &mut Vec<(String, String)>,
+    fallback: &dyn Fn(&str) -> Option<AttrValue>,
 ) -> Attributes {
     let mut out = Attributes::default();
     for a in iter {
         match a.value() {
             Ok(v) => out.push(a.name(), attr_value(v)),
-            Err(e) => problems.push((format!("{owner}@{}", a.name()), e.to_string())),
+            Err(e) => match fallback(a.name()) {
+                Some(v) => out.push(a.name(), v),
+                None => problems.push((format!("{owner}@{}", a.name()), e.to_string())),
+            },
         }
     }
     out

@@ -1,0 +1,46 @@
+# zarrgate: the two commands are `make demo` and `make test`.
+# Both install what they need: a pinned Python venv (with the CMake >= 3.26 that the static
+# HDF5/netCDF-C build needs) and the Rust build.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CARGO ?= cargo
+export ZARRGATE_CORPUS ?= $(abspath ../shared/corpus)
+export ZARRGATE_BIN ?= $(abspath $(or $(CARGO_TARGET_DIR),target))/debug/zarrgate
+
+.PHONY: all venv build test test-rust test-python demo bench fixtures clean
+
+all: build
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: python/requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
+	touch $@
+
+build: venv
+	$(CARGO) build --workspace --all-targets
+
+test: build
+	$(CARGO) test --workspace
+	$(PY) -m pytest tests/python -q -p no:cacheprovider
+
+# Index the bundled fixtures and print how to open them.
+demo: build
+	$(ZARRGATE_BIN) index fixtures/data/good --out target/demo-catalog
+	@echo
+	@echo "Open one of them through its references:"
+	@echo "  $(PY) -c \"import xarray as xr; print(xr.open_dataset('reference://', engine='zarr', backend_kwargs={'consolidated': False, 'storage_options': {'fo': 'target/demo-catalog/refs/nan_fill.nc.json'}}))\""
+
+bench: build
+	$(CARGO) bench --bench index
+	$(PY) benches/compare_kerchunk.py
+
+fixtures: venv
+	$(PY) fixtures/generate.py
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

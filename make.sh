@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Entry point for a fresh Debian machine that has only Rust, Python 3 and root:
+# installs the system packages the build and tests need, then runs `make "$@"`.
+#   ./make.sh demo    build, index the bundled fixtures, print how to open them
+#   ./make.sh test    every test (Rust and Python clients)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need=()
+command -v make >/dev/null || need+=(make)
+command -v cc >/dev/null || need+=(gcc)
+command -v c++ >/dev/null || need+=(g++)
+command -v m4 >/dev/null || need+=(m4)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if ((${#need[@]})); then
+    echo "installing: ${need[*]}"
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+exec make "$@"

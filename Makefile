@@ -7,6 +7,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CARGO ?= cargo
 export ZARRGATE_CORPUS ?= $(abspath ../shared/corpus)
+# The static HDF5/netCDF-C builds find CMake here (.cargo/config.toml says the same for plain
+# `cargo` runs); an absolute path keeps cargo's build cache valid when VENV moves.
+export CMAKE := $(abspath $(VENV))/bin/cmake
 export ZARRGATE_BIN ?= $(abspath $(or $(CARGO_TARGET_DIR),target))/debug/zarrgate
 
 .PHONY: all venv build test test-rust test-python demo bench fixtures clean

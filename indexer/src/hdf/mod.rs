@@ -149,23 +149,12 @@ impl<'a> Plan<'a> {
             filters: (!filters.is_empty()).then(|| filters.clone()),
             ..array_meta(self.var, dtype, self.chunks.clone(), self.fill_value.clone())
         };
-        let stored = match &self.st.layout {
+        match &self.st.layout {
             StorageLayout::Virtual => return self.mark_transcode(out, "virtual dataset layout".into()),
-            StorageLayout::Compact { data } => {
-                let meta = ArrayMetadataV2 { compressor: None, filters: None, ..meta };
-                out.array(&self.var.path, &meta, &self.attrs(), &self.var.dims);
-                if !data.is_empty() {
-                    out.chunk_inline(&self.var.path, &zero_key(self.var.shape.len()), data.clone());
-                }
-                let why = "compact layout: the data lives in the object header, not in a byte range";
-                return out.status(&self.var.path, VariableStatus::Inlined, Some(why.into()));
-            }
-            StorageLayout::Contiguous { offset, length } => match offset {
-                Some(o) if *length > 0 => vec![StoredChunk { index: vec![0; self.var.shape.len()], offset: *o, length: *length, filter_mask: 0 }],
-                _ => vec![],
-            },
-            StorageLayout::Chunked { stored, .. } => stored.clone(),
-        };
+            StorageLayout::Compact { data } => return self.write_compact(out, meta, data),
+            _ => {}
+        }
+        let stored = self.stored();
         if let Some(c) = stored.iter().find(|c| c.filter_mask != 0) {
             let why = format!("chunk {:?} was stored with filters skipped (filter mask {:#x})", c.index, c.filter_mask);
             return self.mark_transcode(out, why);
@@ -189,6 +178,27 @@ impl<'a> Plan<'a> {
             (synthesized > 0).then(|| format!("{synthesized} unwritten chunks inlined with the HDF5 fill value"))
         };
         out.status(&self.var.path, VariableStatus::Referenced, reason);
+    }
+
+    /// The chunks that hold data (a contiguous dataset is one chunk, if it was ever written).
+    fn stored(&self) -> Vec<StoredChunk> {
+        match &self.st.layout {
+            StorageLayout::Chunked { stored, .. } => stored.clone(),
+            StorageLayout::Contiguous { offset: Some(o), length } if *length > 0 => {
+                vec![StoredChunk { index: vec![0; self.var.shape.len()], offset: *o, length: *length, filter_mask: 0 }]
+            }
+            _ => vec![],
+        }
+    }
+
+    fn write_compact(&self, out: &mut StoreBuilder, meta: ArrayMetadataV2, data: &[u8]) {
+        let meta = ArrayMetadataV2 { compressor: None, filters: None, ..meta };
+        out.array(&self.var.path, &meta, &self.attrs(), &self.var.dims);
+        if !data.is_empty() {
+            out.chunk_inline(&self.var.path, &zero_key(self.var.shape.len()), data.to_vec());
+        }
+        let why = "compact layout: the data lives in the object header, not in a byte range";
+        out.status(&self.var.path, VariableStatus::Inlined, Some(why.into()));
     }
 
     /// The encoded bytes of an unwritten chunk, if Zarr would not read it correctly as missing.
@@ -249,13 +259,7 @@ impl<'a> Plan<'a> {
     }
 
     fn mark_transcode(&self, out: &mut StoreBuilder, why: String) {
-        let stored = match &self.st.layout {
-            StorageLayout::Chunked { stored, .. } => stored.clone(),
-            StorageLayout::Contiguous { offset: Some(o), length } => {
-                vec![StoredChunk { index: vec![0; self.var.shape.len()], offset: *o, length: *length, filter_mask: 0 }]
-            }
-            _ => vec![],
-        };
+        let stored = self.stored();
         let spec = TranscodeSpec {
             shape: self.var.shape.clone(),
             chunks: self.chunks.clone(),

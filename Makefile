@@ -35,7 +35,7 @@ demo: build
 	$(ZARRGATE_BIN) index fixtures/data/good --out target/demo-catalog
 	@echo
 	@echo "Open one of them through its references:"
-	@echo "  $(PY) -c \"import xarray as xr; print(xr.open_dataset('reference://', engine='zarr', backend_kwargs={'consolidated': False, 'storage_options': {'fo': 'target/demo-catalog/refs/nan_fill.nc.json'}}))\""
+	@echo "  $(PY) -c \"import xarray as xr; print(xr.open_dataset('reference://', engine='zarr', backend_kwargs={'storage_options': {'fo': 'target/demo-catalog/refs/nan_fill.nc.json'}}))\""
 
 bench: build
 	$(CARGO) bench --bench index

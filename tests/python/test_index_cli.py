@@ -92,3 +92,17 @@ def test_bad_file_alone_is_a_clear_error(zarrgate_cmd, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("zarrgate: ") and "not a NetCDF or HDF5 file" in proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_groups_open_with_the_plain_group_argument(zarrgate_cmd, tmp_path):
+    # Regression: without consolidated metadata in every group, zarr-python 3 lists
+    # "/forecast" on a reference:// store, finds nothing and opens an empty dataset.
+    src = FIXTURES / "good/groups.nc"
+    out = tmp_path / "refs.json"
+    assert run(zarrgate_cmd, src, "-o", out).returncode == 0
+    for group in ["forecast", "forecast/member1", "obs"]:
+        ds = xr.open_dataset("reference://", engine="zarr", group=group,
+                             backend_kwargs={"storage_options": {"fo": str(out)}})
+        orig = xr.open_dataset(src, group=group)
+        assert set(ds.variables) == set(orig.variables) and len(ds.variables) > 0
+        xr.testing.assert_equal(ds.load(), orig.load())

@@ -34,7 +34,8 @@ use storage::{Storage, StorageLayout, StoredChunk};
 /// HDF5 returns whatever memory held, so no reader can reproduce it.
 pub const UNDEFINED: &str = "never written and fill disabled: values are undefined (missing chunks read as the Zarr fill value)";
 
-/// Synthesized fill chunks beyond this many bytes per variable are left to the gateway.
+/// Synthesized fill chunks beyond this many bytes per variable (all missing chunks together)
+/// are left to the gateway.
 const MAX_SYNTHESIZED: usize = 4 << 20;
 
 pub fn translate(path: &Path, url: &str) -> Result<StoreBuilder, IndexError> {
@@ -159,6 +160,13 @@ impl<'a> Plan<'a> {
             let why = format!("chunk {:?} was stored with filters skipped (filter mask {:#x})", c.index, c.filter_mask);
             return self.mark_transcode(out, why);
         }
+        if self.st.extent.iter().zip(&self.var.shape).any(|(e, s)| e < s) && (self.st.fill_never || self.fills_differ_beyond_extent()) {
+            let why = "the HDF5 extent is shorter than the netCDF shape, and netCDF-C fills the rest with a value the stored chunks do not hold";
+            return self.mark_transcode(out, why.into());
+        }
+        if let Some(c) = stored.iter().find(|c| c.length < strip) {
+            return self.mark_transcode(out, format!("chunk {:?} is shorter than its fletcher32 checksum", c.index));
+        }
         let grid: u64 = meta.chunk_grid().iter().product();
         let undefined = self.st.fill_never && (stored.len() as u64) < grid;
         let missing = match self.missing_chunk(&meta, &stored, &filters, compressor.as_ref()) {
@@ -213,9 +221,6 @@ impl<'a> Plan<'a> {
         if stored.len() as u64 >= grid {
             return Ok(None);
         }
-        if self.st.extent.iter().zip(&self.var.shape).any(|(e, s)| e < s) && self.fills_differ_beyond_extent() {
-            return Err("the HDF5 extent is shorter than the netCDF shape and the fill values differ".into());
-        }
         let dtype = meta.dtype;
         let hdf5_fill = self.st.fill.clone().unwrap_or_else(|| vec![0; dtype.size()]);
         let zarr_fill = zarr_fill_native(&dtype, &meta.fill_value);
@@ -226,12 +231,18 @@ impl<'a> Plan<'a> {
         if dtype.endian == Endian::Big {
             element.reverse();
         }
+        let too_big = || Err("unwritten chunks hold an HDF5 fill value that Zarr v2 metadata cannot express, and inlining them would be too large".to_string());
         let n = meta.chunks.iter().product::<u64>() as usize;
-        if n * dtype.size() > MAX_SYNTHESIZED {
-            return Err("unwritten chunks hold an HDF5 fill value that Zarr v2 metadata cannot express".into());
+        if n.saturating_mul(dtype.size()) > MAX_SYNTHESIZED {
+            return too_big();
         }
         let raw: Vec<u8> = element.iter().copied().cycle().take(n * dtype.size()).collect();
-        Ok(Some(encode_chunk(&raw, filters, compressor)))
+        let chunk = encode_chunk(&raw, filters, compressor);
+        let missing = grid - stored.len() as u64;
+        if missing.saturating_mul(chunk.len() as u64) > MAX_SYNTHESIZED as u64 {
+            return too_big();
+        }
+        Ok(Some(chunk))
     }
 
     /// netCDF-C fills reads beyond a variable's HDF5 extent with the netCDF fill value.

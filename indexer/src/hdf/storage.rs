@@ -106,7 +106,10 @@ pub fn describe(ds: &hdf5::Dataset, numeric: bool) -> hdf5::Result<Storage> {
     };
     let fill = if numeric { fill_bytes(ds)? } else { None };
     let fill_never = ds.dcpl()?.fill_time() == hdf5::dataset::FillTime::Never;
-    Ok(Storage { extent, byte_order, layout, filters: ds.filters().iter().map(filter_info).collect(), fill, fill_never })
+    // Not `ds.filters()`: it turns a pipeline it cannot parse into an empty one, which would
+    // reference compressed chunks as raw data.
+    let filters = ds.dcpl()?.get_filters()?.iter().map(filter_info).collect();
+    Ok(Storage { extent, byte_order, layout, filters, fill, fill_never })
 }
 
 fn chunked(ds: &hdf5::Dataset) -> hdf5::Result<StorageLayout> {

@@ -113,6 +113,7 @@ pub enum HeaderProblem {
     BadDimId(u64),
     BadName,
     TooLarge,
+    RecordDimNotFirst(String),
 }
 
 impl fmt::Display for HeaderProblem {
@@ -125,6 +126,7 @@ impl fmt::Display for HeaderProblem {
             HeaderProblem::BadDimId(d) => write!(f, "dimension id {d} out of range"),
             HeaderProblem::BadName => write!(f, "name is not UTF-8"),
             HeaderProblem::TooLarge => write!(f, "size overflows"),
+            HeaderProblem::RecordDimNotFirst(v) => write!(f, "variable {v:?} uses the record dimension after its first"),
         }
     }
 }
@@ -146,8 +148,15 @@ pub fn sniff(bytes: &[u8]) -> Option<Variant> {
 
 /// Parses a header from the start of a file. `bytes` may be longer than the header.
 pub fn parse(bytes: &[u8]) -> Result<Header, HeaderError> {
+    parse_prefix(bytes, bytes.len() as u64)
+}
+
+/// Parses a header from the first bytes of a file of `file_size` bytes. A header that goes on
+/// past `bytes` is `UnexpectedEnd`, so the caller can read more; counts are checked against
+/// the whole file.
+pub fn parse_prefix(bytes: &[u8], file_size: u64) -> Result<Header, HeaderError> {
     let variant = sniff(bytes).ok_or(HeaderError { what: HeaderProblem::BadMagic, at: 0 })?;
-    let mut r = Reader { bytes, pos: 4, variant };
+    let mut r = Reader { bytes, pos: 4, variant, file_size };
     let numrecs = r.count()?;
     let dims = r.list(TAG_DIMENSION, Reader::dim)?;
     let attrs = r.list(TAG_ATTRIBUTE, Reader::attr)?;
@@ -155,6 +164,10 @@ pub fn parse(bytes: &[u8]) -> Result<Header, HeaderError> {
     for v in &vars {
         if let Some(&bad) = v.dim_ids.iter().find(|&&d| d >= dims.len()) {
             return Err(HeaderError { what: HeaderProblem::BadDimId(bad as u64), at: r.pos });
+        }
+        // Only the first dimension may be the record dimension (netCDF-C: NC_EUNLIMPOS).
+        if v.dim_ids.iter().skip(1).any(|&d| dims[d].len == 0) {
+            return Err(HeaderError { what: HeaderProblem::RecordDimNotFirst(v.name.clone()), at: r.pos });
         }
     }
     Ok(Header { variant, numrecs: (numrecs != STREAMING).then_some(numrecs), dims, attrs, vars })
@@ -164,6 +177,7 @@ struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
     variant: Variant,
+    file_size: u64,
 }
 
 impl Reader<'_> {
@@ -205,9 +219,9 @@ impl Reader<'_> {
 
     fn usize_count(&mut self) -> Result<usize, HeaderError> {
         let n = self.count()?;
-        // Every element takes at least one byte, so a count beyond the input is corrupt.
+        // Every element takes at least one byte, so a count beyond the file is corrupt.
         match usize::try_from(n) {
-            Ok(n) if n <= self.bytes.len() => Ok(n),
+            Ok(n) if n as u64 <= self.file_size => Ok(n),
             _ => self.fail(HeaderProblem::TooLarge),
         }
     }
@@ -351,6 +365,13 @@ pub(crate) mod tests {
         tag[8..12].copy_from_slice(&0x0Bu32.to_be_bytes());
         assert!(matches!(parse(&tag).unwrap_err().what, HeaderProblem::BadTag(0x0B)));
         assert!(matches!(parse(b"CDF\x03....").unwrap_err().what, HeaderProblem::BadMagic));
+    }
+
+    #[test]
+    fn counts_larger_than_the_buffer_but_inside_the_file_ask_for_more() {
+        let full = classic_sample();
+        let err = parse_prefix(&full[..20], 1 << 20).unwrap_err();
+        assert_eq!(err.what, HeaderProblem::UnexpectedEnd);
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub fn read_header(file: &std::fs::File, path: &Path, size: u64) -> Result<Heade
     loop {
         let mut buf = vec![0u8; want as usize];
         file.read_exact_at(&mut buf, 0).map_err(|source| IndexError::Io { path: path.into(), source })?;
-        match header::parse(&buf) {
+        match header::parse_prefix(&buf, size) {
             Err(e) if e.what == header::HeaderProblem::UnexpectedEnd && want < size => {
                 want = (want * 4).min(size);
             }
@@ -55,6 +55,7 @@ pub fn read_header(file: &std::fs::File, path: &Path, size: u64) -> Result<Heade
 /// Translates a parsed NetCDF-3 file into references.
 pub fn translate(file: &std::fs::File, path: &Path, size: u64, url: &str) -> Result<StoreBuilder, IndexError> {
     let h = read_header(file, path, size)?;
+    check_sizes(&h, path, size)?;
     let layout = Layout::new(&h, size);
     let mut out = StoreBuilder::new(url);
     out.group("", &attributes(&h.attrs));
@@ -75,6 +76,18 @@ pub fn translate(file: &std::fs::File, path: &Path, size: u64, url: &str) -> Res
     Ok(out)
 }
 
+/// Rejects variables whose size overflows, before any arithmetic on them (netCDF-C refuses
+/// such headers with `NC_EVARSIZE`). Whether the data fits the file is checked per variable.
+fn check_sizes(h: &Header, path: &Path, size: u64) -> Result<(), IndexError> {
+    for v in &h.vars {
+        let slab = v.dim_ids.iter().try_fold(v.nc_type.size() as u64, |acc, &d| acc.checked_mul(h.dims[d].len.max(1)));
+        if slab.and_then(|s| s.checked_add(v.begin)).is_none() {
+            return Err(IndexError::Truncated { path: path.into(), variable: v.name.clone(), needed: slab.unwrap_or(u64::MAX), size });
+        }
+    }
+    Ok(())
+}
+
 /// Record geometry of a file.
 struct Layout {
     numrecs: u64,
@@ -88,7 +101,7 @@ impl Layout {
         // With exactly one record variable, its records are not padded.
         let recsize = match rec_vars.as_slice() {
             [only] => slab_bytes(h, only),
-            _ => padded.iter().sum(),
+            _ => padded.iter().fold(0u64, |a, &b| a.saturating_add(b)),
         };
         let numrecs = h.numrecs.unwrap_or_else(|| {
             // Streaming files: the record count follows from the file size.
@@ -142,7 +155,10 @@ impl VarLayout {
         let end = match (self.record, self.numrecs) {
             (false, _) => self.begin.checked_add(self.slab),
             (true, 0) => Some(0),
-            (true, n) => (n - 1).checked_mul(self.recsize).and_then(|x| x.checked_add(self.begin + self.slab)),
+            (true, n) => (n - 1)
+                .checked_mul(self.recsize)
+                .and_then(|x| x.checked_add(self.begin))
+                .and_then(|x| x.checked_add(self.slab)),
         };
         match end {
             Some(end) if end <= size => Ok(()),

@@ -14,12 +14,7 @@ const CHUNKS: usize = 100_000;
 fn many_chunks_file(dir: &Path) -> PathBuf {
     let path = dir.join("many_chunks.h5");
     let file = hdf5::File::create(&path).expect("create HDF5 file");
-    let ds = file
-        .new_dataset::<f32>()
-        .chunk(16)
-        .shape(CHUNKS * 16)
-        .create("x")
-        .expect("create dataset");
+    let ds = file.new_dataset::<f32>().chunk(16).shape(CHUNKS * 16).create("x").expect("create dataset");
     let data: Vec<f32> = (0..CHUNKS * 16).map(|i| i as f32).collect();
     ds.write_raw(&data).expect("write data");
     path

@@ -72,7 +72,11 @@ mod tests {
         let cases: Vec<(DType, Vec<u8>, Value)> = vec![
             (dt(Kind::Float, 4, Endian::Little), f32::NAN.to_le_bytes().to_vec(), "NaN".into()),
             (dt(Kind::Float, 8, Endian::Big), f64::NEG_INFINITY.to_be_bytes().to_vec(), "-Infinity".into()),
-            (dt(Kind::Float, 4, Endian::Little), 9.96921e36f32.to_le_bytes().to_vec(), Value::from(9.96921e36f32 as f64)),
+            (
+                dt(Kind::Float, 4, Endian::Little),
+                9.96921e36f32.to_le_bytes().to_vec(),
+                Value::from(9.96921e36f32 as f64),
+            ),
             (dt(Kind::Int, 2, Endian::Big), (-32767i16).to_be_bytes().to_vec(), Value::from(-32767)),
             (dt(Kind::Int, 1, Endian::Little), vec![0x81], Value::from(-127)),
             (dt(Kind::UInt, 8, Endian::Little), u64::MAX.to_le_bytes().to_vec(), Value::from(u64::MAX)),

@@ -122,10 +122,9 @@ impl ReferenceSet {
                 if let Some(meta) = obj.get(META_KEY) {
                     set.meta = Some(serde_json::from_value(meta.clone())?);
                 }
-                obj.get("refs").and_then(Value::as_object).ok_or(RefsError::BadEntry {
-                    key: "refs".into(),
-                    why: "missing refs object",
-                })?
+                obj.get("refs")
+                    .and_then(Value::as_object)
+                    .ok_or(RefsError::BadEntry { key: "refs".into(), why: "missing refs object" })?
             }
             Some(v) => return Err(RefsError::Version(v.as_u64().unwrap_or(0))),
         };

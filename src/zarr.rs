@@ -127,11 +127,8 @@ pub struct DType {
 
 impl DType {
     pub fn new(kind: Kind, size: usize, endian: Endian) -> Self {
-        let endian = if size <= 1 || matches!(kind, Kind::Bytes | Kind::VlenString) {
-            Endian::NotApplicable
-        } else {
-            endian
-        };
+        let endian =
+            if size <= 1 || matches!(kind, Kind::Bytes | Kind::VlenString) { Endian::NotApplicable } else { endian };
         DType { kind, size, endian }
     }
 
@@ -232,7 +229,10 @@ mod tests {
             ("gx/.zgroup", br#"{}"#),
         ];
         let sub = String::from_utf8(consolidated_v2("g", docs.iter().copied())).unwrap();
-        assert_eq!(sub, r#"{"metadata": {".zgroup": {"zarr_format":2}, "v/.zattrs": {"x": NaN}}, "zarr_consolidated_format": 1}"#);
+        assert_eq!(
+            sub,
+            r#"{"metadata": {".zgroup": {"zarr_format":2}, "v/.zattrs": {"x": NaN}}, "zarr_consolidated_format": 1}"#
+        );
         let root = String::from_utf8(consolidated_v2("", docs.iter().copied())).unwrap();
         assert!(root.contains(r#""g/v/.zattrs""#) && root.contains(r#""gx/.zgroup""#) && !root.contains("chunk"));
     }

@@ -126,7 +126,13 @@ impl Progress for Seen {
 #[test]
 fn tree_index_reports_bad_files_and_reruns_incrementally() {
     let data = tempfile::tempdir().unwrap();
-    for f in ["good/classic.nc", "good/nan_fill.nc", "good/filters_hdf5_builtin.h5", "bad/zero_bytes.nc", "bad/corrupt_superblock.nc"] {
+    for f in [
+        "good/classic.nc",
+        "good/nan_fill.nc",
+        "good/filters_hdf5_builtin.h5",
+        "bad/zero_bytes.nc",
+        "bad/corrupt_superblock.nc",
+    ] {
         let dst = data.path().join(f);
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
         std::fs::copy(fixture(f), dst).unwrap();
@@ -146,7 +152,8 @@ fn tree_index_reports_bad_files_and_reruns_incrementally() {
     let report: FileReport = serde_json::from_slice(&std::fs::read(out.path().join(&bad.report)).unwrap()).unwrap();
     assert!(report.error.unwrap().contains("empty"));
     let good = &catalog.datasets["good/classic.nc"];
-    let refs: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join(good.refs.as_ref().unwrap())).unwrap()).unwrap();
+    let refs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join(good.refs.as_ref().unwrap())).unwrap()).unwrap();
     assert_eq!(refs["templates"]["u"], "s3://bucket/data/good/classic.nc");
 
     let mut seen = Seen::default();

@@ -65,7 +65,9 @@ impl Isolated {
         }
         let msg = stderr.trim().trim_start_matches("zarrgate: ").to_string();
         Err(match std::os::unix::process::ExitStatusExt::signal(&status) {
-            Some(sig) => format!("{}: the HDF5/netCDF-C library crashed on this file (signal {sig}) {msg}", path.display()),
+            Some(sig) => {
+                format!("{}: the HDF5/netCDF-C library crashed on this file (signal {sig}) {msg}", path.display())
+            }
             None => msg,
         })
     }
@@ -74,7 +76,8 @@ impl Isolated {
 impl FileIndexer for Isolated {
     fn index(&self, path: &Path, url: Option<String>) -> Result<ReferenceSet, String> {
         let bytes = self.run(path, url)?;
-        let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("worker wrote invalid JSON: {e}"))?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("worker wrote invalid JSON: {e}"))?;
         ReferenceSet::from_json(&doc).map_err(|e| format!("worker wrote invalid references: {e}"))
     }
 }

@@ -87,11 +87,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn index_single(indexer: &dyn FileIndexer, path: &Path, output: Option<&Path>, url: Option<String>) -> anyhow::Result<ExitCode> {
+fn index_single(
+    indexer: &dyn FileIndexer,
+    path: &Path,
+    output: Option<&Path>,
+    url: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let set = indexer.index(path, url).map_err(|e| anyhow::anyhow!(e))?;
     let bytes = set.to_json_bytes();
     match output {
-        Some(o) if o != Path::new("-") => std::fs::write(o, &bytes).with_context(|| format!("cannot write {}", o.display()))?,
+        Some(o) if o != Path::new("-") => {
+            std::fs::write(o, &bytes).with_context(|| format!("cannot write {}", o.display()))?
+        }
         _ => {
             use std::io::Write as _;
             std::io::stdout().write_all(&bytes)?;

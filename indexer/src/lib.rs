@@ -68,10 +68,9 @@ pub fn index_file(path: &Path, options: &IndexOptions) -> Result<ReferenceSet, I
         return Err(IndexError::Empty { path: path.into() });
     }
     let url = options.url.clone().unwrap_or_else(|| abs.to_string_lossy().into_owned());
-    let format = sniff(&file, size).map_err(io)?.ok_or_else(|| IndexError::NotNetcdf {
-        path: path.into(),
-        magic: describe_magic(&file),
-    })?;
+    let format = sniff(&file, size)
+        .map_err(io)?
+        .ok_or_else(|| IndexError::NotNetcdf { path: path.into(), magic: describe_magic(&file) })?;
     let builder = match format {
         SourceFormat::Hdf5 => hdf::translate(&abs, &url)?,
         _ => nc3::translate(&file, &abs, size, &url)?,

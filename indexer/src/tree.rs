@@ -105,7 +105,9 @@ pub fn index_tree(
         let fingerprint = Fingerprint::of_path(&root.join(&rel)).ok();
         let old = reuse.as_ref().and_then(|c| c.datasets.get(&rel));
         match (old, fingerprint) {
-            (Some(old), Some(fp)) if old.fingerprint == fp && old.refs.as_ref().is_none_or(|r| out.join(r).exists()) => {
+            (Some(old), Some(fp))
+                if old.fingerprint == fp && old.refs.as_ref().is_none_or(|r| out.join(r).exists()) =>
+            {
                 catalog.datasets.insert(rel.clone(), old.clone());
                 summary.skipped += 1;
                 progress.file(&rel, Outcome::Skipped);
@@ -180,21 +182,41 @@ fn looks_like_data(path: &Path) -> bool {
 }
 
 /// Writes the reference set (if any) and the report of one file, and returns its entry.
-fn record(out: &Path, rel: &str, fingerprint: Fingerprint, result: Result<ReferenceSet, String>) -> Result<CatalogEntry, TreeError> {
+fn record(
+    out: &Path,
+    rel: &str,
+    fingerprint: Fingerprint,
+    result: Result<ReferenceSet, String>,
+) -> Result<CatalogEntry, TreeError> {
     let refs_rel = format!("refs/{rel}.json");
     let report_rel = format!("reports/{rel}.json");
     let (entry, report) = match result {
         Ok(set) => {
             let meta = set.meta.clone().expect("indexers always set meta");
-            let complete = meta.variables.values().all(|v| matches!(v.status, VariableStatus::Referenced | VariableStatus::Inlined));
+            let complete = meta
+                .variables
+                .values()
+                .all(|v| matches!(v.status, VariableStatus::Referenced | VariableStatus::Inlined));
             let status = if complete { EntryStatus::Ok } else { EntryStatus::Partial };
             write_atomic(&out.join(&refs_rel), &set.to_json_bytes())?;
-            let entry = CatalogEntry { fingerprint: meta.source.fingerprint, status, refs: Some(refs_rel), report: report_rel.clone(), error: None };
+            let entry = CatalogEntry {
+                fingerprint: meta.source.fingerprint,
+                status,
+                refs: Some(refs_rel),
+                report: report_rel.clone(),
+                error: None,
+            };
             (entry, FileReport { file: rel.into(), status, error: None, index: Some(meta) })
         }
         Err(msg) => {
             let _ = std::fs::remove_file(out.join(&refs_rel));
-            let entry = CatalogEntry { fingerprint, status: EntryStatus::Failed, refs: None, report: report_rel.clone(), error: Some(msg.clone()) };
+            let entry = CatalogEntry {
+                fingerprint,
+                status: EntryStatus::Failed,
+                refs: None,
+                report: report_rel.clone(),
+                error: Some(msg.clone()),
+            };
             (entry, FileReport { file: rel.into(), status: EntryStatus::Failed, error: Some(msg), index: None })
         }
     };
@@ -210,7 +232,11 @@ fn remove_outputs(out: &Path, entry: &CatalogEntry) {
 }
 
 fn with_slash(prefix: &str) -> String {
-    if prefix.ends_with('/') { prefix.to_string() } else { format!("{prefix}/") }
+    if prefix.ends_with('/') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}/")
+    }
 }
 
 /// An error and all its sources, joined by `: `.

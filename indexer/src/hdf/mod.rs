@@ -32,7 +32,8 @@ use storage::{Storage, StorageLayout, StoredChunk};
 
 /// Report reason for data that was never written in a file created without fill values:
 /// HDF5 returns whatever memory held, so no reader can reproduce it.
-pub const UNDEFINED: &str = "never written and fill disabled: values are undefined (missing chunks read as the Zarr fill value)";
+pub const UNDEFINED: &str =
+    "never written and fill disabled: values are undefined (missing chunks read as the Zarr fill value)";
 
 /// Synthesized fill chunks beyond this many bytes per variable (all missing chunks together)
 /// are left to the gateway.
@@ -88,7 +89,8 @@ fn variable(out: &mut StoreBuilder, file: &hdf5::File, path: &Path, var: &NcVar)
 
 fn inline_strings(out: &mut StoreBuilder, var: &NcVar) {
     let strings = var.strings.as_deref().unwrap_or_default();
-    let meta = array_meta(var, DType::new(Kind::VlenString, 0, Endian::NotApplicable), full_chunks(&var.shape), Value::Null);
+    let meta =
+        array_meta(var, DType::new(Kind::VlenString, 0, Endian::NotApplicable), full_chunks(&var.shape), Value::Null);
     let meta = ArrayMetadataV2 { filters: Some(vec![Codec::VlenUtf8 {}]), ..meta };
     let mut attrs = var.attrs.clone();
     attrs.remove("_FillValue");
@@ -160,7 +162,9 @@ impl<'a> Plan<'a> {
             let why = format!("chunk {:?} was stored with filters skipped (filter mask {:#x})", c.index, c.filter_mask);
             return self.mark_transcode(out, why);
         }
-        if self.st.extent.iter().zip(&self.var.shape).any(|(e, s)| e < s) && (self.st.fill_never || self.fills_differ_beyond_extent()) {
+        if self.st.extent.iter().zip(&self.var.shape).any(|(e, s)| e < s)
+            && (self.st.fill_never || self.fills_differ_beyond_extent())
+        {
             let why = "the HDF5 extent is shorter than the netCDF shape, and netCDF-C fills the rest with a value the stored chunks do not hold";
             return self.mark_transcode(out, why.into());
         }
@@ -231,7 +235,9 @@ impl<'a> Plan<'a> {
         if dtype.endian == Endian::Big {
             element.reverse();
         }
-        let too_big = || Err("unwritten chunks hold an HDF5 fill value that Zarr v2 metadata cannot express, and inlining them would be too large".to_string());
+        let too_big = || {
+            Err("unwritten chunks hold an HDF5 fill value that Zarr v2 metadata cannot express, and inlining them would be too large".to_string())
+        };
         let n = meta.chunks.iter().product::<u64>() as usize;
         if n.saturating_mul(dtype.size()) > MAX_SYNTHESIZED {
             return too_big();
@@ -256,7 +262,13 @@ impl<'a> Plan<'a> {
         !same_element(&dtype, &hdf5, &nc_fill)
     }
 
-    fn write_missing(&self, out: &mut StoreBuilder, meta: &ArrayMetadataV2, stored: &[StoredChunk], chunk: Option<Vec<u8>>) -> usize {
+    fn write_missing(
+        &self,
+        out: &mut StoreBuilder,
+        meta: &ArrayMetadataV2,
+        stored: &[StoredChunk],
+        chunk: Option<Vec<u8>>,
+    ) -> usize {
         let Some(chunk) = chunk else { return 0 };
         let have: std::collections::HashSet<&[u64]> = stored.iter().map(|c| c.index.as_slice()).collect();
         let mut count = 0;
@@ -283,7 +295,14 @@ impl<'a> Plan<'a> {
                 .iter()
                 .map(|c| {
                     let key = ArrayMetadataV2::chunk_key(&c.index);
-                    (key, zarrgate_core::report::StoredChunk { offset: c.offset, length: c.length, filter_mask: c.filter_mask })
+                    (
+                        key,
+                        zarrgate_core::report::StoredChunk {
+                            offset: c.offset,
+                            length: c.length,
+                            filter_mask: c.filter_mask,
+                        },
+                    )
                 })
                 .collect(),
         };
@@ -293,7 +312,10 @@ impl<'a> Plan<'a> {
 
 /// Maps an HDF5 filter pipeline to Zarr v2 filters and compressor, and the number of checksum
 /// bytes to cut from each chunk. An error names what plain clients cannot decode.
-fn pipeline(filters: &[zarrgate_core::report::Hdf5Filter], elem_size: usize) -> Result<(Vec<Codec>, Option<Codec>, u64), String> {
+fn pipeline(
+    filters: &[zarrgate_core::report::Hdf5Filter],
+    elem_size: usize,
+) -> Result<(Vec<Codec>, Option<Codec>, u64), String> {
     let mut rest = filters;
     let mut strip = 0;
     // A checksum over the stored bytes (fletcher32 last) is cut off each byte range.
@@ -311,7 +333,9 @@ fn pipeline(filters: &[zarrgate_core::report::Hdf5Filter], elem_size: usize) -> 
             // netCDF-C puts fletcher32 first: the checksum of the raw data rides inside the
             // compressed stream, and numcodecs' fletcher32 verifies and removes it. A later
             // shuffle must still see whole elements.
-            FLETCHER32 if i == 0 && (4 % elem_size.max(1) == 0 || !rest.iter().any(|f| f.id == 2)) => Codec::Fletcher32 {},
+            FLETCHER32 if i == 0 && (4 % elem_size.max(1) == 0 || !rest.iter().any(|f| f.id == 2)) => {
+                Codec::Fletcher32 {}
+            }
             FLETCHER32 => return Err("fletcher32 checksum does not fit the shuffle element size".into()),
             _ => return Err(format!("HDF5 filter {} (id {}) has no standard Zarr codec", f.name, f.id)),
         });

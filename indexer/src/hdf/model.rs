@@ -14,8 +14,13 @@ use crate::store::join;
 /// What a variable's elements are, as far as the indexer cares.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ElemType {
-    Int { signed: bool, size: usize },
-    Float { size: usize },
+    Int {
+        signed: bool,
+        size: usize,
+    },
+    Float {
+        size: usize,
+    },
     Char,
     String,
     /// Compound, enum and non-string vlen types, described for the report.

@@ -45,7 +45,9 @@ unsafe fn read(ncid: i32, group: &CString, var: Option<&std::ffi::CStr>, name: &
     ok(unsafe { nc::nc_inq_att(gid, varid, name.as_ptr(), &mut xtype, &mut len) })?;
     let (mut size, mut base, mut nfields, mut class) = (0usize, 0, 0usize, 0);
     let mut tname = [0 as std::ffi::c_char; nc::NC_MAX_NAME as usize + 1];
-    ok(unsafe { nc::nc_inq_user_type(gid, xtype, tname.as_mut_ptr(), &mut size, &mut base, &mut nfields, &mut class) })?;
+    ok(unsafe {
+        nc::nc_inq_user_type(gid, xtype, tname.as_mut_ptr(), &mut size, &mut base, &mut nfields, &mut class)
+    })?;
     if class != nc::NC_ENUM || !(1..=8).contains(&size) {
         return None;
     }

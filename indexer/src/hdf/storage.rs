@@ -18,11 +18,19 @@ pub struct StoredChunk {
 
 #[derive(Clone, Debug)]
 pub enum StorageLayout {
-    Chunked { chunk: Vec<u64>, stored: Vec<StoredChunk> },
+    Chunked {
+        chunk: Vec<u64>,
+        stored: Vec<StoredChunk>,
+    },
     /// `offset` is `None` when the data was never written.
-    Contiguous { offset: Option<u64>, length: u64 },
+    Contiguous {
+        offset: Option<u64>,
+        length: u64,
+    },
     /// Data kept in the object header: the raw bytes, in file byte order.
-    Compact { data: Vec<u8> },
+    Compact {
+        data: Vec<u8>,
+    },
     Virtual,
 }
 
@@ -45,9 +53,7 @@ pub struct Storage {
 /// name of a dimension but is not its coordinate as `_nc4_non_coord_{name}`.
 pub fn find(file: &hdf5::File, group: &str, name: &str) -> Option<hdf5::Dataset> {
     let base = if group.is_empty() { String::from("/") } else { format!("/{group}/") };
-    [format!("{base}_nc4_non_coord_{name}"), format!("{base}{name}")]
-        .iter()
-        .find_map(|p| file.dataset(p).ok())
+    [format!("{base}_nc4_non_coord_{name}"), format!("{base}{name}")].iter().find_map(|p| file.dataset(p).ok())
 }
 
 /// HDF5 datasets that netCDF-C does not show as variables (so neither does xarray), other than
@@ -64,7 +70,10 @@ pub fn hidden_datasets(file: &hdf5::File, model: &super::model::NcModel) -> Vec<
             return;
         }
         let what = ds.dtype().and_then(|t| t.to_descriptor()).map_or_else(|e| e.to_string(), |d| format!("{d:?}"));
-        out.push((path.to_string(), format!("netCDF-C does not expose this dataset (type {what}), so xarray does not show it")));
+        out.push((
+            path.to_string(),
+            format!("netCDF-C does not expose this dataset (type {what}), so xarray does not show it"),
+        ));
     });
     out
 }

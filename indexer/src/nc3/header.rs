@@ -126,7 +126,9 @@ impl fmt::Display for HeaderProblem {
             HeaderProblem::BadDimId(d) => write!(f, "dimension id {d} out of range"),
             HeaderProblem::BadName => write!(f, "name is not UTF-8"),
             HeaderProblem::TooLarge => write!(f, "size overflows"),
-            HeaderProblem::RecordDimNotFirst(v) => write!(f, "variable {v:?} uses the record dimension after its first"),
+            HeaderProblem::RecordDimNotFirst(v) => {
+                write!(f, "variable {v:?} uses the record dimension after its first")
+            }
         }
     }
 }

@@ -82,7 +82,12 @@ fn check_sizes(h: &Header, path: &Path, size: u64) -> Result<(), IndexError> {
     for v in &h.vars {
         let slab = v.dim_ids.iter().try_fold(v.nc_type.size() as u64, |acc, &d| acc.checked_mul(h.dims[d].len.max(1)));
         if slab.and_then(|s| s.checked_add(v.begin)).is_none() {
-            return Err(IndexError::Truncated { path: path.into(), variable: v.name.clone(), needed: slab.unwrap_or(u64::MAX), size });
+            return Err(IndexError::Truncated {
+                path: path.into(),
+                variable: v.name.clone(),
+                needed: slab.unwrap_or(u64::MAX),
+                size,
+            });
         }
     }
     Ok(())
@@ -106,7 +111,11 @@ impl Layout {
         let numrecs = h.numrecs.unwrap_or_else(|| {
             // Streaming files: the record count follows from the file size.
             let first = rec_vars.iter().map(|v| v.begin).min().unwrap_or(file_size);
-            if recsize == 0 { 0 } else { file_size.saturating_sub(first) / recsize }
+            if recsize == 0 {
+                0
+            } else {
+                file_size.saturating_sub(first) / recsize
+            }
         });
         Layout { numrecs, recsize }
     }
@@ -135,16 +144,16 @@ struct VarLayout {
 impl VarLayout {
     fn new(h: &Header, l: &Layout, var: &Var) -> Self {
         let record = is_record(h, var);
-        let shape = var
-            .dim_ids
-            .iter()
-            .map(|&d| if h.dims[d].len == 0 { l.numrecs } else { h.dims[d].len })
-            .collect();
+        let shape = var.dim_ids.iter().map(|&d| if h.dims[d].len == 0 { l.numrecs } else { h.dims[d].len }).collect();
         VarLayout { shape, record, slab: slab_bytes(h, var), begin: var.begin, numrecs: l.numrecs, recsize: l.recsize }
     }
 
     fn total_bytes(&self) -> u64 {
-        if self.record { self.slab * self.numrecs } else { self.slab }
+        if self.record {
+            self.slab * self.numrecs
+        } else {
+            self.slab
+        }
     }
 
     fn record_offset(&self, r: u64) -> u64 {
@@ -245,7 +254,8 @@ fn write_chunks(
         out.status(&var.name, VariableStatus::Referenced, Some("empty: no data".into()));
         return Ok(());
     }
-    let zeros = |first: u64| ArrayMetadataV2::chunk_key(&[&[first][..], &vec![0; v.shape.len().saturating_sub(1)]].concat());
+    let zeros =
+        |first: u64| ArrayMetadataV2::chunk_key(&[&[first][..], &vec![0; v.shape.len().saturating_sub(1)]].concat());
     if !v.record {
         let key = ArrayMetadataV2::chunk_key(&vec![0; v.shape.len()]);
         out.chunk_range(&var.name, &key, v.begin, v.slab);

@@ -47,13 +47,15 @@ pub fn float_json(x: f64) -> Value {
     }
 }
 
-fn sign_extend(le: &[u8]) -> i64 {
+/// A little-endian signed integer of 1 to 8 bytes.
+pub fn sign_extend(le: &[u8]) -> i64 {
     let mut buf = [if le.last().is_some_and(|b| b & 0x80 != 0) { 0xff } else { 0 }; 8];
     buf[..le.len()].copy_from_slice(le);
     i64::from_le_bytes(buf)
 }
 
-fn zero_extend(le: &[u8]) -> u64 {
+/// A little-endian unsigned integer of 1 to 8 bytes.
+pub fn zero_extend(le: &[u8]) -> u64 {
     let mut buf = [0u8; 8];
     buf[..le.len()].copy_from_slice(le);
     u64::from_le_bytes(buf)

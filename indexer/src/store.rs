@@ -22,10 +22,6 @@ pub fn join(group: &str, name: &str) -> String {
     }
 }
 
-fn key(path: &str, leaf: &str) -> String {
-    join(path, leaf)
-}
-
 pub struct StoreBuilder {
     set: ReferenceSet,
     groups: Vec<String>,
@@ -51,14 +47,14 @@ impl StoreBuilder {
 
     pub fn group(&mut self, path: &str, attrs: &Attributes) {
         self.groups.push(path.to_string());
-        self.set.put_json(key(path, ".zgroup"), &GroupMetadataV2::default());
-        self.set.refs.insert(key(path, ".zattrs"), Reference::Inline(attrs.to_zattrs(None).into_bytes()));
+        self.set.put_json(join(path, ".zgroup"), &GroupMetadataV2::default());
+        self.set.refs.insert(join(path, ".zattrs"), Reference::Inline(attrs.to_zattrs(None).into_bytes()));
     }
 
     pub fn array(&mut self, path: &str, meta: &ArrayMetadataV2, attrs: &Attributes, dims: &[String]) {
-        self.set.put_json(key(path, ".zarray"), meta);
+        self.set.put_json(join(path, ".zarray"), meta);
         let zattrs = self.visible_attrs(path, attrs).to_zattrs(Some(dims));
-        self.set.refs.insert(key(path, ".zattrs"), Reference::Inline(zattrs.into_bytes()));
+        self.set.refs.insert(join(path, ".zattrs"), Reference::Inline(zattrs.into_bytes()));
     }
 
     /// The attributes xarray shows for a variable: its netCDF4 backend moves
@@ -77,11 +73,11 @@ impl StoreBuilder {
 
     pub fn chunk_range(&mut self, path: &str, chunk_key: &str, offset: u64, length: u64) {
         let r = Reference::Range { url: SOURCE_TEMPLATE.to_string(), offset, length };
-        self.set.refs.insert(key(path, chunk_key), r);
+        self.set.refs.insert(join(path, chunk_key), r);
     }
 
     pub fn chunk_inline(&mut self, path: &str, chunk_key: &str, bytes: Vec<u8>) {
-        self.set.refs.insert(key(path, chunk_key), Reference::Inline(bytes));
+        self.set.refs.insert(join(path, chunk_key), Reference::Inline(bytes));
     }
 
     pub fn status(&mut self, path: &str, status: VariableStatus, reason: Option<String>) {
@@ -107,7 +103,7 @@ impl StoreBuilder {
                 _ => None,
             });
             let doc = consolidated_v2(group, docs);
-            self.set.refs.insert(key(group, ".zmetadata"), Reference::Inline(doc));
+            self.set.refs.insert(join(group, ".zmetadata"), Reference::Inline(doc));
         }
     }
 

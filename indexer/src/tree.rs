@@ -112,7 +112,7 @@ pub fn index_tree(
                 summary.skipped += 1;
                 progress.file(&rel, Outcome::Skipped);
             }
-            _ => todo.push(rel),
+            _ => todo.push((rel, fingerprint.unwrap_or(Fingerprint { size: 0, mtime_ns: 0 }))),
         }
     }
     let (tx, rx) = std::sync::mpsc::channel();
@@ -122,11 +122,10 @@ pub fn index_tree(
             let (tx, next, todo, root) = (tx.clone(), &next, &todo, &root);
             scope.spawn(move || loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(rel) = todo.get(i) else { break };
+                let Some((rel, fingerprint)) = todo.get(i) else { break };
                 let url = options.url_prefix.as_ref().map(|p| format!("{}{rel}", with_slash(p)));
-                let fingerprint = Fingerprint::of_path(&root.join(rel)).unwrap_or(Fingerprint { size: 0, mtime_ns: 0 });
                 let result = indexer.index(&root.join(rel), url);
-                if tx.send((rel.clone(), fingerprint, result)).is_err() {
+                if tx.send((rel.clone(), *fingerprint, result)).is_err() {
                     break;
                 }
             });

@@ -98,6 +98,28 @@ def set_json(doc, key, value):
     doc["refs"][key] = json.dumps(value)
 
 
+def setting(key, changes):
+    """A mutation that sets entries of the JSON document stored at `key`."""
+
+    def mutate(doc):
+        value = zattrs(doc, key)
+        value.update(changes)
+        set_json(doc, key, value)
+
+    return mutate
+
+
+def removing(key, name):
+    """A mutation that deletes entry `name` of the JSON document stored at `key`."""
+
+    def mutate(doc):
+        value = zattrs(doc, key)
+        del value[name]
+        set_json(doc, key, value)
+
+    return mutate
+
+
 def drop_var(doc, name):
     for k in [k for k in doc["refs"] if k == name or k.startswith(name + "/")]:
         del doc["refs"][k]
@@ -152,22 +174,16 @@ def test_extra_variable(sample, tmp_path):
 
 def test_invented_fill_value(sample, tmp_path):
     def m(d):
-        z = zattrs(d, "sub/w/.zarray")
-        z["fill_value"] = 0.0  # original _FillValue is -5.0
-        set_json(d, "sub/w/.zarray", z)
-        z = zattrs(d, "x/.zarray")
-        z["fill_value"] = None  # original _FillValue is NaN
-        set_json(d, "x/.zarray", z)
+        setting("sub/w/.zarray", {"fill_value": 0.0})(d)  # original _FillValue is -5.0
+        setting("x/.zarray", {"fill_value": None})(d)  # original _FillValue is NaN
 
     res = run(sample, tmp_path, m)
     failed_with(res, "attribute '_FillValue' differs", "'x' attrs: attribute '_FillValue' missing from refs")
 
 
 def test_fill_value_where_original_has_none(sample, tmp_path):
-    def m(d):
-        z = zattrs(d, "flag/.zarray")
-        z["fill_value"] = 0  # what kerchunk writes: masks the real zeros
-        set_json(d, "flag/.zarray", z)
+    # What kerchunk writes: it masks the real zeros.
+    m = setting("flag/.zarray", {"fill_value": 0})
 
     res = run(sample, tmp_path, m)
     failed_with(res, "'flag' attrs: attribute '_FillValue' in refs but not in original (invented fill value)",
@@ -175,46 +191,31 @@ def test_fill_value_where_original_has_none(sample, tmp_path):
 
 
 def test_extra_attribute(sample, tmp_path):
-    def m(d):
-        za = zattrs(d, "tas/.zattrs")
-        za["extra"] = 1
-        set_json(d, "tas/.zattrs", za)
+    m = setting("tas/.zattrs", {"extra": 1})
 
     failed_with(run(sample, tmp_path, m), "'extra' in refs but not in original")
 
 
 def test_least_significant_digit_follows_the_oracle(sample, tmp_path):
-    def m(d):
-        za = zattrs(d, "q/.zattrs")
-        za["least_significant_digit"] = 1
-        set_json(d, "q/.zattrs", za)
+    m = setting("q/.zattrs", {"least_significant_digit": 1})
 
     failed_with(run(sample, tmp_path, m), "'q' attrs: attribute 'least_significant_digit' in refs but not in original")
 
 
 def test_changed_attribute_value(sample, tmp_path):
-    def m(d):
-        za = zattrs(d, "tas/.zattrs")
-        za["valid_range"] = [100.0, 400.5]
-        set_json(d, "tas/.zattrs", za)
+    m = setting("tas/.zattrs", {"valid_range": [100.0, 400.5]})
 
     failed_with(run(sample, tmp_path, m), "attribute 'valid_range' differs")
 
 
 def test_stringified_attribute(sample, tmp_path):
-    def m(d):
-        za = zattrs(d, ".zattrs")
-        za["version"] = "2.5"
-        set_json(d, ".zattrs", za)
+    m = setting(".zattrs", {"version": "2.5"})
 
     failed_with(run(sample, tmp_path, m), "dataset attrs: attribute 'version' differs (type differs)")
 
 
 def test_missing_dataset_attribute(sample, tmp_path):
-    def m(d):
-        za = zattrs(d, "sub/.zattrs")
-        del za["note"]
-        set_json(d, "sub/.zattrs", za)
+    m = removing("sub/.zattrs", "note")
 
     failed_with(run(sample, tmp_path, m), "group /sub", "attribute 'note' missing from refs")
 
@@ -228,29 +229,19 @@ def test_wrong_chunk_offset(sample, tmp_path):
 
 
 def test_wrong_dtype(sample, tmp_path):
-    def m(d):
-        z = zattrs(d, "count/.zarray")
-        z["dtype"] = "<u8"
-        z["fill_value"] = None
-        set_json(d, "count/.zarray", z)
+    m = setting("count/.zarray", {"dtype": "<u8", "fill_value": None})
 
     failed_with(run(sample, tmp_path, m), "'count': dtype int64 in original, uint64 in refs")
 
 
 def test_wrong_dimension_name(sample, tmp_path):
-    def m(d):
-        za = zattrs(d, "count/.zattrs")
-        za["_ARRAY_DIMENSIONS"] = ["y"]
-        set_json(d, "count/.zattrs", za)
+    m = setting("count/.zattrs", {"_ARRAY_DIMENSIONS": ["y"]})
 
     failed_with(run(sample, tmp_path, m), "dims ('x',) in original, ('y',) in refs")
 
 
 def test_time_units_change_caught_when_decoded(sample, tmp_path):
-    def m(d):
-        za = zattrs(d, "time/.zattrs")
-        za["calendar"] = "360_day"
-        set_json(d, "time/.zattrs", za)
+    m = setting("time/.zattrs", {"calendar": "360_day"})
 
     res = run(sample, tmp_path, m)
     failed_with(res, "attribute 'calendar' differs", "[decode_cf=True] var 'time': values differ")

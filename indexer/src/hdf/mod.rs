@@ -173,10 +173,13 @@ impl<'a> Plan<'a> {
         }
         let grid: u64 = meta.chunk_grid().iter().product();
         let undefined = self.st.fill_never && (stored.len() as u64) < grid;
-        let missing = match self.missing_chunk(&meta, &stored, &filters, compressor.as_ref()) {
-            _ if undefined => None,
-            Ok(m) => m,
-            Err(why) => return self.mark_transcode(out, why),
+        let missing = if undefined {
+            None
+        } else {
+            match self.missing_chunk(&meta, &stored, &filters, compressor.as_ref()) {
+                Ok(m) => m,
+                Err(why) => return self.mark_transcode(out, why),
+            }
         };
         out.array(&self.var.path, &meta, &self.attrs(), &self.var.dims);
         for c in &stored {
@@ -226,7 +229,7 @@ impl<'a> Plan<'a> {
             return Ok(None);
         }
         let dtype = meta.dtype;
-        let hdf5_fill = self.st.fill.clone().unwrap_or_else(|| vec![0; dtype.size()]);
+        let hdf5_fill = self.hdf5_fill(&dtype);
         let zarr_fill = zarr_fill_native(&dtype, &meta.fill_value);
         if same_element(&dtype, &hdf5_fill, &zarr_fill) {
             return Ok(None);
@@ -251,6 +254,11 @@ impl<'a> Plan<'a> {
         Ok(Some(chunk))
     }
 
+    /// What HDF5 returns for unwritten elements (zeros when it has no fill value to report).
+    fn hdf5_fill(&self, dtype: &DType) -> Vec<u8> {
+        self.st.fill.clone().unwrap_or_else(|| vec![0; dtype.size()])
+    }
+
     /// netCDF-C fills reads beyond a variable's HDF5 extent with the netCDF fill value.
     fn fills_differ_beyond_extent(&self) -> bool {
         let Some(dtype) = self.dtype else { return true };
@@ -258,8 +266,7 @@ impl<'a> Plan<'a> {
             Some(v) => zarr_fill_native(&dtype, &fill_from_attr(&dtype, v)),
             None => default_nc_fill(&dtype),
         };
-        let hdf5 = self.st.fill.clone().unwrap_or_else(|| vec![0; dtype.size()]);
-        !same_element(&dtype, &hdf5, &nc_fill)
+        !same_element(&dtype, &self.hdf5_fill(&dtype), &nc_fill)
     }
 
     fn write_missing(

@@ -9,6 +9,8 @@ use std::path::Path;
 
 use netcdf_sys as nc;
 use zarrgate_core::attrs::AttrValue;
+// netCDF-C returns native-endian values, little-endian on the targets we build for.
+use zarrgate_core::fill::{sign_extend, zero_extend};
 
 /// Reads attribute `name` of variable `var` (or of the group, if `None`) in group `group`
 /// (`""` for the root) when its type is an enum. `None` for anything else or on any error.
@@ -56,16 +58,8 @@ unsafe fn read(ncid: i32, group: &CString, var: Option<&std::ffi::CStr>, name: &
     let signed = matches!(base, nc::NC_BYTE | nc::NC_SHORT | nc::NC_INT | nc::NC_INT64);
     let words = buf.chunks_exact(size);
     Some(if signed {
-        AttrValue::Ints(words.map(|w| sign_extend(w)).collect())
+        AttrValue::Ints(words.map(sign_extend).collect())
     } else {
-        AttrValue::UInts(words.map(|w| w.iter().rev().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))).collect())
+        AttrValue::UInts(words.map(zero_extend).collect())
     })
-}
-
-/// A native-endian (little-endian here) signed integer of 1 to 8 bytes.
-fn sign_extend(w: &[u8]) -> i64 {
-    let fill = if w.last().is_some_and(|b| b & 0x80 != 0) { 0xff } else { 0 };
-    let mut b = [fill; 8];
-    b[..w.len()].copy_from_slice(w);
-    i64::from_le_bytes(b)
 }

@@ -113,11 +113,12 @@ pub fn describe(ds: &hdf5::Dataset, numeric: bool) -> hdf5::Result<Storage> {
         Layout::Compact => StorageLayout::Compact { data: read_raw(ds, dtype.size())? },
         Layout::Virtual => StorageLayout::Virtual,
     };
-    let fill = if numeric { fill_bytes(ds)? } else { None };
-    let fill_never = ds.dcpl()?.fill_time() == hdf5::dataset::FillTime::Never;
+    let dcpl = ds.dcpl()?;
+    let fill = if numeric { fill_bytes(ds, &dcpl, dtype.size()) } else { None };
+    let fill_never = dcpl.fill_time() == hdf5::dataset::FillTime::Never;
     // Not `ds.filters()`: it turns a pipeline it cannot parse into an empty one, which would
     // reference compressed chunks as raw data.
-    let filters = ds.dcpl()?.get_filters()?.iter().map(filter_info).collect();
+    let filters = dcpl.get_filters()?.iter().map(filter_info).collect();
     Ok(Storage { extent, byte_order, layout, filters, fill, fill_never })
 }
 
@@ -159,9 +160,7 @@ fn read_raw(ds: &hdf5::Dataset, elem_size: usize) -> hdf5::Result<Vec<u8>> {
 
 /// The fill value HDF5 writes into unwritten elements, in native byte order; zeros when the
 /// library default applies.
-fn fill_bytes(ds: &hdf5::Dataset) -> hdf5::Result<Option<Vec<u8>>> {
-    let dcpl = ds.dcpl()?;
-    let size = ds.dtype()?.size();
+fn fill_bytes(ds: &hdf5::Dataset, dcpl: &hdf5::plist::DatasetCreate, size: usize) -> Option<Vec<u8>> {
     let _guard = hdf5_sys::LOCK.lock();
     let mut buf = vec![0u8; size];
     // SAFETY: the native type has the same size as the file type for numeric types, so `buf`
@@ -174,7 +173,7 @@ fn fill_bytes(ds: &hdf5::Dataset) -> hdf5::Result<Option<Vec<u8>>> {
         hdf5_sys::h5t::H5Tclose(file_type);
         s
     };
-    Ok((status >= 0).then_some(buf))
+    (status >= 0).then_some(buf)
 }
 
 fn filter_info(f: &Filter) -> Hdf5Filter {

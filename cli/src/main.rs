@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod isolate;
+mod serve;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -50,6 +51,88 @@ enum Command {
         #[arg(long, hide = true)]
         worker: bool,
     },
+    /// Serve data as a read-only S3 bucket of Zarr stores (one per file: `s3://BUCKET/<relpath>`).
+    Serve {
+        /// Data tree to index at start (incrementally) and serve.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Bucket name.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Catalog directory: prebuilt references to serve, or where `--data` is indexed
+        /// (default: ~/.cache/zarrgate/catalogs/BUCKET).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// A TOML file declaring several collections (see docs/configuration.md).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Index the bundled fixtures and serve them as bucket `demo`, printing client snippets.
+    Demo {
+        /// Fixture directory (default: fixtures/data/good of this checkout).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Catalog directory (default: target/demo-catalog).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Address to listen on (port 0 picks a free port). Default: 127.0.0.1:9000.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Connections served at once.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Seconds a client may stall (headers, reads, writes) before it is disconnected.
+    #[arg(long)]
+    client_timeout: Option<u64>,
+    /// Files indexed at once (default: the number of CPUs).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Give up indexing a file after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    file_timeout: u64,
+}
+
+impl ServerArgs {
+    fn options(&self, config: &zarrgate_gateway::config::Config) -> zarrgate_gateway::ServeOptions {
+        let defaults = zarrgate_gateway::ServeOptions::default();
+        zarrgate_gateway::ServeOptions {
+            listen: self.listen.or(config.listen).unwrap_or(defaults.listen),
+            max_connections: self.max_connections.or(config.max_connections).unwrap_or(defaults.max_connections),
+            client_timeout: self
+                .client_timeout
+                .or(config.client_timeout_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.client_timeout),
+            ..defaults
+        }
+    }
+
+    fn index_settings(&self) -> serve::IndexSettings {
+        serve::IndexSettings {
+            jobs: self.jobs.unwrap_or_else(cpus),
+            file_timeout: Duration::from_secs(self.file_timeout),
+        }
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Prints the line test harnesses wait for, then flushes.
+fn announce(addr: std::net::SocketAddr) {
+    use std::io::Write as _;
+    println!("listening on http://{addr}");
+    let _ = std::io::stdout().flush();
 }
 
 fn main() -> ExitCode {
@@ -67,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Index { path, output, out, url_prefix, force, jobs, file_timeout, url, worker } => {
             if path.is_dir() {
                 let Some(out) = out else { bail!("indexing a directory needs --out CATALOG_DIR") };
-                let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                let jobs = jobs.unwrap_or_else(cpus);
                 let isolated = isolate::Isolated::new(Duration::from_secs(file_timeout))?;
                 index_dir(&path, &out, TreeOptions { url_prefix, force, jobs }, &isolated)
             } else {
@@ -84,7 +167,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 index_single(indexer.as_ref(), &path, output.as_deref(), url)
             }
         }
+        Command::Serve { data, bucket, catalog, config, server } => {
+            let config = serve::config_from_args(config.as_deref(), bucket, data, catalog)?;
+            let options = server.options(&config);
+            serve::serve(config, options, &server.index_settings(), announce)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { data, catalog, server } => {
+            let data = match data {
+                Some(d) => d,
+                None => demo_fixtures()?,
+            };
+            let catalog = catalog.unwrap_or_else(|| PathBuf::from("target/demo-catalog"));
+            let dataset = "cal_noleap.nc".to_string();
+            let config = serve::config_from_args(None, Some("demo".into()), Some(data), Some(catalog))?;
+            let options = server.options(&config);
+            serve::serve(config, options, &server.index_settings(), move |addr| {
+                announce(addr);
+                serve::print_demo(addr, "demo", &dataset);
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `fixtures/data/good` in the working directory, or in the checkout this binary was built in.
+fn demo_fixtures() -> anyhow::Result<PathBuf> {
+    let rel = Path::new("fixtures/data/good");
+    if rel.is_dir() {
+        return Ok(rel.to_path_buf());
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1) {
+        if dir.join(rel).is_dir() {
+            return Ok(dir.join(rel));
+        }
+    }
+    bail!("cannot find fixtures/data/good; run from the zarrgate checkout or pass --data DIR")
 }
 
 fn index_single(
@@ -122,7 +241,12 @@ impl Progress for Bar {
     }
 }
 
-fn index_dir(root: &Path, out: &Path, options: TreeOptions, worker: &dyn FileIndexer) -> anyhow::Result<ExitCode> {
+pub(crate) fn index_dir(
+    root: &Path,
+    out: &Path,
+    options: TreeOptions,
+    worker: &dyn FileIndexer,
+) -> anyhow::Result<ExitCode> {
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed} {wide_msg}").expect("valid template"),
     );

@@ -1,10 +1,26 @@
-//! `zarrgate-gateway`: the read-only, S3-compatible Zarr store (arrives with the gateway issue).
+//! `zarrgate-gateway`: a read-only, S3-compatible Zarr v2 store over reference sets.
 //!
 //! # Layout
-//! - [`store`]: the [`store::VirtualStore`] seam the S3 layer will serve: a key-value view of
-//!   reference sets that knows nothing of Kerchunk JSON.
+//! - [`config`]: the TOML file that declares collections (buckets).
+//! - [`collection`]: one bucket, its datasets loaded from a catalog, and re-indexing when a
+//!   source changes.
+//! - [`dataset`]: the objects of one dataset's virtual store.
+//! - [`source`]: byte ranges of source files through cached handles, with staleness checks.
+//! - [`transcode`]: HDF5 filter pipelines decoded in Rust.
+//! - [`s3`]: the S3 API (routing, listing, ranges, conditionals, XML errors).
+//! - [`server`]: the hyper server (limits, timeouts, shutdown).
 //!
 //! The gateway never links libhdf5 or libnetcdf: it reads reference sets written by the
 //! indexer and byte ranges of the source files.
 
-pub mod store;
+pub mod collection;
+pub mod config;
+pub mod dataset;
+pub mod s3;
+pub mod server;
+pub mod source;
+pub mod transcode;
+
+pub use collection::{Collection, Reindex};
+pub use s3::App;
+pub use server::{serve, ServeOptions};

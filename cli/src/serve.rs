@@ -1,0 +1,147 @@
+//! `zarrgate serve` and `zarrgate demo`: index data trees into catalogs, then run the gateway.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use zarrgate_gateway::config::{check_bucket_name, CollectionConfig, Config};
+use zarrgate_gateway::{App, Collection, Reindex, ServeOptions};
+use zarrgate_indexer::tree::{index_tree, Outcome, Progress, TreeOptions};
+
+use crate::isolate::Isolated;
+
+/// Indexing settings shared by start-up indexing and re-indexing.
+#[derive(Clone, Debug)]
+pub struct IndexSettings {
+    pub jobs: usize,
+    pub file_timeout: Duration,
+}
+
+/// Brings one catalog up to date with its data directory, in worker processes.
+struct TreeReindex {
+    data: PathBuf,
+    catalog: PathBuf,
+    settings: IndexSettings,
+}
+
+struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&mut self, _total: usize) {}
+    fn file(&mut self, rel: &str, outcome: Outcome) {
+        if let Outcome::Indexed(status) = outcome {
+            eprintln!("zarrgate: re-indexed {rel}: {status:?}");
+        }
+    }
+}
+
+impl Reindex for TreeReindex {
+    fn refresh(&self) -> Result<(), String> {
+        let worker = Isolated::new(self.settings.file_timeout).map_err(|e| e.to_string())?;
+        let options = TreeOptions { url_prefix: None, force: false, jobs: self.settings.jobs };
+        index_tree(&self.data, &self.catalog, &options, &worker, &mut Quiet)
+            .map(|_| ())
+            .map_err(|e| zarrgate_indexer::tree::error_chain(&e))
+    }
+}
+
+/// Where `--data` is indexed when no `--catalog` is given.
+pub fn default_catalog(bucket: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("zarrgate").join("catalogs").join(bucket)
+}
+
+/// Builds the collections (indexing data trees first) and serves them until a signal.
+pub fn serve(
+    config: Config,
+    options: ServeOptions,
+    settings: &IndexSettings,
+    on_ready: impl FnOnce(SocketAddr) + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let mut collections = Vec::new();
+    for c in &config.collections {
+        collections.push(Arc::new(open_collection(c, settings)?));
+    }
+    let app = Arc::new(App::new(collections));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(zarrgate_gateway::serve(app, options, on_ready)).context("the server stopped")?;
+    Ok(())
+}
+
+fn open_collection(c: &CollectionConfig, settings: &IndexSettings) -> anyhow::Result<Collection> {
+    let catalog = c.catalog.clone().unwrap_or_else(|| default_catalog(&c.bucket));
+    let reindex: Option<Arc<dyn Reindex>> = match &c.data {
+        Some(data) => {
+            if !data.is_dir() {
+                bail!("bucket {}: data directory {} does not exist", c.bucket, data.display());
+            }
+            let data = std::path::absolute(data)?;
+            eprintln!("zarrgate: indexing {} into {}", data.display(), catalog.display());
+            let worker = Isolated::new(settings.file_timeout)?;
+            let options = TreeOptions { url_prefix: None, force: false, jobs: settings.jobs };
+            crate::index_dir(&data, &catalog, options, &worker)?;
+            Some(Arc::new(TreeReindex { data, catalog: catalog.clone(), settings: settings.clone() }))
+        }
+        None => None,
+    };
+    Collection::open(c.bucket.clone(), catalog.clone(), reindex)
+        .map_err(|e| anyhow::anyhow!("bucket {}: {e}", c.bucket))
+}
+
+/// The configuration from command-line flags (or a file, with flags taking precedence).
+pub fn config_from_args(
+    config_file: Option<&Path>,
+    bucket: Option<String>,
+    data: Option<PathBuf>,
+    catalog: Option<PathBuf>,
+) -> anyhow::Result<Config> {
+    if let Some(path) = config_file {
+        if bucket.is_some() || data.is_some() || catalog.is_some() {
+            bail!("--config declares the collections; do not combine it with --bucket, --data or --catalog");
+        }
+        return Ok(Config::load(path)?);
+    }
+    let Some(bucket) = bucket else { bail!("give --bucket NAME with --data DIR or --catalog DIR, or --config FILE") };
+    check_bucket_name(&bucket)?;
+    if data.is_none() && catalog.is_none() {
+        bail!("give --data DIR (indexed at start) or --catalog DIR (prebuilt references)");
+    }
+    Ok(Config {
+        listen: None,
+        max_connections: None,
+        client_timeout_secs: None,
+        collections: vec![CollectionConfig { bucket, data, catalog, access: Default::default() }],
+    })
+}
+
+/// Prints copy-paste snippets for the demo bucket.
+pub fn print_demo(addr: SocketAddr, bucket: &str, dataset: &str) {
+    let endpoint = format!("http://{addr}");
+    println!(
+        r#"
+zarrgate demo: bucket "{bucket}" at {endpoint} (Ctrl-C stops it)
+
+xarray (s3fs):
+    import xarray as xr
+    ds = xr.open_dataset("s3://{bucket}/{dataset}", engine="zarr",
+                         storage_options={{"anon": True, "endpoint_url": "{endpoint}"}})
+    print(ds)
+
+boto3:
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    s3 = boto3.client("s3", endpoint_url="{endpoint}", config=Config(signature_version=UNSIGNED))
+    print([o["Key"] for o in s3.list_objects_v2(Bucket="{bucket}", Prefix="{dataset}/", Delimiter="/")["Contents"]])
+
+curl:
+    curl -s {endpoint}/{bucket}/{dataset}/.zmetadata
+"#
+    );
+}

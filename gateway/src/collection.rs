@@ -1,0 +1,210 @@
+//! A collection: one bucket, served from one catalog directory.
+//!
+//! # Lifecycle
+//! - Datasets are loaded from `catalog.json` at start. A failed entry is kept as
+//!   [`Entry::Unavailable`], so its keys answer 503 with the indexing error rather than 404,
+//!   which Zarr would read as fill values.
+//! - When a read finds a source changed ([`crate::source::ReadError::Stale`]), the collection
+//!   asks its [`Reindex`] hook (if any) to bring the catalog up to date, in the background and
+//!   one run at a time, then reloads the catalog. Until then the dataset answers 503.
+//! - A dataset whose file disappears while serving stays as a tombstone (503), for the same
+//!   reason: a client that opened it must not read fill values for its chunks.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use zarrgate_core::catalog::{Catalog, EntryStatus};
+use zarrgate_core::refs::ReferenceSet;
+
+use crate::dataset::{Dataset, Object, Source};
+use crate::s3::list::KeySpace;
+
+/// Brings a catalog up to date with its data directory (the CLI runs the indexer).
+pub trait Reindex: Send + Sync {
+    fn refresh(&self) -> Result<(), String>;
+}
+
+#[derive(Debug)]
+pub enum Entry {
+    Ready {
+        fingerprint: zarrgate_core::catalog::Fingerprint,
+        dataset: Arc<Dataset>,
+    },
+    /// Keys of this dataset answer 503 with this reason; it is not listed.
+    Unavailable(String),
+}
+
+/// Datasets by `id + "/"`: every key of a dataset starts with it, and (ids being file paths)
+/// no such prefix is a prefix of another, so the concatenated keys are in sorted order.
+pub type Datasets = BTreeMap<String, Arc<Entry>>;
+
+pub struct Collection {
+    pub bucket: String,
+    pub catalog_dir: PathBuf,
+    pub created: SystemTime,
+    datasets: RwLock<Arc<Datasets>>,
+    reindex: Option<Arc<dyn Reindex>>,
+    reindexing: AtomicBool,
+}
+
+impl Collection {
+    pub fn open(bucket: String, catalog_dir: PathBuf, reindex: Option<Arc<dyn Reindex>>) -> Result<Self, String> {
+        let datasets = load(&catalog_dir, &Datasets::new())?;
+        let created = std::fs::metadata(catalog_dir.join(zarrgate_core::catalog::CATALOG_FILE))
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
+        Ok(Collection {
+            bucket,
+            catalog_dir,
+            created,
+            datasets: RwLock::new(Arc::new(datasets)),
+            reindex,
+            reindexing: AtomicBool::new(false),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Datasets> {
+        self.datasets.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The dataset holding `key`, and the key inside it.
+    pub fn find<'k>(datasets: &Datasets, key: &'k str) -> Option<(Arc<Entry>, &'k str)> {
+        let (prefix, entry) = datasets.range::<str, _>((Bound::Unbounded, Bound::Included(key))).next_back()?;
+        key.strip_prefix(prefix.as_str()).map(|rest| (entry.clone(), rest))
+    }
+
+    /// Starts a background refresh unless one is running. Returns at once.
+    pub fn source_changed(self: &Arc<Self>) {
+        let Some(reindex) = self.reindex.clone() else { return };
+        if self.reindexing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let result = reindex.refresh().and_then(|()| me.reload());
+            if let Err(e) = result {
+                eprintln!("zarrgate: re-indexing bucket {} failed: {e}", me.bucket);
+            }
+            me.reindexing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Reloads the catalog, reusing datasets whose fingerprint did not change.
+    pub fn reload(&self) -> Result<(), String> {
+        let old = self.snapshot();
+        let mut new = load(&self.catalog_dir, &old)?;
+        for (prefix, entry) in old.iter() {
+            if !new.contains_key(prefix) && matches!(**entry, Entry::Ready { .. }) {
+                let why = "the source file of this dataset was removed".to_string();
+                new.insert(prefix.clone(), Arc::new(Entry::Unavailable(why)));
+            }
+        }
+        *self.datasets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        Ok(())
+    }
+}
+
+fn load(dir: &Path, old: &Datasets) -> Result<Datasets, String> {
+    let catalog = Catalog::load(dir)
+        .map_err(|e| format!("{e}: {}", e.source().map(|s| s.to_string()).unwrap_or_default()))?
+        .ok_or_else(|| format!("{} has no catalog.json", dir.display()))?;
+    let mut out = Datasets::new();
+    for (id, entry) in &catalog.datasets {
+        let prefix = format!("{id}/");
+        if let Some(prev) = old.get(&prefix) {
+            if let Entry::Ready { fingerprint, .. } = **prev {
+                if fingerprint == entry.fingerprint && entry.status != EntryStatus::Failed {
+                    out.insert(prefix, prev.clone());
+                    continue;
+                }
+            }
+        }
+        let loaded = match (&entry.status, &entry.refs) {
+            (EntryStatus::Failed, _) | (_, None) => Entry::Unavailable(format!(
+                "{id} could not be indexed: {}",
+                entry.error.as_deref().unwrap_or("no reason")
+            )),
+            (_, Some(refs)) => {
+                let primary = Source { path: catalog.root.join(id), fingerprint: entry.fingerprint };
+                match load_refs(&dir.join(refs)).and_then(|set| Dataset::build(&set, &primary)) {
+                    Ok(dataset) => {
+                        for note in &dataset.notes {
+                            eprintln!("zarrgate: {id}: not served: {note}");
+                        }
+                        Entry::Ready { fingerprint: entry.fingerprint, dataset: Arc::new(dataset) }
+                    }
+                    Err(e) => Entry::Unavailable(format!("{id} cannot be served: {e}")),
+                }
+            }
+        };
+        out.insert(prefix, Arc::new(loaded));
+    }
+    Ok(out)
+}
+
+use std::error::Error as _;
+
+fn load_refs(path: &Path) -> Result<ReferenceSet, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    ReferenceSet::from_json(&doc).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// What a listing shows of one object.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub size: u64,
+    pub etag: String,
+    pub modified: SystemTime,
+}
+
+fn listed(object: &Object, dataset: &Dataset) -> Listed {
+    Listed { size: object.size, etag: object.etag.clone(), modified: dataset.modified }
+}
+
+/// The keys of a collection snapshot, for listing.
+pub struct Keys(pub Arc<Datasets>);
+
+impl KeySpace for Keys {
+    type Entry = Listed;
+
+    fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = (String, Listed)> + 'a> {
+        let (text, inclusive) = match from {
+            Bound::Included(s) => (s.to_string(), true),
+            Bound::Excluded(s) => (s.to_string(), false),
+            Bound::Unbounded => (String::new(), true),
+        };
+        // The dataset that may hold `text`, then every later one.
+        let first = self
+            .0
+            .range::<str, _>((Bound::Unbounded, Bound::Included(text.as_str())))
+            .next_back()
+            .filter(|(p, _)| text.starts_with(p.as_str()))
+            .map(|(p, _)| p.clone());
+        let datasets: Box<dyn Iterator<Item = (&String, &Arc<Entry>)>> = match first {
+            Some(p) => Box::new(self.0.range::<String, _>(p..)),
+            None => Box::new(self.0.range::<String, _>((Bound::Excluded(text.clone()), Bound::Unbounded))),
+        };
+        Box::new(datasets.flat_map(move |(prefix, entry)| {
+            let Entry::Ready { dataset, .. } = &**entry else {
+                return Box::new(std::iter::empty()) as Box<dyn Iterator<Item = (String, Listed)> + 'a>;
+            };
+            let inner = match text.strip_prefix(prefix.as_str()) {
+                Some(rest) if inclusive => Bound::Included(rest.to_string()),
+                Some(rest) => Bound::Excluded(rest.to_string()),
+                None => Bound::Unbounded,
+            };
+            let dataset: &'a Dataset = dataset;
+            Box::new(
+                dataset
+                    .objects
+                    .range::<String, _>((inner, Bound::Unbounded))
+                    .map(move |(k, o)| (format!("{prefix}{k}"), listed(o, dataset))),
+            )
+        }))
+    }
+}

@@ -1,0 +1,234 @@
+//! One served dataset: the objects of its virtual Zarr v2 store, built from a reference set.
+//!
+//! # Objects
+//! - Inline references (metadata, small data) are served as stored.
+//! - Byte-range references point into a source file, read when requested.
+//! - Variables the indexer marked for transcoding get a `.zarray` with `compressor: null`, their
+//!   `.zattrs`, and one object per stored chunk that is decoded on request (see
+//!   [`crate::transcode`]); every consolidated `.zmetadata` above them is rebuilt to list them.
+//!   A variable whose pipeline the gateway cannot decode stays out, and [`Dataset::notes`] says
+//!   why.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use zarrgate_core::catalog::Fingerprint;
+use zarrgate_core::refs::{Reference, ReferenceSet};
+use zarrgate_core::report::{StoredChunk, TranscodeSpec};
+use zarrgate_core::zarr::{consolidated_v2, ArrayMetadataV2, Order, Separator, ZarrFormat2};
+
+use crate::transcode::Pipeline;
+
+/// A source file of a dataset and the fingerprint its references were made from.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub path: PathBuf,
+    pub fingerprint: Fingerprint,
+}
+
+#[derive(Clone, Debug)]
+pub enum Body {
+    Inline(Bytes),
+    Range { source: usize, offset: u64, length: u64 },
+    Transcoded { source: usize, pipeline: Arc<Pipeline>, chunk: StoredChunk },
+}
+
+#[derive(Clone, Debug)]
+pub struct Object {
+    pub body: Body,
+    pub size: u64,
+    /// Quoted entity tag, stable for as long as the source is unchanged.
+    pub etag: String,
+}
+
+/// A dataset ready to serve.
+#[derive(Debug)]
+pub struct Dataset {
+    pub sources: Vec<Source>,
+    pub objects: BTreeMap<String, Object>,
+    pub modified: SystemTime,
+    /// Variables left out, with the reason.
+    pub notes: Vec<String>,
+}
+
+fn etag(parts: &[&[u8]]) -> String {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    format!("\"{}\"", &h.finalize().to_hex()[..32])
+}
+
+fn fingerprint_bytes(f: Fingerprint) -> [u8; 16] {
+    let mut b = [0; 16];
+    b[..8].copy_from_slice(&f.size.to_le_bytes());
+    b[8..].copy_from_slice(&f.mtime_ns.to_le_bytes());
+    b
+}
+
+/// Turns a rendered reference URL into a local path (`file://` or a plain path).
+fn local_path(url: &str) -> Result<PathBuf, String> {
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if path.contains("://") {
+        return Err(format!("remote source {url:?} is not supported yet"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+impl Dataset {
+    /// Builds the store of one dataset. `primary` is the indexed file and its fingerprint
+    /// from the catalog; other sources are fingerprinted now.
+    pub fn build(set: &ReferenceSet, primary: &Source) -> Result<Self, String> {
+        let mut sources = vec![primary.clone()];
+        let source_index = |sources: &mut Vec<Source>, url: &str| -> Result<usize, String> {
+            let path = local_path(&set.render_url(url))?;
+            if let Some(i) = sources.iter().position(|s| s.path == path) {
+                return Ok(i);
+            }
+            let fingerprint = Fingerprint::of_path(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            sources.push(Source { path, fingerprint });
+            Ok(sources.len() - 1)
+        };
+        let mut objects = BTreeMap::new();
+        for (key, reference) in &set.refs {
+            let (body, size) = match reference {
+                Reference::Inline(bytes) => (Body::Inline(Bytes::from(bytes.clone())), bytes.len() as u64),
+                Reference::Range { url, offset, length } => (
+                    Body::Range { source: source_index(&mut sources, url)?, offset: *offset, length: *length },
+                    *length,
+                ),
+                Reference::Whole { url } => {
+                    let source = source_index(&mut sources, url)?;
+                    let length = sources[source].fingerprint.size;
+                    (Body::Range { source, offset: 0, length }, length)
+                }
+            };
+            objects.insert(key.clone(), Object { body, size, etag: String::new() });
+        }
+        let mut notes = Vec::new();
+        let mut touched_groups = BTreeSet::new();
+        if let Some(meta) = &set.meta {
+            for (var, spec) in &meta.transcode {
+                match transcoded_objects(var, spec) {
+                    Ok((pipeline, metadata)) => {
+                        let source = source_index(&mut sources, &spec.url)?;
+                        let pipeline = Arc::new(pipeline);
+                        for (name, doc) in metadata {
+                            let size = doc.len() as u64;
+                            objects.insert(
+                                format!("{var}/{name}"),
+                                Object { body: Body::Inline(doc), size, etag: String::new() },
+                            );
+                        }
+                        for (key, chunk) in &spec.stored {
+                            let body = Body::Transcoded { source, pipeline: pipeline.clone(), chunk: chunk.clone() };
+                            let size = pipeline.chunk_bytes() as u64;
+                            objects.insert(format!("{var}/{key}"), Object { body, size, etag: String::new() });
+                        }
+                        touched_groups.extend(ancestors(var));
+                    }
+                    Err(why) => notes.push(format!("{var}: {why}")),
+                }
+            }
+        }
+        for group in touched_groups {
+            let docs: Vec<(String, Bytes)> = objects
+                .iter()
+                .filter_map(|(k, o)| match &o.body {
+                    Body::Inline(b) if k.ends_with(".zarray") || k.ends_with(".zattrs") || k.ends_with(".zgroup") => {
+                        Some((k.clone(), b.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let doc = consolidated_v2(&group, docs.iter().map(|(k, b)| (k.as_str(), &b[..])));
+            let key = if group.is_empty() { ".zmetadata".to_string() } else { format!("{group}/.zmetadata") };
+            let size = doc.len() as u64;
+            objects.insert(key, Object { body: Body::Inline(Bytes::from(doc)), size, etag: String::new() });
+        }
+        for object in objects.values_mut() {
+            object.etag = match &object.body {
+                Body::Inline(b) => etag(&[b"inline", b]),
+                Body::Range { source, offset, length } => etag(&[
+                    b"range",
+                    &fingerprint_bytes(sources[*source].fingerprint),
+                    &offset.to_le_bytes(),
+                    &length.to_le_bytes(),
+                ]),
+                Body::Transcoded { source, chunk, .. } => etag(&[
+                    b"raw",
+                    &fingerprint_bytes(sources[*source].fingerprint),
+                    &chunk.offset.to_le_bytes(),
+                    &chunk.length.to_le_bytes(),
+                    &chunk.filter_mask.to_le_bytes(),
+                ]),
+            };
+        }
+        let mtime = primary.fingerprint.mtime_ns;
+        let modified = if mtime >= 0 {
+            UNIX_EPOCH + Duration::from_nanos(mtime as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_nanos(mtime.unsigned_abs())
+        };
+        Ok(Dataset { sources, objects, modified, notes })
+    }
+
+    pub fn source(&self, i: usize) -> &Path {
+        &self.sources[i].path
+    }
+}
+
+/// Groups that hold `var` (`a/b/v` → "", "a", "a/b").
+fn ancestors(var: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let parts: Vec<&str> = var.split('/').collect();
+    for i in 1..parts.len() {
+        out.push(parts[..i].join("/"));
+    }
+    out
+}
+
+/// The decoding pipeline and the `.zarray`/`.zattrs` documents of a transcoded variable.
+fn transcoded_objects(var: &str, spec: &TranscodeSpec) -> Result<(Pipeline, Vec<(&'static str, Bytes)>), String> {
+    let dtype = spec.dtype.ok_or("its data type has no Zarr v2 equivalent the gateway can serve yet")?;
+    if spec.chunks.len() != spec.shape.len() {
+        return Err(format!("{var}: chunk shape does not match the array shape"));
+    }
+    let elements: u64 = spec.chunks.iter().product::<u64>().max(1);
+    let chunk_bytes = usize::try_from(elements * dtype.size() as u64).map_err(|_| "chunks are too large")?;
+    let pipeline = Pipeline::new(&spec.hdf5_filters, dtype.size(), chunk_bytes)?;
+    let meta = ArrayMetadataV2 {
+        zarr_format: ZarrFormat2,
+        shape: spec.shape.clone(),
+        chunks: spec.chunks.clone(),
+        dtype,
+        compressor: None,
+        fill_value: spec.fill_value.clone(),
+        order: Order::C,
+        filters: None,
+        dimension_separator: Separator::Dot,
+    };
+    let zarray = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
+    Ok((pipeline, vec![(".zarray", Bytes::from(zarray)), (".zattrs", Bytes::from(spec.zattrs.clone().into_bytes()))]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ancestors_of_nested_variables() {
+        assert_eq!(ancestors("v"), vec![""]);
+        assert_eq!(ancestors("a/b/v"), vec!["", "a", "a/b"]);
+    }
+
+    #[test]
+    fn remote_urls_are_refused_and_file_urls_accepted() {
+        assert!(local_path("s3://b/k").is_err());
+        assert_eq!(local_path("file:///d/x.nc").unwrap(), PathBuf::from("/d/x.nc"));
+    }
+}

@@ -1,0 +1,125 @@
+//! The HTTP server: connection limits, timeouts, panic isolation and graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
+
+use crate::s3::{error_response, handle, App, HttpResponse};
+
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A client that sends no request headers, or stalls reading or writing, for this long is
+    /// disconnected.
+    pub client_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            listen: ([127, 0, 0, 1], 9000).into(),
+            max_connections: 1024,
+            client_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `app` until SIGINT or SIGTERM, then drains connections. `on_ready` gets the bound
+/// address once connections are accepted.
+pub async fn serve(app: Arc<App>, options: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
+    let listener = TcpListener::bind(options.listen).await?;
+    on_ready(listener.local_addr()?);
+    let permits = Arc::new(Semaphore::new(options.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait and keep serving.
+                    eprintln!("zarrgate: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let mut timed = TimeoutStream::new(stream);
+        timed.set_read_timeout(Some(options.client_timeout));
+        timed.set_write_timeout(Some(options.client_timeout));
+        let io = TokioIo::new(Box::pin(timed));
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(isolated(app, req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.client_timeout)
+            .max_buf_size(64 * 1024)
+            .serve_connection(io, service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    app.shutting_down.store(true, Ordering::Relaxed);
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(options.shutdown_grace) => {
+            eprintln!("zarrgate: connections still open after {:?}; stopping", options.shutdown_grace);
+        }
+    }
+    Ok(())
+}
+
+/// Runs a request in its own task, so a panic becomes a 500 XML error for that request only.
+async fn isolated(app: Arc<App>, req: hyper::Request<hyper::body::Incoming>) -> HttpResponse {
+    let head = req.method() == hyper::Method::HEAD;
+    let path = req.uri().path().to_string();
+    match tokio::spawn(handle(app, req)).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            eprintln!("zarrgate: request for {path} failed: {e}");
+            let err = crate::s3::xml::S3Error::internal("The server hit an internal error; it keeps serving.");
+            error_response(&err, &path, "0", head)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

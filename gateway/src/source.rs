@@ -1,0 +1,123 @@
+//! Byte ranges of local source files, through cached open handles, with a staleness check.
+//!
+//! Every read first stats the path and compares size and mtime with the fingerprint taken at
+//! indexing. A changed, truncated, deleted or replaced file is [`ReadError::Stale`]: its bytes
+//! are never served. A handle is reused only while the path still names the same inode.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use zarrgate_core::catalog::Fingerprint;
+
+/// At most this many files stay open.
+const MAX_OPEN: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the source file {path} changed since it was indexed ({why})")]
+    Stale { path: PathBuf, why: String },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct OpenFile {
+    file: File,
+    dev: u64,
+    ino: u64,
+}
+
+#[derive(Default)]
+pub struct Sources {
+    open: Mutex<HashMap<PathBuf, Arc<OpenFile>>>,
+}
+
+impl Sources {
+    /// Fails unless `path` still has the fingerprint it had when indexed.
+    pub fn check(&self, path: &Path, expected: Fingerprint) -> Result<std::fs::Metadata, ReadError> {
+        let stale = |why: String| ReadError::Stale { path: path.to_path_buf(), why };
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(stale("it was deleted".into())),
+            Err(source) => return Err(ReadError::Io { path: path.to_path_buf(), source }),
+        };
+        let now = Fingerprint::of(&meta);
+        if now.size != expected.size {
+            return Err(stale(format!("size {} is now {}", expected.size, now.size)));
+        }
+        if now.mtime_ns != expected.mtime_ns {
+            return Err(stale("its modification time changed".into()));
+        }
+        Ok(meta)
+    }
+
+    /// Reads `length` bytes at `offset` of `path`, after checking its fingerprint.
+    pub fn read(&self, path: &Path, expected: Fingerprint, offset: u64, length: u64) -> Result<Vec<u8>, ReadError> {
+        let meta = self.check(path, expected)?;
+        let io = |source| ReadError::Io { path: path.to_path_buf(), source };
+        let handle = self.handle(path, &meta).map_err(io)?;
+        let mut buf = vec![0; usize::try_from(length).map_err(|_| io(std::io::ErrorKind::InvalidInput.into()))?];
+        match handle.file.read_exact_at(&mut buf, offset) {
+            Ok(()) => Ok(buf),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(ReadError::Stale { path: path.to_path_buf(), why: "it is shorter than its references".into() })
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn handle(&self, path: &Path, meta: &std::fs::Metadata) -> std::io::Result<Arc<OpenFile>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = open.get(path) {
+            if h.dev == meta.dev() && h.ino == meta.ino() {
+                return Ok(h.clone());
+            }
+        }
+        let file = File::open(path)?;
+        let fmeta = file.metadata()?;
+        let handle = Arc::new(OpenFile { file, dev: fmeta.dev(), ino: fmeta.ino() });
+        if open.len() >= MAX_OPEN {
+            open.clear();
+        }
+        open.insert(path.to_path_buf(), handle.clone());
+        Ok(handle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ranges_and_catches_every_kind_of_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let fp = Fingerprint::of_path(&path).unwrap();
+        let sources = Sources::default();
+        assert_eq!(sources.read(&path, fp, 2, 3).unwrap(), b"234");
+
+        // Truncated: caught by size.
+        std::fs::write(&path, b"01234").unwrap();
+        assert!(matches!(sources.read(&path, fp, 2, 3), Err(ReadError::Stale { .. })));
+
+        // Replaced by a new file with the old size and mtime: a new handle reads the new bytes.
+        let other = dir.path().join("g.bin");
+        std::fs::write(&other, b"abcdefghij").unwrap();
+        let f = File::options().write(true).open(&other).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(fp.mtime_ns as u64)).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert_eq!(sources.read(&path, fp, 2, 3).unwrap(), b"cde");
+
+        // Deleted.
+        std::fs::remove_file(&path).unwrap();
+        let err = sources.read(&path, fp, 2, 3).unwrap_err();
+        assert!(err.to_string().contains("deleted"), "{err}");
+    }
+}

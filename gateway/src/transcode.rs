@@ -1,0 +1,384 @@
+//! Decoding HDF5 filter pipelines in Rust, for variables plain Zarr clients cannot read.
+//!
+//! The indexer records each such variable's pipeline and stored chunks (`zarrgate.transcode`).
+//! The gateway serves those chunks decoded and uncompressed (`compressor: null`), so every
+//! client reads them. Filters run in reverse write order; a filter whose bit is set in the
+//! chunk's `filter_mask` was skipped when the chunk was written and is skipped here too.
+//!
+//! Supported: deflate (1), shuffle (2), fletcher32 (3), lzf (32000), lz4 (32004), bitshuffle
+//! (32008, plain, lz4 or zstd), zstd (32015) and bzip2 (307). Anything else (szip, n-bit,
+//! scale-offset, blosc, zfp, jpeg, …) leaves the variable unserved, with the reason.
+
+use zarrgate_core::report::Hdf5Filter;
+
+const DEFLATE: i32 = 1;
+const SHUFFLE: i32 = 2;
+const FLETCHER32: i32 = 3;
+const BZIP2: i32 = 307;
+const LZF: i32 = 32000;
+const LZ4: i32 = 32004;
+const BITSHUFFLE: i32 = 32008;
+const ZSTD: i32 = 32015;
+
+/// One decoding step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    Deflate,
+    Shuffle { elem: usize },
+    Fletcher32,
+    Bzip2,
+    Lzf,
+    Lz4,
+    Bitshuffle { elem: usize, block: usize, codec: u32 },
+    Zstd,
+}
+
+/// A variable's decoding pipeline (in HDF5 write order) and its decoded chunk size.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    steps: Vec<Step>,
+    chunk_bytes: usize,
+}
+
+impl Pipeline {
+    /// Builds the pipeline, or says which filter the gateway cannot decode.
+    pub fn new(filters: &[Hdf5Filter], elem_size: usize, chunk_bytes: usize) -> Result<Self, String> {
+        let steps = filters
+            .iter()
+            .map(|f| {
+                let cd = |i: usize| f.cd_values.get(i).copied().unwrap_or(0) as usize;
+                Ok(match f.id {
+                    DEFLATE => Step::Deflate,
+                    SHUFFLE => Step::Shuffle { elem: if cd(0) > 0 { cd(0) } else { elem_size } },
+                    FLETCHER32 => Step::Fletcher32,
+                    BZIP2 => Step::Bzip2,
+                    LZF => Step::Lzf,
+                    LZ4 => Step::Lz4,
+                    BITSHUFFLE => {
+                        let codec = cd(4) as u32;
+                        if !matches!(codec, 0 | 2 | 3) {
+                            return Err(format!("bitshuffle with compression {codec} is not supported"));
+                        }
+                        Step::Bitshuffle { elem: if cd(2) > 0 { cd(2) } else { elem_size }, block: cd(3), codec }
+                    }
+                    ZSTD => Step::Zstd,
+                    _ => return Err(format!("the gateway cannot decode HDF5 filter {} (id {})", f.name, f.id)),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Pipeline { steps, chunk_bytes })
+    }
+
+    /// Size of every decoded chunk.
+    pub fn chunk_bytes(&self) -> usize {
+        self.chunk_bytes
+    }
+
+    /// Decodes one stored chunk.
+    pub fn decode(&self, stored: Vec<u8>, filter_mask: u32) -> Result<Vec<u8>, String> {
+        let mut data = stored;
+        for (i, step) in self.steps.iter().enumerate().rev() {
+            if i < 32 && filter_mask & (1 << i) != 0 {
+                continue;
+            }
+            data = step.decode(data, self.chunk_bytes).map_err(|e| format!("filter {step:?}: {e}"))?;
+        }
+        if data.len() != self.chunk_bytes {
+            return Err(format!("decoded chunk has {} bytes, expected {}", data.len(), self.chunk_bytes));
+        }
+        Ok(data)
+    }
+}
+
+impl Step {
+    fn decode(&self, data: Vec<u8>, chunk_bytes: usize) -> Result<Vec<u8>, String> {
+        match *self {
+            Step::Deflate => read_all(flate2::read::ZlibDecoder::new(&data[..]), chunk_bytes),
+            Step::Shuffle { elem } => Ok(unshuffle(&data, elem)),
+            Step::Fletcher32 => strip_fletcher32(data),
+            Step::Bzip2 => read_all(bzip2::read::BzDecoder::new(&data[..]), chunk_bytes),
+            Step::Lzf => lzf_decompress(&data, chunk_bytes),
+            Step::Lz4 => hdf5_lz4_decompress(&data),
+            Step::Bitshuffle { elem, block, codec } => bitshuffle_decode(&data, elem, block, codec, chunk_bytes),
+            Step::Zstd => zstd_decompress(&data, chunk_bytes),
+        }
+    }
+}
+
+fn read_all(mut reader: impl std::io::Read, hint: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(hint);
+    reader.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn zstd_decompress(data: &[u8], hint: usize) -> Result<Vec<u8>, String> {
+    let decoder = ruzstd::decoding::StreamingDecoder::new(data).map_err(|e| e.to_string())?;
+    read_all(decoder, hint)
+}
+
+/// Undoes HDF5's byte shuffle; trailing bytes that do not fill an element stay in place.
+pub fn unshuffle(data: &[u8], elem: usize) -> Vec<u8> {
+    if elem <= 1 || data.len() < elem {
+        return data.to_vec();
+    }
+    let n = data.len() / elem;
+    let mut out = vec![0; data.len()];
+    for byte in 0..elem {
+        for i in 0..n {
+            out[i * elem + byte] = data[byte * n + i];
+        }
+    }
+    out[n * elem..].copy_from_slice(&data[n * elem..]);
+    out
+}
+
+/// Checks and removes the trailing Fletcher-32 checksum. HDF5 has written it in both byte
+/// orders over its history, so either is accepted.
+fn strip_fletcher32(mut data: Vec<u8>) -> Result<Vec<u8>, String> {
+    if data.len() < 4 {
+        return Err("chunk is shorter than its checksum".into());
+    }
+    let at = data.len() - 4;
+    let stored: [u8; 4] = data[at..].try_into().expect("four bytes");
+    let sum = zarrgate_core::codec::fletcher32(&data[..at]);
+    if sum.to_le_bytes() != stored && sum.to_be_bytes() != stored && sum.swap_bytes().to_le_bytes() != stored {
+        return Err("Fletcher-32 checksum does not match: the stored chunk is corrupt".into());
+    }
+    data.truncate(at);
+    Ok(data)
+}
+
+/// LZF (liblzf) decompression.
+fn lzf_decompress(input: &[u8], out_len: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(out_len);
+    let mut ip = 0;
+    let bad = || "corrupt LZF data".to_string();
+    while ip < input.len() {
+        let ctrl = input[ip] as usize;
+        ip += 1;
+        if ctrl < 32 {
+            let run = ctrl + 1;
+            let lit = input.get(ip..ip + run).ok_or_else(bad)?;
+            out.extend_from_slice(lit);
+            ip += run;
+        } else {
+            let mut len = ctrl >> 5;
+            if len == 7 {
+                len += *input.get(ip).ok_or_else(bad)? as usize;
+                ip += 1;
+            }
+            let back = ((ctrl & 0x1f) << 8) + *input.get(ip).ok_or_else(bad)? as usize + 1;
+            ip += 1;
+            let start = out.len().checked_sub(back).ok_or_else(bad)?;
+            for k in 0..len + 2 {
+                let b = out[start + k];
+                out.push(b);
+            }
+        }
+        if out.len() > out_len {
+            return Err(bad());
+        }
+    }
+    Ok(out)
+}
+
+fn be_u32(data: &[u8], at: usize) -> Result<usize, String> {
+    let b: [u8; 4] = data.get(at..at + 4).ok_or("truncated header")?.try_into().expect("four bytes");
+    Ok(u32::from_be_bytes(b) as usize)
+}
+
+fn be_u64(data: &[u8], at: usize) -> Result<usize, String> {
+    let b: [u8; 8] = data.get(at..at + 8).ok_or("truncated header")?.try_into().expect("eight bytes");
+    usize::try_from(u64::from_be_bytes(b)).map_err(|_| "size does not fit".to_string())
+}
+
+/// The HDF5 LZ4 filter: total size (u64 BE), block size (u32 BE), then blocks, each a u32 BE
+/// stored length and LZ4 block data (stored raw when compression did not help).
+fn hdf5_lz4_decompress(data: &[u8]) -> Result<Vec<u8>, String> {
+    let total = be_u64(data, 0)?;
+    let block = be_u32(data, 8)?;
+    if block == 0 {
+        return Err("zero block size".into());
+    }
+    let mut out = Vec::with_capacity(total);
+    let mut at = 12;
+    while out.len() < total {
+        let want = block.min(total - out.len());
+        let len = be_u32(data, at)?;
+        at += 4;
+        let body = data.get(at..at + len).ok_or("truncated block")?;
+        at += len;
+        if len == want {
+            out.extend_from_slice(body);
+        } else {
+            let part = lz4_flex::block::decompress(body, want).map_err(|e| e.to_string())?;
+            out.extend_from_slice(&part);
+        }
+    }
+    Ok(out)
+}
+
+/// bitshuffle's default block size in elements.
+fn default_block(elem: usize) -> usize {
+    ((8192 / elem.max(1)) / 8 * 8).max(128)
+}
+
+/// The bitshuffle HDF5 filter. With compression the data starts with the total size (u64 BE)
+/// and the block size in bytes (u32 BE); each block is a u32 BE compressed length and an LZ4 or
+/// zstd frame. Elements past the last multiple of 8 are stored as they are.
+fn bitshuffle_decode(
+    data: &[u8],
+    elem: usize,
+    block: usize,
+    codec: u32,
+    chunk_bytes: usize,
+) -> Result<Vec<u8>, String> {
+    if elem == 0 {
+        return Err("zero element size".into());
+    }
+    let (total, block_elems, mut at) = if codec == 0 {
+        (chunk_bytes, if block > 0 { block } else { default_block(elem) }, 0)
+    } else {
+        let total = be_u64(data, 0)?;
+        let block_bytes = be_u32(data, 8)?;
+        (total, if block_bytes > 0 { block_bytes / elem } else { default_block(elem) }, 12)
+    };
+    let n = total / elem;
+    let mut out = Vec::with_capacity(total);
+    let mut done = 0;
+    while done + 8 <= n {
+        let count = block_elems.min(n - done) / 8 * 8;
+        if count == 0 {
+            break;
+        }
+        let size = count * elem;
+        let raw: Vec<u8> = match codec {
+            0 => {
+                let b = data.get(at..at + size).ok_or("truncated block")?.to_vec();
+                at += size;
+                b
+            }
+            _ => {
+                let len = be_u32(data, at)?;
+                at += 4;
+                let body = data.get(at..at + len).ok_or("truncated block")?;
+                at += len;
+                if codec == 2 {
+                    lz4_flex::block::decompress(body, size).map_err(|e| e.to_string())?
+                } else {
+                    zstd_decompress(body, size)?
+                }
+            }
+        };
+        if raw.len() != size {
+            return Err("block decodes to the wrong size".into());
+        }
+        out.extend_from_slice(&bitunshuffle(&raw, count, elem));
+        done += count;
+    }
+    let rest = (n - done) * elem + (total - n * elem);
+    out.extend_from_slice(data.get(at..at + rest).ok_or("truncated tail")?);
+    Ok(out)
+}
+
+/// Inverts bitshuffle's transpose of `n` elements (n a multiple of 8): bit `k` of byte `j` of
+/// element `i` is stored at bit `(8 j + k) n + i` (least significant bit first).
+fn bitunshuffle(data: &[u8], n: usize, elem: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n * elem];
+    let row = n / 8;
+    for j in 0..elem {
+        for k in 0..8 {
+            let plane = &data[(j * 8 + k) * row..(j * 8 + k + 1) * row];
+            for (byte_i, &bits) in plane.iter().enumerate() {
+                if bits == 0 {
+                    continue;
+                }
+                for b in 0..8 {
+                    if bits & (1 << b) != 0 {
+                        out[(byte_i * 8 + b) * elem + j] |= 1 << k;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(id: i32, cd_values: Vec<u32>) -> Hdf5Filter {
+        Hdf5Filter { id, name: String::new(), cd_values }
+    }
+
+    #[test]
+    fn shuffle_round_trips_with_a_tail() {
+        let data: Vec<u8> = (0..23).collect();
+        assert_eq!(unshuffle(&zarrgate_core::codec::shuffle(&data, 4), 4), data);
+    }
+
+    #[test]
+    fn deflate_shuffle_fletcher_pipeline_decodes_and_skips_masked_filters() {
+        let raw: Vec<u8> = (0..64u32).flat_map(|v| (v * 7).to_le_bytes()).collect();
+        let shuffled = zarrgate_core::codec::shuffle(&raw, 4);
+        let mut stored = zarrgate_core::codec::zlib_encode(&shuffled, 4);
+        let sum = zarrgate_core::codec::fletcher32(&stored);
+        stored.extend_from_slice(&sum.to_le_bytes());
+        let filters = [filter(SHUFFLE, vec![4]), filter(DEFLATE, vec![4]), filter(FLETCHER32, vec![])];
+        let p = Pipeline::new(&filters, 4, raw.len()).unwrap();
+        assert_eq!(p.decode(stored.clone(), 0).unwrap(), raw);
+        // Deflate skipped for this chunk: the stored bytes are shuffled only.
+        let mut plain = shuffled.clone();
+        plain.extend_from_slice(&zarrgate_core::codec::fletcher32(&shuffled).to_le_bytes());
+        assert_eq!(p.decode(plain, 0b010).unwrap(), raw);
+        // A corrupt chunk is an error, never wrong bytes.
+        let mut bad = stored;
+        bad[3] ^= 0xff;
+        assert!(p.decode(bad, 0).is_err());
+    }
+
+    #[test]
+    fn unknown_filters_are_named() {
+        let err = Pipeline::new(&[filter(4, vec![])], 4, 16).unwrap_err();
+        assert!(err.contains("id 4"), "{err}");
+    }
+
+    #[test]
+    fn lzf_literals_and_back_references() {
+        // "abcabcabc": literal "abc", then a back reference of length 6 at distance 3.
+        let input = [2, b'a', b'b', b'c', (4 << 5), 2];
+        assert_eq!(lzf_decompress(&input, 9).unwrap(), b"abcabcabc");
+        assert!(lzf_decompress(&[0x20, 5], 9).is_err());
+    }
+
+    #[test]
+    fn lz4_filter_framing() {
+        let raw: Vec<u8> = (0..1000u32).map(|i| (i % 7) as u8).collect();
+        let block = lz4_flex::block::compress(&raw);
+        let mut stored = (raw.len() as u64).to_be_bytes().to_vec();
+        stored.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        stored.extend_from_slice(&(block.len() as u32).to_be_bytes());
+        stored.extend_from_slice(&block);
+        assert_eq!(hdf5_lz4_decompress(&stored).unwrap(), raw);
+    }
+
+    #[test]
+    fn bitunshuffle_inverts_the_bit_transpose() {
+        let n = 16;
+        let elem = 2;
+        let raw: Vec<u8> = (0..n * elem).map(|i| (i * 37 + 11) as u8).collect();
+        let mut shuffled = vec![0u8; raw.len()];
+        for i in 0..n {
+            for j in 0..elem {
+                for k in 0..8 {
+                    if raw[i * elem + j] & (1 << k) != 0 {
+                        let bit = (j * 8 + k) * n + i;
+                        shuffled[bit / 8] |= 1 << (bit % 8);
+                    }
+                }
+            }
+        }
+        assert_eq!(bitunshuffle(&shuffled, n, elem), raw);
+    }
+}

@@ -1,0 +1,120 @@
+"""Start a real `zarrgate serve` process for client tests.
+
+`zarrgate serve --listen 127.0.0.1:0` prints one line, ``listening on http://HOST:PORT``,
+on standard output once it accepts connections (after indexing its data directory).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def zarrgate_bin() -> list[str]:
+    """The gateway binary (``ZARRGATE_SERVE_BIN``, else the debug build)."""
+    cmd = os.environ.get("ZARRGATE_SERVE_BIN") or str(REPO / "target" / "debug" / "zarrgate")
+    return shlex.split(cmd)
+
+
+@dataclass
+class Gateway:
+    endpoint: str
+    bucket: str
+    proc: subprocess.Popen
+    catalog_dir: Path
+    log: list[str] = field(default_factory=list)
+
+    def s3fs(self, **kw):
+        import s3fs
+
+        return s3fs.S3FileSystem(anon=True, endpoint_url=self.endpoint, skip_instance_cache=True, **kw)
+
+    def boto3(self, signed: bool = False):
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        config = Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 1},
+            **({} if signed else {"signature_version": UNSIGNED}),
+        )
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            config=config,
+        )
+
+    def stderr_text(self) -> str:
+        return "".join(self.log)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_gateway(
+    data_dir: Path | None,
+    bucket: str,
+    catalog_dir: Path,
+    *,
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 600,
+) -> Gateway:
+    """Runs ``zarrgate serve`` on a free port and waits until it listens.
+
+    With ``data_dir`` it indexes that tree into ``catalog_dir`` first; without, it serves the
+    prebuilt ``catalog_dir``.
+    """
+    args = [*zarrgate_bin(), "serve", "--bucket", bucket, "--listen", "127.0.0.1:0", "--catalog", str(catalog_dir)]
+    if data_dir is not None:
+        args += ["--data", str(data_dir)]
+    args += list(extra_args)
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    log: list[str] = []
+    threading.Thread(target=lambda: log.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    deadline = time.monotonic() + ready_timeout
+    endpoint = None
+    lines: list[str] = []
+
+    def read_stdout():
+        nonlocal endpoint
+        for line in iter(proc.stdout.readline, ""):
+            lines.append(line)
+            if endpoint is None and line.startswith("listening on "):
+                endpoint = line.split()[-1].strip()
+
+    threading.Thread(target=read_stdout, daemon=True).start()
+    while endpoint is None:
+        if proc.poll() is not None:
+            time.sleep(0.2)
+            raise RuntimeError(f"zarrgate serve exited with {proc.returncode}: {''.join(log)[-4000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"zarrgate serve did not listen within {ready_timeout} s: {''.join(log)[-4000:]}")
+        time.sleep(0.05)
+    return Gateway(endpoint=endpoint, bucket=bucket, proc=proc, catalog_dir=catalog_dir, log=log)

@@ -112,6 +112,9 @@ fn load(dir: &Path, old: &Datasets) -> Result<Datasets, String> {
     let catalog = Catalog::load(dir)
         .map_err(|e| format!("{e}: {}", e.source().map(|s| s.to_string()).unwrap_or_default()))?
         .ok_or_else(|| format!("{} has no catalog.json", dir.display()))?;
+    // Messages reach anonymous clients: name datasets, not the server's paths.
+    let root = format!("{}/", catalog.root.display());
+    let public = |msg: String| msg.replace(&root, "");
     let mut out = Datasets::new();
     for (id, entry) in &catalog.datasets {
         let prefix = format!("{id}/");
@@ -137,7 +140,10 @@ fn load(dir: &Path, old: &Datasets) -> Result<Datasets, String> {
                         }
                         Entry::Ready { fingerprint: entry.fingerprint, dataset: Arc::new(dataset) }
                     }
-                    Err(e) => Entry::Unavailable(format!("{id} cannot be served: {e}")),
+                    Err(e) => {
+                        eprintln!("zarrgate: {id} cannot be served: {e}");
+                        Entry::Unavailable(public(format!("{id} cannot be served: {e}")))
+                    }
                 }
             }
         };

@@ -440,12 +440,16 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
     let bytes = match read {
         Ok(b) => b,
         Err(ReadOutcome::Stale(why)) => {
+            eprintln!("zarrgate: {why}");
             collection.source_changed();
-            return Err(S3Error::unavailable(format!("{why}; the dataset is being re-indexed, retry shortly")));
+            let id = r.key[..r.key.len() - inner.len()].trim_end_matches('/');
+            return Err(S3Error::unavailable(format!(
+                "The source file of dataset {id} changed since it was indexed; it is being re-indexed, retry shortly."
+            )));
         }
         Err(ReadOutcome::Failed(why)) => {
             eprintln!("zarrgate: {}: {why}", r.resource());
-            return Err(S3Error::internal(why));
+            return Err(S3Error::internal("The object could not be read or decoded; the server log has the details."));
         }
     };
     let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };

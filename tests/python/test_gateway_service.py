@@ -1,0 +1,314 @@
+"""The gateway as a service: staleness, bad input, limits, shutdown, config, demo.
+
+Each test runs a real `zarrgate serve` (or `zarrgate demo`) process on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from gateway import REPO, start_gateway, zarrgate_bin
+
+FIXTURES = Path(os.environ.get("ZARRGATE_FIXTURES", REPO / "fixtures" / "data" / "good"))
+
+
+def http(url: str, *, method: str = "GET", headers: dict | None = None, timeout: float = 30):
+    """(status, headers, body) of one request; error statuses are returned, not raised."""
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def raw(endpoint: str, request: bytes, timeout: float = 10) -> bytes:
+    """Sends bytes as they are and returns everything the server answers."""
+    host, port = endpoint.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(request)
+        chunks = []
+        while True:
+            try:
+                data = s.recv(65536)
+            except socket.timeout:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+def error_code(body: bytes) -> str:
+    return ET.fromstring(body).findtext("Code")
+
+
+def wait_for(predicate, timeout: float = 120, step: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    for name in ("cal_noleap.nc", "classic.nc", "scalar.nc", "unlimited.nc"):
+        shutil.copy2(FIXTURES / name, d / name)
+    return d
+
+
+@pytest.fixture
+def gw(data_dir, tmp_path):
+    g = start_gateway(data_dir, "svc", tmp_path / "catalog", extra_args=("--client-timeout", "2", "--jobs", "2"))
+    yield g
+    g.stop()
+
+
+def test_health_and_readiness(gw):
+    assert http(f"{gw.endpoint}/healthz")[0] == 200
+    assert http(f"{gw.endpoint}/readyz")[0] == 200
+
+
+def chunk_keys(gw, dataset: str) -> list[str]:
+    s3 = gw.boto3()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=gw.bucket, Prefix=f"{dataset}/")["Contents"]]
+    return [k for k in keys if not k.rsplit("/", 1)[-1].startswith(".")]
+
+
+def test_modified_file_is_never_served_stale_and_is_reindexed(gw, data_dir):
+    url = f"{gw.endpoint}/svc/cal_noleap.nc/tas/0.0.0"
+    status, headers, before = http(url)
+    assert status == 200
+    etag = headers["ETag"]
+    # Rewrite the file with other values (same structure): the old bytes must never come back.
+    ds = xr.open_dataset(data_dir / "cal_noleap.nc").load()
+    ds["tas"] = ds["tas"] + 100
+    tmp = data_dir / "new.tmp"
+    ds.to_netcdf(tmp, encoding={"tas": {"zlib": False}})
+    ds.close()
+    os.replace(tmp, data_dir / "cal_noleap.nc")
+    status, _, body = http(url)
+    assert status == 503 and error_code(body) == "ServiceUnavailable"
+    assert b"/tmp" not in body, "server paths must not leak to clients"
+
+    def fresh():
+        s, h, _ = http(url)
+        return s == 200 and h["ETag"] != etag
+
+    wait_for(fresh)
+    via_s3 = xr.open_dataset(f"s3://svc/cal_noleap.nc", engine="zarr", storage_options=gw_options(gw))
+    with xr.open_dataset(data_dir / "cal_noleap.nc") as original:
+        np.testing.assert_array_equal(via_s3["tas"].values, original["tas"].values)
+
+
+def gw_options(gw):
+    return {"anon": True, "endpoint_url": gw.endpoint, "skip_instance_cache": True}
+
+
+def test_truncated_file_answers_503_not_fill_values(gw, data_dir):
+    keys = chunk_keys(gw, "classic.nc")
+    assert keys
+    with open(data_dir / "classic.nc", "r+b") as f:
+        f.truncate(200)
+    for key in keys + ["classic.nc/.zmetadata"]:
+        status, _, body = http(f"{gw.endpoint}/svc/{key}")
+        assert status == 503, key
+        assert error_code(body) == "ServiceUnavailable"
+
+    # After re-indexing the file is refused by the indexer; its keys keep answering 503
+    # (a 404 would read as fill values) and say why.
+    def refused():
+        s, _, b = http(f"{gw.endpoint}/svc/{keys[0]}")
+        return s == 503 and b"could not be indexed" in b
+
+    wait_for(refused)
+
+
+def test_deleted_file_answers_503_and_leaves_the_listing(gw, data_dir):
+    key = chunk_keys(gw, "scalar.nc")[0]
+    (data_dir / "scalar.nc").unlink()
+    assert http(f"{gw.endpoint}/svc/{key}")[0] == 503
+
+    def gone():
+        listed = gw.boto3().list_objects_v2(Bucket="svc", Prefix="scalar.nc/")
+        return listed["KeyCount"] == 0
+
+    wait_for(gone)
+    status, _, body = http(f"{gw.endpoint}/svc/{key}")
+    assert status == 503 and b"removed" in body
+
+
+def test_replaced_file_serves_the_new_file(gw, data_dir):
+    url = f"{gw.endpoint}/svc/unlimited.nc/.zmetadata"
+    assert http(url)[0] == 200
+    shutil.copy(FIXTURES / "cal_360_day.nc", data_dir / "unlimited.nc.new")
+    os.replace(data_dir / "unlimited.nc.new", data_dir / "unlimited.nc")
+    assert http(url)[0] == 503
+
+    wait_for(lambda: http(url)[0] == 200)
+    via_s3 = xr.open_dataset("s3://svc/unlimited.nc", engine="zarr", storage_options=gw_options(gw))
+    with xr.open_dataset(FIXTURES / "cal_360_day.nc") as original:
+        assert set(via_s3.variables) == set(original.variables)
+        xr.testing.assert_identical(via_s3["time"], original["time"])
+
+
+@pytest.mark.parametrize(
+    "path, status, code",
+    [
+        ("/svc/cal_noleap.nc/../classic.nc/.zgroup", 400, "InvalidArgument"),
+        ("/svc/cal_noleap.nc/%2e%2e/classic.nc/.zgroup", 400, "InvalidArgument"),
+        ("/svc/cal_noleap.nc/%2E%2E/%2E%2E/etc/passwd", 400, "InvalidArgument"),
+        ("/svc/" + "k" * 1100, 400, "KeyTooLongError"),
+        ("/svc/cal_noleap.nc/%FF%FE", 400, "InvalidURI"),
+        ("/svc?list-type=2&max-keys=-1", 400, "InvalidArgument"),
+        ("/svc?list-type=2&max-keys=ten", 400, "InvalidArgument"),
+        ("/svc?list-type=2&continuation-token=garbage", 400, "InvalidArgument"),
+        ("/svc?list-type=2&encoding-type=base64", 400, "InvalidArgument"),
+        ("/svc?acl", 501, "NotImplemented"),
+        ("/svc/cal_noleap.nc/time", 404, "NoSuchKey"),
+        ("/nosuchbucket/x", 404, "NoSuchBucket"),
+    ],
+)
+def test_bad_requests_get_xml_errors(gw, path, status, code):
+    got, headers, body = http(gw.endpoint + path)
+    assert got == status
+    assert headers["Content-Type"] == "application/xml"
+    assert error_code(body) == code
+
+
+def test_writes_are_refused_and_change_nothing(gw):
+    before = gw.boto3().list_objects_v2(Bucket="svc")["KeyCount"]
+    for method in ("PUT", "POST", "DELETE"):
+        status, _, body = http(f"{gw.endpoint}/svc/cal_noleap.nc/new", method=method)
+        assert status == 405 and error_code(body) == "MethodNotAllowed"
+    assert gw.boto3().list_objects_v2(Bucket="svc")["KeyCount"] == before
+
+
+def test_oversized_headers_get_an_xml_error(gw):
+    status, _, body = http(f"{gw.endpoint}/svc/cal_noleap.nc/.zgroup", headers={"X-Big": "a" * 20_000})
+    assert status == 400 and error_code(body) == "RequestHeaderSectionTooLarge"
+    assert http(f"{gw.endpoint}/healthz")[0] == 200
+
+
+def test_malformed_http_is_answered_and_the_server_keeps_serving(gw):
+    answer = raw(gw.endpoint, b"NOT HTTP AT ALL\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400")
+    answer = raw(gw.endpoint, b"GET /svc/cal_noleap.nc/.zgroup HTTP/1.1\r\nHost: x\r\nRange: bytes=9-1\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200"), "an invalid range is ignored"
+    assert http(f"{gw.endpoint}/healthz")[0] == 200
+
+
+def test_slow_clients_are_disconnected(gw):
+    host, port = gw.endpoint.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as s:
+        s.sendall(b"GET /svc/cal_noleap.nc/.zgroup HTTP/1.1\r\nHost: x\r\n")  # never finishes
+        started = time.monotonic()
+        data = s.recv(1024)
+        waited = time.monotonic() - started
+    # hyper answers a header timeout by closing (possibly after a 408).
+    assert data == b"" or data.startswith(b"HTTP/1.1 408")
+    assert waited < 10
+    assert http(f"{gw.endpoint}/healthz")[0] == 200
+
+
+def test_connections_are_bounded(data_dir, tmp_path):
+    g = start_gateway(data_dir, "svc", tmp_path / "cat2", extra_args=("--max-connections", "2", "--client-timeout", "3"))
+    try:
+        host, port = g.endpoint.removeprefix("http://").split(":")
+        idle = [socket.create_connection((host, int(port))) for _ in range(2)]
+        time.sleep(0.3)
+        # A third client is accepted by the kernel but not served while both slots are held.
+        with pytest.raises((TimeoutError, socket.timeout, urllib.error.URLError)):
+            urllib.request.urlopen(f"{g.endpoint}/healthz", timeout=1)
+        for s in idle:
+            s.close()
+        assert wait_for(lambda: http(f"{g.endpoint}/healthz", timeout=5)[0] == 200, timeout=20)
+    finally:
+        g.stop()
+
+
+def test_sigterm_shuts_down_gracefully(data_dir, tmp_path):
+    g = start_gateway(data_dir, "svc", tmp_path / "cat3")
+    assert http(f"{g.endpoint}/healthz")[0] == 200
+    g.proc.send_signal(signal.SIGTERM)
+    assert g.proc.wait(timeout=20) == 0
+
+
+def test_config_file_serves_several_collections(data_dir, tmp_path):
+    prebuilt = tmp_path / "prebuilt"
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy2(FIXTURES / "groups.nc", other / "groups.nc")
+    subprocess.run([*zarrgate_bin(), "index", str(other), "--out", str(prebuilt)], check=True, capture_output=True)
+    config = tmp_path / "zarrgate.toml"
+    config.write_text(
+        f'listen = "127.0.0.1:0"\n'
+        f'[[collections]]\nbucket = "alpha"\ndata = "{data_dir}"\ncatalog = "{tmp_path / "cat-alpha"}"\n'
+        f'[[collections]]\nbucket = "beta"\ncatalog = "{prebuilt}"\naccess = "public"\n'
+    )
+    args = [*zarrgate_bin(), "serve", "--config", str(config)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on "), proc.stderr.read()
+        endpoint = line.split()[-1]
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", config=Config(signature_version=UNSIGNED))
+        assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["alpha", "beta"]
+        ds = xr.open_dataset(
+            "s3://beta/groups.nc", engine="zarr", group="obs", storage_options={"anon": True, "endpoint_url": endpoint}
+        )
+        with xr.open_dataset(other / "groups.nc", group="obs") as original:
+            xr.testing.assert_identical(ds.load(), original.load())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[[collections]]\nbucket = "Bad_Name"\ndata = "/nonexistent"\n')
+    out = subprocess.run([*zarrgate_bin(), "serve", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "not a valid bucket name" in out.stderr
+
+
+def test_demo_prints_snippets_that_work(tmp_path):
+    args = [*zarrgate_bin(), "demo", "--listen", "127.0.0.1:0", "--catalog", str(tmp_path / "demo-cat")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        endpoint = proc.stdout.readline().split()[-1]
+        lines = []
+        while not any(line.startswith("curl") or "curl -s" in line for line in lines[-1:]):
+            lines.append(proc.stdout.readline())
+        text = "".join(lines)
+        assert f'"endpoint_url": "{endpoint}"' in text
+        snippet = text.split("xarray (s3fs):")[1].split("boto3:")[0]
+        scope: dict = {}
+        exec("\n".join(line[4:] for line in snippet.splitlines() if line.startswith("    ")).replace("print(ds)", ""), scope)
+        with xr.open_dataset(FIXTURES / "cal_noleap.nc") as original:
+            xr.testing.assert_identical(scope["ds"].load(), original.load())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)

@@ -30,16 +30,16 @@ test: build
 	$(CARGO) test --workspace
 	$(PY) -m pytest tests/python -q -p no:cacheprovider
 
-# Index the bundled fixtures and print how to open them.
+# Index the bundled fixtures, serve them on 127.0.0.1:9000 as bucket "demo", print client
+# snippets (Ctrl-C stops it).
 demo: build
-	$(ZARRGATE_BIN) index fixtures/data/good --out target/demo-catalog
-	@echo
-	@echo "Open one of them through its references:"
-	@echo "  $(PY) -c \"import xarray as xr; print(xr.open_dataset('reference://', engine='zarr', backend_kwargs={'storage_options': {'fo': 'target/demo-catalog/refs/nan_fill.nc.json'}}))\""
+	$(ZARRGATE_BIN) demo --listen 127.0.0.1:9000
 
 bench: build
+	$(CARGO) build --release -p zarrgate
 	$(CARGO) bench --bench index
 	$(PY) benches/compare_kerchunk.py
+	$(PY) benches/compare_gateway.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 
 fixtures: venv
 	$(PY) fixtures/generate.py

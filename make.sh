@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Entry point for a fresh Debian machine that has only Rust, Python 3 and root:
 # installs the system packages the build and tests need, then runs `make "$@"`.
-#   ./make.sh demo    build, index the bundled fixtures, print how to open them
+#   ./make.sh demo    build, index the bundled fixtures, serve them on 127.0.0.1:9000
 #   ./make.sh test    every test (Rust and Python clients)
+#   ./make.sh bench   benchmarks against kerchunk and nginx
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,6 +14,11 @@ command -v c++ >/dev/null || need+=(g++)
 command -v m4 >/dev/null || need+=(m4)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v curl >/dev/null || need+=(curl)
+if [[ " $* " == *" bench "* ]]; then
+    command -v wrk >/dev/null || need+=(wrk)
+    command -v nginx >/dev/null || need+=(nginx-light)
+fi
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)

@@ -1,0 +1,262 @@
+"""Gateway throughput, latency and memory against nginx; xarray reads against `reference://`.
+
+Side by side, in one run, on the same machine:
+
+1. **Chunk GETs.** A generated NetCDF-4 file holds uncompressed chunks of 64 KiB and 4 MiB.
+   wrk (64 connections, 2 threads) asks the gateway for chunk keys
+   (`/bench/chunks.nc/small/17.0`) and nginx for the same byte ranges of the same file
+   (`Range: bytes=a-b`), each key chosen at random per request. Reported: requests/s and p99
+   latency for 64 KiB, MB/s for 4 MiB, and the ratio gateway/nginx.
+2. **xarray full read** of a corpus dataset: `xr.open_dataset("s3://…", engine="zarr").load()`
+   through the gateway (s3fs) against the same read through `reference://` on local files.
+3. **Gateway RSS**: peak resident memory (VmHWM) of the gateway process after all of it.
+
+    .venv/bin/python benches/compare_gateway.py [--duration 10] [--bin target/release/zarrgate]
+
+Needs `wrk` and `nginx` (Debian packages; `./make.sh bench` installs them). Prints a markdown
+table for docs/benchmarks.md and writes target/bench/gateway.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "python"))
+
+from gateway import start_gateway  # noqa: E402
+
+CORPUS = Path(os.environ.get("ZARRGATE_CORPUS", REPO.parent / "shared" / "corpus"))
+READ_DATASET = (
+    "mini-esgf-data/test_data/badc/cmip6/data/CMIP6/CMIP/MPI-M/MPI-ESM1-2-LR/historical/r1i1p1f1/Omon/tauuo/gn/"
+    "v20200909/tauuo_Omon_MPI-ESM1-2-LR_historical_r1i1p1f1_gn_185001.nc"
+)
+SMALL = 64 * 1024
+LARGE = 4 * 1024 * 1024
+
+
+def make_data(path: Path) -> None:
+    """One file, two uncompressed float32 variables: 256 chunks of 64 KiB, 16 of 4 MiB."""
+    import netCDF4
+    import numpy as np
+
+    if path.exists():
+        return
+    rng = np.random.default_rng(0)
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("i", 256)
+        ds.createDimension("j", SMALL // 4)
+        ds.createDimension("k", 16)
+        ds.createDimension("l", LARGE // 4)
+        small = ds.createVariable("small", "f4", ("i", "j"), chunksizes=(1, SMALL // 4))
+        small[:] = rng.random((256, SMALL // 4), dtype="f4")
+        large = ds.createVariable("large", "f4", ("k", "l"), chunksizes=(1, LARGE // 4))
+        large[:] = rng.random((16, LARGE // 4), dtype="f4")
+
+
+def chunk_ranges(refs_path: Path, var: str) -> list[tuple[str, int, int]]:
+    refs = json.loads(refs_path.read_text())["refs"]
+    out = []
+    for key, ref in refs.items():
+        if key.startswith(f"{var}/") and isinstance(ref, list) and len(ref) == 3:
+            out.append((key, ref[1], ref[2]))
+    return sorted(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_nginx(root: Path, work: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(
+        f"""worker_processes 2;
+error_log {work}/error.log;
+pid {work}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+    )
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work), "-g", "daemon off;"])
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+LUA = """
+local requests = {}
+for line in io.lines("%s") do
+  local path, range = line:match("^(%%S+) ?(.*)$")
+  local headers = {}
+  if range ~= "" then headers["Range"] = range end
+  requests[#requests + 1] = wrk.format("GET", path, headers)
+end
+math.randomseed(7)
+request = function() return requests[math.random(#requests)] end
+"""
+
+
+def run_wrk(url: str, lines: list[str], duration: int, work: Path, name: str) -> dict:
+    listing = work / f"{name}.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    script = work / f"{name}.lua"
+    script.write_text(LUA % listing)
+    out = subprocess.run(
+        ["wrk", "-t2", "-c64", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", out)
+    mult = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[transfer.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"{name}: {errors.group(1)} error responses:\n{out}")
+    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale, "mb_s": float(transfer.group(1)) * mult / 1e6}
+
+
+def vm_hwm_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024
+
+
+def xarray_reads(endpoint: str, refs: Path, dataset: str, repeat: int) -> dict:
+    import xarray as xr
+
+    warnings.simplefilter("ignore")
+
+    def via_gateway():
+        so = {"anon": True, "endpoint_url": endpoint, "skip_instance_cache": True}
+        with xr.open_dataset(f"s3://bench/{dataset}", engine="zarr", storage_options=so) as ds:
+            ds.load()
+
+    def via_reference():
+        kw = {"storage_options": {"fo": str(refs)}}
+        with xr.open_dataset("reference://", engine="zarr", backend_kwargs=kw) as ds:
+            ds.load()
+
+    times = {"gateway": [], "reference": []}
+    for _ in range(repeat):
+        for name, fn in (("gateway", via_gateway), ("reference", via_reference)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--bin", default=str(REPO / "target" / "release" / "zarrgate"))
+    args = ap.parse_args()
+    os.environ["ZARRGATE_SERVE_BIN"] = args.bin
+
+    out_dir = REPO / "target" / "bench"
+    data = out_dir / "gateway-data"
+    data.mkdir(parents=True, exist_ok=True)
+    make_data(data / "chunks.nc")
+    corpus_file = CORPUS / READ_DATASET
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        catalog = work / "catalog"
+        gw = start_gateway(data, "bench", catalog)
+        # The corpus file is read where it lies: a second gateway serves its directory.
+        reader = start_gateway(corpus_file.parent, "bench", work / "corpus-catalog")
+        nginx, nginx_url = start_nginx(data, work)
+        try:
+            results = {}
+            refs = catalog / "refs" / "chunks.nc.json"
+            for var, size in (("small", SMALL), ("large", LARGE)):
+                chunks = chunk_ranges(refs, var)
+                assert chunks and all(length == size for _, _, length in chunks), f"{var}: chunks are not {size} bytes"
+                gw_lines = [f"/bench/chunks.nc/{key}" for key, _, _ in chunks]
+                ng_lines = [f"/chunks.nc bytes={off}-{off + length - 1}" for _, off, length in chunks]
+                # Warm both (page cache, connections), then measure side by side.
+                run_wrk(gw.endpoint, gw_lines, 2, work, f"warm-gw-{var}")
+                run_wrk(nginx_url, ng_lines, 2, work, f"warm-ng-{var}")
+                results[var] = {
+                    "gateway": run_wrk(gw.endpoint, gw_lines, args.duration, work, f"gw-{var}"),
+                    "nginx": run_wrk(nginx_url, ng_lines, args.duration, work, f"ng-{var}"),
+                }
+            refs = work / "corpus-catalog" / "refs" / f"{corpus_file.name}.json"
+            reads = xarray_reads(reader.endpoint, refs, corpus_file.name, args.repeat)
+            rss = max(vm_hwm_mb(gw.proc.pid), vm_hwm_mb(reader.proc.pid))
+        finally:
+            gw.stop()
+            reader.stop()
+            nginx.send_signal(signal.SIGQUIT)
+            nginx.wait(timeout=20)
+
+    s, l = results["small"], results["large"]
+    summary = {
+        "chunks": results,
+        "ratio_rps_64k": s["gateway"]["rps"] / s["nginx"]["rps"],
+        "ratio_p99_64k": s["gateway"]["p99_ms"] / s["nginx"]["p99_ms"],
+        "ratio_mb_s_4m": l["gateway"]["mb_s"] / l["nginx"]["mb_s"],
+        "xarray_read_s": reads,
+        "xarray_ratio": reads["gateway"] / reads["reference"],
+        "gateway_peak_rss_mb": rss,
+    }
+    (out_dir / "gateway.json").write_text(json.dumps(summary, indent=2))
+    print("| measure | zarrgate | peer | ratio | target |")
+    print("|---|--:|--:|--:|---|")
+    print(
+        f"| 64 KiB chunks, requests/s (nginx) | {s['gateway']['rps']:,.0f} | {s['nginx']['rps']:,.0f} | "
+        f"{summary['ratio_rps_64k']:.2f}× | ≥ 0.8× |"
+    )
+    print(
+        f"| 64 KiB chunks, p99 latency (nginx) | {s['gateway']['p99_ms']:.2f} ms | {s['nginx']['p99_ms']:.2f} ms | "
+        f"{summary['ratio_p99_64k']:.2f}× | |"
+    )
+    print(
+        f"| 4 MiB chunks, MB/s (nginx) | {l['gateway']['mb_s']:,.0f} | {l['nginx']['mb_s']:,.0f} | "
+        f"{summary['ratio_mb_s_4m']:.2f}× | ≥ 0.8× |"
+    )
+    print(
+        f"| xarray full read of tauuo (3.4 MB), s (`reference://`) | {reads['gateway']:.3f} | "
+        f"{reads['reference']:.3f} | {summary['xarray_ratio']:.2f}× | ≤ 1.5× |"
+    )
+    print(f"| gateway peak RSS under this load | {rss:.0f} MB | | | < 200 MB |")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,9 +5,10 @@
 //! client reads them. Filters run in reverse write order; a filter whose bit is set in the
 //! chunk's `filter_mask` was skipped when the chunk was written and is skipped here too.
 //!
-//! Supported: deflate (1), shuffle (2), fletcher32 (3), lzf (32000), lz4 (32004), bitshuffle
-//! (32008, plain, lz4 or zstd), zstd (32015) and bzip2 (307). Anything else (szip, n-bit,
-//! scale-offset, blosc, zfp, jpeg, …) leaves the variable unserved, with the reason.
+//! Supported: deflate (1), shuffle (2), fletcher32 (3), lzf (32000), blosc 1 (32001, with
+//! blosclz, lz4, zlib or zstd inside), lz4 (32004), bitshuffle (32008, plain, lz4 or zstd),
+//! zstd (32015) and bzip2 (307). Anything else (szip, n-bit, scale-offset, zfp, jpeg, …)
+//! leaves the variable unserved, with the reason.
 
 use zarrgate_core::report::Hdf5Filter;
 
@@ -16,6 +17,7 @@ const SHUFFLE: i32 = 2;
 const FLETCHER32: i32 = 3;
 const BZIP2: i32 = 307;
 const LZF: i32 = 32000;
+const BLOSC: i32 = 32001;
 const LZ4: i32 = 32004;
 const BITSHUFFLE: i32 = 32008;
 const ZSTD: i32 = 32015;
@@ -28,6 +30,7 @@ enum Step {
     Fletcher32,
     Bzip2,
     Lzf,
+    Blosc,
     Lz4,
     Bitshuffle { elem: usize, block: usize, codec: u32 },
     Zstd,
@@ -53,6 +56,7 @@ impl Pipeline {
                     FLETCHER32 => Step::Fletcher32,
                     BZIP2 => Step::Bzip2,
                     LZF => Step::Lzf,
+                    BLOSC => Step::Blosc,
                     LZ4 => Step::Lz4,
                     BITSHUFFLE => {
                         let codec = cd(4) as u32;
@@ -98,6 +102,7 @@ impl Step {
             Step::Fletcher32 => strip_fletcher32(data),
             Step::Bzip2 => read_all(bzip2::read::BzDecoder::new(&data[..]), chunk_bytes),
             Step::Lzf => lzf_decompress(&data, chunk_bytes),
+            Step::Blosc => blosc_decompress(&data),
             Step::Lz4 => hdf5_lz4_decompress(&data),
             Step::Bitshuffle { elem, block, codec } => bitshuffle_decode(&data, elem, block, codec, chunk_bytes),
             Step::Zstd => zstd_decompress(&data, chunk_bytes),
@@ -213,6 +218,140 @@ fn hdf5_lz4_decompress(data: &[u8]) -> Result<Vec<u8>, String> {
         } else {
             let part = lz4_flex::block::decompress(body, want).map_err(|e| e.to_string())?;
             out.extend_from_slice(&part);
+        }
+    }
+    Ok(out)
+}
+
+fn le_u32(data: &[u8], at: usize) -> Result<usize, String> {
+    let b: [u8; 4] = data.get(at..at + 4).ok_or("truncated header")?.try_into().expect("four bytes");
+    Ok(u32::from_le_bytes(b) as usize)
+}
+
+/// A Blosc 1 buffer: a 16-byte header (flags, type size, sizes), block offsets, then per block
+/// one stream, or one per byte of the type ("splits"), each a u32 LE length and compressed
+/// bytes (stored as they are when that length equals the stream size). Blocks are then
+/// unshuffled by byte or by bit, as the flags say.
+fn blosc_decompress(data: &[u8]) -> Result<Vec<u8>, String> {
+    const SHUFFLE_FLAG: u8 = 0x1;
+    const MEMCPYED: u8 = 0x2;
+    const BITSHUFFLE_FLAG: u8 = 0x4;
+    const DONT_SPLIT: u8 = 0x10;
+    let header = data.get(..16).ok_or("truncated Blosc header")?;
+    let flags = header[2];
+    let typesize = (header[3] as usize).max(1);
+    let nbytes = le_u32(data, 4)?;
+    let blocksize = le_u32(data, 8)?;
+    if nbytes == 0 {
+        return Ok(Vec::new());
+    }
+    if flags & MEMCPYED != 0 {
+        return Ok(data.get(16..16 + nbytes).ok_or("truncated Blosc data")?.to_vec());
+    }
+    if blocksize == 0 {
+        return Err("Blosc block size is zero".into());
+    }
+    let codec = flags >> 5;
+    let nblocks = nbytes.div_ceil(blocksize);
+    let mut out = Vec::with_capacity(nbytes);
+    for j in 0..nblocks {
+        let leftover = j == nblocks - 1 && nbytes % blocksize != 0;
+        let bsize = if leftover { nbytes % blocksize } else { blocksize };
+        let split = flags & DONT_SPLIT == 0 && typesize <= 16 && bsize / typesize >= 128 && !leftover;
+        let streams = if split { typesize } else { 1 };
+        let stream_size = bsize / streams;
+        let mut at = le_u32(data, 16 + 4 * j)?;
+        let mut block = Vec::with_capacity(bsize);
+        for _ in 0..streams {
+            let len = le_u32(data, at)?;
+            at += 4;
+            let body = data.get(at..at + len).ok_or("truncated Blosc stream")?;
+            at += len;
+            let part = if len == stream_size {
+                body.to_vec()
+            } else {
+                match codec {
+                    0 => blosclz_decompress(body, stream_size)?,
+                    1 => lz4_flex::block::decompress(body, stream_size).map_err(|e| e.to_string())?,
+                    3 => read_all(flate2::read::ZlibDecoder::new(body), stream_size)?,
+                    4 => zstd_decompress(body, stream_size)?,
+                    other => return Err(format!("Blosc codec {other} (snappy or unknown) is not supported")),
+                }
+            };
+            if part.len() != stream_size {
+                return Err("Blosc stream decodes to the wrong size".into());
+            }
+            block.extend_from_slice(&part);
+        }
+        if flags & SHUFFLE_FLAG != 0 && typesize > 1 {
+            block = unshuffle(&block, typesize);
+        } else if flags & BITSHUFFLE_FLAG != 0 && bsize >= typesize {
+            let whole = bsize / typesize / 8 * 8;
+            let mut unshuffled = bitunshuffle(&block[..whole * typesize], whole, typesize);
+            unshuffled.extend_from_slice(&block[whole * typesize..]);
+            block = unshuffled;
+        }
+        out.extend_from_slice(&block);
+    }
+    Ok(out)
+}
+
+/// BloscLZ (a FastLZ variant): a control byte below 32 starts a literal run of `ctrl + 1`
+/// bytes; above, `ctrl >> 5` is the match length code (7 means more length bytes follow, each
+/// added until one is not 255) and the low five bits the high byte of the distance. A stream
+/// never ends on a match.
+fn blosclz_decompress(input: &[u8], out_len: usize) -> Result<Vec<u8>, String> {
+    const MAX_DISTANCE: usize = 8191;
+    let bad = || "corrupt BloscLZ data".to_string();
+    let mut out: Vec<u8> = Vec::with_capacity(out_len);
+    let mut ip = 0;
+    let next = |ip: &mut usize| -> Result<usize, String> {
+        let b = *input.get(*ip).ok_or_else(bad)?;
+        *ip += 1;
+        Ok(b as usize)
+    };
+    let mut ctrl = next(&mut ip)? & 31;
+    loop {
+        if ctrl >= 32 {
+            let mut len = (ctrl >> 5) - 1;
+            let mut ofs = (ctrl & 31) << 8;
+            if len == 6 {
+                loop {
+                    let code = next(&mut ip)?;
+                    len += code;
+                    if code != 255 {
+                        break;
+                    }
+                }
+            }
+            let code = next(&mut ip)?;
+            len += 3;
+            let mut back = ofs + code;
+            if code == 255 && ofs == 31 << 8 {
+                ofs = next(&mut ip)? << 8;
+                ofs += next(&mut ip)?;
+                back = ofs + MAX_DISTANCE;
+            }
+            let start = out.len().checked_sub(back + 1).ok_or_else(bad)?;
+            if out.len() + len > out_len || ip >= input.len() {
+                return Err(bad());
+            }
+            ctrl = next(&mut ip)?;
+            for k in 0..len {
+                let b = out[start + k];
+                out.push(b);
+            }
+        } else {
+            let run = ctrl + 1;
+            if out.len() + run > out_len {
+                return Err(bad());
+            }
+            out.extend_from_slice(input.get(ip..ip + run).ok_or_else(bad)?);
+            ip += run;
+            if ip >= input.len() {
+                break;
+            }
+            ctrl = next(&mut ip)?;
         }
     }
     Ok(out)
@@ -361,6 +500,36 @@ mod tests {
         stored.extend_from_slice(&(block.len() as u32).to_be_bytes());
         stored.extend_from_slice(&block);
         assert_eq!(hdf5_lz4_decompress(&stored).unwrap(), raw);
+    }
+
+    #[test]
+    fn blosclz_runs_and_back_references() {
+        // Literal "ab", then a match of length 4 at distance 2 ("abab"), then literal "c".
+        let input = [1, b'a', b'b', (2 << 5), 1, 0, b'c'];
+        assert_eq!(blosclz_decompress(&input, 7).unwrap(), b"abababc");
+    }
+
+    #[test]
+    fn blosc_memcpyed_and_split_streams() {
+        let raw: Vec<u8> = (0..64u8).collect();
+        let mut buf = vec![2, 1, 0x2 | 0x1, 4];
+        buf.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&((raw.len() + 16) as u32).to_le_bytes());
+        buf.extend_from_slice(&raw);
+        assert_eq!(blosc_decompress(&buf).unwrap(), raw);
+
+        // One block, one lz4 stream, byte-shuffled with type size 4.
+        let shuffled = zarrgate_core::codec::shuffle(&raw, 4);
+        let stream = lz4_flex::block::compress(&shuffled);
+        let mut buf = vec![2, 1, 0x1 | 0x10 | (1 << 5), 4];
+        buf.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        buf.extend_from_slice(&20u32.to_le_bytes());
+        buf.extend_from_slice(&(stream.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&stream);
+        assert_eq!(blosc_decompress(&buf).unwrap(), raw);
     }
 
     #[test]

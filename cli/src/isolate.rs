@@ -28,6 +28,7 @@ impl Isolated {
         if let Some(url) = url {
             cmd.arg("--url").arg(url);
         }
+        limit_memory(&mut cmd);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -79,5 +80,24 @@ impl FileIndexer for Isolated {
         let doc: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| format!("worker wrote invalid JSON: {e}"))?;
         ReferenceSet::from_json(&doc).map_err(|e| format!("worker wrote invalid references: {e}"))
+    }
+}
+
+/// Address space a worker may map. Indexing reads metadata only; netCDF-C on a malformed file
+/// (`h5ex_g_visit.h5`) was seen taking 18 GB before it aborted, which could starve a gateway
+/// on the same machine. With the cap its allocation fails at once.
+const WORKER_ADDRESS_SPACE: u64 = 4 << 30;
+
+fn limit_memory(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: WORKER_ADDRESS_SPACE, rlim_max: WORKER_ADDRESS_SPACE };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }

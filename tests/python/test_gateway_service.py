@@ -312,3 +312,12 @@ def test_demo_prints_snippets_that_work(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def test_virtual_hosted_style_requests(gw):
+    """`Host: svc.localhost` names the bucket, as boto3's virtual addressing sends it."""
+    port = gw.endpoint.rsplit(":", 1)[1]
+    status, _, body = http(f"{gw.endpoint}/cal_noleap.nc/.zgroup", headers={"Host": f"svc.localhost:{port}"})
+    assert status == 200 and body == http(f"{gw.endpoint}/svc/cal_noleap.nc/.zgroup")[2]
+    status, _, body = http(f"{gw.endpoint}/?list-type=2&prefix=classic.nc/", headers={"Host": f"svc.localhost:{port}"})
+    assert status == 200 and b"<Key>classic.nc/.zgroup</Key>" in body

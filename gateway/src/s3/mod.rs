@@ -201,7 +201,10 @@ async fn route(
         _ => {}
     }
     let rest = path.strip_prefix('/').unwrap_or(&path);
-    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let (bucket, key) = match virtual_host_bucket(app, req.headers()) {
+        Some(bucket) => (bucket, rest),
+        None => rest.split_once('/').unwrap_or((rest, "")),
+    };
     let r = S3Request {
         method: req.method(),
         headers: req.headers(),
@@ -245,6 +248,18 @@ async fn route(
         return Err(S3Error::invalid_argument("Object keys must not contain '..' segments."));
     }
     get_object(app, collection, &r).await
+}
+
+/// The bucket of a virtual-hosted request (`Host: cmip6.s3.example.org`): the first label of
+/// the host, when it names a collection and more labels follow.
+fn virtual_host_bucket<'a>(app: &'a App, headers: &HeaderMap) -> Option<&'a str> {
+    let host = headers.get("host")?.to_str().ok()?;
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let (first, rest) = name.split_once('.')?;
+    if rest.is_empty() {
+        return None;
+    }
+    app.collections.get_key_value(first).map(|(k, _)| k.as_str())
 }
 
 fn list_buckets(app: &App, r: &S3Request) -> HttpResponse {

@@ -27,10 +27,21 @@ pub enum ReadError {
     },
 }
 
-struct OpenFile {
+/// An open source file, shared by the requests that read it.
+pub struct OpenFile {
     file: File,
     dev: u64,
     ino: u64,
+}
+
+impl OpenFile {
+    /// Exactly `length` bytes at `offset`; a short file is an error.
+    pub fn read(&self, offset: u64, length: u64) -> std::io::Result<Vec<u8>> {
+        let len = usize::try_from(length).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let mut buf = vec![0; len];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
 }
 
 #[derive(Default)]
@@ -40,7 +51,7 @@ pub struct Sources {
 
 impl Sources {
     /// Fails unless `path` still has the fingerprint it had when indexed.
-    pub fn check(&self, path: &Path, expected: Fingerprint) -> Result<std::fs::Metadata, ReadError> {
+    pub fn check(path: &Path, expected: Fingerprint) -> Result<std::fs::Metadata, ReadError> {
         let stale = |why: String| ReadError::Stale { path: path.to_path_buf(), why };
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
@@ -57,19 +68,28 @@ impl Sources {
         Ok(meta)
     }
 
-    /// Reads `length` bytes at `offset` of `path`, after checking its fingerprint.
+    /// An open handle of `path`, after checking its fingerprint.
+    pub fn open(&self, path: &Path, expected: Fingerprint) -> Result<Arc<OpenFile>, ReadError> {
+        let meta = Self::check(path, expected)?;
+        self.handle(path, &meta).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })
+    }
+
+    /// Reads `length` bytes at `offset` of `path`, checking its fingerprint before and after,
+    /// so bytes of a file that changed meanwhile are never returned.
     pub fn read(&self, path: &Path, expected: Fingerprint, offset: u64, length: u64) -> Result<Vec<u8>, ReadError> {
-        let meta = self.check(path, expected)?;
-        let io = |source| ReadError::Io { path: path.to_path_buf(), source };
-        let handle = self.handle(path, &meta).map_err(io)?;
-        let mut buf = vec![0; usize::try_from(length).map_err(|_| io(std::io::ErrorKind::InvalidInput.into()))?];
-        match handle.file.read_exact_at(&mut buf, offset) {
-            Ok(()) => Ok(buf),
+        let handle = self.open(path, expected)?;
+        let bytes = match handle.read(offset, length) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                Err(ReadError::Stale { path: path.to_path_buf(), why: "it is shorter than its references".into() })
+                return Err(ReadError::Stale {
+                    path: path.to_path_buf(),
+                    why: "it is shorter than its references".into(),
+                })
             }
-            Err(e) => Err(io(e)),
-        }
+            Err(source) => return Err(ReadError::Io { path: path.to_path_buf(), source }),
+        };
+        Self::check(path, expected)?;
+        Ok(bytes)
     }
 
     fn handle(&self, path: &Path, meta: &std::fs::Metadata) -> std::io::Result<Arc<OpenFile>> {

@@ -321,3 +321,30 @@ def test_virtual_hosted_style_requests(gw):
     assert status == 200 and body == http(f"{gw.endpoint}/svc/cal_noleap.nc/.zgroup")[2]
     status, _, body = http(f"{gw.endpoint}/?list-type=2&prefix=classic.nc/", headers={"Host": f"svc.localhost:{port}"})
     assert status == 200 and b"<Key>classic.nc/.zgroup</Key>" in body
+
+
+def test_large_chunks_stream_whole_and_in_ranges(tmp_path):
+    """Chunks larger than one streaming piece (256 KiB) arrive complete and exact."""
+    import netCDF4
+
+    data = tmp_path / "big"
+    data.mkdir()
+    values = np.arange(3 * 300_000, dtype="f4").reshape(3, 300_000)
+    with netCDF4.Dataset(data / "big.nc", "w") as nc:
+        nc.createDimension("t", 3)
+        nc.createDimension("x", 300_000)
+        v = nc.createVariable("v", "f4", ("t", "x"), chunksizes=(1, 300_000))
+        v[:] = values
+    g = start_gateway(data, "big", tmp_path / "big-cat")
+    try:
+        url = f"{g.endpoint}/big/big.nc/v/1.0"
+        status, headers, body = http(url)
+        assert status == 200 and int(headers["Content-Length"]) == 1_200_000 == len(body)
+        np.testing.assert_array_equal(np.frombuffer(body, "<f4"), values[1])
+        status, headers, part = http(url, headers={"Range": "bytes=300000-900003"})
+        assert status == 206 and headers["Content-Range"] == "bytes 300000-900003/1200000"
+        assert part == body[300_000:900_004]
+        via_s3 = xr.open_dataset("s3://big/big.nc", engine="zarr", storage_options=gw_options(g))
+        np.testing.assert_array_equal(via_s3["v"].values, values)
+    finally:
+        g.stop()

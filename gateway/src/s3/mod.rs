@@ -14,10 +14,10 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::body::{FileStream, ResponseBody, PIECE};
 use crate::collection::{Collection, Entry, Keys};
 use crate::dataset::{Body, Dataset, Object};
 use crate::source::{ReadError, Sources};
@@ -60,7 +60,7 @@ const UNSUPPORTED_SUBRESOURCES: &[&str] = &[
     "select",
 ];
 
-pub type HttpResponse = Response<Full<Bytes>>;
+pub type HttpResponse = Response<ResponseBody>;
 
 /// Everything a request can reach.
 pub struct App {
@@ -132,7 +132,7 @@ fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, S3Error> {
 }
 
 fn response(status: StatusCode, content_type: &str, body: Bytes, request_id: &str) -> HttpResponse {
-    let mut r = Response::new(Full::new(body));
+    let mut r = Response::new(ResponseBody::from(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert("content-type", HeaderValue::from_str(content_type).expect("valid content type"));
@@ -452,7 +452,7 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
     let read = tokio::task::spawn_blocking(move || read_object(&app2.sources, &ds, &obj, start, end, head))
         .await
         .map_err(|e| S3Error::internal(format!("reading the object failed: {e}")))?;
-    let bytes = match read {
+    let body = match read {
         Ok(b) => b,
         Err(ReadOutcome::Stale(why)) => {
             eprintln!("zarrgate: {why}");
@@ -468,7 +468,8 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
         }
     };
     let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-    let mut resp = response(status, content_type(inner), bytes, &r.request_id);
+    let mut resp = response(status, content_type(inner), Bytes::new(), &r.request_id);
+    *resp.body_mut() = body;
     let h = resp.headers_mut();
     h.insert("etag", HeaderValue::from_str(&object.etag).expect("hex etag"));
     h.insert("last-modified", HeaderValue::from_str(&last_modified).expect("http date"));
@@ -496,7 +497,7 @@ impl From<ReadError> for ReadOutcome {
 }
 
 /// Bytes `start..end` of an object, after checking that every source is unchanged. HEAD only
-/// checks.
+/// checks. Large ranges of a source file are streamed.
 fn read_object(
     sources: &Sources,
     dataset: &Dataset,
@@ -504,19 +505,31 @@ fn read_object(
     start: u64,
     end: u64,
     head: bool,
-) -> Result<Bytes, ReadOutcome> {
-    let check = |i: usize| sources.check(dataset.source(i), dataset.sources[i].fingerprint).map(|_| ());
+) -> Result<ResponseBody, ReadOutcome> {
+    let check = |i: usize| Sources::check(dataset.source(i), dataset.sources[i].fingerprint).map(|_| ());
     match &object.body {
         Body::Inline(bytes) => {
             check(0)?;
-            Ok(bytes.slice(start as usize..end as usize))
+            Ok(ResponseBody::from(bytes.slice(start as usize..end as usize)))
         }
-        Body::Range { source, offset, .. } if head => Ok(check(*source).map(|_| Bytes::new())?),
+        Body::Range { source, .. } | Body::Transcoded { source, .. } if head => {
+            check(*source)?;
+            Ok(ResponseBody::empty())
+        }
         Body::Range { source, offset, .. } => {
-            let fp = dataset.sources[*source].fingerprint;
-            Ok(Bytes::from(sources.read(dataset.source(*source), fp, offset + start, end - start)?))
+            let (path, fp) = (dataset.source(*source), dataset.sources[*source].fingerprint);
+            if end - start > PIECE {
+                let file = sources.open(path, fp)?;
+                return Ok(ResponseBody::File(FileStream::new(
+                    file,
+                    path.to_path_buf(),
+                    fp,
+                    offset + start,
+                    end - start,
+                )));
+            }
+            Ok(ResponseBody::from(Bytes::from(sources.read(path, fp, offset + start, end - start)?)))
         }
-        Body::Transcoded { source, .. } if head => Ok(check(*source).map(|_| Bytes::new())?),
         Body::Transcoded { source, pipeline, chunk } => {
             let fp = dataset.sources[*source].fingerprint;
             let stored = sources.read(dataset.source(*source), fp, chunk.offset, chunk.length)?;
@@ -527,7 +540,7 @@ fn read_object(
                     dataset.source(*source).display()
                 ))
             })?;
-            Ok(Bytes::from(decoded).slice(start as usize..end as usize))
+            Ok(ResponseBody::from(Bytes::from(decoded).slice(start as usize..end as usize)))
         }
     }
 }

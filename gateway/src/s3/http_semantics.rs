@@ -40,11 +40,12 @@ pub fn parse_range(header: &str) -> Option<RangeSpec> {
         return None;
     }
     let (first, last) = spec.split_once('-')?;
+    // Positions past u64 are still positions (past any object's end), not malformed.
     let number = |s: &str| -> Option<u64> {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        s.parse().ok()
+        Some(s.parse().unwrap_or(u64::MAX))
     };
     match (first.trim(), last.trim()) {
         ("", n) => number(n).map(RangeSpec::Suffix),
@@ -150,6 +151,10 @@ mod tests {
         assert_eq!(parse_range("bytes=0-9"), Some(RangeSpec::FromTo(0, 9)));
         assert_eq!(parse_range("bytes=5-"), Some(RangeSpec::From(5)));
         assert_eq!(parse_range("bytes=-3"), Some(RangeSpec::Suffix(3)));
+        let huge = "1000000000000000000000000000000";
+        assert_eq!(parse_range(&format!("bytes=0-{huge}")), Some(RangeSpec::FromTo(0, u64::MAX)));
+        assert_eq!(parse_range(&format!("bytes={huge}-")), Some(RangeSpec::From(u64::MAX)));
+        assert_eq!(parse_range(&format!("bytes=-{huge}")), Some(RangeSpec::Suffix(u64::MAX)));
         for ignored in ["bytes=abc", "bytes=0-1,3-4", "items=0-1", "bytes=5-2", "bytes=-", "bytes=1-x", "bytes=+1-2"] {
             assert_eq!(parse_range(ignored), None, "{ignored}");
         }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod admin;
 mod isolate;
 mod serve;
 
@@ -69,6 +70,26 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Manage access keys (SigV4 credentials and bearer tokens).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        /// Key and usage database (default: $ZARRGATE_AUTH_DB or ~/.local/share/zarrgate/auth.db).
+        #[arg(long, global = true)]
+        db: Option<PathBuf>,
+    },
+    /// Requests, bytes, compute, cache hits and errors per key and day.
+    Usage {
+        #[arg(long)]
+        key: Option<String>,
+        /// First day (YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+        format: String,
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
     /// Index the bundled fixtures and serve them as bucket `demo`, printing client snippets.
     Demo {
         /// Fixture directory (default: fixtures/data/good of this checkout).
@@ -82,8 +103,41 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// The owner's email address.
+        #[arg(long)]
+        owner: String,
+        /// A group the key belongs to (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Lifetime (`30d`, `12h`) or last day (`YYYY-MM-DD`).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Print JSON (with the secret) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key (without its secret).
+    Show { access_key: String },
+    /// Revoke a key; a running gateway refuses it within a second.
+    Revoke { access_key: String },
+}
+
 #[derive(clap::Args)]
 struct ServerArgs {
+    /// Key and usage database (default: $ZARRGATE_AUTH_DB or ~/.local/share/zarrgate/auth.db).
+    #[arg(long)]
+    auth_db: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port). Default: 127.0.0.1:9000.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
@@ -167,8 +221,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 index_single(indexer.as_ref(), &path, output.as_deref(), url)
             }
         }
+        Command::Keys { action, db } => {
+            let db = db.unwrap_or_else(serve::default_auth_db);
+            match action {
+                KeysAction::Create { name, owner, groups, expires, json } => {
+                    admin::create(&db, &name, &owner, &groups, expires.as_deref(), json)?
+                }
+                KeysAction::List { json } => admin::list(&db, json)?,
+                KeysAction::Show { access_key } => admin::show(&db, &access_key)?,
+                KeysAction::Revoke { access_key } => admin::revoke(&db, &access_key)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Usage { key, since, format, db } => {
+            let db = db.unwrap_or_else(serve::default_auth_db);
+            admin::usage(&db, key.as_deref(), since.as_deref(), &format)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { data, bucket, catalog, config, server } => {
-            let config = serve::config_from_args(config.as_deref(), bucket, data, catalog)?;
+            let mut config = serve::config_from_args(config.as_deref(), bucket, data, catalog)?;
+            if server.auth_db.is_some() {
+                config.auth_db = server.auth_db.clone();
+            }
             let options = server.options(&config);
             serve::serve(config, options, &server.index_settings(), announce)?;
             Ok(ExitCode::SUCCESS)
@@ -180,7 +254,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let catalog = catalog.unwrap_or_else(|| PathBuf::from("target/demo-catalog"));
             let dataset = "cal_noleap.nc".to_string();
-            let config = serve::config_from_args(None, Some("demo".into()), Some(data), Some(catalog))?;
+            let mut config = serve::config_from_args(None, Some("demo".into()), Some(data), Some(catalog))?;
+            config.auth_db = server.auth_db.clone();
             let options = server.options(&config);
             serve::serve(config, options, &server.index_settings(), move |addr| {
                 announce(addr);

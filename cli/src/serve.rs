@@ -56,6 +56,18 @@ pub fn default_catalog(bucket: &str) -> PathBuf {
     base.join("zarrgate").join("catalogs").join(bucket)
 }
 
+/// The key and usage database: `$ZARRGATE_AUTH_DB`, else `~/.local/share/zarrgate/auth.db`.
+pub fn default_auth_db() -> PathBuf {
+    if let Some(p) = std::env::var_os("ZARRGATE_AUTH_DB") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("zarrgate").join("auth.db")
+}
+
 /// Builds the collections (indexing data trees first) and serves them until a signal.
 pub fn serve(
     config: Config,
@@ -68,7 +80,9 @@ pub fn serve(
     for c in &config.collections {
         collections.push(Arc::new(open_collection(c, settings)?));
     }
-    let app = Arc::new(App::new(collections));
+    let db = config.auth_db.clone().unwrap_or_else(default_auth_db);
+    let auth = zarrgate_gateway::auth::Auth::start(db, config.quotas.clone())?;
+    let app = Arc::new(App::new(collections, auth));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(zarrgate_gateway::serve(app, options, on_ready)).context("the server stopped")?;
     Ok(())
@@ -91,6 +105,7 @@ fn open_collection(c: &CollectionConfig, settings: &IndexSettings) -> anyhow::Re
         None => None,
     };
     Collection::open(c.bucket.clone(), catalog.clone(), reindex)
+        .map(|col| col.with_policies(c.read.clone(), c.compute.clone()))
         .map_err(|e| anyhow::anyhow!("bucket {}: {e}", c.bucket))
 }
 
@@ -116,7 +131,15 @@ pub fn config_from_args(
         listen: None,
         max_connections: None,
         client_timeout_secs: None,
-        collections: vec![CollectionConfig { bucket, data, catalog, access: Default::default() }],
+        auth_db: None,
+        quotas: Default::default(),
+        collections: vec![CollectionConfig {
+            bucket,
+            data,
+            catalog,
+            read: Default::default(),
+            compute: Default::default(),
+        }],
     })
 }
 

@@ -20,6 +20,7 @@ use std::time::SystemTime;
 use zarrgate_core::catalog::{Catalog, EntryStatus};
 use zarrgate_core::refs::ReferenceSet;
 
+use crate::auth::Policy;
 use crate::dataset::{Dataset, Object, Source};
 use crate::s3::list::KeySpace;
 
@@ -44,6 +45,10 @@ pub type Datasets = BTreeMap<String, Arc<Entry>>;
 
 pub struct Collection {
     pub bucket: String,
+    /// Who may read its objects.
+    pub read: Policy,
+    /// Who may run operations on it.
+    pub compute: Policy,
     pub catalog_dir: PathBuf,
     pub created: SystemTime,
     datasets: RwLock<Arc<Datasets>>,
@@ -59,12 +64,20 @@ impl Collection {
             .unwrap_or_else(|_| SystemTime::now());
         Ok(Collection {
             bucket,
+            read: Policy::Public,
+            compute: Policy::Public,
             catalog_dir,
             created,
             datasets: RwLock::new(Arc::new(datasets)),
             reindex,
             reindexing: AtomicBool::new(false),
         })
+    }
+
+    pub fn with_policies(mut self, read: Policy, compute: Policy) -> Self {
+        self.read = read;
+        self.compute = compute;
+        self
     }
 
     pub fn snapshot(&self) -> Arc<Datasets> {

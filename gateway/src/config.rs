@@ -5,11 +5,22 @@
 //! max_connections = 1024      # optional
 //! client_timeout_secs = 30    # optional
 //!
+//! auth_db = "/var/lib/zarrgate/auth.db"  # keys and usage (default: ~/.local/share/zarrgate)
+//!
 //! [[collections]]
 //! bucket = "cmip6"
 //! data = "/data/cmip6"                 # indexed at start (incrementally) into `catalog`
 //! catalog = "/var/lib/zarrgate/cmip6"  # required without `data`
-//! access = "public"                    # the only policy until API keys arrive
+//! read = "public"                      # or "authenticated", or ["group:esgf", "key:ZG…"]
+//! compute = "authenticated"            # who may run operations (same forms)
+//!
+//! [quotas.anonymous]                   # per client IP
+//! requests_per_second = 50
+//! bytes_per_day = 10_000_000_000
+//! [quotas.default_key]                 # per key, unless [quotas.key.ID] says otherwise
+//! requests_per_second = 200
+//! [quotas.group.course]                # shared by the members of a group
+//! bytes_per_day = 50_000_000_000
 //! ```
 
 use std::net::SocketAddr;
@@ -17,12 +28,18 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::quota::QuotaConfig;
+use crate::auth::Policy;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: Option<SocketAddr>,
     pub max_connections: Option<usize>,
     pub client_timeout_secs: Option<u64>,
+    pub auth_db: Option<PathBuf>,
+    #[serde(default)]
+    pub quotas: QuotaConfig,
     #[serde(default)]
     pub collections: Vec<CollectionConfig>,
 }
@@ -34,15 +51,9 @@ pub struct CollectionConfig {
     pub data: Option<PathBuf>,
     pub catalog: Option<PathBuf>,
     #[serde(default)]
-    pub access: Access,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    /// Anonymous and signed requests may read.
-    #[default]
-    Public,
+    pub read: Policy,
+    #[serde(default)]
+    pub compute: Policy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +98,7 @@ pub fn check_bucket_name(name: &str) -> Result<(), ConfigError> {
     let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
     let ok_ends = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
-    if !(3..=63).contains(&name.len()) || !ok_chars || !ok_ends || matches!(name, "healthz" | "readyz") {
+    if !(3..=63).contains(&name.len()) || !ok_chars || !ok_ends || matches!(name, "healthz" | "readyz" | "metrics") {
         return Err(ConfigError::Invalid(format!(
             "{name:?} is not a valid bucket name (3-63 lowercase letters, digits, '.' and '-')"
         )));
@@ -109,12 +120,17 @@ mod tests {
             [[collections]]
             bucket = "obs"
             catalog = "/cat"
-            access = "public""#,
+            read = ["group:esgf"]
+            [quotas.anonymous]
+            requests_per_second = 5.0"#,
         )
         .unwrap();
         c.validate().unwrap();
         assert_eq!(c.collections.len(), 2);
         assert_eq!(c.listen.unwrap().port(), 9100);
+        assert_eq!(c.collections[0].read, Policy::Public);
+        assert_eq!(c.collections[1].read, Policy::Allow { groups: vec!["esgf".into()], keys: vec![] });
+        assert_eq!(c.quotas.anonymous.unwrap().requests_per_second, Some(5.0));
 
         assert!(toml::from_str::<Config>("[[collections]]\nbucket = \"x\"\ndta = \"/d\"").is_err());
         let no_source: Config = toml::from_str("[[collections]]\nbucket = \"abc\"").unwrap();

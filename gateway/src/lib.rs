@@ -8,16 +8,20 @@
 //! - [`source`]: byte ranges of source files through cached handles, with staleness checks.
 //! - [`transcode`]: HDF5 filter pipelines decoded in Rust.
 //! - [`s3`]: the S3 API (routing, listing, ranges, conditionals, XML errors).
+//! - [`auth`]: SigV4 and bearer keys, policies, quotas, usage (SQLite).
+//! - [`metrics`]: Prometheus counters.
 //! - [`body`]: response bodies, streaming large byte ranges.
 //! - [`server`]: the hyper server (limits, timeouts, shutdown).
 //!
 //! The gateway never links libhdf5 or libnetcdf: it reads reference sets written by the
 //! indexer and byte ranges of the source files.
 
+pub mod auth;
 pub mod body;
 pub mod collection;
 pub mod config;
 pub mod dataset;
+pub mod metrics;
 pub mod s3;
 pub mod server;
 pub mod source;

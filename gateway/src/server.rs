@@ -52,9 +52,9 @@ pub async fn serve(app: Arc<App>, options: ServeOptions, on_ready: impl FnOnce(S
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors, say: wait and keep serving.
                     eprintln!("zarrgate: accept failed: {e}");
@@ -72,7 +72,7 @@ pub async fn serve(app: Arc<App>, options: ServeOptions, on_ready: impl FnOnce(S
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(isolated(app, req).await) }
+            async move { Ok::<_, Infallible>(isolated(app, req, peer.ip()).await) }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -93,14 +93,15 @@ pub async fn serve(app: Arc<App>, options: ServeOptions, on_ready: impl FnOnce(S
             eprintln!("zarrgate: connections still open after {:?}; stopping", options.shutdown_grace);
         }
     }
+    app.auth.flush();
     Ok(())
 }
 
 /// Runs a request in its own task, so a panic becomes a 500 XML error for that request only.
-async fn isolated(app: Arc<App>, req: hyper::Request<hyper::body::Incoming>) -> HttpResponse {
+async fn isolated(app: Arc<App>, req: hyper::Request<hyper::body::Incoming>, ip: std::net::IpAddr) -> HttpResponse {
     let head = req.method() == hyper::Method::HEAD;
     let path = req.uri().path().to_string();
-    match tokio::spawn(handle(app, req)).await {
+    match tokio::spawn(handle(app, req, ip)).await {
         Ok(resp) => resp,
         Err(e) => {
             eprintln!("zarrgate: request for {path} failed: {e}");

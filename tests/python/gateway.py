@@ -6,6 +6,7 @@ on standard output once it accepts connections (after indexing its data director
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -31,13 +32,32 @@ class Gateway:
     proc: subprocess.Popen
     catalog_dir: Path
     log: list[str] = field(default_factory=list)
+    auth_db: Path | None = None
+    _key: tuple[str, str] | None = None
+
+    def create_key(self, name: str = "test", groups: tuple[str, ...] = (), expires: str | None = None) -> tuple[str, str]:
+        """A new access key in this gateway's database: (access key id, secret)."""
+        args = [*zarrgate_bin(), "keys", "create", "--db", str(self.auth_db), "--name", name]
+        args += ["--owner", "tests@example.org", "--json", *[a for g in groups for a in ("--group", g)]]
+        if expires:
+            args += ["--expires", expires]
+        doc = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+        return doc["access_key"], doc["secret"]
+
+    def key(self) -> tuple[str, str]:
+        """One key shared by a test module, created on first use."""
+        if self._key is None:
+            self._key = self.create_key()
+            time.sleep(0.6)  # the gateway re-reads keys every 0.25 s
+        return self._key
 
     def s3fs(self, **kw):
         import s3fs
 
         return s3fs.S3FileSystem(anon=True, endpoint_url=self.endpoint, skip_instance_cache=True, **kw)
 
-    def boto3(self, signed: bool = False):
+    def boto3(self, signed: bool = False, credentials: tuple[str, str] | None = None):
+        """A boto3 client: anonymous, or signing with `credentials` (default: [`key`])."""
         import boto3
         from botocore import UNSIGNED
         from botocore.config import Config
@@ -45,14 +65,15 @@ class Gateway:
         config = Config(
             s3={"addressing_style": "path"},
             retries={"max_attempts": 1},
-            **({} if signed else {"signature_version": UNSIGNED}),
+            **({} if signed or credentials else {"signature_version": UNSIGNED}),
         )
+        key, secret = credentials or (self.key() if signed else ("unused", "unused"))
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
             region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
             config=config,
         )
 
@@ -88,12 +109,14 @@ def start_gateway(
     if data_dir is not None:
         args += ["--data", str(data_dir)]
     args += list(extra_args)
+    # Each gateway gets its own key database unless the test shares one.
+    env = {"ZARRGATE_AUTH_DB": f"{catalog_dir}.auth.db", **(env or {})}
     proc = subprocess.Popen(
         args,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **env},
     )
     log: list[str] = []
     threading.Thread(target=lambda: log.extend(iter(proc.stderr.readline, "")), daemon=True).start()
@@ -117,4 +140,6 @@ def start_gateway(
             proc.kill()
             raise RuntimeError(f"zarrgate serve did not listen within {ready_timeout} s: {''.join(log)[-4000:]}")
         time.sleep(0.05)
-    return Gateway(endpoint=endpoint, bucket=bucket, proc=proc, catalog_dir=catalog_dir, log=log)
+    return Gateway(
+        endpoint=endpoint, bucket=bucket, proc=proc, catalog_dir=catalog_dir, log=log, auth_db=Path(env["ZARRGATE_AUTH_DB"])
+    )

@@ -260,9 +260,9 @@ def test_config_file_serves_several_collections(data_dir, tmp_path):
     subprocess.run([*zarrgate_bin(), "index", str(other), "--out", str(prebuilt)], check=True, capture_output=True)
     config = tmp_path / "zarrgate.toml"
     config.write_text(
-        f'listen = "127.0.0.1:0"\n'
+        f'listen = "127.0.0.1:0"\nauth_db = "{tmp_path / "auth.db"}"\n'
         f'[[collections]]\nbucket = "alpha"\ndata = "{data_dir}"\ncatalog = "{tmp_path / "cat-alpha"}"\n'
-        f'[[collections]]\nbucket = "beta"\ncatalog = "{prebuilt}"\naccess = "public"\n'
+        f'[[collections]]\nbucket = "beta"\ncatalog = "{prebuilt}"\nread = "public"\n'
     )
     args = [*zarrgate_bin(), "serve", "--config", str(config)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -355,7 +355,8 @@ def test_curl_anonymous_get(gw, s3, key):
 
 
 def test_curl_sigv4_get(gw, s3):
-    status, body = curl(gw, CHUNK_KEY, "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "test:test")
+    key, secret = gw.key()
+    status, body = curl(gw, CHUNK_KEY, "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", f"{key}:{secret}")
     assert (status, body) == (200, get_bytes(s3, CHUNK_KEY))
 
 

@@ -8,18 +8,22 @@ pub mod list;
 pub mod xml;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use hyper::body::Body as _;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::auth::{Auth, Principal, RequestAuth};
 use crate::body::{FileStream, ResponseBody, PIECE};
 use crate::collection::{Collection, Entry, Keys};
 use crate::dataset::{Body, Dataset, Object};
+use crate::metrics::Metrics;
 use crate::source::{ReadError, Sources};
 use http_semantics::{parse_range, Conditions, RangeSpec, Resolved, Verdict};
 use list::{ListPage, ListQuery};
@@ -66,20 +70,42 @@ pub type HttpResponse = Response<ResponseBody>;
 pub struct App {
     pub collections: BTreeMap<String, Arc<Collection>>,
     pub sources: Sources,
+    pub auth: Arc<Auth>,
+    pub metrics: Metrics,
     pub shutting_down: AtomicBool,
     next_request: AtomicU64,
 }
 
 impl App {
-    pub fn new(collections: Vec<Arc<Collection>>) -> Self {
+    pub fn new(collections: Vec<Arc<Collection>>, auth: Arc<Auth>) -> Self {
         App {
             collections: collections.into_iter().map(|c| (c.bucket.clone(), c)).collect(),
             sources: Sources::default(),
+            auth,
+            metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
             next_request: AtomicU64::new(1),
         }
     }
 }
+
+/// What a request turned out to be, for accounting.
+#[derive(Default)]
+struct Outcome {
+    who: Option<Principal>,
+    /// A configured bucket, or empty.
+    bucket: String,
+}
+
+/// S3 codes of authentication and policy refusals.
+const AUTH_CODES: &[&str] = &[
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "RequestTimeTooSkewed",
+    "AuthorizationHeaderMalformed",
+    "AuthorizationQueryParametersError",
+];
 
 /// A parsed request, as the handlers need it.
 struct S3Request<'a> {
@@ -160,20 +186,44 @@ pub fn error_response(err: &S3Error, resource: &str, request_id: &str, head: boo
 }
 
 /// Answers one request. Never panics on bad input; a bug that panics is caught by the server.
-pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> HttpResponse {
+pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, ip: IpAddr) -> HttpResponse {
     let request_id = format!("{:016X}", app.next_request.fetch_add(1, Ordering::Relaxed));
     let head = req.method() == Method::HEAD;
     let raw_path = req.uri().path().to_string();
-    match route(&app, &req, &request_id).await {
+    let mut outcome = Outcome::default();
+    let resp = match route(&app, &req, &request_id, ip, &mut outcome).await {
         Ok(r) => r,
-        Err(err) => error_response(&err, &raw_path, &request_id, head),
+        Err(err) => {
+            let bucket = [("bucket", outcome.bucket.as_str())];
+            if AUTH_CODES.contains(&err.code) {
+                app.metrics.add("zarrgate_auth_failures_total", &[bucket[0], ("code", err.code)], 1);
+            } else if err.code == "SlowDown" {
+                app.metrics.add("zarrgate_quota_rejections_total", &bucket, 1);
+            }
+            error_response(&err, &raw_path, &request_id, head)
+        }
+    };
+    let bytes = if head { 0 } else { resp.body().size_hint().exact().unwrap_or(0) };
+    if let Some(who) = &outcome.who {
+        app.auth.record(who, bytes, resp.status());
     }
+    let class = match resp.status().as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    app.metrics.add("zarrgate_requests_total", &[("bucket", &outcome.bucket), ("class", class)], 1);
+    app.metrics.add("zarrgate_response_bytes_total", &[("bucket", &outcome.bucket)], bytes);
+    resp
 }
 
 async fn route(
     app: &Arc<App>,
     req: &Request<hyper::body::Incoming>,
     request_id: &str,
+    ip: IpAddr,
+    outcome: &mut Outcome,
 ) -> Result<HttpResponse, S3Error> {
     let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if header_bytes > MAX_HEADER_BYTES {
@@ -197,6 +247,10 @@ async fn route(
             } else {
                 response(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"), request_id)
             })
+        }
+        "/metrics" => {
+            let text = app.metrics.render();
+            return Ok(response(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(text), request_id));
         }
         _ => {}
     }
@@ -227,10 +281,31 @@ async fn route(
             format!("The {sub} subresource is not implemented by this read-only store."),
         ));
     }
+    if app.collections.contains_key(&r.bucket) {
+        outcome.bucket = r.bucket.clone();
+    }
+    let who = app.auth.authenticate(&RequestAuth {
+        method: r.method.as_str(),
+        raw_path: req.uri().path(),
+        decoded_path: &path,
+        raw_query: req.uri().query().unwrap_or(""),
+        query: &r.query,
+        headers: r.headers,
+        ip,
+    })?;
+    outcome.who = Some(who.clone());
     if r.bucket.is_empty() {
-        return Ok(list_buckets(app, &r));
+        return Ok(list_buckets(app, &r, &who));
     }
     let collection = app.collections.get(&r.bucket).ok_or_else(S3Error::no_such_bucket)?;
+    if !collection.read.allows(&who) {
+        let message = match who {
+            Principal::Anonymous { .. } => "Access Denied: this collection needs an access key.",
+            Principal::Key(_) => "Access Denied: this key may not read this collection.",
+        };
+        return Err(S3Error::new(StatusCode::FORBIDDEN, "AccessDenied", message));
+    }
+    app.auth.admit(&who)?;
     if r.key.is_empty() {
         if r.is_head() {
             return Ok(response(StatusCode::OK, "application/xml", Bytes::new(), request_id));
@@ -262,12 +337,12 @@ fn virtual_host_bucket<'a>(app: &'a App, headers: &HeaderMap) -> Option<&'a str>
     app.collections.get_key_value(first).map(|(k, _)| k.as_str())
 }
 
-fn list_buckets(app: &App, r: &S3Request) -> HttpResponse {
+fn list_buckets(app: &App, r: &S3Request, who: &Principal) -> HttpResponse {
     let mut body = format!(r#"<ListAllMyBucketsResult xmlns="{NAMESPACE}"><Owner>"#);
     element(&mut body, "ID", "zarrgate");
     element(&mut body, "DisplayName", "zarrgate");
     body.push_str("</Owner><Buckets>");
-    for c in app.collections.values() {
+    for c in app.collections.values().filter(|c| c.read.allows(who)) {
         body.push_str("<Bucket>");
         element(&mut body, "Name", &c.bucket);
         element(&mut body, "CreationDate", &iso8601(c.created));
@@ -287,7 +362,7 @@ fn iso8601(t: SystemTime) -> String {
 }
 
 /// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -457,6 +532,7 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
         Err(ReadOutcome::Stale(why)) => {
             eprintln!("zarrgate: {why}");
             collection.source_changed();
+            app.metrics.add("zarrgate_stale_sources_total", &[("bucket", &collection.bucket)], 1);
             let id = r.key[..r.key.len() - inner.len()].trim_end_matches('/');
             return Err(S3Error::unavailable(format!(
                 "The source file of dataset {id} changed since it was indexed; it is being re-indexed, retry shortly."

@@ -65,7 +65,7 @@ class Gateway:
         config = Config(
             s3={"addressing_style": "path"},
             retries={"max_attempts": 1},
-            **({} if signed or credentials else {"signature_version": UNSIGNED}),
+            signature_version="s3v4" if signed or credentials else UNSIGNED,
         )
         key, secret = credentials or (self.key() if signed else ("unused", "unused"))
         return boto3.client(

@@ -260,6 +260,13 @@ impl Auth {
             let payload = header("x-amz-content-sha256").unwrap_or(EMPTY_SHA256);
             return self.verify(r, &signed, payload, now).map(Principal::Key);
         }
+        if r.query.iter().any(|(k, _)| k == "AWSAccessKeyId") {
+            return Err(S3Error::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256.",
+            ));
+        }
         if r.query.iter().any(|(k, _)| k == "X-Amz-Algorithm") {
             let signed = sigv4::parse_presigned(r.query)
                 .map_err(|e| S3Error::new(StatusCode::BAD_REQUEST, "AuthorizationQueryParametersError", e.0))?;

@@ -117,12 +117,18 @@ http {{
     return proc, f"http://127.0.0.1:{port}"
 
 
+# Each line: a path, then tab-separated "Name: value" headers.
 LUA = """
 local requests = {}
 for line in io.lines("%s") do
-  local path, range = line:match("^(%%S+) ?(.*)$")
+  local path = nil
   local headers = { Host = "127.0.0.1" }
-  if range ~= "" then headers["Range"] = range end
+  for field in line:gmatch("[^\t]+") do
+    if path == nil then path = field else
+      local name, value = field:match("^([^:]+): (.*)$")
+      headers[name] = value
+    end
+  end
   requests[#requests + 1] = wrk.format("GET", path, headers)
 end
 math.randomseed(7)
@@ -150,6 +156,31 @@ def run_wrk(url: str, lines: list[str], duration: int, work: Path, name: str) ->
     if errors:
         raise SystemExit(f"{name}: {errors.group(1)} error responses:\n{out}")
     return {"rps": rps, "p99_ms": float(p99.group(1)) * scale, "mb_s": float(transfer.group(1)) * mult / 1e6}
+
+
+def sigv4_headers(path: str, key: str, secret: str) -> dict:
+    """SigV4 headers for a GET of `path` with `Host: 127.0.0.1`, as wrk sends it (valid for the
+    gateway's 15-minute window)."""
+    import datetime as dt
+    import hashlib
+    import hmac
+
+    amz_date = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    payload = hashlib.sha256(b"").hexdigest()
+    signed = {"host": "127.0.0.1", "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+    names = ";".join(sorted(signed))
+    canonical = "\n".join(["GET", path, "", *(f"{k}:{signed[k]}" for k in sorted(signed)), "", names, payload])
+    scope = f"{amz_date[:8]}/us-east-1/s3/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    k = f"AWS4{secret}".encode()
+    for part in (amz_date[:8], "us-east-1", "s3", "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    sig = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+    return {
+        "x-amz-content-sha256": payload,
+        "x-amz-date": amz_date,
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={key}/{scope}, SignedHeaders={names}, Signature={sig}",
+    }
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -213,7 +244,7 @@ def main() -> None:
                 chunks = chunk_ranges(refs, var)
                 assert chunks and all(length == size for _, _, length in chunks), f"{var}: chunks are not {size} bytes"
                 gw_lines = [f"/bench/chunks.nc/{key}" for key, _, _ in chunks]
-                ng_lines = [f"/chunks.nc bytes={off}-{off + length - 1}" for _, off, length in chunks]
+                ng_lines = [f"/chunks.nc\tRange: bytes={off}-{off + length - 1}" for _, off, length in chunks]
                 # Warm both (page cache, connections), then measure side by side.
                 run_wrk(gw.endpoint, gw_lines, 2, work, f"warm-gw-{var}")
                 run_wrk(nginx_url, ng_lines, 2, work, f"warm-ng-{var}")
@@ -221,6 +252,19 @@ def main() -> None:
                     "gateway": run_wrk(gw.endpoint, gw_lines, args.duration, work, f"gw-{var}"),
                     "nginx": run_wrk(nginx_url, ng_lines, args.duration, work, f"ng-{var}"),
                 }
+            # Authentication and accounting: the same 64 KiB keys, anonymous and SigV4-signed.
+            key, secret = gw.create_key("bench")
+            time.sleep(0.6)
+            chunks = chunk_ranges(refs, "small")
+            anon_lines = [f"/bench/chunks.nc/{k}" for k, _, _ in chunks]
+            signed_lines = [
+                "\t".join([p, *(f"{n}: {v}" for n, v in sigv4_headers(p, key, secret).items())]) for p in anon_lines
+            ]
+            run_wrk(gw.endpoint, signed_lines, 2, work, "warm-signed")
+            results["auth"] = {
+                "anonymous": run_wrk(gw.endpoint, anon_lines, args.duration, work, "anon"),
+                "signed": run_wrk(gw.endpoint, signed_lines, args.duration, work, "signed"),
+            }
             refs = work / "corpus-catalog" / "refs" / f"{corpus_file.name}.json"
             reads = xarray_reads(reader.endpoint, refs, corpus_file.name, args.repeat)
             rss = max(vm_hwm_mb(gw.proc.pid), vm_hwm_mb(reader.proc.pid))
@@ -239,6 +283,7 @@ def main() -> None:
         "xarray_read_s": reads,
         "xarray_ratio": reads["gateway"] / reads["reference"],
         "gateway_peak_rss_mb": rss,
+        "auth_overhead": 1 - results["auth"]["signed"]["rps"] / results["auth"]["anonymous"]["rps"],
     }
     (out_dir / "gateway.json").write_text(json.dumps(summary, indent=2))
     print("| measure | zarrgate | peer | ratio | target |")
@@ -260,6 +305,11 @@ def main() -> None:
         f"{reads['reference']:.3f} | {summary['xarray_ratio']:.2f}× | ≤ 1.5× |"
     )
     print(f"| gateway peak RSS under this load | {rss:.0f} MB | | | < 200 MB |")
+    a = results["auth"]
+    print(
+        f"| SigV4-signed 64 KiB GETs, requests/s (anonymous) | {a['signed']['rps']:,.0f} | {a['anonymous']['rps']:,.0f} | "
+        f"{summary['auth_overhead'] * 100:.1f}% overhead | ≤ 10% |"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 //! Response bodies: bytes in memory, or a byte range of a source file streamed in pieces.
 //!
-//! Streaming keeps memory per connection at one piece (256 KiB) however large the chunk, and
+//! Streaming keeps memory per connection at two pieces (1 MiB each) however large the chunk, and
 //! overlaps reading the next piece with sending the last. After the last piece the source's
 //! fingerprint is checked again: if the file changed while it was being sent, the body ends
 //! in an error, so the client sees a broken response rather than a mix of old and new bytes.
@@ -19,7 +19,7 @@ use zarrgate_core::catalog::Fingerprint;
 use crate::source::{OpenFile, Sources};
 
 /// Bytes read per step of a streamed body.
-pub const PIECE: u64 = 256 * 1024;
+pub const PIECE: u64 = 1024 * 1024;
 
 pub enum ResponseBody {
     Memory(Option<Bytes>),

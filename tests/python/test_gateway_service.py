@@ -324,7 +324,7 @@ def test_virtual_hosted_style_requests(gw):
 
 
 def test_large_chunks_stream_whole_and_in_ranges(tmp_path):
-    """Chunks larger than one streaming piece (256 KiB) arrive complete and exact."""
+    """Chunks larger than one streaming piece (1 MiB) arrive complete and exact."""
     import netCDF4
 
     data = tmp_path / "big"

@@ -348,3 +348,10 @@ def test_large_chunks_stream_whole_and_in_ranges(tmp_path):
         np.testing.assert_array_equal(via_s3["v"].values, values)
     finally:
         g.stop()
+
+
+def test_xarray_reads_over_plain_http(gw):
+    """Without s3fs: fsspec's HTTP filesystem and consolidated metadata need only GETs by key."""
+    ds = xr.open_dataset(f"{gw.endpoint}/svc/cal_noleap.nc", engine="zarr")
+    with xr.open_dataset(FIXTURES / "cal_noleap.nc") as original:
+        xr.testing.assert_identical(ds.load(), original.load())

@@ -84,7 +84,13 @@ pub fn serve(
     let auth = zarrgate_gateway::auth::Auth::start(db, config.quotas.clone())?;
     let app = Arc::new(App::new(collections, auth));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(zarrgate_gateway::serve(app, options, on_ready)).context("the server stopped")?;
+    runtime
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind(options.listen).await?;
+            on_ready(listener.local_addr()?);
+            zarrgate_gateway::serve(app, listener, &options, zarrgate_gateway::shutdown_signal()).await
+        })
+        .with_context(|| format!("the server on {} stopped", options.listen))?;
     Ok(())
 }
 

@@ -29,4 +29,4 @@ pub mod transcode;
 
 pub use collection::{Collection, Reindex};
 pub use s3::App;
-pub use server::{serve, ServeOptions};
+pub use server::{serve, shutdown_signal, ServeOptions};

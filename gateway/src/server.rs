@@ -17,6 +17,7 @@ use crate::s3::{error_response, handle, App, HttpResponse};
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
+    /// Where the CLI binds the listener it passes to [`serve`].
     pub listen: SocketAddr,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
@@ -38,14 +39,15 @@ impl Default for ServeOptions {
     }
 }
 
-/// Serves `app` until SIGINT or SIGTERM, then drains connections. `on_ready` gets the bound
-/// address once connections are accepted.
-pub async fn serve(app: Arc<App>, options: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
-    let listener = TcpListener::bind(options.listen).await?;
-    on_ready(listener.local_addr()?);
+/// Serves `app` on a bound `listener` until `shutdown` completes, then drains connections.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    options: &ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -111,7 +113,8 @@ async fn isolated(app: Arc<App>, req: hyper::Request<hyper::body::Incoming>, ip:
     }
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {

@@ -1,17 +1,13 @@
 //! Indexer behaviour on our fixtures: every bad input gives its own clear error, a tree keeps
 //! going past bad files, and re-runs are incremental.
 
-use std::path::{Path, PathBuf};
+use super::fixture;
 
 use zarrgate_core::catalog::{Catalog, EntryStatus};
 use zarrgate_core::refs::{Reference, ReferenceSet};
 use zarrgate_core::report::{FileReport, VariableStatus};
 use zarrgate_indexer::tree::{index_tree, InProcess, Outcome, Progress, TreeOptions};
 use zarrgate_indexer::{index_file, IndexError, IndexOptions};
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/data").join(rel)
-}
 
 fn index(rel: &str) -> Result<ReferenceSet, IndexError> {
     index_file(&fixture(rel), &IndexOptions { url: None })

@@ -74,7 +74,11 @@ pub struct App {
     pub metrics: Metrics,
     pub shutting_down: AtomicBool,
     next_request: AtomicU64,
+    reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Object reads (and decodes) in flight at once.
+const MAX_READS: usize = 64;
 
 impl App {
     pub fn new(collections: Vec<Arc<Collection>>, auth: Arc<Auth>) -> Self {
@@ -85,6 +89,7 @@ impl App {
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
             next_request: AtomicU64::new(1),
+            reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS)),
         }
     }
 }
@@ -524,9 +529,15 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
     let app2 = app.clone();
     let ds = dataset.clone();
     let obj = object.clone();
-    let read = tokio::task::spawn_blocking(move || read_object(&app2.sources, &ds, &obj, start, end, head))
-        .await
-        .map_err(|e| S3Error::internal(format!("reading the object failed: {e}")))?;
+    // Reads and decodes run on the blocking pool, a bounded number at a time, so a burst of
+    // large or transcoded chunks cannot take all memory or starve the runtime.
+    let permit = app.reads.clone().acquire_owned().await.expect("the read semaphore is never closed");
+    let read = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        read_object(&app2.sources, &ds, &obj, start, end, head)
+    })
+    .await
+    .map_err(|e| S3Error::internal(format!("reading the object failed: {e}")))?;
     let body = match read {
         Ok(b) => b,
         Err(ReadOutcome::Stale(why)) => {

@@ -136,6 +136,16 @@ impl<'a> Plan<'a> {
     }
 
     fn write(self, out: &mut StoreBuilder) {
+        if let Some(d) = self.dtype.filter(|d| d.kind != Kind::Bytes && d.size() != self.st.elem_size) {
+            let why = format!(
+                "HDF5 stores {}-byte elements that netCDF-C presents as {}-byte {} (HDF5 float16, say); \
+                 their bytes cannot be referenced as that type",
+                self.st.elem_size,
+                d.size(),
+                d.typestr()
+            );
+            return out.status(&self.var.path, VariableStatus::Refused, Some(why));
+        }
         let Some(dtype) = self.dtype else {
             let why = match &self.var.elem {
                 ElemType::UserDefined(d) => d.clone(),

@@ -39,6 +39,9 @@ pub struct Storage {
     /// HDF5 extent, which can be shorter than the netCDF shape along unlimited dimensions.
     pub extent: Vec<u64>,
     pub byte_order: Endian,
+    /// Bytes per element as stored (netCDF-C may present another type, e.g. HDF5 float16 as
+    /// float).
+    pub elem_size: usize,
     pub layout: StorageLayout,
     pub filters: Vec<Hdf5Filter>,
     /// The fill value HDF5 returns for unwritten elements, as raw native-order bytes (`None`
@@ -119,7 +122,7 @@ pub fn describe(ds: &hdf5::Dataset, numeric: bool) -> hdf5::Result<Storage> {
     // Not `ds.filters()`: it turns a pipeline it cannot parse into an empty one, which would
     // reference compressed chunks as raw data.
     let filters = dcpl.get_filters()?.iter().map(filter_info).collect();
-    Ok(Storage { extent, byte_order, layout, filters, fill, fill_never })
+    Ok(Storage { extent, byte_order, elem_size: dtype.size(), layout, filters, fill, fill_never })
 }
 
 fn chunked(ds: &hdf5::Dataset) -> hdf5::Result<StorageLayout> {

@@ -1,4 +1,8 @@
-"""Fixtures, settings and the session summary for the fidelity suite.
+"""Fixtures, settings and the session summaries for the fidelity suites.
+
+``test_fidelity.py`` compares the references of ``zarrgate index`` (summary
+``summary.json``), ``test_s3_fidelity.py`` the datasets ``zarrgate serve``
+serves (``summary-s3.json``), by the same rules and on the same files.
 
 Environment:
 
@@ -13,7 +17,11 @@ Environment:
     corpus directory, every *readable* candidate is compared (default
     ``<repo>/../shared/corpus``).
 ``ZARRGATE_REPORT_DIR``
-    where ``summary.json`` is written (default ``<repo>/target/fidelity``).
+    where ``summary.json`` and ``summary-s3.json`` are written (default
+    ``<repo>/target/fidelity``).
+``ZARRGATE_SERVE_BIN``
+    the gateway command for the S3 suite (see gateway.py; default the debug
+    build).  It indexes each source directory into a fresh catalog at start.
 ``ZARRGATE_INDEX_TIMEOUT`` / ``ZARRGATE_COMPARE_TIMEOUT``
     seconds per file (defaults 120 / 600).
 ``ZARRGATE_PROBE_ATTEMPTS`` (default 3)
@@ -44,6 +52,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import fidelity  # noqa: E402
+import gateway  # noqa: E402
 
 STATUSES = ("clean", "clean_with_exceptions", "failed", "unreadable")
 
@@ -60,6 +69,12 @@ class Settings:
     in_process: bool
     probe_attempts: int
     probe_cache: bool
+
+    def compare(self, path: Path, other: "fidelity.ZarrView | Path") -> fidelity.FileResult:
+        """:func:`fidelity.compare` of *other* against *path*, in a child process unless in_process."""
+        if self.in_process:
+            return fidelity.compare(path, other)
+        return fidelity.compare_isolated(path, other, timeout=self.compare_timeout)
 
 
 def _resolve_cmd(raw: str) -> tuple[str, ...]:
@@ -114,13 +129,24 @@ def collect_cases(s: Settings | None = None) -> list[Case]:
 
 
 # --------------------------------------------------------------------------
-# Recording and the session summary
+# Recording and the session summaries
 # --------------------------------------------------------------------------
 
-_RECORDS: dict[str, dict] = {}
+#: every recorder of the session, by summary name
+_RECORDERS: dict[str, "Recorder"] = {}
 
 
 class Recorder:
+    """The outcome of each case for one summary, ``<report dir>/<name>.json``.
+
+    *via* says how the Zarr side was read (``reference://``, ``s3``).
+    """
+
+    def __init__(self, name: str, via: str) -> None:
+        self.name, self.via = name, via
+        self.records: dict[str, dict] = {}
+        _RECORDERS[name] = self
+
     def record(self, case: Case, status: str, *, result: fidelity.FileResult | None = None,
                reason: str | None = None, index_seconds: float | None = None,
                compare_seconds: float | None = None) -> None:
@@ -134,6 +160,7 @@ class Recorder:
             "exceptions": {k: 0 for k in fidelity.EXCEPTION_KINDS},
             "failures": [],
             "exception_details": [],
+            "transcoded": [],
             "reason": reason,
             "notes": [],
             "index_seconds": None if index_seconds is None else round(index_seconds, 3),
@@ -143,8 +170,24 @@ class Recorder:
             entry["exceptions"] = {k: int(result.exceptions.get(k, 0)) for k in fidelity.EXCEPTION_KINDS}
             entry["failures"] = list(result.failures)
             entry["exception_details"] = list(result.exception_details)
+            entry["transcoded"] = list(result.transcoded)
             entry["notes"] = list(result.notes)
-        _RECORDS[case.id] = entry
+        self.records[case.id] = entry
+
+    def finish(self, case: Case, result: fidelity.FileResult, *, index_seconds: float | None = None,
+               compare_seconds: float | None = None) -> None:
+        """Records a comparison and fails the test if it failed.
+
+        A crash of netCDF-C on a corpus original while the Zarr side loads
+        fine on its own makes the file unreadable, not failed.
+        """
+        if result.oracle_crash and case.source == "corpus":
+            self.record(case, "unreadable", reason=result.oracle_crash)
+            return
+        self.record(case, result.status, result=result, index_seconds=index_seconds,
+                    compare_seconds=compare_seconds)
+        if not result.ok:
+            pytest.fail(result.summary(), pytrace=False)
 
 
 class ProbeCache:
@@ -194,13 +237,40 @@ def probe_cache(fidelity_settings: Settings) -> ProbeCache:
 
 
 @pytest.fixture(scope="session")
+def readability(fidelity_settings: Settings, probe_cache: ProbeCache):
+    """``readability(case)``: the probe verdict ``{"readable", "groups", "reason"}``.
+
+    Fixtures are always compared; a corpus file only when every group opens
+    and loads, in *probe_attempts* fresh processes (cached across sessions).
+    """
+    s = fidelity_settings
+
+    def probe(path: Path) -> dict:
+        if s.in_process:
+            return fidelity.probe(path)
+        return fidelity.probe_isolated(path, timeout=s.compare_timeout, attempts=s.probe_attempts)
+
+    def check(case: Case) -> dict:
+        if case.source != "corpus":
+            return {"readable": True, "groups": [], "reason": None}
+        return probe_cache.get(case.path, probe)
+
+    return check
+
+
+@pytest.fixture(scope="session")
 def fidelity_settings() -> Settings:
     return settings()
 
 
 @pytest.fixture(scope="session")
 def recorder() -> Recorder:
-    return Recorder()
+    return Recorder("summary", "reference://")
+
+
+@pytest.fixture(scope="session")
+def s3_recorder() -> Recorder:
+    return Recorder("summary-s3", "s3")
 
 
 @pytest.fixture(scope="session")
@@ -214,6 +284,86 @@ def zarrgate_cmd(fidelity_settings: Settings) -> tuple[str, ...]:
             pytrace=False,
         )
     return cmd
+
+
+# --------------------------------------------------------------------------
+# The gateways of the S3 suite
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class ServedSource:
+    """One source directory behind its own ``zarrgate serve`` process (bucket = source name)."""
+
+    source: str
+    gateway: gateway.Gateway
+    #: the catalog.json the gateway wrote while indexing at start
+    catalog: dict
+    #: whether a case has already failed because the gateway exited
+    exit_reported: bool = False
+
+    def entry(self, case: Case) -> dict | None:
+        return self.catalog.get("datasets", {}).get(case.rel)
+
+    def view(self, case: Case) -> fidelity.GatewayView:
+        entry = self.entry(case) or {}
+        meta = self.gateway.catalog_dir / entry["refs"] if entry.get("refs") else None
+        return fidelity.GatewayView(self.gateway.endpoint, self.gateway.bucket, case.rel,
+                                    None if meta is None else str(meta))
+
+    def exited(self) -> str | None:
+        """Why the gateway is gone (exit status and its last log lines), or None while it runs.
+
+        The case that calls this first reports the exit; the next case gets a new gateway.
+        """
+        code = self.gateway.proc.poll()
+        if code is None:
+            return None
+        self.exit_reported = True
+        tail = "".join(self.gateway.log[-20:])
+        return f"the {self.source} gateway exited with {code}:\n{tail}"
+
+
+@pytest.fixture(scope="session")
+def served(fidelity_settings: Settings, tmp_path_factory: pytest.TempPathFactory):
+    """``served(source)``: that source's gateway, started on first use and kept for the session.
+
+    Starting indexes the whole directory (about a minute for the corpus).  It
+    returns a message instead when the gateway cannot start (then for every
+    case of that source).  A gateway that exited is started again on the same
+    catalog; the first case to see the exit fails with it.
+    """
+    roots = {"fixtures": fidelity_settings.fixtures_dir, "corpus": fidelity_settings.corpus_dir}
+    started: dict[str, ServedSource | str] = {}
+
+    def get(source: str) -> ServedSource | str:
+        if source not in started:
+            started[source] = _start(source, roots[source], tmp_path_factory.mktemp(f"catalog-{source}"))
+        got = started[source]
+        if isinstance(got, str) or got.gateway.proc.poll() is None:
+            return got
+        gone = None if got.exit_reported else got.exited()
+        started[source] = _start(source, roots[source], got.gateway.catalog_dir)
+        return started[source] if gone is None else f"{gone}\n(started again for the next cases)"
+
+    yield get
+    for got in started.values():
+        if isinstance(got, ServedSource):
+            got.gateway.stop()
+
+
+def _start(source: str, root: Path, catalog_dir: Path) -> ServedSource | str:
+    """The running gateway, or why it did not start."""
+    try:
+        gw = gateway.start_gateway(root, source, catalog_dir)
+    except (OSError, RuntimeError) as e:
+        return f"zarrgate serve for {source} ({' '.join(gateway.zarrgate_bin())}, --data {root}): {e}"
+    try:
+        catalog = json.loads((catalog_dir / "catalog.json").read_text())
+    except (OSError, ValueError) as e:
+        gw.stop()
+        return f"zarrgate serve for {source} listens but wrote no readable catalog.json: {e}"
+    return ServedSource(source, gw, catalog)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -239,6 +389,7 @@ def _totals(records: list[dict]) -> dict:
                 if n:
                     exc_files[k] += 1
                     exc_total[k] += n
+    transcoded = [r for r in records if r.get("transcoded")]
     return {
         "files": len(records),
         **counts,
@@ -246,15 +397,20 @@ def _totals(records: list[dict]) -> dict:
         "with_notes": sum(1 for r in records if r.get("notes")),
         "exception_files": exc_files,
         "exception_instances": exc_total,
+        # variables marked transcode that the Zarr side serves decoded (the gateway)
+        "transcoded_files": len(transcoded),
+        "transcoded_variables": sum(len(r["transcoded"]) for r in transcoded),
     }
 
 
-def summary_doc(records: list[dict] | None = None) -> dict:
-    records = sorted((records if records is not None else _RECORDS.values()), key=lambda r: r["id"])
+def summary_doc(rec: Recorder) -> dict:
+    records = sorted(rec.records.values(), key=lambda r: r["id"])
     s = settings()
     return {
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "indexer": list(s.bin_cmd),
+        # through S3, the gateway indexes its data directory itself
+        "indexer": gateway.zarrgate_bin() if rec.via == "s3" else list(s.bin_cmd),
+        "via": rec.via,
         "fixtures_dir": str(s.fixtures_dir),
         "corpus_dir": str(s.corpus_dir),
         "totals": {
@@ -266,32 +422,42 @@ def summary_doc(records: list[dict] | None = None) -> dict:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not _RECORDS or hasattr(session.config, "workerinput"):
+    if hasattr(session.config, "workerinput"):
         return
     s = settings()
-    s.report_dir.mkdir(parents=True, exist_ok=True)
-    out = s.report_dir / "summary.json"
-    doc = summary_doc()
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    tmp.replace(out)
-    session.config.stash[_SUMMARY_PATH] = str(out)
+    written = {}
+    for rec in _RECORDERS.values():
+        if not rec.records:
+            continue
+        s.report_dir.mkdir(parents=True, exist_ok=True)
+        out = s.report_dir / f"{rec.name}.json"
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary_doc(rec), indent=1, default=str))
+        tmp.replace(out)
+        written[rec.name] = str(out)
+    session.config.stash[_SUMMARY_PATHS] = written
 
 
-_SUMMARY_PATH = pytest.StashKey[str]()
+_SUMMARY_PATHS = pytest.StashKey[dict]()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
-    if not _RECORDS:
-        return
-    tr = terminalreporter
-    doc = summary_doc()
-    tr.section("zarrgate fidelity summary")
-    tr.write_line(f"indexer: {' '.join(doc['indexer'])}")
+    paths = config.stash.get(_SUMMARY_PATHS, {})
+    for rec in _RECORDERS.values():
+        if rec.records:
+            _write_summary(terminalreporter, rec, paths.get(rec.name))
+
+
+def _write_summary(tr, rec: Recorder, path: str | None) -> None:  # noqa: ANN001
+    doc = summary_doc(rec)
+    tr.section(f"zarrgate fidelity summary via {rec.via}")
+    tr.write_line(f"{'gateway' if rec.via == 's3' else 'indexer'}: {' '.join(doc['indexer'])}")
     kinds = fidelity.EXCEPTION_KINDS
     header = f"{'source':<9} {'files':>5} {'clean':>5} {'w/exc':>5} {'failed':>6} {'unread':>6}   " + "  ".join(
         f"{k}" for k in kinds
     )
+    if rec.via == "s3":
+        header += "  served-transcoded"
     tr.write_line(header)
     for src in ("fixtures", "corpus", "all"):
         t = doc["totals"][src]
@@ -300,11 +466,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         exc = "  ".join(
             f"{t['exception_files'][k]:>{len(k)}}" for k in kinds
         )
+        if rec.via == "s3":
+            exc += f"  {t['transcoded_files']:>4} / {t['transcoded_variables']:<4}"
         tr.write_line(
             f"{src:<9} {t['files']:>5} {t['clean']:>5} {t['clean_with_exceptions']:>5} {t['failed']:>6}"
             f" {t['unreadable']:>6}   {exc}"
         )
-    tr.write_line("(exception columns: files clean except for that kind; see summary.json for instances)")
+    tr.write_line("(exception columns: files clean except for that kind; see the summary JSON for instances)")
+    if rec.via == "s3":
+        tr.write_line("(served-transcoded: files / variables the indexer marked transcode that the gateway"
+                      " serves decoded)")
     noted = [r for r in doc["files"] if r.get("notes")]
     if noted:
         tr.write_line(f"notes (parts the oracle cannot verify; not failures) in {len(noted)} file(s):")
@@ -317,6 +488,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         for r in failed:
             first = (r["failures"] or [r.get("reason") or ""])[0].splitlines()[0]
             tr.write_line(f"  {r['id']}: {len(r['failures'])} failure(s); first: {first[:160]}")
-    path = config.stash.get(_SUMMARY_PATH, None)
     if path:
         tr.write_line(f"summary written to {path}")

@@ -1,11 +1,18 @@
-"""End-to-end fidelity oracle for zarrgate reference files.
+"""End-to-end fidelity oracle for zarrgate reference files and the S3 gateway.
 
-The oracle is ``xr.open_dataset(original_file)``: a Kerchunk v1 reference JSON
-produced by ``zarrgate index`` is correct when xarray, reading it through
-fsspec's ``reference://`` filesystem and the zarr engine, yields the *same*
-dataset as xarray reading the original file with its default engine, for every
-group, both with ``decode_cf=False`` (raw stored values and attributes) and
-``decode_cf=True`` (masked, scaled, time-decoded values).
+The oracle is ``xr.open_dataset(original_file)``: a Zarr view of the file is
+correct when xarray, reading it with the zarr engine, yields the *same* dataset
+as xarray reading the original file with its default engine, for every group,
+both with ``decode_cf=False`` (raw stored values and attributes) and
+``decode_cf=True`` (masked, scaled, time-decoded values).  Two views are
+compared by the same rules (:class:`ZarrView`):
+
+:class:`RefsView`
+    the Kerchunk v1 reference JSON of ``zarrgate index``, read through fsspec's
+    ``reference://`` filesystem;
+:class:`GatewayView`
+    the dataset as ``zarrgate serve`` serves it, read through s3fs with the
+    consolidated metadata each group carries.
 
 Every difference is a failure except exactly three allowed kinds, which are
 counted (each distinct instance once, however many modes it shows up in):
@@ -22,7 +29,10 @@ counted (each distinct instance once, however many modes it shows up in):
 ``transcode``
     a variable that the JSON's top-level ``zarrgate.variables`` block lists with
     ``"status": "transcode"``: intentionally absent from the refs, present in
-    the original.
+    the original.  The gateway decodes such variables itself, so through it
+    they must be present and equal, except those whose filters it cannot
+    decode: those stay absent, and only then count as ``transcode``.  The ones
+    it serves are listed in :attr:`FileResult.transcoded`.
 
 Comparison policy (decisions that are easy to get wrong):
 
@@ -42,12 +52,19 @@ Comparison policy (decisions that are easy to get wrong):
   that change from one read to the next (never written with fill off).
 
 Library entry points: :func:`list_groups`, :func:`open_original`,
-:func:`readable`, :func:`open_refs`, :func:`compare` and :class:`FileResult`.
-:func:`run_isolated` runs any of them in a forked child process, because
-netCDF-C aborts or segfaults on some plain-HDF5 files and a crash must not take
-the test session down with it.
+:func:`readable`, :func:`open_refs`, :func:`compare`, :func:`check_alone` and
+:class:`FileResult`.  :func:`run_isolated` runs any of them in a forked child
+process, because netCDF-C aborts or segfaults on some plain-HDF5 files and a
+crash must not take the test session down with it.  Failure messages name the
+Zarr side by its view's :attr:`ZarrView.label` ("refs", "gateway").
 
-Run ``python fidelity.py ORIGINAL REFS.json`` to compare one pair by hand.
+A variable only the gateway can decode (netCDF-C's plugins lack its filter) is
+compared with the original as h5py and hdf5plugin read it; where neither
+library can, its values are a note ("unverified"), as for unreadable files.
+
+Run ``python fidelity.py ORIGINAL REFS.json`` to compare one pair by hand, or
+``python fidelity.py ORIGINAL s3://BUCKET/KEY --endpoint URL [--meta REFS.json]``
+for a file served by a running gateway.
 """
 
 from __future__ import annotations
@@ -95,6 +112,16 @@ class FileResult:
     #: set when netCDF-C crashed reading the *original* (the oracle failed):
     #: the file is then unreadable rather than failed
     oracle_crash: str | None = None
+    #: variables the indexer marked ``transcode`` that the view serves anyway
+    #: (the gateway decodes them); compared like every other variable
+    transcoded: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``failed``, ``clean_with_exceptions`` or ``clean``."""
+        if not self.ok:
+            return "failed"
+        return "clean_with_exceptions" if sum(self.exceptions.values()) else "clean"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -221,6 +248,182 @@ def open_refs(json_path: str | os.PathLike, group: str | None, decode_cf: bool) 
     )
 
 
+class ZarrView:
+    """The Zarr side of a comparison: one file as a Zarr store.
+
+    :meth:`inspect` reads what the view says about itself, records structural
+    failures, and returns its groups and the indexer's ``zarrgate.variables``
+    block (``None`` when there is nothing to compare); :meth:`open` opens one
+    group with xarray's zarr engine.
+    """
+
+    #: names this side in failure messages
+    label = "refs"
+    #: whether variables marked ``transcode`` may be present (decoded by the view)
+    serves_transcode = False
+
+    def inspect(self, col: "_Collector") -> tuple[set[str], dict[str, dict]] | None:
+        raise NotImplementedError
+
+    def open(self, group: str, decode_cf: bool) -> xr.Dataset:
+        raise NotImplementedError
+
+    @property
+    def location(self) -> str:
+        """Where the view is, for messages."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RefsView(ZarrView):
+    """A Kerchunk v1 reference JSON written by ``zarrgate index``."""
+
+    json_path: str
+
+    def inspect(self, col: "_Collector") -> tuple[set[str], dict[str, dict]] | None:
+        try:
+            doc = load_refs_json(self.json_path)
+        except Exception as e:  # noqa: BLE001
+            col.fail(f"refs JSON unreadable: {_exc(e)}")
+            return None
+        _check_refs_structure(doc, col)
+        if not isinstance(doc, dict) or not isinstance(doc.get("refs"), dict):
+            return None
+        return refs_groups(doc), zarrgate_variables(doc)
+
+    def open(self, group: str, decode_cf: bool) -> xr.Dataset:
+        return open_refs(self.json_path, group, decode_cf)
+
+    @property
+    def location(self) -> str:
+        return self.json_path
+
+
+@dataclass(frozen=True)
+class GatewayView(ZarrView):
+    """One dataset as ``zarrgate serve`` serves it, at ``s3://BUCKET/KEY``.
+
+    ``meta_json`` is the reference JSON the gateway's catalog holds for the
+    dataset: S3 has no place for the indexer's ``zarrgate.variables`` block,
+    which says what was marked ``transcode`` or ``refused``.
+    """
+
+    endpoint: str
+    bucket: str
+    key: str
+    meta_json: str | None = None
+
+    label = "gateway"
+    serves_transcode = True
+
+    def path(self, group: str = "") -> str:
+        """``BUCKET/KEY[/GROUP]``, the form s3fs takes."""
+        return "/".join(p for p in (self.bucket, self.key.strip("/"), _norm_group(group)) if p)
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.path()} at {self.endpoint}"
+
+    def filesystem(self) -> Any:
+        import s3fs
+
+        return s3fs.S3FileSystem(anon=True, endpoint_url=self.endpoint)
+
+    def inspect(self, col: "_Collector") -> tuple[set[str], dict[str, dict]] | None:
+        variables: dict[str, dict] = {}
+        if self.meta_json:
+            try:
+                variables = zarrgate_variables(load_refs_json(self.meta_json))
+            except Exception as e:  # noqa: BLE001
+                col.fail(f"catalog references {self.meta_json} unreadable: {_exc(e)}")
+        groups = check_served_metadata(self.filesystem(), self.path(), col)
+        return None if groups is None else (groups, variables)
+
+    def open(self, group: str, decode_cf: bool) -> xr.Dataset:
+        # consolidated=True: every group must open from its own .zmetadata
+        return xr.open_dataset(
+            f"s3://{self.path(group)}",
+            engine="zarr",
+            decode_cf=decode_cf,
+            consolidated=True,
+            # s3fs (2026.9) sends a HEAD before every whole-object GET when max_concurrency > 1,
+            # to split large objects; chunks are small, so that only doubles the requests.
+            storage_options={"anon": True, "endpoint_url": self.endpoint, "max_concurrency": 1},
+        )
+
+
+def as_view(other: "ZarrView | str | os.PathLike") -> ZarrView:
+    """*other* itself, or a :class:`RefsView` of the reference JSON at that path."""
+    return other if isinstance(other, ZarrView) else RefsView(os.fspath(other))
+
+
+def _canonical(doc: Any) -> str:
+    return json.dumps(doc, sort_keys=True)
+
+
+def _consolidated(raw: bytes) -> dict[str, Any]:
+    """The ``metadata`` mapping of a Zarr v2 ``.zmetadata`` document."""
+    doc = json.loads(raw)
+    if not isinstance(doc, dict) or doc.get("zarr_consolidated_format") != 1 or not isinstance(
+            doc.get("metadata"), dict):
+        raise ValueError("not Zarr v2 consolidated metadata (zarr_consolidated_format 1 with a metadata object)")
+    return doc["metadata"]
+
+
+def check_served_metadata(fs: Any, base: str, col: "_Collector") -> set[str] | None:
+    """The groups of the store at *base* (``BUCKET/KEY``), from its consolidated ``.zmetadata``.
+
+    Also checks what clients rely on besides it: every group serves its own
+    ``.zmetadata`` holding its subtree, every metadata key is served with the
+    same document, and listing a group shows exactly its members (zarr lists
+    when it does not read consolidated metadata).  Returns ``None`` when the
+    root ``.zmetadata`` is missing or invalid.
+    """
+    try:
+        root = _consolidated(fs.cat_file(f"{base}/.zmetadata"))
+    except Exception as e:  # noqa: BLE001
+        col.fail(f"gateway: {base}/.zmetadata: {_exc(e)}")
+        return None
+    groups = {k[: -len(".zgroup")].rstrip("/") for k in root if k.rsplit("/", 1)[-1] == ".zgroup"}
+    if "" not in groups:
+        col.fail(f"gateway: {base}/.zmetadata has no root .zgroup")
+    subtrees = {g: {k[len(g) + 1:]: v for k, v in root.items() if k.startswith(g + "/")} if g else root
+                for g in groups}
+    want = {f"{base}/{k}": _canonical(v) for k, v in root.items()}
+    want.update({f"{base}/{g}/.zmetadata": _canonical(t) for g, t in subtrees.items() if g})
+    got = fs.cat(sorted(want), on_error="return")
+    bad = []
+    for url, doc in sorted(want.items()):
+        raw = got.get(url, KeyError(url))
+        try:
+            if isinstance(raw, BaseException):
+                raise raw
+            served = _canonical(_consolidated(raw) if url.endswith("/.zmetadata") else json.loads(raw))
+        except Exception as e:  # noqa: BLE001
+            bad.append(f"{url}: {_exc(e)}")
+            continue
+        if served != doc:
+            bad.append(f"{url} differs from its entry in {base}/.zmetadata")
+    if bad:
+        col.fail(f"gateway: {len(bad)} metadata object(s) wrong: " + "; ".join(bad[:3]))
+    for g, tree in sorted(subtrees.items()):
+        _check_listing(fs, "/".join(p for p in (base, g) if p), {k.split("/")[0] for k in tree} | {".zmetadata"}, col)
+    return groups
+
+
+def _check_listing(fs: Any, prefix: str, members: set[str], col: "_Collector") -> None:
+    try:
+        listed = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(prefix, detail=False, refresh=True)}
+    except Exception as e:  # noqa: BLE001
+        col.fail(f"gateway: listing {prefix}/ fails: {_exc(e)}")
+        return
+    lacks, extra = sorted(members - listed), sorted(listed - members)
+    if lacks:
+        col.fail(f"gateway: listing {prefix}/ lacks {len(lacks)} member(s) of its .zmetadata: {lacks[:5]}")
+    if extra:
+        col.fail(f"gateway: listing {prefix}/ has {len(extra)} name(s) its .zmetadata lacks: {extra[:5]}")
+
+
 def _exc(e: BaseException) -> str:
     msg = str(e).strip().splitlines()
     return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
@@ -311,8 +514,11 @@ def _to_object(arr: np.ndarray) -> np.ndarray:
     return out
 
 
-def values_equal(a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
-    """Exact value equality (NaN == NaN, NaT == NaT); returns (ok, detail)."""
+def values_equal(a: np.ndarray, b: np.ndarray, label: str = "refs") -> tuple[bool, str]:
+    """Exact value equality (NaN == NaN, NaT == NaT); returns (ok, detail).
+
+    *label* names the side of *b* in the detail.
+    """
     a = np.asarray(a)
     b = np.asarray(b)
     if a.shape != b.shape:
@@ -324,7 +530,7 @@ def values_equal(a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
         if a.dtype.fields is None or b.dtype.fields is None or a.dtype.names != b.dtype.names:
             return False, f"structured fields {a.dtype.names} != {b.dtype.names}"
         for name in a.dtype.names:
-            ok, detail = values_equal(a[name], b[name])
+            ok, detail = values_equal(a[name], b[name], label)
             if not ok:
                 return False, f"field {name!r}: {detail}"
         return True, ""
@@ -334,7 +540,7 @@ def values_equal(a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
         unit = np.result_type(a.dtype, b.dtype)
         ai = a.astype(unit).view("i8")
         bi = b.astype(unit).view("i8")
-        return _report(ai == bi, a, b)
+        return _report(ai == bi, a, b, label)
     if ka in "biufc" and kb in "biufc":
         if ka in "fc" or kb in "fc":
             both_nan = _isnan(a) & _isnan(b)
@@ -342,9 +548,9 @@ def values_equal(a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
                 eq = (a == b) | both_nan
         else:
             eq = a == b
-        return _report(np.asarray(eq), a, b)
+        return _report(np.asarray(eq), a, b, label)
     if ka in "SU" and kb == ka:
-        return _report(a == b, a, b)
+        return _report(a == b, a, b, label)
     if ka in "OTSU" and kb in "OTSU":
         ao = a if ka == "O" else _to_object(a)
         bo = b if kb == "O" else _to_object(b)
@@ -353,7 +559,7 @@ def values_equal(a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
             dtype=bool,
             count=a.size,
         ).reshape(a.shape)
-        return _report(eq, a, b)
+        return _report(eq, a, b, label)
     return False, f"incomparable kinds {a.dtype} vs {b.dtype}"
 
 
@@ -363,7 +569,7 @@ def _isnan(x: np.ndarray) -> np.ndarray:
     return np.zeros(x.shape, dtype=bool)
 
 
-def _report(eq: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
+def _report(eq: np.ndarray, a: np.ndarray, b: np.ndarray, label: str = "refs") -> tuple[bool, str]:
     eq = np.asarray(eq, dtype=bool)
     if eq.all():
         return True, ""
@@ -371,7 +577,7 @@ def _report(eq: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
     shown = []
     for idx in bad[:_MAX_SHOWN]:
         t = tuple(int(i) for i in idx)
-        shown.append(f"{list(t)}: original={_short(a[t])} refs={_short(b[t])}")
+        shown.append(f"{list(t)}: original={_short(a[t])} {label}={_short(b[t])}")
     n = int((~eq).sum())
     extra = ""
     if a.dtype.kind in "fc" and b.dtype.kind in "fc":
@@ -379,7 +585,7 @@ def _report(eq: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
         if not np.array_equal(na, nb):
             extra = (
                 f"; NaN/mask positions differ (original {int(na.sum())} NaN,"
-                f" refs {int(nb.sum())} NaN, {int((na != nb).sum())} positions differ)"
+                f" {label} {int(nb.sum())} NaN, {int((na != nb).sum())} positions differ)"
             )
     return False, f"{n}/{eq.size} elements differ{extra}; e.g. " + "; ".join(shown)
 
@@ -541,8 +747,10 @@ def _check_refs_structure(doc: Any, res: "_Collector") -> None:
 
 
 class _Collector:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, side: str = "refs") -> None:
         self.result = FileResult(path=path)
+        #: the view's label, naming the Zarr side in messages
+        self.side = side
         self._seen: set = set()
 
     def fail(self, msg: str, key: tuple | None = None) -> None:
@@ -565,34 +773,37 @@ class _Collector:
         if msg not in self.result.notes:
             self.result.notes.append(msg)
 
+    def transcoded(self, vpath: str) -> None:
+        if vpath not in self.result.transcoded:
+            self.result.transcoded.append(vpath)
+
     def finish(self) -> FileResult:
         self.result.ok = not self.result.failures
         return self.result
 
 
-def compare(path: str | os.PathLike, json_path: str | os.PathLike) -> FileResult:
-    """Compare the refs in *json_path* against *path* (see the module docstring)."""
+def compare(path: str | os.PathLike, other: ZarrView | str | os.PathLike) -> FileResult:
+    """Compare *other* (a view, or the path of a reference JSON) against *path*.
+
+    See the module docstring for what is compared.
+    """
     path = os.fspath(path)
-    json_path = os.fspath(json_path)
-    col = _Collector(path)
+    view = as_view(other)
+    col = _Collector(path, view.label)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            _compare(path, json_path, col)
+            _compare(path, view, col)
         except Exception as e:  # noqa: BLE001 - a harness crash is a failure, never a pass
             col.fail(f"harness error: {_exc(e)}\n{traceback.format_exc(limit=6)}")
     return col.finish()
 
 
-def _compare(path: str, json_path: str, col: _Collector) -> None:
-    try:
-        doc = load_refs_json(json_path)
-    except Exception as e:  # noqa: BLE001
-        col.fail(f"refs JSON unreadable: {_exc(e)}")
+def _compare(path: str, view: ZarrView, col: _Collector) -> None:
+    found = view.inspect(col)
+    if found is None:
         return
-    _check_refs_structure(doc, col)
-    if not isinstance(doc, dict) or not isinstance(doc.get("refs"), dict):
-        return
+    rgroups, zvars = found
 
     try:
         groups = list_groups(path)
@@ -601,13 +812,11 @@ def _compare(path: str, json_path: str, col: _Collector) -> None:
         return
 
     # group structure
-    rgroups = refs_groups(doc)
     for g in sorted(set(groups) - rgroups):
-        col.fail(f"group {_group_label(g)}: missing from refs (no .zgroup)")
+        col.fail(f"group {_group_label(g)}: missing from {col.side} (no .zgroup)")
     for g in sorted(rgroups - set(groups)):
-        col.fail(f"group {_group_label(g)}: in refs but not in original")
+        col.fail(f"group {_group_label(g)}: in {col.side} but not in original")
 
-    zvars = zarrgate_variables(doc)
     by_group: dict[str, dict[str, dict]] = {}
     for vpath, info in zvars.items():
         g, _, name = vpath.strip("/").rpartition("/")
@@ -617,7 +826,7 @@ def _compare(path: str, json_path: str, col: _Collector) -> None:
         for name, info in sorted(by_group[g].items()):
             msg = f"zarrgate.variables lists {_join(g, name)!r} but group {_group_label(g)} is not in the original"
             if info.get("status") in ("transcode", "refused") and g not in rgroups:
-                col.note(msg + f" (status {info.get('status')!r}, absent from refs too)")
+                col.note(msg + f" (status {info.get('status')!r}, absent from {col.side} too)")
             else:
                 col.fail(msg)
 
@@ -626,12 +835,12 @@ def _compare(path: str, json_path: str, col: _Collector) -> None:
             continue
         raw_orig_attrs: dict[str, dict] = {}
         for decode_cf in (False, True):
-            _compare_group(path, json_path, g, decode_cf, by_group.get(g, {}), raw_orig_attrs, col)
+            _compare_group(path, view, g, decode_cf, by_group.get(g, {}), raw_orig_attrs, col)
 
 
 def _compare_group(
     path: str,
-    json_path: str,
+    view: ZarrView,
     g: str,
     decode_cf: bool,
     meta: dict[str, dict],
@@ -645,14 +854,14 @@ def _compare_group(
         col.fail(f"{where}: original failed to open: {_exc(e)}")
         return
     try:
-        r = open_refs(json_path, g, decode_cf)
+        r = view.open(g, decode_cf)
     except Exception as e:  # noqa: BLE001
         o.close()
-        col.fail(f"{where}: refs failed to open: {_exc(e)}")
+        col.fail(f"{where}: {col.side} failed to open: {_exc(e)}")
         return
     reread = _Rereader(path, g, decode_cf)
     with o, r, reread:
-        _compare_datasets(o, r, g, decode_cf, where, meta, raw_orig_attrs, col, reread)
+        _compare_datasets(o, r, g, decode_cf, where, meta, raw_orig_attrs, col, reread, view.serves_transcode)
 
 
 def _compare_datasets(
@@ -664,52 +873,23 @@ def _compare_datasets(
     meta: dict[str, dict],
     raw_orig_attrs: dict[str, dict],
     col: _Collector,
-    reread: Callable[[str, slice | None], np.ndarray],
+    reread: "_Rereader",
+    serves_transcode: bool = False,
 ) -> None:
     ovars, rvars = set(o.variables), set(r.variables)
-
-    # -- variables the indexer declared it left out -------------------------
-    excused: set[str] = set()
-    for name, info in sorted(meta.items()):
-        status = info.get("status")
-        vp = _join(g, name)
-        if status in ("transcode", "refused") and name not in ovars and name not in rvars:
-            # e.g. a compound-typed dataset that netCDF4 skips: both sides agree
-            col.note(f"{vp}: listed as {status!r}; xarray does not show it in the original either")
-            continue
-        if status == "transcode":
-            if name in rvars:
-                col.fail(f"{where} var {name!r}: listed as 'transcode' but present in refs")
-            else:
-                excused.add(name)
-                col.allow("transcode", (vp,), f"{vp}: {info.get('reason', '')}".rstrip(": "))
-        elif status == "refused":
-            if name in rvars:
-                col.fail(f"{where} var {name!r}: listed as 'refused' but present in refs")
-            else:
-                excused.add(name)
-                try:
-                    o[name].values  # noqa: B018 - can the oracle read it?
-                except Exception as e:  # noqa: BLE001
-                    col.note(f"{vp}: refused by indexer, unreadable in original too ({_exc(e)})")
-                else:
-                    col.fail(
-                        f"{where} var {name!r}: refused by indexer"
-                        f" ({info.get('reason', 'no reason given')}) but the original reads it"
-                    )
-        elif status in ("referenced", "inlined") and name not in ovars:
-            col.fail(f"{where} var {name!r}: listed as {status!r} but not in the original")
+    side = col.side
+    excused = _excused_variables(o, rvars, g, where, meta, col, serves_transcode)
 
     for name in sorted(ovars - rvars - excused):
-        col.fail(f"{where} var {name!r}: missing from refs")
+        col.fail(f"{where} var {name!r}: missing from {side}")
     for name in sorted(rvars - ovars):
-        col.fail(f"{where} var {name!r}: in refs but not in original")
+        col.fail(f"{where} var {name!r}: in {side} but not in original")
 
     # -- coordinates vs data variables --------------------------------------
     ocoords, rcoords = set(o.coords) - excused, set(r.coords)
     for name in sorted((ocoords ^ rcoords) & ovars & rvars):
         which = "coordinate" if name in ocoords else "data variable"
-        col.fail(f"{where} var {name!r}: is a {which} in the original but not in refs")
+        col.fail(f"{where} var {name!r}: is a {which} in the original but not in {side}")
 
     # -- dimensions ----------------------------------------------------------
     excused_dims = {d for n in excused for d in o.variables[n].dims} - {
@@ -718,12 +898,12 @@ def _compare_datasets(
     for d in sorted(set(o.sizes) | set(r.sizes), key=str):
         if d in o.sizes and d in r.sizes:
             if o.sizes[d] != r.sizes[d]:
-                col.fail(f"{where}: dimension {d!r} size {o.sizes[d]} in original, {r.sizes[d]} in refs")
+                col.fail(f"{where}: dimension {d!r} size {o.sizes[d]} in original, {r.sizes[d]} in {side}")
         elif d in o.sizes:
             if d not in excused_dims:
-                col.fail(f"{where}: dimension {d!r} missing from refs")
+                col.fail(f"{where}: dimension {d!r} missing from {side}")
         else:
-            col.fail(f"{where}: dimension {d!r} in refs but not in original")
+            col.fail(f"{where}: dimension {d!r} in {side} but not in original")
 
     # -- dataset attributes --------------------------------------------------
     _compare_attrs(o.attrs, r.attrs, g, None, where + " dataset attrs", col)
@@ -739,14 +919,64 @@ def _compare_datasets(
         if not decode_cf:
             raw_orig_attrs[name] = oattrs
         if ov.dims != rv.dims:
-            col.fail(f"{vwhere}: dims {ov.dims} in original, {rv.dims} in refs")
+            col.fail(f"{vwhere}: dims {ov.dims} in original, {rv.dims} in {side}")
         if ov.shape != rv.shape:
-            col.fail(f"{vwhere}: shape {ov.shape} in original, {rv.shape} in refs")
+            col.fail(f"{vwhere}: shape {ov.shape} in original, {rv.shape} in {side}")
             _compare_attrs(oattrs, rv.attrs, g, name, vwhere + " attrs", col)
             continue
         _compare_attrs(oattrs, rv.attrs, g, name, vwhere + " attrs", col)
-        _compare_values(ov, rv, g, name, decode_cf, vwhere, raw_orig_attrs.get(name, ov.encoding), col,
-                        lambda sl, name=name: reread(name, sl))
+        raw_attrs = raw_orig_attrs.get(name, ov.encoding)
+        h5 = None
+        if _join(g, name) in col.result.transcoded:
+            h5 = lambda sl, name=name, ov=ov, a=raw_attrs: reread.via_h5py(name, sl, ov.dims, a)  # noqa: E731
+        _compare_values(ov, rv, g, name, decode_cf, vwhere, raw_attrs, col,
+                        lambda sl, name=name: reread(name, sl), h5)
+
+
+def _excused_variables(
+    o: xr.Dataset,
+    rvars: set[str],
+    g: str,
+    where: str,
+    meta: dict[str, dict],
+    col: _Collector,
+    serves_transcode: bool,
+) -> set[str]:
+    """Checks the variables the indexer declared it left out; returns those allowed to be absent."""
+    ovars = set(o.variables)
+    excused: set[str] = set()
+    for name, info in sorted(meta.items()):
+        status = info.get("status")
+        vp = _join(g, name)
+        if status in ("transcode", "refused") and name not in ovars and name not in rvars:
+            # e.g. a compound-typed dataset that netCDF4 skips: both sides agree
+            col.note(f"{vp}: listed as {status!r}; xarray does not show it in the original either")
+            continue
+        if status == "transcode":
+            if name not in rvars:
+                excused.add(name)
+                col.allow("transcode", (vp,), f"{vp}: {info.get('reason', '')}".rstrip(": "))
+            elif serves_transcode:
+                col.transcoded(vp)  # decoded by the view: compared like any other variable
+            else:
+                col.fail(f"{where} var {name!r}: listed as 'transcode' but present in {col.side}")
+        elif status == "refused":
+            if name in rvars:
+                col.fail(f"{where} var {name!r}: listed as 'refused' but present in {col.side}")
+            else:
+                excused.add(name)
+                try:
+                    o[name].values  # noqa: B018 - can the oracle read it?
+                except Exception as e:  # noqa: BLE001
+                    col.note(f"{vp}: refused by indexer, unreadable in original too ({_exc(e)})")
+                else:
+                    col.fail(
+                        f"{where} var {name!r}: refused by indexer"
+                        f" ({info.get('reason', 'no reason given')}) but the original reads it"
+                    )
+        elif status in ("referenced", "inlined") and name not in ovars:
+            col.fail(f"{where} var {name!r}: listed as {status!r} but not in the original")
+    return excused
 
 
 #: variables larger than this (estimated in memory) are compared in slabs
@@ -775,7 +1005,10 @@ def _compare_values(
     raw_attrs: dict,
     col: _Collector,
     reread: Callable[[slice | None], np.ndarray] | None = None,
+    h5: Callable[[slice | None], np.ndarray] | None = None,
 ) -> None:
+    """Compares values, in slabs.  *h5* reads the original through h5py when
+    netCDF-C cannot decode it (a variable only the gateway serves decoded)."""
     packed = "scale_factor" in raw_attrs or "add_offset" in raw_attrs
     mode = None  # "exact" | "packed", decided on the first slab
     for sl in _slabs(ov):
@@ -783,12 +1016,15 @@ def _compare_values(
         try:
             ovals = np.asarray((ov if sl is None else ov[sl]).values)
         except Exception as e:  # noqa: BLE001
-            col.fail(f"{vwhere}: original failed to load{part}: {_exc(e)}")
-            return
+            ovals = None if h5 is None else _original_via_h5py(h5, sl, e, rv, _join(g, name), col)
+            if ovals is None:
+                if h5 is None:
+                    col.fail(f"{vwhere}: original failed to load{part}: {_exc(e)}")
+                return
         try:
             rvals = np.asarray((rv if sl is None else rv[sl]).values)
         except Exception as e:  # noqa: BLE001
-            col.fail(f"{vwhere}: refs failed to load{part}: {_exc(e)}")
+            col.fail(f"{vwhere}: {col.side} failed to load{part}: {_exc(e)}")
             return
         if mode is None:
             od, rd = ovals.dtype, rvals.dtype
@@ -797,12 +1033,12 @@ def _compare_values(
                 if decode_cf and packed and od == np.float32 and rd == np.float64:
                     mode = "packed"
                 else:
-                    col.fail(f"{vwhere}: dtype {od} in original, {rd} in refs")
+                    col.fail(f"{vwhere}: dtype {od} in original, {rd} in {col.side}")
                     # go on: value differences are reported too when comparable
         if mode == "packed":
-            ok, detail = _packed_close(ovals, rvals, raw_attrs)
+            ok, detail = _packed_close(ovals, rvals, raw_attrs, col.side)
         else:
-            ok, detail = values_equal(ovals, rvals)
+            ok, detail = values_equal(ovals, rvals, col.side)
         if not ok:
             if reread is not None and _unstable(ovals, reread, sl):
                 col.note(
@@ -811,13 +1047,14 @@ def _compare_values(
                 )
                 return
             if mode == "packed":
-                col.fail(f"{vwhere}: packed, float64 via refs vs float32 original, and values differ{part}: {detail}")
+                col.fail(f"{vwhere}: packed, float64 via {col.side} vs float32 original,"
+                         f" and values differ{part}: {detail}")
             else:
                 col.fail(f"{vwhere}: values differ{part}: {detail}")
             return
     if mode == "packed":
         vp = _join(g, name)
-        col.allow("packed_float64", (vp,), f"{vp}: decodes to float64 via refs, float32 from original")
+        col.allow("packed_float64", (vp,), f"{vp}: decodes to float64 via {col.side}, float32 from original")
 
 
 class _Rereader:
@@ -837,6 +1074,18 @@ class _Rereader:
         v = self.ds.variables[name]
         return np.asarray((v if sl is None else v[sl]).values)
 
+    def via_h5py(self, name: str, sl: slice | None, dims: tuple, raw_attrs: dict) -> np.ndarray:
+        """The values through h5py and hdf5plugin's filters, decoded as xarray would with decode_cf.
+
+        For variables netCDF-C cannot decode (its plugins lack the filter) but the gateway serves.
+        """
+        path, g, decode_cf = self.args
+        raw = h5py_stored(path, g, name, sl)
+        if not decode_cf:
+            return raw
+        var = xr.Variable(dims, raw, attrs=dict(raw_attrs))
+        return np.asarray(xr.conventions.decode_cf_variable(name, var).values)
+
     def __enter__(self) -> "_Rereader":
         return self
 
@@ -846,8 +1095,43 @@ class _Rereader:
             self.ds = None
 
 
+def h5py_stored(path: str, g: str, name: str, sl: slice | None = None) -> np.ndarray:
+    """The stored values of a numeric variable read with h5py and every filter of hdf5plugin."""
+    import h5py
+    import hdf5plugin  # noqa: F401 - registers the filter plugins with h5py's HDF5
+
+    with h5py.File(path, "r") as f:
+        grp = f[_norm_group(g)] if _norm_group(g) else f
+        ds = grp[name] if name in grp else grp[f"_nc4_non_coord_{name}"]
+        if ds.dtype.kind not in "biuf":
+            raise TypeError(f"h5py type {ds.dtype} is not compared")
+        return np.asarray(ds[()] if sl is None else ds[sl])
+
+
 def _open_original_uncached(path: str, g: str, decode_cf: bool) -> xr.Dataset:
     return xr.open_dataset(path, group=_norm_group(g) or None, decode_cf=decode_cf, cache=False)
+
+
+def _original_via_h5py(h5: Callable[[slice | None], np.ndarray], sl: slice | None, err: Exception,
+                       rv: xr.Variable, vp: str, col: _Collector) -> np.ndarray | None:
+    """The original's values through h5py, for a variable netCDF-C cannot decode.
+
+    ``None`` when h5py cannot read them either: then nothing can check the
+    values (a note), and the view need only load them.
+    """
+    try:
+        vals = h5(sl)
+    except Exception as e:  # noqa: BLE001
+        col.note(f"{vp}: neither netCDF-C ({_exc(err)}) nor h5py with hdf5plugin ({_exc(e)}) decodes the"
+                 " original: values unverified")
+        try:
+            for part in _slabs(rv):
+                np.asarray((rv if part is None else rv[part]).values)
+        except Exception as e2:  # noqa: BLE001
+            col.fail(f"{vp}: {col.side} failed to load: {_exc(e2)}", ("load", vp))
+        return None
+    col.note(f"{vp}: netCDF-C cannot decode the original ({_exc(err)}); values compared with h5py and hdf5plugin")
+    return vals
 
 
 def _unstable(first: np.ndarray, reread: Callable[[slice | None], np.ndarray], sl: slice | None) -> bool:
@@ -865,7 +1149,8 @@ def _unstable(first: np.ndarray, reread: Callable[[slice | None], np.ndarray], s
     return not values_equal(first, again)[0]
 
 
-def _packed_close(ovals: np.ndarray, rvals: np.ndarray, raw_attrs: dict) -> tuple[bool, str]:
+def _packed_close(ovals: np.ndarray, rvals: np.ndarray, raw_attrs: dict,
+                  label: str = "refs") -> tuple[bool, str]:
     r32 = rvals.astype(np.float32)
     on, rn = np.isnan(ovals), np.isnan(r32)
     if not np.array_equal(on, rn):
@@ -880,7 +1165,7 @@ def _packed_close(ovals: np.ndarray, rvals: np.ndarray, raw_attrs: dict) -> tupl
     close = np.isclose(r32, ovals, rtol=1e-6, atol=atol, equal_nan=True)
     if close.all():
         return True, ""
-    return _report(close, ovals, r32)
+    return _report(close, ovals, r32, label)
 
 
 def _compare_attrs(oattrs: dict, rattrs: dict, g: str, var: str | None, where: str, col: _Collector) -> None:
@@ -890,11 +1175,12 @@ def _compare_attrs(oattrs: dict, rattrs: dict, g: str, var: str | None, where: s
         # reported once (keyed by group/variable/attribute)
         key = ("attr", vp, k)
         if k not in rattrs:
-            col.fail(f"{where}: attribute {k!r} missing from refs (original {_fmt_attr(oattrs[k])})", key)
+            col.fail(f"{where}: attribute {k!r} missing from {col.side} (original {_fmt_attr(oattrs[k])})", key)
             continue
         if k not in oattrs:
             extra = " (invented fill value)" if k == "_FillValue" else ""
-            col.fail(f"{where}: attribute {k!r} in refs but not in original{extra}: {_fmt_attr(rattrs[k])}", key)
+            col.fail(f"{where}: attribute {k!r} in {col.side} but not in original{extra}: {_fmt_attr(rattrs[k])}",
+                     key)
             continue
         verdict, detail = compare_attr(oattrs[k], rattrs[k])
         if verdict == "equal":
@@ -904,7 +1190,7 @@ def _compare_attrs(oattrs: dict, rattrs: dict, g: str, var: str | None, where: s
             continue
         col.fail(
             f"{where}: attribute {k!r} differs ({detail}): original {_fmt_attr(oattrs[k])},"
-            f" refs {_fmt_attr(rattrs[k])}",
+            f" {col.side} {_fmt_attr(rattrs[k])}",
             key,
         )
 
@@ -996,15 +1282,20 @@ def probe_isolated(path: str | os.PathLike, timeout: float = 300.0, attempts: in
     return info
 
 
-def load_refs_everything(json_path: str) -> int:
-    """Open every group of *json_path* in both decode modes and load all values."""
-    doc = load_refs_json(json_path)
+def load_refs_everything(other: ZarrView | str | os.PathLike) -> int:
+    """Open every group of *other* (a view, or a reference JSON's path) in both
+    decode modes and load all values; returns the number of loads."""
+    view = as_view(other)
+    col = _Collector(view.location, view.label)
+    found = view.inspect(col)
+    if found is None:
+        raise RuntimeError("; ".join(col.result.failures))
     n = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for g in sorted(refs_groups(doc)):
+        for g in sorted(found[0]):
             for decode_cf in (False, True):
-                with open_refs(json_path, g, decode_cf) as ds:
+                with view.open(g, decode_cf) as ds:
                     for v in ds.variables.values():
                         for sl in _slabs(v):
                             np.asarray((v if sl is None else v[sl]).values)
@@ -1012,29 +1303,99 @@ def load_refs_everything(json_path: str) -> int:
     return n
 
 
-def compare_isolated(path: str | os.PathLike, json_path: str | os.PathLike, timeout: float = 600.0) -> FileResult:
+def check_alone(other: ZarrView | str | os.PathLike, original: str | None = None) -> FileResult:
+    """What can be checked of a view whose original xarray cannot read.
+
+    Its structure (:meth:`ZarrView.inspect`), and that every group opens and
+    every value loads with ``decode_cf=False``: the bytes are the view's job,
+    the CF decoding xarray's.  Variables marked ``transcode`` are counted as
+    on a comparison: served (:attr:`FileResult.transcoded`) or absent (the
+    ``transcode`` exception); with *original*, the served ones are compared
+    with its stored values as h5py and hdf5plugin read them.
+    """
+    view = as_view(other)
+    col = _Collector(view.location, view.label)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = view.inspect(col)
+        for g in sorted(found[0] if found else ()):
+            _load_group_alone(view, g, found[1], original, col)
+    if found and not col.result.failures:
+        col.note(f"{view.label}: all {len(found[0])} group(s) open and load; the original is unreadable, so"
+                 " values are unverified except where h5py can read them")
+    return col.finish()
+
+
+def _load_group_alone(view: ZarrView, g: str, zvars: dict[str, dict], original: str | None,
+                      col: _Collector) -> None:
+    where = f"group {_group_label(g)} [decode_cf=False]"
+    try:
+        ds = view.open(g, False)
+    except Exception as e:  # noqa: BLE001
+        col.fail(f"{where}: {col.side} failed to open: {_exc(e)}")
+        return
+    with ds:
+        for vpath, info in sorted(zvars.items()):
+            vg, _, name = vpath.strip("/").rpartition("/")
+            if vg != g or not isinstance(info, dict) or info.get("status") != "transcode":
+                continue
+            if name in ds.variables:
+                col.transcoded(_join(g, name))
+            else:
+                col.allow("transcode", (vpath,), f"{vpath}: {info.get('reason', '')}".rstrip(": "))
+        for name, v in sorted(ds.variables.items(), key=lambda kv: str(kv[0])):
+            h5 = original if _join(g, name) in col.result.transcoded else None
+            _load_alone(v, f"{where} var {name!r}", h5 and (lambda sl, name=name: h5py_stored(h5, g, name, sl)),
+                        _join(g, name), col)
+
+
+def _load_alone(v: xr.Variable, vwhere: str, h5: Callable[[slice | None], np.ndarray] | None, vp: str,
+                col: _Collector) -> None:
+    for sl in _slabs(v):
+        try:
+            vals = np.asarray((v if sl is None else v[sl]).values)
+        except Exception as e:  # noqa: BLE001
+            col.fail(f"{vwhere}: {col.side} failed to load: {_exc(e)}")
+            return
+        if h5 is None:
+            continue
+        try:
+            ovals = h5(sl)
+        except Exception as e:  # noqa: BLE001
+            col.note(f"{vp}: h5py with hdf5plugin cannot read the original ({_exc(e)}): values unverified")
+            return
+        ok, detail = values_equal(ovals, vals, col.side)
+        if not ok:
+            col.fail(f"{vwhere}: values differ from h5py's read of the original: {detail}")
+            return
+    if h5 is not None:
+        col.note(f"{vp}: values equal to h5py's read of the original (hdf5plugin)")
+
+
+def compare_isolated(path: str | os.PathLike, other: ZarrView | str | os.PathLike,
+                     timeout: float = 600.0) -> FileResult:
     """:func:`compare` in a child process; a crash or timeout is a failure.
 
-    When the comparison crashes, the refs side is loaded alone in another
-    child: if that works, the crash came from netCDF-C reading the original
-    and the result says so in ``oracle_crash`` (the file is unreadable, not
-    failed); if it crashes too, the refs are at fault and it is a failure.
+    When the comparison crashes, the view is loaded alone in another child:
+    if that works, the crash came from netCDF-C reading the original and the
+    result says so in ``oracle_crash`` (the file is unreadable, not failed);
+    if it crashes too, the view is at fault and it is a failure.
     """
-    path, json_path = os.fspath(path), os.fspath(json_path)
+    path, view = os.fspath(path), as_view(other)
     try:
-        return run_isolated(compare, path, json_path, timeout=timeout)
+        return run_isolated(compare, path, view, timeout=timeout)
     except IsolationError as e:
         first = str(e).splitlines()[0] if str(e) else "?"
         if "timed out" in first:
             return FileResult(path=path, ok=False, failures=[f"compare {first}"])
         try:
-            run_isolated(load_refs_everything, json_path, timeout=timeout)
+            run_isolated(load_refs_everything, view, timeout=timeout)
         except IsolationError as e2:
             msg = str(e2).splitlines()[0] if str(e2) else "?"
             return FileResult(path=path, ok=False, failures=[
-                f"compare crashed ({first}); loading the refs alone fails too: {msg}"])
+                f"compare crashed ({first}); loading the {view.label} alone fails too: {msg}"])
         return FileResult(path=path, ok=False, oracle_crash=f"original crashed during compare ({first})",
-                          failures=[f"compare crashed ({first}) while the refs load fine on their own"])
+                          failures=[f"compare crashed ({first}) while the {view.label} side loads fine on its own"])
 
 
 # --------------------------------------------------------------------------
@@ -1076,12 +1437,21 @@ def find_candidates(root: str | os.PathLike) -> list[str]:
 def _main(argv: Iterable[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(description="Compare a zarrgate refs JSON against its original file.")
+    ap = argparse.ArgumentParser(description="Compare a zarrgate refs JSON, or a dataset served by the"
+                                 " gateway, against its original file.")
     ap.add_argument("original")
-    ap.add_argument("refs_json")
+    ap.add_argument("zarr", help="REFS.json, or s3://BUCKET/KEY with --endpoint")
+    ap.add_argument("--endpoint", help="gateway URL, e.g. http://127.0.0.1:9000")
+    ap.add_argument("--meta", help="the catalog's REFS.json for s3://, for its zarrgate.variables block")
     ap.add_argument("--in-process", action="store_true", help="do not fork (for debugging)")
     ns = ap.parse_args(argv)
-    res = compare(ns.original, ns.refs_json) if ns.in_process else compare_isolated(ns.original, ns.refs_json)
+    view: ZarrView = RefsView(ns.zarr)
+    if ns.zarr.startswith("s3://"):
+        if not ns.endpoint:
+            ap.error("s3:// needs --endpoint")
+        bucket, _, key = ns.zarr[len("s3://"):].partition("/")
+        view = GatewayView(ns.endpoint, bucket, key, ns.meta)
+    res = compare(ns.original, view) if ns.in_process else compare_isolated(ns.original, view)
     print(json.dumps(res.to_dict(), indent=1, default=str))
     return 0 if res.ok else 1
 

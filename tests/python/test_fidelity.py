@@ -16,12 +16,6 @@ import pytest
 import fidelity
 
 
-def _status(result: fidelity.FileResult) -> str:
-    if not result.ok:
-        return "failed"
-    return "clean_with_exceptions" if sum(result.exceptions.values()) else "clean"
-
-
 def _index(cmd: tuple[str, ...], case, out, timeout: float, cwd) -> tuple[str | None, float]:
     """Run the indexer; returns (error message or None, seconds)."""
     argv = [*cmd, "index", str(case.path), "-o", str(out)]
@@ -57,16 +51,13 @@ def _assert_indexes_or_fails_cleanly(cmd, case, out, s) -> None:
 
 
 # ``case`` is parametrized by conftest.pytest_generate_tests (one per file).
-def test_fidelity(case, zarrgate_cmd, fidelity_settings, recorder, probe_cache, tmp_path) -> None:
+def test_fidelity(case, zarrgate_cmd, fidelity_settings, recorder, readability, tmp_path) -> None:
     s = fidelity_settings
-    if case.source == "corpus":
-        info = probe_cache.get(case.path, lambda p: fidelity.probe(p) if s.in_process
-                               else fidelity.probe_isolated(p, timeout=s.compare_timeout,
-                                                            attempts=s.probe_attempts))
-        if not info["readable"]:
-            recorder.record(case, "unreadable", reason=info["reason"])
-            _assert_indexes_or_fails_cleanly(zarrgate_cmd, case, tmp_path / "refs.json", s)
-            return
+    info = readability(case)
+    if not info["readable"]:
+        recorder.record(case, "unreadable", reason=info["reason"])
+        _assert_indexes_or_fails_cleanly(zarrgate_cmd, case, tmp_path / "refs.json", s)
+        return
 
     out = tmp_path / "refs.json"
     err, seconds = _index(zarrgate_cmd, case, out, s.index_timeout, s.repo)
@@ -76,13 +67,5 @@ def test_fidelity(case, zarrgate_cmd, fidelity_settings, recorder, probe_cache, 
         pytest.fail(f"{case.id}: {err}", pytrace=False)
 
     t0 = time.monotonic()
-    result = (fidelity.compare(case.path, out) if s.in_process
-              else fidelity.compare_isolated(case.path, out, timeout=s.compare_timeout))
-    if result.oracle_crash and case.source == "corpus":
-        # The references were written and load; only the original crashes netCDF-C.
-        recorder.record(case, "unreadable", reason=result.oracle_crash)
-        return
-    recorder.record(case, _status(result), result=result, index_seconds=seconds,
-                    compare_seconds=time.monotonic() - t0)
-    if not result.ok:
-        pytest.fail(result.summary(), pytrace=False)
+    result = s.compare(case.path, out)
+    recorder.finish(case, result, index_seconds=seconds, compare_seconds=time.monotonic() - t0)

@@ -308,3 +308,17 @@ def test_usage_survives_kill_9_within_one_second(tmp_path):
     ).stdout.splitlines()
     assert out[0] == "day,key,requests,bytes,compute_seconds,cache_hits,errors"
     assert int(out[1].split(",")[2]) == recorded
+
+
+def test_aws_cli_with_a_key_lists_and_copies_a_restricted_collection(gw, member, tmp_path):
+    import sys
+
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": member[0], "AWS_SECRET_ACCESS_KEY": member[1], "AWS_DEFAULT_REGION": "us-east-1"}
+    aws = [str(Path(sys.executable).parent / "aws"), "--endpoint-url", gw.endpoint]
+    listing = subprocess.run([*aws, "s3", "ls", "--recursive", "s3://restricted/"], env=env, capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert CHUNK in listing.stdout
+    subprocess.run([*aws, "s3", "cp", f"s3://restricted/{CHUNK}", str(tmp_path / "c")], env=env, check=True, capture_output=True, timeout=120)
+    assert (tmp_path / "c").read_bytes() == gw.boto3(credentials=member).get_object(Bucket="restricted", Key=CHUNK)["Body"].read()
+    denied = subprocess.run([*aws, "--no-sign-request", "s3", "ls", "s3://restricted/"], capture_output=True, text=True, timeout=120)
+    assert denied.returncode != 0 and "AccessDenied" in denied.stderr

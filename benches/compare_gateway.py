@@ -94,7 +94,6 @@ events {{ worker_connections 1024; }}
 http {{
     access_log off;
     sendfile on;
-    tcp_nopush on;
     keepalive_requests 1000000;
     client_body_temp_path {work}/body;
     proxy_temp_path {work}/proxy;

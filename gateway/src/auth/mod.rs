@@ -131,6 +131,8 @@ pub struct Auth {
     pub quotas: Quotas,
     pending: Mutex<HashMap<(String, String), Counts>>,
     store: Mutex<Store>,
+    /// Derived signing keys by (access key, scope): four HMACs saved per request.
+    signing_keys: Mutex<HashMap<(String, String), Arc<Vec<u8>>>>,
 }
 
 pub fn unix_now() -> i64 {
@@ -158,6 +160,7 @@ impl Auth {
             quotas: Quotas::new(quotas),
             pending: Mutex::new(HashMap::new()),
             store: Mutex::new(store),
+            signing_keys: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&auth);
         std::thread::spawn(move || loop {
@@ -307,13 +310,12 @@ impl Auth {
             headers.push((name.clone(), sigv4::canonical_header_value(&values)));
         }
         let query = sigv4::canonical_query(r.raw_query);
+        let signing_key = self.signing_key(&key, &signed.credential);
         let normalized = sigv4::canonical_uri(r.decoded_path);
         for uri in [r.raw_path, normalized.as_str()] {
             let c = sigv4::Canonical { method: r.method, uri, query: &query, headers: &headers, payload_hash: payload };
-            if sigv4::constant_time_eq(
-                sigv4::signature(&key.secret, signed, &c).as_bytes(),
-                signed.signature.as_bytes(),
-            ) {
+            let expected = sigv4::signature_with_key(&signing_key, signed, &c);
+            if sigv4::constant_time_eq(expected.as_bytes(), signed.signature.as_bytes()) {
                 return Ok(key);
             }
         }
@@ -321,6 +323,17 @@ impl Auth {
             "SignatureDoesNotMatch",
             "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
         ))
+    }
+}
+
+impl Auth {
+    fn signing_key(&self, key: &KeyRecord, c: &sigv4::Credential) -> Arc<Vec<u8>> {
+        let id = (key.access_key.clone(), format!("{}/{}/{}", c.date, c.region, c.service));
+        let mut cache = self.signing_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.entry(id).or_insert_with(|| Arc::new(sigv4::signing_key(&key.secret, c))).clone()
     }
 }
 

@@ -153,7 +153,13 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
 }
 
 /// The key derived from a secret for one day, region and service.
@@ -166,6 +172,12 @@ pub fn signing_key(secret: &str, credential: &Credential) -> Vec<u8> {
 
 /// The hex signature of a canonical request.
 pub fn signature(secret: &str, signed: &SignedRequest, canonical: &Canonical) -> String {
+    signature_with_key(&signing_key(secret, &signed.credential), signed, canonical)
+}
+
+/// The hex signature of a canonical request, with a signing key derived beforehand (it is the
+/// same for a key all day, so callers may cache it).
+pub fn signature_with_key(key: &[u8], signed: &SignedRequest, canonical: &Canonical) -> String {
     let mut request = format!("{}\n{}\n{}\n", canonical.method, canonical.uri, canonical.query);
     for (name, value) in canonical.headers {
         request.push_str(&format!("{name}:{value}\n"));
@@ -174,7 +186,7 @@ pub fn signature(secret: &str, signed: &SignedRequest, canonical: &Canonical) ->
     let c = &signed.credential;
     let scope = format!("{}/{}/{}/aws4_request", c.date, c.region, c.service);
     let to_sign = format!("{ALGORITHM}\n{}\n{scope}\n{}", signed.amz_date, hex(&Sha256::digest(request.as_bytes())));
-    hex(&hmac(&signing_key(secret, c), to_sign.as_bytes()))
+    hex(&hmac(key, to_sign.as_bytes()))
 }
 
 /// Equality that takes the same time wherever the first difference is.

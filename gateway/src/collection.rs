@@ -11,6 +11,7 @@
 //!   reason: a client that opened it must not read fill values for its chunks.
 
 use std::collections::BTreeMap;
+use std::error::Error as _;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,8 +165,6 @@ fn load(dir: &Path, old: &Datasets) -> Result<Datasets, String> {
     }
     Ok(out)
 }
-
-use std::error::Error as _;
 
 fn load_refs(path: &Path) -> Result<ReferenceSet, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;

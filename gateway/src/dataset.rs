@@ -81,28 +81,27 @@ fn local_path(url: &str) -> Result<PathBuf, String> {
 
 impl Dataset {
     /// Builds the store of one dataset. `primary` is the indexed file and its fingerprint
-    /// from the catalog; other sources are fingerprinted now.
+    /// from the catalog.
     pub fn build(set: &ReferenceSet, primary: &Source) -> Result<Self, String> {
-        let mut sources = vec![primary.clone()];
-        let source_index = |sources: &mut Vec<Source>, url: &str| -> Result<usize, String> {
+        let sources = vec![primary.clone()];
+        let source_index = |sources: &Vec<Source>, url: &str| -> Result<usize, String> {
             let path = local_path(&set.render_url(url))?;
-            if let Some(i) = sources.iter().position(|s| s.path == path) {
-                return Ok(i);
-            }
-            let fingerprint = Fingerprint::of_path(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            sources.push(Source { path, fingerprint });
-            Ok(sources.len() - 1)
+            // Only the indexed file has a fingerprint from indexing time; a reference to any
+            // other file could not be checked for staleness (multi-file datasets will carry
+            // their own fingerprints).
+            sources.iter().position(|s| s.path == path).ok_or_else(|| {
+                format!("a reference points outside the indexed file ({}), which is not supported yet", path.display())
+            })
         };
         let mut objects = BTreeMap::new();
         for (key, reference) in &set.refs {
             let (body, size) = match reference {
                 Reference::Inline(bytes) => (Body::Inline(Bytes::from(bytes.clone())), bytes.len() as u64),
-                Reference::Range { url, offset, length } => (
-                    Body::Range { source: source_index(&mut sources, url)?, offset: *offset, length: *length },
-                    *length,
-                ),
+                Reference::Range { url, offset, length } => {
+                    (Body::Range { source: source_index(&sources, url)?, offset: *offset, length: *length }, *length)
+                }
                 Reference::Whole { url } => {
-                    let source = source_index(&mut sources, url)?;
+                    let source = source_index(&sources, url)?;
                     let length = sources[source].fingerprint.size;
                     (Body::Range { source, offset: 0, length }, length)
                 }
@@ -115,7 +114,7 @@ impl Dataset {
             for (var, spec) in &meta.transcode {
                 match transcoded_objects(var, spec) {
                     Ok((pipeline, metadata)) => {
-                        let source = source_index(&mut sources, &spec.url)?;
+                        let source = source_index(&sources, &spec.url)?;
                         let pipeline = Arc::new(pipeline);
                         for (name, doc) in metadata {
                             let size = doc.len() as u64;

@@ -322,3 +322,14 @@ def test_aws_cli_with_a_key_lists_and_copies_a_restricted_collection(gw, member,
     assert (tmp_path / "c").read_bytes() == gw.boto3(credentials=member).get_object(Bucket="restricted", Key=CHUNK)["Body"].read()
     denied = subprocess.run([*aws, "--no-sign-request", "s3", "ls", "s3://restricted/"], capture_output=True, text=True, timeout=120)
     assert denied.returncode != 0 and "AccessDenied" in denied.stderr
+
+
+def test_credentials_that_cannot_be_read_are_refused_not_taken_as_anonymous(gw, member):
+    path = f"/open-data/{CHUNK}"
+    status, body = http(gw.endpoint + path + "?X-Amz-Credential=x&X-Amz-Signature=y")
+    assert (status, xml_code(body)) == (400, "AuthorizationQueryParametersError")
+    now = dt.datetime.now(dt.timezone.utc)
+    headers = sign(gw, path, *member, now)
+    headers["x-amz-date"] = (now - dt.timedelta(days=1)).strftime("%Y%m%dT%H%M%SZ")
+    status, body = http(gw.endpoint + path, headers)
+    assert (status, xml_code(body)) == (400, "AuthorizationHeaderMalformed"), "the scope date must be the request's date"

@@ -241,6 +241,13 @@ impl Auth {
     pub fn authenticate(&self, r: &RequestAuth) -> Result<Principal, S3Error> {
         let now = unix_now();
         let header = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok());
+        if r.headers.contains_key("authorization") && header("authorization").is_none() {
+            return Err(S3Error::new(
+                StatusCode::BAD_REQUEST,
+                "AuthorizationHeaderMalformed",
+                "The Authorization header is not valid ASCII.",
+            ));
+        }
         if let Some(auth) = header("authorization") {
             if let Some(token) = auth.strip_prefix("Bearer ") {
                 let (id, secret) = token.trim().split_once(':').ok_or_else(|| {
@@ -270,7 +277,8 @@ impl Auth {
                 "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256.",
             ));
         }
-        if r.query.iter().any(|(k, _)| k == "X-Amz-Algorithm") {
+        const PRESIGN: &[&str] = &["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature"];
+        if r.query.iter().any(|(k, _)| PRESIGN.contains(&k.as_str())) {
             let signed = sigv4::parse_presigned(r.query)
                 .map_err(|e| S3Error::new(StatusCode::BAD_REQUEST, "AuthorizationQueryParametersError", e.0))?;
             return self.verify(r, &signed, "UNSIGNED-PAYLOAD", now).map(Principal::Key);
@@ -285,6 +293,13 @@ impl Auth {
         payload: &str,
         now: i64,
     ) -> Result<Arc<KeyRecord>, S3Error> {
+        if !signed.amz_date.starts_with(&signed.credential.date) {
+            return Err(S3Error::new(
+                StatusCode::BAD_REQUEST,
+                "AuthorizationHeaderMalformed",
+                "The date of the credential scope does not match the request date (X-Amz-Date).",
+            ));
+        }
         let key = self.key(&signed.credential.access_key, now)?;
         let when = sigv4::parse_amz_date(&signed.amz_date)
             .ok_or_else(|| denied("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header."))?;

@@ -49,7 +49,7 @@ pub enum StoreError {
 }
 
 /// An access key. `secret` never leaves the process except when the key is created.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct KeyRecord {
     pub access_key: String,
     pub secret: String,
@@ -60,6 +60,22 @@ pub struct KeyRecord {
     pub created: i64,
     pub expires: Option<i64>,
     pub revoked: Option<i64>,
+}
+
+/// Debug output never shows the secret.
+impl std::fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("access_key", &self.access_key)
+            .field("secret", &"<redacted>")
+            .field("name", &self.name)
+            .field("owner", &self.owner)
+            .field("groups", &self.groups)
+            .field("created", &self.created)
+            .field("expires", &self.expires)
+            .field("revoked", &self.revoked)
+            .finish()
+    }
 }
 
 impl KeyRecord {

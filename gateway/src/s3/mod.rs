@@ -260,7 +260,7 @@ async fn route(
         _ => {}
     }
     let rest = path.strip_prefix('/').unwrap_or(&path);
-    let (bucket, key) = match virtual_host_bucket(app, req.headers()) {
+    let (bucket, key) = match virtual_host_bucket(app, req.headers(), rest) {
         Some(bucket) => (bucket, rest),
         None => rest.split_once('/').unwrap_or((rest, "")),
     };
@@ -331,8 +331,14 @@ async fn route(
 }
 
 /// The bucket of a virtual-hosted request (`Host: cmip6.s3.example.org`): the first label of
-/// the host, when it names a collection and more labels follow.
-fn virtual_host_bucket<'a>(app: &'a App, headers: &HeaderMap) -> Option<&'a str> {
+/// the host, when it names a collection and more labels follow, and the path does not start
+/// with a bucket name itself (a gateway whose own host name starts with a bucket's name still
+/// serves path-style requests).
+fn virtual_host_bucket<'a>(app: &'a App, headers: &HeaderMap, path: &str) -> Option<&'a str> {
+    let first_segment = path.split('/').next().unwrap_or("");
+    if app.collections.contains_key(first_segment) {
+        return None;
+    }
     let host = headers.get("host")?.to_str().ok()?;
     let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
     let (first, rest) = name.split_once('.')?;

@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "python"))
 
-from gateway import start_gateway  # noqa: E402
+from gateway import sigv4_headers, start_gateway  # noqa: E402
 
 CORPUS = Path(os.environ.get("ZARRGATE_CORPUS", REPO.parent / "shared" / "corpus"))
 READ_DATASET = (
@@ -158,31 +158,6 @@ def run_wrk(url: str, lines: list[str], duration: int, work: Path, name: str) ->
     return {"rps": rps, "p99_ms": float(p99.group(1)) * scale, "mb_s": float(transfer.group(1)) * mult / 1e6}
 
 
-def sigv4_headers(path: str, key: str, secret: str) -> dict:
-    """SigV4 headers for a GET of `path` with `Host: 127.0.0.1`, as wrk sends it (valid for the
-    gateway's 15-minute window)."""
-    import datetime as dt
-    import hashlib
-    import hmac
-
-    amz_date = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    payload = hashlib.sha256(b"").hexdigest()
-    signed = {"host": "127.0.0.1", "x-amz-content-sha256": payload, "x-amz-date": amz_date}
-    names = ";".join(sorted(signed))
-    canonical = "\n".join(["GET", path, "", *(f"{k}:{signed[k]}" for k in sorted(signed)), "", names, payload])
-    scope = f"{amz_date[:8]}/us-east-1/s3/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    k = f"AWS4{secret}".encode()
-    for part in (amz_date[:8], "us-east-1", "s3", "aws4_request"):
-        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-    sig = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
-    return {
-        "x-amz-content-sha256": payload,
-        "x-amz-date": amz_date,
-        "Authorization": f"AWS4-HMAC-SHA256 Credential={key}/{scope}, SignedHeaders={names}, Signature={sig}",
-    }
-
-
 def vm_hwm_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024
@@ -262,10 +237,10 @@ def main() -> None:
             # Authentication and accounting: the same 64 KiB keys, anonymous and SigV4-signed.
             key, secret = gw.create_key("bench")
             time.sleep(0.6)
-            chunks = chunk_ranges(refs, "small")
+            chunks = chunk_ranges(refs, "small")  # signed for Host: 127.0.0.1, as wrk sends it
             anon_lines = [f"/bench/chunks.nc/{k}" for k, _, _ in chunks]
             signed_lines = [
-                "\t".join([p, *(f"{n}: {v}" for n, v in sigv4_headers(p, key, secret).items())]) for p in anon_lines
+                "\t".join([p, *(f"{n}: {v}" for n, v in sigv4_headers(p, "127.0.0.1", key, secret).items())]) for p in anon_lines
             ]
             run_wrk(gw.endpoint, signed_lines, 2, work, "warm-signed")
             results["auth"] = {

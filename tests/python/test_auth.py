@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
-import hashlib
-import hmac
 import json
 import os
 import shutil
@@ -19,7 +17,6 @@ import sqlite3
 import subprocess
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -29,7 +26,7 @@ import pytest
 import xarray as xr
 from botocore.exceptions import ClientError
 
-from gateway import REPO, Gateway, zarrgate_bin
+from gateway import REPO, Gateway, sigv4_headers, zarrgate_bin
 
 FIXTURES = Path(os.environ.get("ZARRGATE_FIXTURES", REPO / "fixtures" / "data" / "good"))
 DATASET = "cal_noleap.nc"
@@ -92,28 +89,8 @@ def xml_code(body: bytes) -> str:
     return ET.fromstring(body).findtext("Code")
 
 
-# An independent SigV4 signer (the gateway's own is checked against AWS's examples in Rust).
 def sign(gw, path: str, key: str, secret: str, when: dt.datetime) -> dict:
-    amz_date = when.strftime("%Y%m%dT%H%M%SZ")
-    day = amz_date[:8]
-    host = gw.endpoint.removeprefix("http://")
-    payload = hashlib.sha256(b"").hexdigest()
-    headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
-    signed = ";".join(sorted(headers))
-    canonical = "\n".join(
-        ["GET", urllib.parse.quote(path, safe="/~"), "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, payload]
-    )
-    scope = f"{day}/us-east-1/s3/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    k = f"AWS4{secret}".encode()
-    for part in (day, "us-east-1", "s3", "aws4_request"):
-        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
-    return {
-        "x-amz-content-sha256": payload,
-        "x-amz-date": amz_date,
-        "Authorization": f"AWS4-HMAC-SHA256 Credential={key}/{scope}, SignedHeaders={signed}, Signature={signature}",
-    }
+    return sigv4_headers(path, gw.endpoint.removeprefix("http://"), key, secret, when)
 
 
 def test_members_read_a_restricted_collection_with_xarray_and_boto3(gw, member):

@@ -11,6 +11,7 @@ export ZARRGATE_CORPUS ?= $(abspath ../shared/corpus)
 # `cargo` runs); an absolute path keeps cargo's build cache valid when VENV moves.
 export CMAKE := $(abspath $(VENV))/bin/cmake
 export ZARRGATE_BIN ?= $(abspath $(or $(CARGO_TARGET_DIR),target))/debug/zarrgate
+export ZARRGATE_SERVE_BIN ?= $(ZARRGATE_BIN)
 
 .PHONY: all venv build test test-rust test-python demo bench fixtures clean
 

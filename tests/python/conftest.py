@@ -7,7 +7,8 @@ serves (``summary-s3.json``), by the same rules and on the same files.
 Environment:
 
 ``ZARRGATE_BIN``
-    indexer command, split with shlex (default ``<repo>/target/debug/zarrgate``);
+    indexer command, split with shlex (default the debug build, under
+    ``$CARGO_TARGET_DIR`` when set, else ``<repo>/target``);
     e.g. ``"/work/main/.venv/bin/python tests/python/kerchunk_index.py"``.
     Relative paths are resolved against the repository root.
 ``ZARRGATE_FIXTURES``
@@ -95,7 +96,7 @@ def settings() -> Settings:
         fixtures_dir=Path(env.get("ZARRGATE_FIXTURES", REPO / "fixtures" / "data" / "good")).resolve(),
         corpus_dir=Path(env.get("ZARRGATE_CORPUS", REPO.parent / "shared" / "corpus")).resolve(),
         report_dir=Path(env.get("ZARRGATE_REPORT_DIR", REPO / "target" / "fidelity")).resolve(),
-        bin_cmd=_resolve_cmd(env.get("ZARRGATE_BIN", str(REPO / "target" / "debug" / "zarrgate"))),
+        bin_cmd=_resolve_cmd(env.get("ZARRGATE_BIN", str(gateway.debug_build()))),
         index_timeout=float(env.get("ZARRGATE_INDEX_TIMEOUT", "120")),
         compare_timeout=float(env.get("ZARRGATE_COMPARE_TIMEOUT", "600")),
         in_process=env.get("ZARRGATE_FIDELITY_INPROCESS", "") not in ("", "0"),

@@ -19,9 +19,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def debug_build() -> Path:
+    """The debug binary cargo builds, in ``$CARGO_TARGET_DIR`` when that is set."""
+    return Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target").resolve() / "debug" / "zarrgate"
+
+
 def zarrgate_bin() -> list[str]:
     """The gateway binary (``ZARRGATE_SERVE_BIN``, else the debug build)."""
-    cmd = os.environ.get("ZARRGATE_SERVE_BIN") or str(REPO / "target" / "debug" / "zarrgate")
+    cmd = os.environ.get("ZARRGATE_SERVE_BIN") or str(debug_build())
     return shlex.split(cmd)
 
 

@@ -11,14 +11,18 @@
 //! - [`report`]: what happened to every variable of a file (referenced, inlined, transcode,
 //!   refused), stored beside the references under the top-level key `zarrgate`.
 //! - [`catalog`]: the catalog of an indexed tree and source fingerprints.
+//! - [`cftime`]: CF calendars and time units (decode, encode, ISO bounds, periods).
+//! - [`ops`]: server-side subset and average as pure computations over a served store.
 //!
 //! Nothing here does I/O beyond reading and writing JSON documents, and nothing depends on an
 //! async runtime, HTTP or the HDF5/netCDF C libraries.
 
 pub mod attrs;
 pub mod catalog;
+pub mod cftime;
 pub mod codec;
 pub mod fill;
+pub mod ops;
 pub mod refs;
 pub mod report;
 pub mod zarr;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 mod admin;
 mod isolate;
+mod netcdf_out;
 mod serve;
 
 use anyhow::{bail, Context as _};
@@ -153,6 +154,12 @@ struct ServerArgs {
     /// Give up indexing a file after this many seconds.
     #[arg(long, default_value_t = 600)]
     file_timeout: u64,
+    /// Results cache and job records of operations (default: ~/.cache/zarrgate/ops).
+    #[arg(long)]
+    ops_dir: Option<PathBuf>,
+    /// Estimated bytes to decode above which an operation runs as a job (default 512 MiB).
+    #[arg(long)]
+    sync_limit: Option<u64>,
 }
 
 impl ServerArgs {
@@ -167,6 +174,24 @@ impl ServerArgs {
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.client_timeout),
             ..defaults
+        }
+    }
+
+    /// Flags over the config file's `[ops]`. `ZARRGATE_TEST_JOB_DELAY_MS` is a test hook that
+    /// holds jobs in `running` (used to test restarts during a job).
+    fn apply_ops(&self, config: &mut zarrgate_gateway::config::Config) {
+        let ops = config.ops.get_or_insert_with(|| zarrgate_gateway::ops::OpsConfig {
+            dir: serve::default_ops_dir(),
+            ..Default::default()
+        });
+        if let Some(d) = &self.ops_dir {
+            ops.dir = d.clone();
+        }
+        if let Some(s) = self.sync_limit {
+            ops.sync_limit_bytes = s;
+        }
+        if let Some(ms) = std::env::var("ZARRGATE_TEST_JOB_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+            ops.test_job_delay = Duration::from_millis(ms);
         }
     }
 
@@ -243,6 +268,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if server.auth_db.is_some() {
                 config.auth_db = server.auth_db.clone();
             }
+            server.apply_ops(&mut config);
             let options = server.options(&config);
             serve::serve(config, options, &server.index_settings(), announce)?;
             Ok(ExitCode::SUCCESS)
@@ -256,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let dataset = "cal_noleap.nc".to_string();
             let mut config = serve::config_from_args(None, Some("demo".into()), Some(data), Some(catalog))?;
             config.auth_db = server.auth_db.clone();
+            server.apply_ops(&mut config);
             let options = server.options(&config);
             serve::serve(config, options, &server.index_settings(), move |addr| {
                 announce(addr);

@@ -56,6 +56,14 @@ pub fn default_catalog(bucket: &str) -> PathBuf {
     base.join("zarrgate").join("catalogs").join(bucket)
 }
 
+/// Where operation results and jobs live by default: `~/.cache/zarrgate/ops`.
+pub fn default_ops_dir() -> PathBuf {
+    default_catalog("x")
+        .parent()
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from("zarrgate-ops"), |z| z.join("ops"))
+}
+
 /// The key and usage database: `$ZARRGATE_AUTH_DB`, else `~/.local/share/zarrgate/auth.db`.
 pub fn default_auth_db() -> PathBuf {
     if let Some(p) = std::env::var_os("ZARRGATE_AUTH_DB") {
@@ -82,11 +90,21 @@ pub fn serve(
     }
     let db = config.auth_db.clone().unwrap_or_else(default_auth_db);
     let auth = zarrgate_gateway::auth::Auth::start(db, config.quotas.clone())?;
-    let app = Arc::new(App::new(collections, auth));
+    let mut app = App::new(collections, auth);
+    if let Some(ops) = config.ops.clone() {
+        let dir = ops.dir.clone();
+        let ops = zarrgate_gateway::ops::Ops::open(ops, Arc::new(crate::netcdf_out::Writer))
+            .with_context(|| format!("cannot open the operations directory {}", dir.display()))?;
+        app.ops = Some(Arc::new(ops));
+    }
+    let app = Arc::new(app);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime
         .block_on(async {
             let listener = tokio::net::TcpListener::bind(options.listen).await?;
+            if let Some(ops) = &app.ops {
+                ops.resume_jobs(&app);
+            }
             on_ready(listener.local_addr()?);
             zarrgate_gateway::serve(app, listener, &options, zarrgate_gateway::shutdown_signal()).await
         })
@@ -139,6 +157,7 @@ pub fn config_from_args(
         client_timeout_secs: None,
         auth_db: None,
         quotas: Default::default(),
+        ops: None,
         collections: vec![CollectionConfig {
             bucket,
             data,

@@ -14,6 +14,13 @@
 //! read = "public"                      # or "authenticated", or ["group:esgf", "key:ZG…"]
 //! compute = "authenticated"            # who may run operations (same forms)
 //!
+//! [ops]                                # server-side operations (docs/operations.md)
+//! dir = "/var/cache/zarrgate/ops"      # results cache and job records
+//! sync_limit_bytes = 536_870_912       # larger requests run as jobs
+//! max_output_bytes = 2_147_483_648
+//! workers = 2                          # computations at once
+//! disk_cache_bytes = 10_737_418_240
+//!
 //! [quotas.anonymous]                   # per client IP
 //! requests_per_second = 50
 //! bytes_per_day = 10_000_000_000
@@ -42,6 +49,9 @@ pub struct Config {
     pub quotas: QuotaConfig,
     #[serde(default)]
     pub collections: Vec<CollectionConfig>,
+    /// Server-side operations (see docs/operations.md); the directory defaults to
+    /// ~/.cache/zarrgate/ops.
+    pub ops: Option<crate::ops::OpsConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -98,7 +108,11 @@ pub fn check_bucket_name(name: &str) -> Result<(), ConfigError> {
     let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
     let ok_ends = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
-    if !(3..=63).contains(&name.len()) || !ok_chars || !ok_ends || matches!(name, "healthz" | "readyz" | "metrics") {
+    if !(3..=63).contains(&name.len())
+        || !ok_chars
+        || !ok_ends
+        || matches!(name, "healthz" | "readyz" | "metrics" | "processes" | "jobs" | "results")
+    {
         return Err(ConfigError::Invalid(format!(
             "{name:?} is not a valid bucket name (3-63 lowercase letters, digits, '.' and '-')"
         )));

@@ -9,12 +9,14 @@
 //! - [`transcode`]: HDF5 filter pipelines decoded in Rust.
 //! - [`s3`]: the S3 API (routing, listing, ranges, conditionals, XML errors).
 //! - [`auth`]: SigV4 and bearer keys, policies, quotas, usage (SQLite).
+//! - [`ops`]: server-side subset and average: HTTP and OGC API, result cache, jobs.
 //! - [`metrics`]: Prometheus counters.
 //! - [`body`]: response bodies, streaming large byte ranges.
 //! - [`server`]: the hyper server (limits, timeouts, shutdown).
 //!
 //! The gateway never links libhdf5 or libnetcdf: it reads reference sets written by the
-//! indexer and byte ranges of the source files.
+//! indexer and byte ranges of the source files. NetCDF results are written through the
+//! [`ops::NetcdfWriter`] the binary provides.
 
 pub mod auth;
 pub mod body;
@@ -22,6 +24,7 @@ pub mod collection;
 pub mod config;
 pub mod dataset;
 pub mod metrics;
+pub mod ops;
 pub mod s3;
 pub mod server;
 pub mod source;

@@ -214,6 +214,14 @@ impl Auth {
         pending.entry((who.usage_name().to_string(), day)).or_default().add(&counts);
     }
 
+    /// Records the compute time and cache hits of an operation (its request is recorded by
+    /// [`Auth::record`]).
+    pub fn record_compute(&self, who: &Principal, compute_ms: u64, cache_hit: bool) {
+        let counts = Counts { compute_ms, cache_hits: u64::from(cache_hit), ..Default::default() };
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.entry((who.usage_name().to_string(), day_of(unix_now()))).or_default().add(&counts);
+    }
+
     /// Admits a request under the quotas, or answers S3's `SlowDown`.
     pub fn admit(&self, who: &Principal) -> Result<(), S3Error> {
         self.quotas.admit(who, &day_of(unix_now())).map_err(|Exceeded(what)| {

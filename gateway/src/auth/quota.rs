@@ -55,11 +55,18 @@ pub struct Quotas {
     buckets: Mutex<HashMap<String, Bucket>>,
     /// (day, bytes served today per entity).
     bytes: Mutex<(String, HashMap<String, u64>)>,
+    /// (day, compute milliseconds used today per entity) and computations running per entity.
+    compute: Mutex<(String, HashMap<String, u64>, HashMap<String, u32>)>,
 }
 
 impl Quotas {
     pub fn new(config: QuotaConfig) -> Self {
-        Quotas { config, buckets: Mutex::new(HashMap::new()), bytes: Mutex::new((String::new(), HashMap::new())) }
+        Quotas {
+            config,
+            buckets: Mutex::new(HashMap::new()),
+            bytes: Mutex::new((String::new(), HashMap::new())),
+            compute: Mutex::new((String::new(), HashMap::new(), HashMap::new())),
+        }
     }
 
     /// The entities a principal's requests count against, with their limits.
@@ -120,6 +127,48 @@ impl Quotas {
             }
         }
         Ok(())
+    }
+
+    /// Starts one computation on `day`, or says which compute quota is spent (compute-seconds
+    /// per day, concurrent jobs). Every `Ok` must be paired with [`Quotas::end_compute`].
+    pub fn begin_compute(&self, who: &Principal, day: &str) -> Result<(), Exceeded> {
+        let entities = self.entities(who);
+        let mut c = self.compute.lock().unwrap_or_else(|p| p.into_inner());
+        if c.0 != day {
+            c.0 = day.to_string();
+            c.1.clear();
+        }
+        for (name, l) in &entities {
+            if let Some(max) = l.compute_seconds_per_day {
+                if c.1.get(name).copied().unwrap_or(0) as f64 >= max * 1000.0 {
+                    return Err(Exceeded(format!("compute-seconds per day of {name} ({max} s)")));
+                }
+            }
+            if let Some(max) = l.concurrent_jobs {
+                if c.2.get(name).copied().unwrap_or(0) >= max {
+                    return Err(Exceeded(format!("concurrent jobs of {name} ({max})")));
+                }
+            }
+        }
+        for (name, _) in entities {
+            *c.2.entry(name).or_insert(0) += 1;
+        }
+        Ok(())
+    }
+
+    /// Ends a computation begun with [`Quotas::begin_compute`], charging its time.
+    pub fn end_compute(&self, who: &Principal, day: &str, ms: u64) {
+        let mut c = self.compute.lock().unwrap_or_else(|p| p.into_inner());
+        if c.0 != day {
+            c.0 = day.to_string();
+            c.1.clear();
+        }
+        for (name, _) in self.entities(who) {
+            *c.1.entry(name.clone()).or_insert(0) += ms;
+            if let Some(n) = c.2.get_mut(&name) {
+                *n = n.saturating_sub(1);
+            }
+        }
     }
 
     /// Counts bytes served toward the daily budgets.
@@ -185,6 +234,20 @@ mod tests {
         assert!(q.admit(&a, "d").is_err(), "A's own bucket is empty");
         assert!(q.admit(&b, "d").is_ok(), "the group still had a token, A's refusal took none");
         assert!(q.admit(&b, "d").unwrap_err().0.contains("group class"));
+    }
+
+    #[test]
+    fn compute_seconds_and_concurrent_jobs() {
+        let l = Limits { compute_seconds_per_day: Some(1.0), concurrent_jobs: Some(1), ..Default::default() };
+        let q = Quotas::new(QuotaConfig { default_key: Some(l), ..Default::default() });
+        let a = key("A", &[]);
+        assert!(q.begin_compute(&a, "d").is_ok());
+        assert!(q.begin_compute(&a, "d").unwrap_err().0.contains("concurrent jobs of key A"));
+        q.end_compute(&a, "d", 400);
+        assert!(q.begin_compute(&a, "d").is_ok());
+        q.end_compute(&a, "d", 700);
+        assert!(q.begin_compute(&a, "d").unwrap_err().0.contains("compute-seconds per day"));
+        assert!(q.begin_compute(&a, "d2").is_ok(), "a new day starts a new budget");
     }
 
     #[test]

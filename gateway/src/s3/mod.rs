@@ -29,6 +29,9 @@ use http_semantics::{parse_range, Conditions, RangeSpec, Resolved, Verdict};
 use list::{ListPage, ListQuery};
 use xml::{element, url_encode, S3Error, NAMESPACE};
 
+/// The bucket that shows Zarr results of operations (`s3://results/{hash}/`).
+pub const RESULTS_BUCKET: &str = "results";
+
 /// Longest key S3 accepts, in bytes.
 const MAX_KEY: usize = 1024;
 /// Largest header section we read (hyper's own limit is higher and answers without XML).
@@ -73,6 +76,8 @@ pub struct App {
     pub auth: Arc<Auth>,
     pub metrics: Metrics,
     pub shutting_down: AtomicBool,
+    /// Server-side operations, when enabled.
+    pub ops: Option<Arc<crate::ops::Ops>>,
     next_request: AtomicU64,
     reads: Arc<tokio::sync::Semaphore>,
 }
@@ -88,6 +93,7 @@ impl App {
             auth,
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
+            ops: None,
             next_request: AtomicU64::new(1),
             reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS)),
         }
@@ -192,6 +198,9 @@ pub fn error_response(err: &S3Error, resource: &str, request_id: &str, head: boo
 
 /// Answers one request. Never panics on bad input; a bug that panics is caught by the server.
 pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, ip: IpAddr) -> HttpResponse {
+    if crate::ops::http::is_ops_path(req.uri().path()) {
+        return crate::ops::http::handle(app, req, ip).await;
+    }
     let request_id = format!("{:016X}", app.next_request.fetch_add(1, Ordering::Relaxed));
     let head = req.method() == Method::HEAD;
     let raw_path = req.uri().path().to_string();
@@ -301,6 +310,11 @@ async fn route(
     outcome.who = Some(who.clone());
     if r.bucket.is_empty() {
         return Ok(list_buckets(app, &r, &who));
+    }
+    if r.bucket == RESULTS_BUCKET {
+        if let Some(ops) = &app.ops {
+            return results_object(ops, &r);
+        }
     }
     let collection = app.collections.get(&r.bucket).ok_or_else(S3Error::no_such_bucket)?;
     if !collection.read.allows(&who) {
@@ -476,6 +490,77 @@ fn list_objects(collection: &Collection, r: &S3Request) -> Result<HttpResponse, 
     }
     body.push_str("</ListBucketResult>");
     Ok(xml_response(body, &r.request_id))
+}
+
+/// The `results` bucket: each Zarr result of an operation, read-only, immutable, readable by
+/// anyone who knows its hash (like `/results/{hash}`).
+fn results_object(ops: &crate::ops::Ops, r: &S3Request) -> Result<HttpResponse, S3Error> {
+    let (hash, key) = r.key.split_once('/').unwrap_or((&r.key, ""));
+    if r.key.is_empty() || key.is_empty() {
+        if r.key.is_empty() && r.is_head() {
+            return Ok(response(StatusCode::OK, "application/xml", Bytes::new(), &r.request_id));
+        }
+        // Listing: only within one result (`prefix=HASH/...`).
+        let prefix = r.param("prefix").unwrap_or("");
+        let hash = prefix.split('/').next().unwrap_or("");
+        let files = crate::ops::http::zarr_listing(ops, hash);
+        let mut body = format!(r#"<ListBucketResult xmlns="{NAMESPACE}">"#);
+        element(&mut body, "Name", RESULTS_BUCKET);
+        element(&mut body, "Prefix", prefix);
+        element(&mut body, "KeyCount", &files.len().to_string());
+        element(&mut body, "MaxKeys", "1000");
+        element(&mut body, "IsTruncated", "false");
+        let delimiter = r.param("delimiter").filter(|d| !d.is_empty());
+        let mut prefixes = std::collections::BTreeSet::new();
+        for (k, size) in files.iter().filter(|(k, _)| k.starts_with(prefix)) {
+            if let Some(d) = delimiter {
+                if let Some(i) = k[prefix.len()..].find(d) {
+                    prefixes.insert(k[..prefix.len() + i + d.len()].to_string());
+                    continue;
+                }
+            }
+            body.push_str("<Contents>");
+            element(&mut body, "Key", k);
+            element(&mut body, "Size", &size.to_string());
+            element(&mut body, "StorageClass", "STANDARD");
+            body.push_str("</Contents>");
+        }
+        for p in prefixes {
+            body.push_str("<CommonPrefixes>");
+            element(&mut body, "Prefix", &p);
+            body.push_str("</CommonPrefixes>");
+        }
+        body.push_str("</ListBucketResult>");
+        return Ok(xml_response(body, &r.request_id));
+    }
+    let bytes = crate::ops::http::zarr_object(ops, hash, key).ok_or_else(S3Error::no_such_key)?;
+    let etag = format!("\"{}\"", &blake3::hash(&bytes).to_hex()[..32]);
+    let size = bytes.len() as u64;
+    let range = r.header("range").and_then(parse_range).map(|spec: RangeSpec| spec.resolve(size));
+    let (start, end) = match range {
+        None => (0, size),
+        Some(Resolved::Part { start, end }) => (start, end),
+        Some(Resolved::Unsatisfiable) => {
+            return Err(S3Error::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "InvalidRange",
+                "The requested range is not satisfiable",
+            )
+            .with_header("content-range", format!("bytes */{size}")))
+        }
+    };
+    let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let body = if r.is_head() { Bytes::new() } else { bytes.slice(start as usize..end as usize) };
+    let mut resp = response(status, content_type(key), body, &r.request_id);
+    let h = resp.headers_mut();
+    h.insert("etag", HeaderValue::from_str(&etag).expect("hex etag"));
+    h.insert("cache-control", HeaderValue::from_static("public, max-age=31536000, immutable"));
+    h.insert("content-length", HeaderValue::from(end - start));
+    if range.is_some() {
+        let cr = format!("bytes {}-{}/{}", start, end.saturating_sub(1), size);
+        h.insert("content-range", HeaderValue::from_str(&cr).expect("ascii"));
+    }
+    Ok(resp)
 }
 
 fn content_type(key: &str) -> &'static str {

@@ -1,0 +1,535 @@
+//! The HTTP face of operations: `/ops/v1/{process}` GET URLs, OGC API – Processes
+//! (`/processes`, `/jobs`), and immutable cached results (`/results/{hash}.{ext}`).
+//!
+//! Every error is an RFC 9457 problem document; nothing here answers S3 XML.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+use zarrgate_core::ops::{Format, Problem, Process, Raw, Request as OpRequest};
+
+use super::cache::{Key, Lookup};
+use super::jobs::{JobRecord, Status};
+use super::{quota_problem, unpack, Answer, Ops};
+use crate::auth::{Principal, RequestAuth};
+use crate::body::ResponseBody;
+use crate::s3::{App, HttpResponse};
+
+/// Largest execution request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Paths this module answers.
+pub fn is_ops_path(path: &str) -> bool {
+    path.starts_with("/ops/")
+        || path == "/processes"
+        || path.starts_with("/processes/")
+        || path == "/jobs"
+        || path.starts_with("/jobs/")
+        || path.starts_with("/results/")
+}
+
+fn respond(status: u16, content_type: &str, body: Bytes) -> HttpResponse {
+    let mut r = Response::new(ResponseBody::from(body));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = r.headers_mut();
+    h.insert("content-type", HeaderValue::from_str(content_type).expect("valid content type"));
+    h.insert("server", HeaderValue::from_static("zarrgate"));
+    r
+}
+
+fn json_response(status: u16, doc: &Value) -> HttpResponse {
+    respond(status, "application/json", Bytes::from(serde_json::to_vec_pretty(doc).expect("JSON values serialize")))
+}
+
+pub fn problem_response(p: &Problem) -> HttpResponse {
+    let mut r = respond(
+        p.status,
+        "application/problem+json",
+        Bytes::from(serde_json::to_vec_pretty(&p.to_json()).expect("JSON values serialize")),
+    );
+    if p.status == 429 {
+        r.headers_mut().insert("retry-after", HeaderValue::from_static("5"));
+    }
+    if p.status == 401 {
+        r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"zarrgate\""));
+    }
+    r
+}
+
+fn set(r: &mut HttpResponse, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+/// Answers one operations request and records it for usage accounting.
+pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, ip: IpAddr) -> HttpResponse {
+    let mut who = None;
+    let resp = match route(&app, req, ip, &mut who).await {
+        Ok(r) => r,
+        Err(p) => problem_response(&p),
+    };
+    if let Some(who) = &who {
+        let bytes = hyper::body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+        app.auth.record(who, bytes, resp.status());
+    }
+    let class = format!("{}xx", resp.status().as_u16() / 100);
+    app.metrics.add("zarrgate_requests_total", &[("bucket", "ops"), ("class", &class)], 1);
+    resp
+}
+
+fn ops_of(app: &App) -> Result<&Arc<Ops>, Problem> {
+    app.ops.as_ref().ok_or_else(|| Problem::not_found("operations are not enabled on this gateway"))
+}
+
+async fn route(
+    app: &Arc<App>,
+    req: Request<hyper::body::Incoming>,
+    ip: IpAddr,
+    who_out: &mut Option<Principal>,
+) -> Result<HttpResponse, Problem> {
+    let ops = ops_of(app)?.clone();
+    let path = req.uri().path().to_string();
+    let raw_query = req.uri().query().unwrap_or("").to_string();
+    let query = parse_query(&raw_query)?;
+    let who = app
+        .auth
+        .authenticate(&RequestAuth {
+            method: req.method().as_str(),
+            raw_path: req.uri().path(),
+            decoded_path: &path,
+            raw_query: &raw_query,
+            query: &query,
+            headers: req.headers(),
+            ip,
+        })
+        .map_err(|e| Problem::new(e.status.as_u16(), "unauthorized", "Not authorized", e.message.clone()))?;
+    *who_out = Some(who.clone());
+    app.auth.admit(&who).map_err(|e| {
+        quota_problem(
+            e.message
+                .trim_start_matches("Please reduce your request rate: the quota on ")
+                .trim_end_matches(" is used up."),
+        )
+    })?;
+    let method = req.method().clone();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let prefer_async =
+        req.headers().get("prefer").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("respond-async"));
+    let if_none_match = req.headers().get("if-none-match").and_then(|v| v.to_str().ok()).map(str::to_string);
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["processes"]) => Ok(json_response(200, &process_list())),
+        (&Method::GET, ["processes", id]) => Ok(json_response(200, &describe(process(id)?))),
+        (&Method::POST, ["processes", id, "execution"]) => {
+            let process = process(id)?;
+            let body = read_body(req).await?;
+            let doc: Value = serde_json::from_slice(&body)
+                .map_err(|e| Problem::invalid("inputs", format!("the body is not JSON: {e}")))?;
+            let inputs = doc
+                .get("inputs")
+                .and_then(Value::as_object)
+                .cloned()
+                .ok_or_else(|| Problem::invalid("inputs", "the body is {\"inputs\": {...}}"))?;
+            let request = OpRequest::parse(process, inputs.iter().map(|(k, v)| (k.as_str(), Raw::Json(v))))?;
+            execute(app, &ops, &who, request, Value::Object(inputs), prefer_async, 201).await
+        }
+        (&Method::GET, ["ops", "v1", id]) => {
+            let process = process(id)?;
+            let request = OpRequest::parse(process, query.iter().map(|(k, v)| (k.as_str(), Raw::Text(v))))?;
+            let inputs: Map<String, Value> = query.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            execute(app, &ops, &who, request, Value::Object(inputs), prefer_async, 202).await
+        }
+        (&Method::GET, ["jobs"]) => {
+            let jobs: Vec<Value> = ops.jobs.list().iter().filter(|j| visible(j, &who)).map(status_doc).collect();
+            Ok(json_response(200, &json!({"jobs": jobs, "links": []})))
+        }
+        (&Method::GET, ["jobs", id]) => Ok(json_response(200, &status_doc(&own_job(&ops, id, &who)?))),
+        (&Method::DELETE, ["jobs", id]) => {
+            own_job(&ops, id, &who)?;
+            let job = ops.dismiss(id).ok_or_else(|| Problem::not_found(format!("there is no job {id}")))?;
+            Ok(json_response(200, &status_doc(&job)))
+        }
+        (&Method::GET, ["jobs", id, "results"]) => {
+            let job = own_job(&ops, id, &who)?;
+            match job.status {
+                Status::Successful => {
+                    let key = job
+                        .result_key
+                        .as_deref()
+                        .and_then(Key::from_hex)
+                        .ok_or_else(|| Problem::internal("the job has no result key"))?;
+                    let format = Format::parse(&job.format).unwrap_or(Format::Nc);
+                    let bytes = cached(&ops, app, &key)?;
+                    Ok(result_response(&ops, &key, bytes, format, true, 0))
+                }
+                Status::Failed => Ok(problem_response(&job_error(&job))),
+                status => Err(Problem::new(
+                    404,
+                    "result-not-ready",
+                    "Result not ready",
+                    format!("job {id} is {}", status_word(status)),
+                )),
+            }
+        }
+        (&Method::GET | &Method::HEAD, ["results", name]) => {
+            let (hash, ext) =
+                name.split_once('.').ok_or_else(|| Problem::not_found("results are /results/HASH.EXT"))?;
+            let key = Key::from_hex(hash).ok_or_else(|| Problem::not_found("no such result"))?;
+            let format = Format::parse(ext).ok_or_else(|| Problem::not_found("no such result"))?;
+            let bytes = cached(&ops, app, &key)?;
+            let etag = format!("\"{}\"", ops.cache.etag(&key).unwrap_or_else(|| key.hex()));
+            if if_none_match.as_deref().is_some_and(|t| t.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+                let mut r = respond(304, format.content_type(), Bytes::new());
+                set(&mut r, "etag", &etag);
+                return Ok(r);
+            }
+            let mut r = result_response(&ops, &key, bytes, format, true, 0);
+            if method == Method::HEAD {
+                *r.body_mut() = ResponseBody::empty();
+            }
+            Ok(r)
+        }
+        (_, ["processes" | "jobs" | "ops" | "results", ..]) if method != Method::GET => Err(Problem::new(
+            405,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(Problem::not_found(format!("there is nothing at {path}"))),
+    }
+}
+
+fn parse_query(q: &str) -> Result<Vec<(String, String)>, Problem> {
+    let mut out = Vec::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let dec = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| Problem::invalid("query", "the query string is not valid UTF-8 once decoded"))
+        };
+        out.push((dec(k)?, dec(v)?));
+    }
+    // Signing parameters of presigned URLs are not arguments.
+    out.retain(|(k, _)| !k.starts_with("X-Amz-"));
+    Ok(out)
+}
+
+async fn read_body(req: Request<hyper::body::Incoming>) -> Result<Bytes, Problem> {
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+    limited.collect().await.map(|c| c.to_bytes()).map_err(|_| {
+        Problem::new(413, "too-large", "Request too large", format!("execution requests are at most {MAX_BODY} bytes"))
+    })
+}
+
+fn process(id: &str) -> Result<Process, Problem> {
+    Process::parse(id).ok_or_else(|| Problem {
+        allowed: vec!["subset".into(), "average".into()],
+        ..Problem::not_found(format!("there is no process {id:?}"))
+    })
+}
+
+/// Runs a request and shapes the answer: the result, or the status of the job it became.
+async fn execute(
+    app: &Arc<App>,
+    ops: &Arc<Ops>,
+    who: &Principal,
+    request: OpRequest,
+    inputs: Value,
+    prefer_async: bool,
+    job_status: u16,
+) -> Result<HttpResponse, Problem> {
+    let collection = app.collections.get(&request.bucket).ok_or_else(|| Problem {
+        argument: Some("dataset".into()),
+        ..Problem::not_found(format!("there is no collection {:?}", request.bucket))
+    })?;
+    if !collection.compute.allows(who) {
+        return Err(match who {
+            Principal::Anonymous { .. } => Problem::new(
+                401,
+                "unauthorized",
+                "Not authorized",
+                "operations on this collection need an access key (Authorization: Bearer ACCESS_KEY:SECRET)",
+            ),
+            Principal::Key(_) => {
+                Problem::new(403, "forbidden", "Forbidden", "this key may not run operations on this collection")
+            }
+        });
+    }
+    match ops.request(app, who, request, inputs, prefer_async).await? {
+        Answer::Result { key, bytes, hit, format, compute_ms } => {
+            app.auth.record_compute(who, compute_ms, hit);
+            Ok(result_response(ops, &key, bytes, format, hit, compute_ms))
+        }
+        Answer::Job(job) => {
+            let mut r = json_response(job_status, &status_doc(&job));
+            set(&mut r, "location", &format!("/jobs/{}", job.id));
+            set(&mut r, "preference-applied", "respond-async");
+            Ok(r)
+        }
+    }
+}
+
+/// The bytes of a cached result, or a clear 404 when it was evicted.
+fn cached(ops: &Ops, app: &App, key: &Key) -> Result<Bytes, Problem> {
+    match ops.cache.get(key) {
+        Lookup::Hit(bytes, _) => Ok(bytes),
+        Lookup::Corrupt => {
+            app.metrics.add("zarrgate_ops_cache_corrupt_total", &[], 1);
+            Err(Problem::not_found(
+                "this result failed its integrity check and was removed; request it again to recompute it",
+            ))
+        }
+        Lookup::Miss => {
+            Err(Problem::not_found("no such result (it may have been evicted; request it again to recompute it)"))
+        }
+    }
+}
+
+/// A result answer. Zarr results are a document naming their store in the `results` bucket.
+fn result_response(ops: &Ops, key: &Key, bytes: Bytes, format: Format, hit: bool, compute_ms: u64) -> HttpResponse {
+    let hash = key.hex();
+    let (body, content_type) = match format {
+        Format::Zarr => {
+            let doc = json!({
+                "zarr": format!("s3://results/{hash}"),
+                "bucket": "results",
+                "prefix": format!("{hash}/"),
+                "hint": "xr.open_zarr(\"s3://results/HASH\", storage_options={\"anon\": True, \"client_kwargs\": {\"endpoint_url\": GATEWAY}})",
+            });
+            (Bytes::from(serde_json::to_vec_pretty(&doc).expect("JSON values serialize")), "application/json")
+        }
+        _ => (bytes, format.content_type()),
+    };
+    let mut r = respond(200, content_type, body);
+    let etag = format!("\"{}\"", ops.cache.etag(key).unwrap_or_else(|| hash.clone()));
+    set(&mut r, "etag", &etag);
+    set(&mut r, "content-location", &format!("/results/{hash}.{}", format.ext()));
+    set(&mut r, "cache-control", "public, max-age=31536000, immutable");
+    set(&mut r, "x-zarrgate-cache", if hit { "hit" } else { "miss" });
+    set(&mut r, "x-zarrgate-compute-ms", &compute_ms.to_string());
+    if format == Format::Nc {
+        set(&mut r, "content-disposition", &format!("inline; filename=\"{hash}.nc\""));
+    }
+    r
+}
+
+/// The files of a Zarr result, for the S3 layer's `results` bucket.
+pub fn zarr_object(ops: &Ops, hash: &str, key: &str) -> Option<Bytes> {
+    let k = Key::from_hex(hash)?;
+    let Lookup::Hit(blob, _) = ops.cache.get(&k) else { return None };
+    let (_, start, end) = unpack(&blob)?.into_iter().find(|(name, _, _)| name == key)?;
+    Some(blob.slice(start..end))
+}
+
+/// The keys and sizes of a Zarr result.
+pub fn zarr_listing(ops: &Ops, hash: &str) -> Vec<(String, u64)> {
+    let Some(k) = Key::from_hex(hash) else { return Vec::new() };
+    let Lookup::Hit(blob, _) = ops.cache.get(&k) else { return Vec::new() };
+    unpack(&blob)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, s, e)| (format!("{hash}/{name}"), (e - s) as u64))
+        .collect()
+}
+
+fn visible(job: &JobRecord, who: &Principal) -> bool {
+    match who {
+        Principal::Key(_) => job.owner == who.usage_name(),
+        Principal::Anonymous { .. } => true,
+    }
+}
+
+/// A job, if it exists and `who` may see it (a key sees its own jobs; anonymous jobs are
+/// public, like their results).
+fn own_job(ops: &Ops, id: &str, who: &Principal) -> Result<JobRecord, Problem> {
+    ops.job(id)
+        .filter(|j| visible(j, who) || j.owner.starts_with("anonymous"))
+        .ok_or_else(|| Problem::not_found(format!("there is no job {id}")))
+}
+
+fn status_word(s: Status) -> &'static str {
+    match s {
+        Status::Accepted => "accepted",
+        Status::Running => "running",
+        Status::Successful => "successful",
+        Status::Failed => "failed",
+        Status::Dismissed => "dismissed",
+    }
+}
+
+fn job_error(job: &JobRecord) -> Problem {
+    let e = job.error.clone().unwrap_or_default();
+    Problem::new(
+        e.get("status").and_then(Value::as_u64).unwrap_or(500) as u16,
+        "job-failed",
+        "The job failed",
+        e.get("detail").and_then(Value::as_str).unwrap_or("the job failed").to_string(),
+    )
+}
+
+fn iso(unix: i64) -> String {
+    let (y, m, d) = crate::s3::civil_from_days(unix.div_euclid(86_400));
+    let s = unix.rem_euclid(86_400);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s % 3600 / 60, s % 60)
+}
+
+/// An OGC `statusInfo` document.
+fn status_doc(job: &JobRecord) -> Value {
+    let mut links = vec![json!({"href": format!("/jobs/{}", job.id), "rel": "self", "type": "application/json"})];
+    if job.status == Status::Successful {
+        links.push(json!({"href": format!("/jobs/{}/results", job.id), "rel": "http://www.opengis.net/def/rel/ogc/1.0/results"}));
+        if let Some(k) = &job.result_key {
+            links.push(json!({"href": format!("/results/{k}.{}", job.format), "rel": "alternate"}));
+        }
+    }
+    let mut doc = json!({
+        "jobID": job.id,
+        "processID": job.process,
+        "type": "process",
+        "status": status_word(job.status),
+        "progress": job.progress,
+        "created": iso(job.created),
+        "updated": iso(job.updated),
+        "links": links,
+    });
+    if job.status == Status::Failed {
+        doc["message"] = json!(job_error(job).detail);
+        doc["error"] = job.error.clone().unwrap_or_default();
+    }
+    doc
+}
+
+/// One argument of the menu.
+fn input(title: &str, description: &str, schema: Value, required: bool) -> Value {
+    json!({"title": title, "description": description, "schema": schema, "minOccurs": u8::from(required), "maxOccurs": 1})
+}
+
+fn inputs(p: Process) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(
+        "dataset".into(),
+        input("Dataset", "BUCKET/ID of a served dataset, or s3://BUCKET/ID", json!({"type": "string"}), true),
+    );
+    m.insert(
+        "var".into(),
+        input("Variables", "data variable name(s), separated by commas", json!({"type": "string"}), true),
+    );
+    m.insert("time".into(), input("Time range", "START/END, inclusive ISO 8601, either end may be empty; partial dates expand; read in the dataset's calendar", json!({"type": "string", "pattern": "^[^/]*/[^/]*$"}), false));
+    m.insert(
+        "area".into(),
+        input(
+            "Area",
+            "WEST,SOUTH,EAST,NORTH in degrees; longitude west to east modulo 360",
+            json!({"type": "string"}),
+            false,
+        ),
+    );
+    m.insert(
+        "level".into(),
+        input("Level", "LOW/HIGH (inclusive) or exact values separated by commas", json!({"type": "string"}), false),
+    );
+    m.insert(
+        "isel".into(),
+        input(
+            "Index ranges",
+            "DIM=START:STOP[,DIM=START:STOP], 0-based, STOP exclusive, negatives from the end",
+            json!({"type": "string"}),
+            false,
+        ),
+    );
+    if p == Process::Average {
+        m.insert("dims".into(), input("Dimensions", "axes to average over, separated by commas", json!({"type": "array", "items": {"type": "string", "enum": ["time", "level", "latitude", "longitude", "realization"]}}), false));
+        m.insert(
+            "weights".into(),
+            input(
+                "Weights",
+                "none, cos(latitude), or cell areas from cell_measures",
+                json!({"type": "string", "enum": ["none", "coslat", "area"], "default": "none"}),
+                false,
+            ),
+        );
+        m.insert(
+            "freq".into(),
+            input(
+                "Resampling",
+                "average time per calendar period",
+                json!({"type": "string", "enum": ["day", "month", "year"]}),
+                false,
+            ),
+        );
+    }
+    m.insert(
+        "format".into(),
+        input(
+            "Format",
+            "output format; json and csv hold at most one dimension",
+            json!({"type": "string", "enum": Format::NAMES, "default": "nc"}),
+            false,
+        ),
+    );
+    m
+}
+
+fn summary(p: Process) -> Value {
+    let (title, description) = match p {
+        Process::Subset => ("Subset", "Select by time, area, level and index; values, dtypes and encodings are kept."),
+        Process::Average => ("Average", "Weighted mean over axes, with calendar-aware time resampling; NaN and fill values skipped, float64 accumulation."),
+    };
+    json!({
+        "id": p.id(),
+        "title": title,
+        "description": description,
+        "version": "1.0.0",
+        "jobControlOptions": ["sync-execute", "async-execute", "dismiss"],
+        "outputTransmission": ["value", "reference"],
+        "links": [{"href": format!("/processes/{}", p.id()), "rel": "self", "type": "application/json"},
+                  {"href": format!("/processes/{}/execution", p.id()), "rel": "http://www.opengis.net/def/rel/ogc/1.0/execute"}],
+    })
+}
+
+fn process_list() -> Value {
+    json!({"processes": Process::ALL.iter().map(|p| summary(*p)).collect::<Vec<_>>(), "links": [{"href": "/processes", "rel": "self"}]})
+}
+
+fn describe(p: Process) -> Value {
+    let mut doc = summary(p);
+    doc["inputs"] = Value::Object(inputs(p));
+    doc["outputs"] = json!({"result": {"title": "Result", "schema": {"oneOf": [
+        {"type": "string", "contentMediaType": "application/x-netcdf"},
+        {"type": "string", "contentMediaType": "text/csv"},
+        {"type": "object", "contentMediaType": "application/json"}]}}});
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_menu_lists_every_argument_with_allowed_values() {
+        let avg = describe(Process::Average);
+        for arg in ["dataset", "var", "time", "area", "level", "isel", "dims", "weights", "freq", "format"] {
+            assert!(avg["inputs"].get(arg).is_some(), "{arg}");
+        }
+        assert_eq!(avg["inputs"]["weights"]["schema"]["enum"], json!(["none", "coslat", "area"]));
+        assert!(describe(Process::Subset)["inputs"].get("weights").is_none());
+    }
+
+    #[test]
+    fn ops_paths() {
+        assert!(
+            is_ops_path("/ops/v1/average")
+                && is_ops_path("/processes")
+                && is_ops_path("/jobs/x")
+                && is_ops_path("/results/a.nc")
+        );
+        assert!(!is_ops_path("/bucket/processes") && !is_ops_path("/opsbucket/x"));
+    }
+}

@@ -1,0 +1,531 @@
+//! Server-side operations in the gateway: the cache, single-flight, the compute pool and jobs.
+//!
+//! # Layout
+//! - [`cache`]: the two-tier, hash-verified result cache.
+//! - [`jobs`]: job records, persisted before a job is acknowledged.
+//! - [`http`]: `/ops/v1`, OGC API – Processes, `/jobs`, `/results`.
+//!
+//! # Flow of a request
+//! 1. The canonical request and the source fingerprints give the cache key; a hit answers at once.
+//! 2. Planning reads only metadata and coordinates, so bad arguments fail fast and the cost is
+//!    known. Above the sync limit (or when asked) the request becomes a job, saved to disk first.
+//! 3. Identical requests in flight share one computation. It runs on the bounded compute pool
+//!    (blocking threads at lower CPU priority), never on the threads that serve S3.
+
+pub mod cache;
+pub mod http;
+pub mod jobs;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::{OnceCell, Semaphore};
+use zarrgate_core::ops::{self, ChunkSource, Format, Output, Plan, Problem, Raw, Request, Run, SourceError, StoreView};
+
+use crate::auth::{day_of, unix_now, Principal};
+use crate::collection::{Collection, Entry};
+use crate::dataset::{Body, Dataset};
+use crate::s3::App;
+use crate::source::{ReadError, Sources};
+use cache::{Key, Lookup, ResultCache, Tier};
+use jobs::{JobRecord, JobStore, Status};
+
+/// Settings of the operations service (`[ops]` in the config file).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Results cache (`results/`) and job records (`jobs/`).
+    pub dir: PathBuf,
+    /// Estimated bytes to decode above which a request runs as a job.
+    pub sync_limit_bytes: u64,
+    /// Largest result computed.
+    pub max_output_bytes: u64,
+    /// Computations at once.
+    pub workers: usize,
+    /// Threads of one computation.
+    pub threads: usize,
+    pub memory_cache_bytes: u64,
+    pub disk_cache_bytes: u64,
+    /// Test hook: jobs wait this long in `running` before computing.
+    #[serde(skip)]
+    pub test_job_delay: Duration,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        OpsConfig {
+            dir: PathBuf::from("zarrgate-ops"),
+            sync_limit_bytes: 512 << 20,
+            max_output_bytes: 2 << 30,
+            workers: 2,
+            threads: cores,
+            memory_cache_bytes: 256 << 20,
+            disk_cache_bytes: 10 << 30,
+            test_job_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Writes a result as NetCDF-4. The gateway links no netCDF-C, so the binary provides this.
+pub trait NetcdfWriter: Send + Sync {
+    fn write(&self, out: &Output) -> Result<Vec<u8>, String>;
+}
+
+/// What a request led to.
+pub enum Answer {
+    Result { key: Key, bytes: Bytes, hit: bool, format: Format, compute_ms: u64 },
+    Job(JobRecord),
+}
+
+type Shared = Arc<OnceCell<Result<Bytes, Problem>>>;
+
+pub struct Ops {
+    pub config: OpsConfig,
+    pub cache: ResultCache,
+    pub jobs: JobStore,
+    writer: Arc<dyn NetcdfWriter>,
+    inflight: Mutex<HashMap<Key, Shared>>,
+    pool: Arc<Semaphore>,
+    running: Mutex<HashMap<String, Arc<Run>>>,
+}
+
+/// A served dataset read the way S3 clients read it.
+struct DatasetSource<'a> {
+    sources: &'a Sources,
+    dataset: &'a Dataset,
+}
+
+impl ChunkSource for DatasetSource<'_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        let Some(object) = self.dataset.objects.get(key) else { return Ok(None) };
+        let fail = |e: ReadError| match e {
+            ReadError::Stale { .. } => SourceError::Stale(format!(
+                "the source of this dataset changed since it was indexed ({e}); it is being re-indexed, retry shortly"
+            )),
+            ReadError::Io { .. } => SourceError::Failed(e.to_string()),
+        };
+        let ds = self.dataset;
+        match &object.body {
+            Body::Inline(b) => {
+                Sources::check(ds.source(0), ds.sources[0].fingerprint).map_err(fail)?;
+                Ok(Some(b.to_vec()))
+            }
+            Body::Range { source, offset, length } => self
+                .sources
+                .read(ds.source(*source), ds.sources[*source].fingerprint, *offset, *length)
+                .map(Some)
+                .map_err(fail),
+            Body::Transcoded { source, pipeline, chunk } => {
+                let stored = self
+                    .sources
+                    .read(ds.source(*source), ds.sources[*source].fingerprint, chunk.offset, chunk.length)
+                    .map_err(fail)?;
+                pipeline
+                    .decode(stored, chunk.filter_mask)
+                    .map(Some)
+                    .map_err(|e| SourceError::Failed(format!("{key}: {e}")))
+            }
+        }
+    }
+}
+
+/// Lowers the CPU priority of the calling thread, so computations yield to S3 serving.
+fn lower_priority() {
+    // SAFETY: setpriority on the calling thread (who = 0 under Linux's per-thread nice) with
+    // plain integer arguments; failure only leaves the priority unchanged.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
+impl Ops {
+    /// Opens the cache and job store under `config.dir`.
+    pub fn open(config: OpsConfig, writer: Arc<dyn NetcdfWriter>) -> std::io::Result<Ops> {
+        let cache = ResultCache::open(&config.dir.join("results"), config.memory_cache_bytes, config.disk_cache_bytes)?;
+        let jobs = JobStore::open(&config.dir.join("jobs"))?;
+        let pool = Arc::new(Semaphore::new(config.workers.max(1)));
+        Ok(Ops {
+            config,
+            cache,
+            jobs,
+            writer,
+            inflight: Mutex::new(HashMap::new()),
+            pool,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs again the jobs a previous process left accepted or running.
+    pub fn resume_jobs(self: &Arc<Self>, app: &Arc<App>) {
+        for job in self.jobs.unfinished() {
+            eprintln!("zarrgate: resuming job {} ({})", job.id, job.process);
+            self.spawn_job(app.clone(), job, None);
+        }
+    }
+
+    /// The collection and dataset a request names.
+    fn resolve(app: &App, req: &Request) -> Result<(Arc<Collection>, Arc<Dataset>), Problem> {
+        let collection = app.collections.get(&req.bucket).ok_or_else(|| Problem {
+            argument: Some("dataset".into()),
+            ..Problem::not_found(format!("there is no collection {:?}", req.bucket))
+        })?;
+        let snapshot = collection.snapshot();
+        let id = format!("{}/", req.dataset);
+        let (entry, rest) =
+            Collection::find(&snapshot, &id).filter(|(_, rest)| rest.is_empty()).ok_or_else(|| Problem {
+                argument: Some("dataset".into()),
+                ..Problem::not_found(format!("collection {} has no dataset {:?}", req.bucket, req.dataset))
+            })?;
+        debug_assert!(rest.is_empty());
+        match &*entry {
+            Entry::Ready { dataset, .. } => Ok((collection.clone(), dataset.clone())),
+            Entry::Unavailable(why) => Err(Problem::new(503, "unavailable", "Dataset unavailable", why.clone())),
+        }
+    }
+
+    /// The cache key: the canonical request and what the dataset was built from.
+    fn key(req: &Request, dataset: &Dataset) -> Key {
+        let mut h = blake3::Hasher::new();
+        h.update(b"zarrgate-ops-v1\0");
+        h.update(req.canonical().to_string().as_bytes());
+        for s in &dataset.sources {
+            h.update(s.path.to_string_lossy().as_bytes());
+            h.update(&s.fingerprint.size.to_le_bytes());
+            h.update(&s.fingerprint.mtime_ns.to_le_bytes());
+        }
+        if let Some(meta) = dataset.objects.get(".zmetadata") {
+            h.update(meta.etag.as_bytes());
+        }
+        Key(*h.finalize().as_bytes())
+    }
+
+    /// Looks a key up, counting hits and corrupt files.
+    fn lookup(&self, app: &App, key: &Key) -> Option<Bytes> {
+        match self.cache.get(key) {
+            Lookup::Hit(bytes, tier) => {
+                let tier = if tier == Tier::Memory { "memory" } else { "disk" };
+                app.metrics.add("zarrgate_ops_cache_hits_total", &[("tier", tier)], 1);
+                Some(bytes)
+            }
+            Lookup::Corrupt => {
+                eprintln!("zarrgate: cached result {} failed its hash check; recomputing", key.hex());
+                app.metrics.add("zarrgate_ops_cache_corrupt_total", &[], 1);
+                None
+            }
+            Lookup::Miss => None,
+        }
+    }
+
+    /// Answers a request: from the cache, by computing it now, or as a new job.
+    pub async fn request(
+        self: &Arc<Self>,
+        app: &Arc<App>,
+        who: &Principal,
+        req: Request,
+        inputs: Value,
+        prefer_async: bool,
+    ) -> Result<Answer, Problem> {
+        let (collection, dataset) = Self::resolve(app, &req)?;
+        let key = Self::key(&req, &dataset);
+        let format = req.format;
+        if let Some(bytes) = self.lookup(app, &key) {
+            return Ok(Answer::Result { key, bytes, hit: true, format, compute_ms: 0 });
+        }
+        let plan = self.plan(app, &collection, &dataset, req).await?;
+        if plan.output_bytes > self.config.max_output_bytes {
+            return Err(Problem::new(
+                413,
+                "too-large",
+                "Result too large",
+                format!(
+                    "the result would hold about {} MB, above this server's limit of {} MB (ops.max_output_bytes); select less",
+                    plan.output_bytes >> 20,
+                    self.config.max_output_bytes >> 20
+                ),
+            ));
+        }
+        let day = day_of(unix_now());
+        app.auth.quotas.begin_compute(who, &day).map_err(|e| quota_problem(&e.0))?;
+        if prefer_async || plan.read_bytes > self.config.sync_limit_bytes {
+            let now = unix_now();
+            let job = JobRecord {
+                id: JobStore::new_id(),
+                process: plan.request.process.id().to_string(),
+                request: json!({"inputs": inputs, "canonical": plan.request.canonical()}),
+                format: format.ext().to_string(),
+                owner: who.usage_name().to_string(),
+                status: Status::Accepted,
+                progress: 0,
+                created: now,
+                updated: now,
+                result_key: None,
+                error: None,
+            };
+            if let Err(e) = self.jobs.save(&job) {
+                app.auth.quotas.end_compute(who, &day, 0);
+                return Err(Problem::internal(format!("cannot record the job: {e}")));
+            }
+            app.metrics.add("zarrgate_ops_jobs_total", &[("status", "accepted")], 1);
+            self.spawn_job(app.clone(), job.clone(), Some((plan, key, collection, dataset, who.clone())));
+            return Ok(Answer::Job(job));
+        }
+        let started = Instant::now();
+        let result = self.compute(app, key, plan, &collection, &dataset, Arc::new(Run::new(self.config.threads))).await;
+        let compute_ms = started.elapsed().as_millis() as u64;
+        app.auth.quotas.end_compute(who, &day, compute_ms);
+        Ok(Answer::Result { key, bytes: result?, hit: false, format, compute_ms })
+    }
+
+    /// Plans a request on the blocking pool (it reads metadata and coordinates).
+    async fn plan(
+        &self,
+        app: &Arc<App>,
+        collection: &Arc<Collection>,
+        dataset: &Arc<Dataset>,
+        req: Request,
+    ) -> Result<Plan, Problem> {
+        let (app2, ds) = (app.clone(), dataset.clone());
+        let planned = tokio::task::spawn_blocking(move || {
+            let source = DatasetSource { sources: &app2.sources, dataset: &ds };
+            let view = StoreView::open(&source).map_err(source_problem)?;
+            ops::plan(view, &source, req)
+        })
+        .await
+        .map_err(|e| Problem::internal(format!("planning failed: {e}")))?;
+        if planned.as_ref().err().is_some_and(|p| p.status == 503) {
+            collection.source_changed();
+        }
+        planned
+    }
+
+    /// Computes a planned request once, however many ask for it at the same time.
+    async fn compute(
+        self: &Arc<Self>,
+        app: &Arc<App>,
+        key: Key,
+        plan: Plan,
+        collection: &Arc<Collection>,
+        dataset: &Arc<Dataset>,
+        run: Arc<Run>,
+    ) -> Result<Bytes, Problem> {
+        let cell: Shared = self.inflight.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone();
+        let result = cell
+            .get_or_init(|| async move {
+                if let Some(bytes) = self.lookup(app, &key) {
+                    return Ok(bytes);
+                }
+                let result = self.compute_now(app, plan, dataset, run).await;
+                if let Ok(bytes) = &result {
+                    if let Err(e) = self.cache.put(&key, bytes.clone()) {
+                        eprintln!("zarrgate: cannot store result {}: {e}", key.hex());
+                    }
+                }
+                result
+            })
+            .await
+            .clone();
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(&key);
+        }
+        if result.as_ref().err().is_some_and(|p| p.status == 503) {
+            collection.source_changed();
+        }
+        result
+    }
+
+    /// Runs the computation on the compute pool and encodes the result.
+    async fn compute_now(
+        &self,
+        app: &Arc<App>,
+        plan: Plan,
+        dataset: &Arc<Dataset>,
+        run: Arc<Run>,
+    ) -> Result<Bytes, Problem> {
+        let _permit = self.pool.clone().acquire_owned().await.expect("the compute pool is never closed");
+        app.metrics.add("zarrgate_ops_computations_total", &[("process", plan.request.process.id())], 1);
+        let (app2, ds, writer) = (app.clone(), dataset.clone(), self.writer.clone());
+        tokio::task::spawn_blocking(move || {
+            lower_priority();
+            let source = DatasetSource { sources: &app2.sources, dataset: &ds };
+            let out = ops::execute(&plan, &source, &run)?;
+            encode(&out, plan.request.format, writer.as_ref()).map(Bytes::from)
+        })
+        .await
+        .map_err(|e| Problem::internal(format!("the computation failed: {e}")))?
+    }
+
+    /// Starts a job's task. `ready` carries what the request already worked out; a resumed job
+    /// works it out again from its inputs.
+    fn spawn_job(
+        self: &Arc<Self>,
+        app: Arc<App>,
+        mut job: JobRecord,
+        ready: Option<(Plan, Key, Arc<Collection>, Arc<Dataset>, Principal)>,
+    ) {
+        let ops = self.clone();
+        let run = Arc::new(Run::new(self.config.threads));
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(job.id.clone(), run.clone());
+        tokio::spawn(async move {
+            job.status = Status::Running;
+            job.updated = unix_now();
+            ops.save(&job);
+            if !ops.config.test_job_delay.is_zero() {
+                tokio::time::sleep(ops.config.test_job_delay).await;
+            }
+            let started = Instant::now();
+            let who = ready.as_ref().map(|r| r.4.clone());
+            let outcome = match ready {
+                Some((plan, key, collection, dataset, _)) => {
+                    ops.compute(&app, key, plan, &collection, &dataset, run.clone()).await.map(|_| key)
+                }
+                None => ops.replay(&app, &job, run.clone()).await,
+            };
+            if let Some(who) = who {
+                app.auth.quotas.end_compute(&who, &day_of(unix_now()), started.elapsed().as_millis() as u64);
+            }
+            ops.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.id);
+            if ops.jobs.get(&job.id).is_some_and(|j| j.status == Status::Dismissed) {
+                return;
+            }
+            match outcome {
+                Ok(key) => {
+                    job.status = Status::Successful;
+                    job.progress = 100;
+                    job.result_key = Some(key.hex());
+                }
+                Err(p) => {
+                    job.status = Status::Failed;
+                    job.error = Some(p.to_json());
+                }
+            }
+            job.updated = unix_now();
+            app.metrics.add(
+                "zarrgate_ops_jobs_total",
+                &[("status", if job.status == Status::Successful { "successful" } else { "failed" })],
+                1,
+            );
+            ops.save(&job);
+        });
+    }
+
+    /// Works out and computes a resumed job from its recorded inputs.
+    async fn replay(self: &Arc<Self>, app: &Arc<App>, job: &JobRecord, run: Arc<Run>) -> Result<Key, Problem> {
+        let process =
+            ops::Process::parse(&job.process).ok_or_else(|| Problem::internal("the job names an unknown process"))?;
+        let inputs = job.request.get("inputs").and_then(Value::as_object).cloned().unwrap_or_default();
+        let req = Request::parse(process, inputs.iter().map(|(k, v)| (k.as_str(), Raw::Json(v))))?;
+        let (collection, dataset) = Self::resolve(app, &req)?;
+        let key = Self::key(&req, &dataset);
+        if self.lookup(app, &key).is_some() {
+            return Ok(key);
+        }
+        let plan = self.plan(app, &collection, &dataset, req).await?;
+        self.compute(app, key, plan, &collection, &dataset, run).await.map(|_| key)
+    }
+
+    fn save(&self, job: &JobRecord) {
+        if let Err(e) = self.jobs.save(job) {
+            eprintln!("zarrgate: cannot save job {}: {e}", job.id);
+        }
+    }
+
+    /// A job's record with its live progress.
+    pub fn job(&self, id: &str) -> Option<JobRecord> {
+        let mut job = self.jobs.get(id)?;
+        if let Some(run) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            if job.status == Status::Running {
+                job.progress = run.progress().min(99);
+            }
+        }
+        Some(job)
+    }
+
+    /// Dismisses a job: a running one stops at its next chunk.
+    pub fn dismiss(&self, id: &str) -> Option<JobRecord> {
+        let mut job = self.jobs.get(id)?;
+        if let Some(run) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            run.cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        job.status = Status::Dismissed;
+        job.updated = unix_now();
+        self.save(&job);
+        Some(job)
+    }
+}
+
+fn source_problem(e: SourceError) -> Problem {
+    match e {
+        SourceError::Stale(why) => Problem::new(503, "source-changed", "Source changed", why),
+        SourceError::Failed(why) => Problem::internal(why),
+    }
+}
+
+pub fn quota_problem(what: &str) -> Problem {
+    Problem::new(429, "quota", "Quota exceeded", format!("the quota on {what} is used up; retry later"))
+}
+
+/// Encodes a result in the requested format.
+fn encode(out: &Output, format: Format, writer: &dyn NetcdfWriter) -> Result<Vec<u8>, Problem> {
+    match format {
+        Format::Nc => writer.write(out).map_err(|e| Problem::internal(format!("writing NetCDF failed: {e}"))),
+        Format::Json => ops::output::to_json(out),
+        Format::Csv => ops::output::to_csv(out),
+        Format::Zarr => Ok(pack(&ops::output::to_zarr(out))),
+    }
+}
+
+/// Several files in one blob: a JSON index of `key → [offset, length]` (its length first, as
+/// 8 little-endian bytes), then the files.
+pub fn pack(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut index = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (k, b) in files {
+        index.insert(k.clone(), json!([offset, b.len()]));
+        offset += b.len() as u64;
+    }
+    let index = serde_json::to_vec(&index).expect("JSON values serialize");
+    let mut out = (index.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&index);
+    for (_, b) in files {
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+/// The files of a [`pack`], by key: `(key, start, end)` into the blob, sorted by key.
+pub fn unpack(blob: &[u8]) -> Option<Vec<(String, usize, usize)>> {
+    let n = u64::from_le_bytes(blob.get(..8)?.try_into().ok()?) as usize;
+    let index: serde_json::Map<String, Value> = serde_json::from_slice(blob.get(8..8 + n)?).ok()?;
+    let base = 8 + n;
+    let mut out = Vec::new();
+    for (k, v) in index {
+        let (o, l) = (v.get(0)?.as_u64()? as usize, v.get(1)?.as_u64()? as usize);
+        if base + o + l > blob.len() {
+            return None;
+        }
+        out.push((k, base + o, base + o + l));
+    }
+    out.sort();
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_round_trip() {
+        let files = vec![("b/0".to_string(), vec![1, 2, 3]), (".zgroup".to_string(), b"{}".to_vec())];
+        let blob = pack(&files);
+        let index = unpack(&blob).unwrap();
+        assert_eq!(index[0].0, ".zgroup");
+        assert_eq!(&blob[index[1].1..index[1].2], &[1, 2, 3]);
+        assert!(unpack(&blob[..blob.len() - 1]).is_none());
+    }
+}

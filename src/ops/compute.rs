@@ -1,0 +1,630 @@
+//! Planning and running `subset` and `average` on one dataset.
+
+use serde_json::{json, Value};
+
+use super::kernel::{gather, strides, Decoded, KernelError, Layout, Run, WeightedSum};
+use super::output::{OutVar, Output};
+use super::request::{Axis, Problem, Process, Request, Weights};
+use super::select::{axes, coordinate, read_coordinate, select, Axes, Selection};
+use super::store::{ChunkSource, StoreView, Variable, NAN};
+use crate::cftime;
+use crate::zarr::Kind;
+
+/// A request checked against a dataset, ready to run.
+#[derive(Debug)]
+pub struct Plan {
+    pub request: Request,
+    pub view: StoreView,
+    vars: Vec<(Variable, Axes, Selection)>,
+    /// Decoded bytes of every chunk the computation reads.
+    pub read_bytes: u64,
+    /// Bytes of the result's arrays.
+    pub output_bytes: u64,
+}
+
+/// Attributes that describe a variable's stored encoding, not its decoded values.
+const ENCODING_ATTRS: [&str; 8] =
+    ["_FillValue", "missing_value", "scale_factor", "add_offset", "valid_range", "valid_min", "valid_max", "_Unsigned"];
+
+fn unknown_variable(view: &StoreView, name: &str) -> Problem {
+    let names: Vec<&str> = view.variables.keys().map(String::as_str).collect();
+    Problem {
+        allowed: names.iter().map(|s| s.to_string()).collect(),
+        argument: Some("var".into()),
+        ..Problem::not_found(format!("the dataset has no variable {name:?}"))
+    }
+}
+
+/// Checks `request` against the dataset and works out what it will read and write.
+pub fn plan(view: StoreView, source: &dyn ChunkSource, request: Request) -> Result<Plan, Problem> {
+    let mut vars = Vec::new();
+    let mut read_bytes = 0u64;
+    let mut output_bytes = 0u64;
+    for name in &request.vars {
+        let var = view.variables.get(name).ok_or_else(|| unknown_variable(&view, name))?.clone();
+        if matches!(var.meta.dtype.kind, Kind::VlenString)
+            || (request.process == Process::Average && var.meta.dtype.kind == Kind::Bytes)
+        {
+            return Err(Problem::unprocessable(
+                Some("var"),
+                format!("{name} holds strings, which cannot be {}d", request.process.id()),
+            ));
+        }
+        let ax = axes(&view, &var);
+        let sel = select(&view, source, &var, &request, &ax)?;
+        let positions = sel.for_var(&var);
+        let chunks: u64 = positions
+            .iter()
+            .zip(&var.meta.chunks)
+            .map(|(p, c)| {
+                let mut ids: Vec<u64> = p.iter().map(|i| *i as u64 / c).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids.len() as u64
+            })
+            .product();
+        read_bytes += chunks * var.meta.chunk_nbytes();
+        let elements: u64 = positions.iter().map(|p| p.len() as u64).product();
+        output_bytes += match request.process {
+            Process::Subset => elements * var.meta.dtype.size() as u64,
+            Process::Average => (elements * 8) / reduced_fraction(&request, &ax, &var, &positions).max(1),
+        };
+        vars.push((var, ax, sel));
+    }
+    Ok(Plan { request, view, vars, read_bytes, output_bytes })
+}
+
+/// How many input elements fold into one output element, for the size estimate.
+fn reduced_fraction(req: &Request, ax: &Axes, var: &Variable, positions: &[Vec<usize>]) -> u64 {
+    var.dims
+        .iter()
+        .zip(positions)
+        .filter(|(d, _)| ax.by_dim.get(*d).is_some_and(|a| req.dims.contains(a)))
+        .map(|(_, p)| p.len() as u64)
+        .product()
+}
+
+/// Runs a plan.
+pub fn execute(plan: &Plan, source: &dyn ChunkSource, run: &Run) -> Result<Output, Problem> {
+    let mut out = Output { attrs: plan.view.attrs.clone(), ..Output::default() };
+    for (var, ax, sel) in &plan.vars {
+        match plan.request.process {
+            Process::Subset => subset_var(&mut out, &plan.view, source, run, var, sel)?,
+            Process::Average => average_var(&mut out, &plan.view, source, run, &plan.request, var, ax, sel)?,
+        }
+        out.data_vars.push(var.name.clone());
+    }
+    let note = format!("zarrgate {}: {}", plan.request.process.id(), plan.request.canonical());
+    let history = match out.attrs.get("history").and_then(Value::as_str) {
+        Some(h) if !h.is_empty() => format!("{h}\n{note}"),
+        _ => note,
+    };
+    out.attrs.insert("history".into(), json!(history));
+    Ok(out)
+}
+
+fn kernel(e: KernelError) -> Problem {
+    e.problem()
+}
+
+/// Copies `name` (selected along its dimensions) into the output, once.
+fn copy_var(
+    out: &mut Output,
+    view: &StoreView,
+    source: &dyn ChunkSource,
+    run: &Run,
+    name: &str,
+    sel: &Selection,
+) -> Result<(), Problem> {
+    if out.var(name).is_some() {
+        return Ok(());
+    }
+    let Some(v) = view.variables.get(name) else { return Ok(()) };
+    if v.meta.dtype.kind == Kind::VlenString {
+        return Ok(());
+    }
+    let positions = sel.for_var(v);
+    let raw = gather(run, source, v, &positions).map_err(kernel)?;
+    for (d, p) in v.dims.iter().zip(&positions) {
+        out.add_dim(d, p.len());
+    }
+    out.vars.push(OutVar::from_raw(name, v.dims.clone(), v.meta.dtype, raw, v.attrs.clone()));
+    Ok(())
+}
+
+/// The coordinates and bounds that travel with `var`: 1-D coordinates of its dimensions, the
+/// variables its `coordinates` attribute names (when their dimensions are `var`'s), and their
+/// `bounds`.
+fn companions(view: &StoreView, var: &Variable, keep_dim: &dyn Fn(&str) -> bool) -> Vec<String> {
+    let mut names: Vec<String> =
+        var.dims.iter().filter(|d| keep_dim(d)).filter(|d| coordinate(view, d).is_some()).cloned().collect();
+    for n in var.attr_str("coordinates").unwrap_or("").split_whitespace() {
+        if let Some(c) = view.variables.get(n) {
+            if c.dims.iter().all(|d| var.dims.contains(d) && keep_dim(d)) && !names.contains(&c.name) {
+                names.push(c.name.clone());
+            }
+        }
+    }
+    let bounds: Vec<String> = names
+        .iter()
+        .filter_map(|n| view.variables[n].attr_str("bounds").map(str::to_string))
+        .filter(|b| {
+            view.variables.get(b).is_some_and(|bv| bv.dims.iter().all(|d| !var.dims.contains(d) || keep_dim(d)))
+        })
+        .collect();
+    names.extend(bounds);
+    names
+}
+
+/// NetCDF's default fill for a type, used when a masked integer variable has no `_FillValue`.
+fn default_fill(kind: Kind, size: usize) -> f64 {
+    match (kind, size) {
+        (Kind::Int, 1) => -127.0,
+        (Kind::Int, 2) => -32767.0,
+        (Kind::Int, 4) => -2147483647.0,
+        (Kind::Int, _) => -9223372036854775806.0,
+        (Kind::UInt, 1) => 255.0,
+        (Kind::UInt, 2) => 65535.0,
+        (Kind::UInt, 4) => 4294967295.0,
+        (Kind::UInt, _) => 18446744073709551614.0,
+        _ => 9.969_209_968_386_869e36,
+    }
+}
+
+fn subset_var(
+    out: &mut Output,
+    view: &StoreView,
+    source: &dyn ChunkSource,
+    run: &Run,
+    var: &Variable,
+    sel: &Selection,
+) -> Result<(), Problem> {
+    copy_var(out, view, source, run, &var.name, sel)?;
+    if let Some(mask) = &sel.mask {
+        let (Some(yi), Some(xi)) =
+            (var.dims.iter().position(|d| *d == mask.y), var.dims.iter().position(|d| *d == mask.x))
+        else {
+            return Ok(());
+        };
+        let v = out.vars.iter_mut().find(|v| v.name == var.name).expect("copied above");
+        let fill = match super::store::number(v.attrs.get("_FillValue").unwrap_or(&Value::Null)) {
+            Some(f) => f,
+            None if v.dtype.kind == Kind::Float => {
+                v.attrs.insert("_FillValue".into(), json!(NAN));
+                f64::NAN
+            }
+            None => {
+                let f = default_fill(v.dtype.kind, v.dtype.size);
+                v.attrs.insert("_FillValue".into(), json!(f as i64));
+                f
+            }
+        };
+        let fill_bytes = super::store::element_bytes(&v.dtype, fill);
+        let shape: Vec<usize> =
+            v.dims.iter().map(|d| out.dims.iter().find(|(n, _)| n == d).map_or(1, |(_, l)| *l)).collect();
+        let st = strides(&shape);
+        let nx = shape[xi];
+        let esize = v.dtype.size;
+        for i in 0..v.len() {
+            let (y, x) = (i / st[yi] % shape[yi], i / st[xi] % shape[xi]);
+            if mask.outside[y * nx + x] {
+                v.data[i * esize..(i + 1) * esize].copy_from_slice(&fill_bytes);
+            }
+        }
+    }
+    for name in companions(view, var, &|_| true) {
+        copy_var(out, view, source, run, &name, sel)?;
+    }
+    Ok(())
+}
+
+/// Whether xarray decodes `var` to float32 (else float64).
+fn decodes_to_f32(var: &Variable) -> bool {
+    let dtype = var.meta.dtype;
+    let f32_attr = |name: &str| var.attr_f64(name).is_none_or(|x| looks_f32(x));
+    match dtype.kind {
+        Kind::Float => {
+            dtype.size == 4 && (!Decoded::of(var).is_packed() || (f32_attr("scale_factor") && f32_attr("add_offset")))
+        }
+        _ if Decoded::of(var).is_packed() => dtype.size <= 2 && f32_attr("scale_factor") && f32_attr("add_offset"),
+        _ => dtype.size <= 2,
+    }
+}
+
+/// A float attribute that was stored as float32: exact in f32, and its shortest f64 spelling is
+/// longer than its f32 one (0.1f32 is written 0.10000000149011612).
+fn looks_f32(x: f64) -> bool {
+    let f = x as f32;
+    f as f64 == x && format!("{x}").len() > format!("{f}").len()
+}
+
+/// The range a coordinate covers over the selected positions: from its bounds when it has them.
+fn covered(
+    view: &StoreView,
+    source: &dyn ChunkSource,
+    coord: &Variable,
+    positions: &[usize],
+) -> Result<(f64, f64), Problem> {
+    let values = read_coordinate(source, coord)?;
+    let mut lo = f64::INFINITY;
+    let mut hi = f64::NEG_INFINITY;
+    let bounds = coord.attr_str("bounds").and_then(|b| view.variables.get(b)).filter(|b| b.dims.len() == 2);
+    match bounds {
+        Some(b) => {
+            let bv = read_coordinate(source, b)?;
+            let nv = b.meta.shape[1] as usize;
+            for &p in positions {
+                for x in &bv[p * nv..(p + 1) * nv] {
+                    lo = lo.min(*x);
+                    hi = hi.max(*x);
+                }
+            }
+        }
+        None => {
+            for &p in positions {
+                lo = lo.min(values[p]);
+                hi = hi.max(values[p]);
+            }
+        }
+    }
+    Ok((lo, hi))
+}
+
+/// Appends `entry` to a `cell_methods` text.
+fn append_method(attrs: &mut super::store::Attrs, entry: &str) {
+    let text = match attrs.get("cell_methods").and_then(Value::as_str) {
+        Some(m) if !m.trim().is_empty() => format!("{} {entry}", m.trim()),
+        _ => entry.to_string(),
+    };
+    attrs.insert("cell_methods".into(), json!(text));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn average_var(
+    out: &mut Output,
+    view: &StoreView,
+    source: &dyn ChunkSource,
+    run: &Run,
+    req: &Request,
+    var: &Variable,
+    ax: &Axes,
+    sel: &Selection,
+) -> Result<(), Problem> {
+    let need = |axis: Axis| {
+        ax.dim(axis).map(str::to_string).ok_or_else(|| {
+            Problem::unprocessable(Some("dims"), format!("{} has no {} axis to average over", var.name, axis.name()))
+        })
+    };
+    let mut spatial: Vec<String> = Vec::new();
+    for a in req.dims.iter().filter(|a| **a != Axis::Time) {
+        spatial.push(need(*a)?);
+    }
+    let time_dim = if req.dims.contains(&Axis::Time) || req.freq.is_some() {
+        Some(ax.dim(Axis::Time).map(str::to_string).ok_or_else(|| {
+            Problem::unprocessable(
+                Some(if req.freq.is_some() { "freq" } else { "dims" }),
+                format!("{} has no time axis", var.name),
+            )
+        })?)
+    } else {
+        None
+    };
+    let positions = sel.for_var(var);
+    let ti =
+        time_dim.as_ref().map(|t| var.dims.iter().position(|d| d == t).expect("axes are dimensions of the variable"));
+
+    // Time groups: every selected step in one group, or one group per calendar period.
+    let (groups, periods) = time_groups(view, source, var, req, ti, &positions)?;
+    let n_groups = periods.as_ref().map_or(1, Vec::len);
+
+    // Intermediate array: the variable's dimensions without the spatially reduced ones; time
+    // has one cell per selected step (weighted stage first) or per group (time-only average).
+    let weighted_stage = !spatial.is_empty();
+    let kept: Vec<usize> = (0..var.dims.len()).filter(|i| !spatial.contains(&var.dims[*i])).collect();
+    let cell_len = |i: usize| if Some(i) == ti && !weighted_stage { n_groups } else { positions[i].len() };
+    let inter_shape: Vec<usize> = kept.iter().map(|&i| cell_len(i)).collect();
+    let inter_strides = strides(&inter_shape);
+    let mut tables = vec![Vec::new(); var.dims.len()];
+    for (k, &i) in kept.iter().enumerate() {
+        tables[i] = if Some(i) == ti && !weighted_stage {
+            groups.iter().map(|g| g * inter_strides[k]).collect()
+        } else {
+            (0..positions[i].len()).map(|p| p * inter_strides[k]).collect()
+        };
+    }
+    for (i, t) in tables.iter_mut().enumerate() {
+        if t.is_empty() {
+            *t = vec![0; positions[i].len()];
+        }
+    }
+    let acc = Layout { tables, len: inter_shape.iter().product() };
+    let (cells, weights) = weight_field(view, source, var, req, ax, sel, &positions, weighted_stage)?;
+    let (num, den) = WeightedSum { acc: &acc, weight_cells: &cells, weights: &weights }
+        .run(run, source, var, &positions)
+        .map_err(kernel)?;
+    let mut values: Vec<f64> = num.iter().zip(&den).map(|(n, d)| if *d > 0.0 { n / d } else { f64::NAN }).collect();
+
+    // Time stage after a weighted stage: plain mean of the steps of each group, skipping NaN.
+    let mut out_shape = inter_shape.clone();
+    if let (true, Some(ti)) = (weighted_stage, ti) {
+        let k = kept.iter().position(|&i| i == ti).expect("time is kept by the weighted stage");
+        let (outer, n_t, inner) = (
+            inter_shape[..k].iter().product::<usize>(),
+            inter_shape[k],
+            inter_shape[k + 1..].iter().product::<usize>(),
+        );
+        let mut sums = vec![0.0; outer * n_groups * inner];
+        let mut counts = vec![0usize; outer * n_groups * inner];
+        for o in 0..outer {
+            for t in 0..n_t {
+                for i in 0..inner {
+                    let x = values[(o * n_t + t) * inner + i];
+                    if !x.is_nan() {
+                        let c = (o * n_groups + groups[t]) * inner + i;
+                        sums[c] += x;
+                        counts[c] += 1;
+                    }
+                }
+            }
+        }
+        values = sums.iter().zip(&counts).map(|(s, c)| if *c > 0 { s / *c as f64 } else { f64::NAN }).collect();
+        out_shape[k] = n_groups;
+    }
+
+    // Dimensions of the result: kept ones, and time when resampled.
+    let mut dims = Vec::new();
+    for (k, &i) in kept.iter().enumerate() {
+        if Some(i) == ti && periods.is_none() {
+            continue;
+        }
+        dims.push(var.dims[i].clone());
+        out.add_dim(&var.dims[i], out_shape[k]);
+    }
+    let mut attrs = var.attrs.clone();
+    for a in ENCODING_ATTRS.iter().chain(["coordinates"].iter()) {
+        attrs.remove(*a);
+    }
+    attrs.insert("_FillValue".into(), json!(NAN));
+    if weighted_stage {
+        append_method(&mut attrs, &format!("{}: mean", spatial.join(": ")));
+    }
+    if let Some(t) = &time_dim {
+        append_method(&mut attrs, &format!("{t}: mean"));
+    }
+    attrs.insert("zarrgate_weights".into(), json!(super::request::Weights::NAMES[req.weights as usize]));
+
+    // Coordinates: those of kept dimensions, scalar ones with bounds for averaged dimensions.
+    let averaged: Vec<String> =
+        spatial.iter().cloned().chain(time_dim.iter().filter(|_| periods.is_none()).cloned()).collect();
+    let mut scalar_coords = Vec::new();
+    for d in &averaged {
+        if let Some(c) = coordinate(view, d) {
+            let i = var.dims.iter().position(|x| x == d).expect("averaged dims are the variable's");
+            let (lo, hi) = covered(view, source, c, &positions[i])?;
+            add_scalar(out, c, (lo + hi) / 2.0, (lo, hi));
+            scalar_coords.push(c.name.clone());
+        }
+    }
+    let kept_names: Vec<String> = dims.clone();
+    let time_name = time_dim.clone().filter(|_| periods.is_some());
+    for name in companions(view, var, &|d| kept_names.iter().any(|k| k == d) && time_name.as_deref() != Some(d)) {
+        copy_var(out, view, source, run, &name, sel)?;
+    }
+    if let (Some(periods), Some(t)) = (&periods, &time_dim) {
+        add_periods(out, view, t, periods)?;
+    }
+    let two_d: Vec<String> = var
+        .attr_str("coordinates")
+        .unwrap_or("")
+        .split_whitespace()
+        .filter(|n| out.var(n).is_some())
+        .map(str::to_string)
+        .collect();
+    let coords: Vec<String> = scalar_coords.into_iter().chain(two_d).collect();
+    if !coords.is_empty() {
+        attrs.insert("coordinates".into(), json!(coords.join(" ")));
+    }
+    out.vars.push(OutVar::from_f64(&var.name, dims, &values, decodes_to_f32(var), attrs));
+    Ok(())
+}
+
+/// For each selected time step, its group; and the periods when resampling.
+fn time_groups(
+    view: &StoreView,
+    source: &dyn ChunkSource,
+    var: &Variable,
+    req: &Request,
+    ti: Option<usize>,
+    positions: &[Vec<usize>],
+) -> Result<(Vec<usize>, Option<Vec<(cftime::DateTime, cftime::DateTime)>>), Problem> {
+    let Some(ti) = ti else { return Ok((Vec::new(), None)) };
+    let n_t = positions[ti].len();
+    let Some(freq) = req.freq else { return Ok((vec![0; n_t], None)) };
+    let coord = coordinate(view, &var.dims[ti])
+        .ok_or_else(|| Problem::unprocessable(Some("freq"), "the time dimension has no coordinate variable"))?;
+    let units =
+        cftime::TimeUnits::parse(coord.attr_str("units").unwrap_or(""), coord.attr_str("calendar").unwrap_or(""))
+            .map_err(|e| Problem::unprocessable(Some("freq"), format!("time units: {e}")))?;
+    let values = read_coordinate(source, coord)?;
+    let mut starts = Vec::with_capacity(n_t);
+    for &p in &positions[ti] {
+        let t = units
+            .decode(values[p])
+            .map_err(|e| Problem::unprocessable(Some("freq"), format!("time value {}: {e}", values[p])))?;
+        starts.push(cftime::period_start(&t, freq));
+    }
+    let mut periods: Vec<cftime::DateTime> = starts.clone();
+    periods.sort();
+    periods.dedup();
+    let groups = starts.iter().map(|s| periods.binary_search(s).expect("every start is a period")).collect();
+    let periods = periods.into_iter().map(|s| (s, cftime::next_period_start(&s, freq, units.calendar))).collect();
+    Ok((groups, Some(periods)))
+}
+
+/// The time coordinate of resampled periods (labelled by their start) and its bounds.
+fn add_periods(
+    out: &mut Output,
+    view: &StoreView,
+    t: &str,
+    periods: &[(cftime::DateTime, cftime::DateTime)],
+) -> Result<(), Problem> {
+    let coord = &view.variables[t];
+    let units =
+        cftime::TimeUnits::parse(coord.attr_str("units").unwrap_or(""), coord.attr_str("calendar").unwrap_or(""))
+            .map_err(Problem::internal)?;
+    let enc = |d: &cftime::DateTime| units.encode(d).map_err(Problem::internal);
+    let mut values = Vec::new();
+    let mut bounds = Vec::new();
+    for (s, e) in periods {
+        values.push(enc(s)?);
+        bounds.extend([enc(s)?, enc(e)?]);
+    }
+    let bname = coord.attr_str("bounds").unwrap_or(&format!("{t}_bnds")).to_string();
+    let mut attrs = coord.attrs.clone();
+    for a in ENCODING_ATTRS {
+        attrs.remove(a);
+    }
+    attrs.insert("bounds".into(), json!(bname));
+    out.add_dim("bnds", 2);
+    out.vars.push(OutVar::from_f64(t, vec![t.to_string()], &values, false, attrs));
+    out.vars.push(OutVar::from_f64(&bname, vec![t.to_string(), "bnds".into()], &bounds, false, Default::default()));
+    Ok(())
+}
+
+/// A scalar coordinate for an averaged dimension, with its bounds.
+fn add_scalar(out: &mut Output, coord: &Variable, value: f64, (lo, hi): (f64, f64)) {
+    if out.var(&coord.name).is_some() {
+        return;
+    }
+    let bname = format!("{}_bnds", coord.name);
+    let mut attrs = coord.attrs.clone();
+    for a in ENCODING_ATTRS {
+        attrs.remove(a);
+    }
+    attrs.insert("bounds".into(), json!(bname));
+    out.add_dim("bnds", 2);
+    out.vars.push(OutVar::from_f64(&coord.name, Vec::new(), &[value], false, attrs));
+    out.vars.push(OutVar::from_f64(&bname, vec!["bnds".into()], &[lo, hi], false, Default::default()));
+}
+
+/// The weight of each element, as cells over some of the variable's dimensions. Masked points
+/// of a curvilinear area weigh 0. Without a weighted stage only the mask applies.
+#[allow(clippy::too_many_arguments)]
+fn weight_field(
+    view: &StoreView,
+    source: &dyn ChunkSource,
+    var: &Variable,
+    req: &Request,
+    ax: &Axes,
+    sel: &Selection,
+    positions: &[Vec<usize>],
+    weighted_stage: bool,
+) -> Result<(Layout, Vec<f64>), Problem> {
+    let weights = if weighted_stage { req.weights } else { Weights::None };
+    // (dimensions of the field, values over their selected positions)
+    let (fdims, mut values): (Vec<String>, Vec<f64>) = match weights {
+        Weights::None => (Vec::new(), vec![1.0]),
+        Weights::Coslat => {
+            let (lat, dims) = match &ax.curvilinear {
+                Some((lat, _)) => (view.variables[lat].clone(), view.variables[lat].dims.clone()),
+                None => {
+                    let d = ax.dim(Axis::Latitude).ok_or_else(|| {
+                        Problem::unprocessable(
+                            Some("weights"),
+                            format!("coslat weights need a latitude, and {} has none", var.name),
+                        )
+                    })?;
+                    let c = coordinate(view, d).ok_or_else(|| {
+                        Problem::unprocessable(Some("weights"), "the latitude dimension has no coordinate variable")
+                    })?;
+                    (c.clone(), vec![d.to_string()])
+                }
+            };
+            let lat_sel = sel.for_var(&lat);
+            let raw = gather(&Run::new(1), source, &lat, &lat_sel).map_err(kernel)?;
+            let mut vals = Vec::new();
+            super::store::to_f64(&lat.meta.dtype, &raw, &mut vals).map_err(Problem::internal)?;
+            let dec = Decoded::of(&lat);
+            (dims, vals.into_iter().map(|x| dec.apply(x).to_radians().cos()).collect())
+        }
+        Weights::Area => {
+            let measures = var.attr_str("cell_measures").unwrap_or("");
+            let name = measures
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .find(|w| w[0] == "area:")
+                .map(|w| w[1].to_string())
+                .ok_or_else(|| {
+                    Problem::unprocessable(
+                        Some("weights"),
+                        format!("area weights need cell_measures = \"area: NAME\" on {}", var.name),
+                    )
+                })?;
+            let cell = view.variables.get(&name).ok_or_else(|| {
+                Problem::unprocessable(
+                    Some("weights"),
+                    format!("{} names the cell areas {name:?}, which this dataset does not hold", var.name),
+                )
+            })?;
+            if !cell.dims.iter().all(|d| var.dims.contains(d)) {
+                return Err(Problem::unprocessable(
+                    Some("weights"),
+                    format!("the cell areas {name} are not on the grid of {}", var.name),
+                ));
+            }
+            let cell_sel = sel.for_var(cell);
+            let raw = gather(&Run::new(1), source, cell, &cell_sel).map_err(kernel)?;
+            let mut vals = Vec::new();
+            super::store::to_f64(&cell.meta.dtype, &raw, &mut vals).map_err(Problem::internal)?;
+            let dec = Decoded::of(cell);
+            (
+                cell.dims.clone(),
+                vals.into_iter().map(|x| dec.apply(x)).map(|x| if x.is_finite() { x } else { 0.0 }).collect(),
+            )
+        }
+    };
+    let mut fdims = fdims;
+    if let Some(mask) = &sel.mask {
+        if var.dims.contains(&mask.y) && var.dims.contains(&mask.x) {
+            if fdims.is_empty() {
+                fdims = vec![mask.y.clone(), mask.x.clone()];
+                values = vec![1.0; mask.outside.len()];
+            }
+            if fdims == [mask.y.clone(), mask.x.clone()] {
+                values.iter_mut().zip(&mask.outside).for_each(|(w, out)| {
+                    if *out {
+                        *w = 0.0
+                    }
+                });
+            }
+        }
+    }
+    let fshape: Vec<usize> = fdims
+        .iter()
+        .map(|d| positions[var.dims.iter().position(|x| x == d).expect("field dims are the variable's")].len())
+        .collect();
+    let fstrides = strides(&fshape);
+    let tables = var
+        .dims
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match fdims.iter().position(|f| f == d) {
+            Some(k) => (0..positions[i].len()).map(|p| p * fstrides[k]).collect(),
+            None => vec![0; positions[i].len()],
+        })
+        .collect();
+    Ok((Layout { tables, len: values.len() }, values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float32_attributes_are_recognised_by_their_spelling() {
+        assert!(looks_f32(0.1f32 as f64));
+        assert!(!looks_f32(0.1));
+        assert!(!looks_f32(0.5), "exact in both: JSON gives a Python float");
+    }
+}

@@ -87,8 +87,10 @@ impl Decoded {
     /// The decoded value of a raw element; NaN when masked.
     #[inline]
     pub fn apply(&self, raw: f64) -> f64 {
-        if self.fills.contains(&raw) {
-            return f64::NAN;
+        for f in &self.fills {
+            if raw == *f {
+                return f64::NAN;
+            }
         }
         raw * self.scale + self.offset
     }
@@ -187,28 +189,22 @@ fn parallel<S: Send>(
     })
 }
 
-/// Visits every selected element of one chunk: `f(positions per dimension, element within the
-/// chunk)`. The last dimension is the inner loop.
-fn visit(lists: &[&[(usize, usize)]], chunk_strides: &[usize], mut f: impl FnMut(&[usize], usize, usize)) {
-    let nd = lists.len();
-    if nd == 0 {
-        f(&[], 0, 0);
-        return;
-    }
-    let mut idx = vec![0usize; nd - 1];
-    let mut pos = vec![0usize; nd];
+/// Visits every selected row of one chunk: `f(positions along the outer dimensions, offset of
+/// the row within the chunk)`. The caller walks the last dimension's list itself, which keeps
+/// per-element work to a few additions.
+fn visit_rows(lists: &[&[(usize, usize)]], chunk_strides: &[usize], mut f: impl FnMut(&[usize], usize)) {
+    let outer = lists.len().saturating_sub(1);
+    let mut idx = vec![0usize; outer];
+    let mut pos = vec![0usize; outer];
     loop {
         let mut base = 0;
-        for d in 0..nd - 1 {
+        for d in 0..outer {
             let (p, w) = lists[d][idx[d]];
             pos[d] = p;
             base += w * chunk_strides[d];
         }
-        for &(p, w) in lists[nd - 1] {
-            pos[nd - 1] = p;
-            f(&pos, base, w);
-        }
-        let mut d = nd - 1;
+        f(&pos, base);
+        let mut d = outer;
         loop {
             if d == 0 {
                 return;
@@ -221,6 +217,13 @@ fn visit(lists: &[&[(usize, usize)]], chunk_strides: &[usize], mut f: impl FnMut
             idx[d] = 0;
         }
     }
+}
+
+/// The last dimension's list of a chunk (one element for a scalar).
+const SCALAR: &[(usize, usize)] = &[(0, 0)];
+
+fn inner<'a>(lists: &[&'a [(usize, usize)]]) -> &'a [(usize, usize)] {
+    lists.last().copied().unwrap_or(SCALAR)
 }
 
 /// Output buffer written by several workers at disjoint elements.
@@ -250,12 +253,17 @@ pub fn gather(run: &Run, source: &dyn ChunkSource, var: &Variable, sel: &[Vec<us
             let bytes = chunk_bytes(source, var, &idx)?;
             let lists: Vec<&[(usize, usize)]> =
                 chunks[i].iter().enumerate().map(|(d, &g)| groups[d][g].1.as_slice()).collect();
-            visit(&lists, &chunk_strides, |pos, base, within| {
-                let dst: usize = pos.iter().zip(&out_strides).map(|(p, s)| p * s).sum::<usize>() * esize;
-                let src = (base + within) * esize;
-                // SAFETY: `dst` is inside `out` (positions are below the selection's shape) and
-                // no other worker writes this element (see `Shared`).
-                unsafe { std::ptr::copy_nonoverlapping(bytes[src..src + esize].as_ptr(), shared.0.add(dst), esize) };
+            let last = inner(&lists);
+            let last_stride = out_strides.last().copied().unwrap_or(1);
+            visit_rows(&lists, &chunk_strides, |pos, base| {
+                let row: usize = pos.iter().zip(&out_strides).map(|(p, s)| p * s).sum();
+                for &(p, within) in last {
+                    let dst = (row + p * last_stride) * esize;
+                    let src = (base + within) * esize;
+                    // SAFETY: `dst` is inside `out` (positions are below the selection's shape)
+                    // and no other worker writes this element (see `Shared`).
+                    unsafe { std::ptr::copy_nonoverlapping(bytes[src..src + esize].as_ptr(), shared.0.add(dst), esize) };
+                }
             });
             Ok(())
         },
@@ -308,20 +316,22 @@ impl WeightedSum<'_> {
                 let lists: Vec<&[(usize, usize)]> =
                     chunks[i].iter().enumerate().map(|(d, &g)| groups[d][g].1.as_slice()).collect();
                 let (acc_t, w_t) = (&self.acc.tables, &self.weight_cells.tables);
-                visit(&lists, &chunk_strides, |pos, base, within| {
-                    let x = decoded.apply(values[base + within]);
-                    if x.is_nan() {
-                        return;
+                let last = inner(&lists);
+                let (acc_last, w_last): (&[usize], &[usize]) = if nd == 0 { (&[0], &[0]) } else { (&acc_t[nd - 1], &w_t[nd - 1]) };
+                visit_rows(&lists, &chunk_strides, |pos, base| {
+                    let (mut a0, mut w0) = (0, 0);
+                    for (d, p) in pos.iter().enumerate() {
+                        a0 += acc_t[d][*p];
+                        w0 += w_t[d][*p];
                     }
-                    let (mut a, mut w) = (0, 0);
-                    for d in 0..nd {
-                        a += acc_t[d][pos[d]];
-                        w += w_t[d][pos[d]];
-                    }
-                    let w = self.weights[w];
-                    if w != 0.0 {
-                        num[a] += w * x;
-                        den[a] += w;
+                    for &(p, within) in last {
+                        let x = decoded.apply(values[base + within]);
+                        let w = self.weights[w0 + w_last[p]];
+                        if !x.is_nan() && w != 0.0 {
+                            let a = a0 + acc_last[p];
+                            num[a] += w * x;
+                            den[a] += w;
+                        }
                     }
                 });
                 Ok(())

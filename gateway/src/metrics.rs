@@ -18,6 +18,10 @@ const HELP: &[(&str, &str)] = &[
     ("zarrgate_auth_failures_total", "Requests refused by authentication or policy, by bucket and S3 code."),
     ("zarrgate_quota_rejections_total", "Requests refused by a quota, by bucket."),
     ("zarrgate_stale_sources_total", "Reads that found a source file changed since indexing, by bucket."),
+    ("zarrgate_ops_computations_total", "Operations computed (not answered from the cache), by process."),
+    ("zarrgate_ops_cache_hits_total", "Operations answered from the result cache, by tier."),
+    ("zarrgate_ops_cache_corrupt_total", "Cached results that failed their hash check and were recomputed."),
+    ("zarrgate_ops_jobs_total", "Asynchronous jobs, by status reached."),
 ];
 
 impl Metrics {
@@ -39,7 +43,9 @@ impl Metrics {
         for (name, help) in HELP {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for ((n, labels), value) in counters.iter() {
-                if n == name {
+                if n == name && labels.is_empty() {
+                    let _ = writeln!(out, "{name} {value}");
+                } else if n == name {
                     let _ = writeln!(out, "{name}{{{labels}}} {value}");
                 }
             }

@@ -140,7 +140,8 @@ fn companions(view: &StoreView, var: &Variable, keep_dim: &dyn Fn(&str) -> bool)
         var.dims.iter().filter(|d| keep_dim(d)).filter(|d| coordinate(view, d).is_some()).cloned().collect();
     for n in var.attr_str("coordinates").unwrap_or("").split_whitespace() {
         if let Some(c) = view.variables.get(n) {
-            if c.dims.iter().all(|d| var.dims.contains(d) && keep_dim(d)) && !names.contains(&c.name) {
+            // Its dimensions are kept ones, or its own (like the string length of a label).
+            if c.dims.iter().all(|d| !var.dims.contains(d) || keep_dim(d)) && !names.contains(&c.name) {
                 names.push(c.name.clone());
             }
         }

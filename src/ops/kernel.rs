@@ -262,7 +262,9 @@ pub fn gather(run: &Run, source: &dyn ChunkSource, var: &Variable, sel: &[Vec<us
                     let src = (base + within) * esize;
                     // SAFETY: `dst` is inside `out` (positions are below the selection's shape)
                     // and no other worker writes this element (see `Shared`).
-                    unsafe { std::ptr::copy_nonoverlapping(bytes[src..src + esize].as_ptr(), shared.0.add(dst), esize) };
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(bytes[src..src + esize].as_ptr(), shared.0.add(dst), esize)
+                    };
                 }
             });
             Ok(())
@@ -281,6 +283,33 @@ pub fn read_all(source: &dyn ChunkSource, var: &Variable, sel: &[Vec<usize>]) ->
 pub struct Layout {
     pub tables: Vec<Vec<usize>>,
     pub len: usize,
+}
+
+/// How the innermost selected run of a chunk maps to cells, for the fast paths.
+#[derive(Clone, Copy)]
+enum RowShape {
+    /// Consecutive elements `start..start + len` of the row, one weight, and cells stepping by
+    /// `acc_step` (1, or 0 for a single cell).
+    Contiguous {
+        start: usize,
+        len: usize,
+        acc_step: usize,
+    },
+    General,
+}
+
+impl RowShape {
+    fn of(last: &[(usize, usize)], acc_last: &[usize], w_last: &[usize]) -> RowShape {
+        let Some(&(p0, start)) = last.first() else { return RowShape::General };
+        let consecutive = last.iter().enumerate().all(|(i, &(p, w))| p == p0 + i && w == start + i);
+        let one_weight = last.iter().all(|&(p, _)| w_last[p] == w_last[p0]);
+        let step = |s: usize| last.iter().enumerate().all(|(i, &(p, _))| acc_last[p] == acc_last[p0] + i * s);
+        match (consecutive && one_weight, step(1), step(0)) {
+            (true, true, _) => RowShape::Contiguous { start, len: last.len(), acc_step: 1 },
+            (true, _, true) => RowShape::Contiguous { start, len: last.len(), acc_step: 0 },
+            _ => RowShape::General,
+        }
+    }
 }
 
 /// Sums `Σ w·x` and `Σ w` of the valid decoded elements into the cells of `acc`, with weights
@@ -317,20 +346,56 @@ impl WeightedSum<'_> {
                     chunks[i].iter().enumerate().map(|(d, &g)| groups[d][g].1.as_slice()).collect();
                 let (acc_t, w_t) = (&self.acc.tables, &self.weight_cells.tables);
                 let last = inner(&lists);
-                let (acc_last, w_last): (&[usize], &[usize]) = if nd == 0 { (&[0], &[0]) } else { (&acc_t[nd - 1], &w_t[nd - 1]) };
+                let (acc_last, w_last): (&[usize], &[usize]) =
+                    if nd == 0 { (&[0], &[0]) } else { (&acc_t[nd - 1], &w_t[nd - 1]) };
+                let row = RowShape::of(last, acc_last, w_last);
                 visit_rows(&lists, &chunk_strides, |pos, base| {
                     let (mut a0, mut w0) = (0, 0);
                     for (d, p) in pos.iter().enumerate() {
                         a0 += acc_t[d][*p];
                         w0 += w_t[d][*p];
                     }
-                    for &(p, within) in last {
-                        let x = decoded.apply(values[base + within]);
-                        let w = self.weights[w0 + w_last[p]];
-                        if !x.is_nan() && w != 0.0 {
-                            let a = a0 + acc_last[p];
-                            num[a] += w * x;
-                            den[a] += w;
+                    match row {
+                        // One weight for the row, and cells that follow the elements (a mean
+                        // over outer dimensions) or a single cell (a mean over this one).
+                        RowShape::Contiguous { start, len, acc_step } => {
+                            let w = self.weights[w0 + w_last[last[0].0]];
+                            if w == 0.0 {
+                                return;
+                            }
+                            let xs = &values[base + start..base + start + len];
+                            let a = a0 + acc_last[last[0].0];
+                            if acc_step == 1 {
+                                for ((x, n), d) in xs.iter().zip(&mut num[a..a + len]).zip(&mut den[a..a + len]) {
+                                    let x = decoded.apply(*x);
+                                    if !x.is_nan() {
+                                        *n += w * x;
+                                        *d += w;
+                                    }
+                                }
+                            } else {
+                                let (mut sum, mut count) = (0.0, 0.0);
+                                for x in xs {
+                                    let x = decoded.apply(*x);
+                                    if !x.is_nan() {
+                                        sum += x;
+                                        count += 1.0;
+                                    }
+                                }
+                                num[a] += w * sum;
+                                den[a] += w * count;
+                            }
+                        }
+                        RowShape::General => {
+                            for &(p, within) in last {
+                                let x = decoded.apply(values[base + within]);
+                                let w = self.weights[w0 + w_last[p]];
+                                if !x.is_nan() && w != 0.0 {
+                                    let a = a0 + acc_last[p];
+                                    num[a] += w * x;
+                                    den[a] += w;
+                                }
+                            }
                         }
                     }
                 });
@@ -420,6 +485,34 @@ mod tests {
         assert_eq!(num[1], 2.0 * 10.0 + 11.0 + 12.0 + 13.0);
         assert_eq!(den[1], 5.0);
         assert_eq!((num[4], den[4]), (2.0 * 40.0 + 41.0 + 42.0, 4.0), "the unwritten chunk is fill, skipped");
+    }
+
+    #[test]
+    fn fast_row_paths_agree_with_element_sums() {
+        let (src, mut var) = grid();
+        var.attrs.insert("_FillValue".into(), serde_json::json!(-1));
+        let sel: Vec<Vec<usize>> = vec![(0..5).collect(), (1..4).collect()];
+        let value = |y: usize, x: usize| if y == 4 && x == 3 { None } else { Some((10 * y + x) as f64) };
+        // Per column (cells follow the row): weight 3 for every element.
+        let acc = Layout { tables: vec![vec![0; 5], (0..3).collect()], len: 3 };
+        let one = Layout { tables: vec![vec![0; 5], vec![0; 3]], len: 1 };
+        let (num, den) =
+            WeightedSum { acc: &acc, weight_cells: &one, weights: &[3.0] }.run(&Run::new(2), &src, &var, &sel).unwrap();
+        for (c, x) in (1..4).enumerate() {
+            let vals: Vec<f64> = (0..5).filter_map(|y| value(y, x)).collect();
+            assert_eq!(num[c], 3.0 * vals.iter().sum::<f64>());
+            assert_eq!(den[c], 3.0 * vals.len() as f64);
+        }
+        // Per row (one cell per row), weights by row.
+        let acc = Layout { tables: vec![(0..5).collect(), vec![0; 3]], len: 5 };
+        let rows = Layout { tables: vec![(0..5).collect(), vec![0; 3]], len: 5 };
+        let w = [1.0, 2.0, 0.0, 4.0, 5.0];
+        let (num, den) =
+            WeightedSum { acc: &acc, weight_cells: &rows, weights: &w }.run(&Run::new(1), &src, &var, &sel).unwrap();
+        for y in 0..5 {
+            let vals: Vec<f64> = (1..4).filter_map(|x| value(y, x)).collect();
+            assert_eq!((num[y], den[y]), (w[y] * vals.iter().sum::<f64>(), w[y] * vals.len() as f64), "row {y}");
+        }
     }
 
     #[test]

@@ -263,7 +263,12 @@ impl Request {
                 if process == Process::Average {
                     allowed.extend(AVERAGE_ARGS);
                 }
-                return Err(Problem::not_one_of("argument", name, &allowed));
+                let detail =
+                    format!("{} has no argument {name:?}; its arguments are {}", process.id(), allowed.join(", "));
+                return Err(Problem {
+                    allowed: allowed.iter().map(|s| s.to_string()).collect(),
+                    ..Problem::invalid(name, detail)
+                });
             }
             if !seen.insert(name) {
                 return Err(Problem::invalid(name, format!("{name} is given twice")));
@@ -312,7 +317,7 @@ impl Request {
                 let w = raw.text().to_ascii_lowercase();
                 self.weights = match w.as_str() {
                     "none" | "" => Weights::None,
-                    "coslat" | "cos_lat" | "cosine" => Weights::Coslat,
+                    "coslat" => Weights::Coslat,
                     "area" => Weights::Area,
                     _ => return Err(Problem::not_one_of("weights", &w, &Weights::NAMES)),
                 };
@@ -393,9 +398,14 @@ fn canonical_number(x: f64) -> String {
 }
 
 fn parse_time(text: &str) -> Result<(String, String), Problem> {
-    let (a, b) = text
-        .split_once('/')
-        .ok_or_else(|| Problem::invalid("time", format!("time is START/END (either may be empty), not {text:?}")))?;
+    // A single date is the whole period it names (`2000` is that year).
+    let (a, b) = text.split_once('/').unwrap_or((text, text));
+    if a.trim().is_empty() && b.trim().is_empty() {
+        return Err(Problem::invalid(
+            "time",
+            format!("time is START/END (either may be empty) or one date, not {text:?}"),
+        ));
+    }
     let canon = |s: &str| -> Result<String, Problem> {
         if s.trim().is_empty() {
             return Ok(String::new());
@@ -466,13 +476,8 @@ fn parse_isel(raw: &Raw) -> Result<Vec<IndexRange>, Problem> {
         if out.iter().any(|r| r.dim == dim) {
             return Err(Problem::invalid("isel", format!("isel names {dim} twice")));
         }
-        let (a, b) = match range.split_once(':') {
-            Some((a, b)) => (parse_end(a)?, parse_end(b)?),
-            None => {
-                let i = parse_end(&range)?.ok_or_else(|| bad(&range))?;
-                (Some(i), Some(if i == -1 { i64::MAX } else { i + 1 }))
-            }
-        };
+        let (a, b) = range.split_once(':').ok_or_else(|| bad(&range))?;
+        let (a, b) = (parse_end(a)?, parse_end(b)?);
         out.push(IndexRange { dim, start: a, stop: b });
     }
     Ok(out)
@@ -535,10 +540,16 @@ mod tests {
         assert_eq!((e.status, e.argument.as_deref()), (400, Some("weights")));
         assert_eq!(e.allowed, vec!["none", "coslat", "area"]);
         let e = query(Process::Subset, &[("dataset", "d/x"), ("var", "v"), ("dims", "lat")]).unwrap_err();
-        assert_eq!(e.argument.as_deref(), Some("argument"));
-        for (arg, text) in
-            [("area", "1,2,3"), ("area", "0,10,5,-10"), ("time", "2000"), ("level", "a/b"), ("isel", "time")]
-        {
+        assert_eq!(e.argument.as_deref(), Some("dims"));
+        for (arg, text) in [
+            ("area", "1,2,3"),
+            ("area", "0,10,5,-10"),
+            ("time", "2000-13"),
+            ("time", "/"),
+            ("level", "a/b"),
+            ("isel", "time"),
+            ("isel", "time=5"),
+        ] {
             let e = query(Process::Subset, &[("dataset", "d/x"), ("var", "v"), (arg, text)]).unwrap_err();
             assert_eq!(e.argument.as_deref(), Some(arg), "{arg}={text}");
         }
@@ -555,7 +566,7 @@ mod tests {
     #[test]
     fn isel_ranges_follow_python_slices() {
         let r =
-            query(Process::Subset, &[("dataset", "d/x"), ("var", "v"), ("isel", "time=2:5,lat=-3:,lon=4")]).unwrap();
+            query(Process::Subset, &[("dataset", "d/x"), ("var", "v"), ("isel", "time=2:5,lat=-3:,lon=4:5")]).unwrap();
         let by = |d: &str| r.isel.iter().find(|x| x.dim == d).unwrap().positions(10);
         assert_eq!(by("time"), 2..5);
         assert_eq!(by("lat"), 7..10);

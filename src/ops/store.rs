@@ -113,6 +113,10 @@ impl StoreView {
             let Ok(array) = serde_json::from_value::<ArrayMetadataV2>(zarray.clone()) else { continue };
             let mut vattrs =
                 meta.get(&format!("{name}/.zattrs")).and_then(Value::as_object).cloned().unwrap_or_default();
+            // xarray's Zarr backend shows the array's fill value as `_FillValue`.
+            if let Some(fill) = fill_attr(&array) {
+                vattrs.entry("_FillValue").or_insert(fill);
+            }
             let dims = match vattrs.remove("_ARRAY_DIMENSIONS") {
                 Some(Value::Array(d)) => d.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
                 _ => (0..array.shape.len()).map(|i| format!("dim_{i}")).collect(),
@@ -120,6 +124,20 @@ impl StoreView {
             variables.insert(name.to_string(), Variable { name: name.to_string(), meta: array, dims, attrs: vattrs });
         }
         Ok(StoreView { variables, attrs })
+    }
+}
+
+/// The `_FillValue` a Zarr reader derives from `fill_value` (none for `null` and strings).
+fn fill_attr(array: &ArrayMetadataV2) -> Option<Value> {
+    if matches!(array.dtype.kind, Kind::Bytes | Kind::VlenString) {
+        return None;
+    }
+    match &array.fill_value {
+        Value::String(s) if s == "NaN" => Some(Value::from(NAN)),
+        Value::String(s) if s == "Infinity" => Some(Value::from(POS_INF)),
+        Value::String(s) if s == "-Infinity" => Some(Value::from(NEG_INF)),
+        v @ Value::Number(_) => Some(v.clone()),
+        _ => None,
     }
 }
 
@@ -192,6 +210,30 @@ pub fn decode_chunk(meta: &ArrayMetadataV2, stored: Vec<u8>) -> Result<Vec<u8>, 
 
 /// The inverse of [`crate::codec::shuffle`].
 pub fn unshuffle(data: &[u8], elementsize: usize) -> Vec<u8> {
+    match elementsize {
+        2 => unshuffle_n::<2>(data),
+        4 => unshuffle_n::<4>(data),
+        8 => unshuffle_n::<8>(data),
+        _ => unshuffle_any(data, elementsize),
+    }
+}
+
+/// Element by element, writing each element whole (sequential writes, `N` sequential reads).
+fn unshuffle_n<const N: usize>(data: &[u8]) -> Vec<u8> {
+    let n = data.len() / N;
+    let mut out = Vec::with_capacity(data.len());
+    for i in 0..n {
+        let mut e = [0u8; N];
+        for (j, b) in e.iter_mut().enumerate() {
+            *b = data[j * n + i];
+        }
+        out.extend_from_slice(&e);
+    }
+    out.extend_from_slice(&data[n * N..]);
+    out
+}
+
+fn unshuffle_any(data: &[u8], elementsize: usize) -> Vec<u8> {
     if elementsize <= 1 || data.len() < elementsize {
         return data.to_vec();
     }
@@ -290,7 +332,7 @@ mod tests {
     #[test]
     fn unshuffle_inverts_shuffle() {
         let data: Vec<u8> = (0..23).collect();
-        for size in [1, 2, 4, 8] {
+        for size in [1, 2, 3, 4, 8] {
             assert_eq!(unshuffle(&crate::codec::shuffle(&data, size), size), data);
         }
     }

@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +39,7 @@ class Gateway:
     catalog_dir: Path
     log: list[str] = field(default_factory=list)
     auth_db: Path | None = None
+    ops_dir: Path | None = None
     _key: tuple[str, str] | None = None
 
     def create_key(self, name: str = "test", groups: tuple[str, ...] = (), expires: str | None = None) -> tuple[str, str]:
@@ -104,15 +106,26 @@ def start_gateway(
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     ready_timeout: float = 600,
+    ops_dir: Path | None = None,
+    sync_limit: int | None = None,
 ) -> Gateway:
     """Runs ``zarrgate serve`` on a free port and waits until it listens.
 
     With ``data_dir`` it indexes that tree into ``catalog_dir`` first; without, it serves the
-    prebuilt ``catalog_dir``.
+    prebuilt ``catalog_dir``. Results and job records go to ``ops_dir``, by default
+    ``{catalog_dir}.ops`` so that gateways of different tests never share a cache; a gateway
+    started again on the same ``catalog_dir`` finds them again. ``sync_limit`` is the
+    estimated cost in bytes above which an operation becomes a job.
     """
     args = [*zarrgate_bin(), "serve", "--bucket", bucket, "--listen", "127.0.0.1:0", "--catalog", str(catalog_dir)]
     if data_dir is not None:
         args += ["--data", str(data_dir)]
+    if ops_dir is None and serve_accepts("--ops-dir"):
+        ops_dir = Path(f"{catalog_dir}.ops")
+    if ops_dir is not None:
+        args += ["--ops-dir", str(ops_dir)]
+    if sync_limit is not None:
+        args += ["--sync-limit", str(sync_limit)]
     args += list(extra_args)
     # Each gateway gets its own key database unless the test shares one.
     env = {"ZARRGATE_AUTH_DB": f"{catalog_dir}.auth.db", **(env or {})}
@@ -146,8 +159,25 @@ def start_gateway(
             raise RuntimeError(f"zarrgate serve did not listen within {ready_timeout} s: {''.join(log)[-4000:]}")
         time.sleep(0.05)
     return Gateway(
-        endpoint=endpoint, bucket=bucket, proc=proc, catalog_dir=catalog_dir, log=log, auth_db=Path(env["ZARRGATE_AUTH_DB"])
+        endpoint=endpoint,
+        bucket=bucket,
+        proc=proc,
+        catalog_dir=catalog_dir,
+        log=log,
+        auth_db=Path(env["ZARRGATE_AUTH_DB"]),
+        ops_dir=ops_dir,
     )
+
+
+def serve_accepts(flag: str) -> bool:
+    """Whether this build's ``zarrgate serve`` has `flag`: the benches may run a release
+    binary older than the tests, and the default ops directory must not break it."""
+    return flag in _serve_help(tuple(zarrgate_bin()))
+
+
+@lru_cache(maxsize=None)
+def _serve_help(cmd: tuple[str, ...]) -> str:
+    return subprocess.run([*cmd, "serve", "--help"], capture_output=True, text=True).stdout
 
 
 def sigv4_headers(path: str, host: str, key: str, secret: str, when=None) -> dict:

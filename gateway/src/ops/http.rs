@@ -25,12 +25,14 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Paths this module answers.
 pub fn is_ops_path(path: &str) -> bool {
+    // `/results/HASH.EXT` is a result; `/results/HASH/KEY` is the S3 bucket of Zarr results.
+    let result_file = path.strip_prefix("/results/").is_some_and(|rest| !rest.contains('/'));
     path.starts_with("/ops/")
         || path == "/processes"
         || path.starts_with("/processes/")
         || path == "/jobs"
         || path.starts_with("/jobs/")
-        || path.starts_with("/results/")
+        || result_file
 }
 
 fn respond(status: u16, content_type: &str, body: Bytes) -> HttpResponse {
@@ -531,5 +533,6 @@ mod tests {
                 && is_ops_path("/results/a.nc")
         );
         assert!(!is_ops_path("/bucket/processes") && !is_ops_path("/opsbucket/x"));
+        assert!(!is_ops_path("/results/abc/.zmetadata") && !is_ops_path("/results"));
     }
 }

@@ -103,11 +103,9 @@ struct DatasetSource<'a> {
 impl ChunkSource for DatasetSource<'_> {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
         let Some(object) = self.dataset.objects.get(key) else { return Ok(None) };
-        let fail = |e: ReadError| match e {
-            ReadError::Stale { .. } => SourceError::Stale(format!(
-                "the source of this dataset changed since it was indexed ({e}); it is being re-indexed, retry shortly"
-            )),
-            ReadError::Io { .. } => SourceError::Failed(e.to_string()),
+        let fail = |e: ReadError| {
+            eprintln!("zarrgate: {e}");
+            stale_or_failed(&e)
         };
         let ds = self.dataset;
         match &object.body {
@@ -160,8 +158,20 @@ impl Ops {
         })
     }
 
+    /// Shows the operation counters from zero, so that a first increase is visible as one.
+    pub fn register_metrics(app: &App) {
+        for p in ["subset", "average"] {
+            app.metrics.add("zarrgate_ops_computations_total", &[("process", p)], 0);
+        }
+        for t in ["memory", "disk"] {
+            app.metrics.add("zarrgate_ops_cache_hits_total", &[("tier", t)], 0);
+        }
+        app.metrics.add("zarrgate_ops_cache_corrupt_total", &[], 0);
+    }
+
     /// Runs again the jobs a previous process left accepted or running.
     pub fn resume_jobs(self: &Arc<Self>, app: &Arc<App>) {
+        Self::register_metrics(app);
         for job in self.jobs.unfinished() {
             eprintln!("zarrgate: resuming job {} ({})", job.id, job.process);
             self.spawn_job(app.clone(), job, None);
@@ -186,6 +196,19 @@ impl Ops {
             Entry::Ready { dataset, .. } => Ok((collection.clone(), dataset.clone())),
             Entry::Unavailable(why) => Err(Problem::new(503, "unavailable", "Dataset unavailable", why.clone())),
         }
+    }
+
+    /// Refuses a dataset whose source files changed since indexing (and starts the re-index):
+    /// its cache key would still name the old result.
+    fn check_fresh(collection: &Arc<Collection>, dataset: &Dataset) -> Result<(), Problem> {
+        for s in &dataset.sources {
+            if let Err(e) = Sources::check(&s.path, s.fingerprint) {
+                collection.source_changed();
+                eprintln!("zarrgate: {e}");
+                return Err(source_problem(stale_or_failed(&e)));
+            }
+        }
+        Ok(())
     }
 
     /// The cache key: the canonical request and what the dataset was built from.
@@ -231,6 +254,7 @@ impl Ops {
         prefer_async: bool,
     ) -> Result<Answer, Problem> {
         let (collection, dataset) = Self::resolve(app, &req)?;
+        Self::check_fresh(&collection, &dataset)?;
         let key = Self::key(&req, &dataset);
         let format = req.format;
         if let Some(bytes) = self.lookup(app, &key) {
@@ -456,6 +480,18 @@ impl Ops {
         job.updated = unix_now();
         self.save(&job);
         Some(job)
+    }
+}
+
+/// A read error in words for clients: no server paths (the log has them).
+fn stale_or_failed(e: &ReadError) -> SourceError {
+    match e {
+        ReadError::Stale { .. } => SourceError::Stale(
+            "the source of this dataset changed since it was indexed; it is being re-indexed, retry shortly".into(),
+        ),
+        ReadError::Io { .. } => SourceError::Failed(
+            "a source file of this dataset could not be read; the server log has the details".into(),
+        ),
     }
 }
 

@@ -41,6 +41,7 @@ bench: build
 	$(CARGO) bench --bench index
 	$(PY) benches/compare_kerchunk.py
 	$(PY) benches/compare_gateway.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
+	$(PY) benches/compare_ops.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 
 fixtures: venv
 	$(PY) fixtures/generate.py

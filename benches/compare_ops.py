@@ -173,11 +173,7 @@ def timed_get(url: str) -> tuple[float, "requests.Response"]:
 
 
 def server_ms(resp) -> float | None:
-    """The server's own time: `X-Zarrgate-Server-Ms` (or `-Compute-Ms`), else the sum of
-    `Server-Timing` durations."""
-    for name in ("X-Zarrgate-Server-Ms", "X-Zarrgate-Compute-Ms"):
-        if resp.headers.get(name) is not None:
-            return float(resp.headers[name])
+    """The server's own time for an answer: `Server-Timing: total;dur=MS`."""
     durations = re.findall(r"dur=([\d.]+)", resp.headers.get("Server-Timing", ""))
     return sum(map(float, durations)) if durations else None
 
@@ -240,17 +236,18 @@ def fmt(value, unit: str = "", digits: int = 2) -> str:
 
 def print_table(summary: dict) -> None:
     print(f"File: {summary['file']} ({summary['file_mb']:,.0f} MB on disk, {summary['values_mb']:,.0f} MB of float32 values)\n")
-    print("| task | peer | wall time | peak RSS | RSS before reading | vs xarray + numpy |")
-    print("|---|---|--:|--:|--:|--:|")
+    print("| task | peer | wall time | peak RSS | RSS before reading | gateway speed-up | gateway RSS share |")
+    print("|---|---|--:|--:|--:|--:|--:|")
     for task, peers in summary["tasks"].items():
-        base = peers.get("numpy", {}).get("seconds")
+        g = peers.get("gateway", {})
         for peer, r in peers.items():
             if "skipped" in r:
-                print(f"| {task} | {peer} | {r['skipped']} | | | |")
+                print(f"| {task} | {peer} | {r['skipped']} | | | | |")
                 continue
-            ratio = f"{r['seconds'] / base:.2f}×" if base else "–"
+            faster = f"{r['seconds'] / g['seconds']:.2f}×" if peer != "gateway" and g.get("seconds") else "–"
+            share = f"{g['rss_mb'] / r['rss_mb']:.3f}" if peer != "gateway" and g.get("rss_mb") else "–"
             before = fmt(r.get("baseline_rss_mb"), " MB", 0)
-            print(f"| {task} | {peer} | {fmt(r['seconds'], ' s')} | {fmt(r['rss_mb'], ' MB', 0)} | {before} | {ratio} |")
+            print(f"| {task} | {peer} | {fmt(r['seconds'], ' s')} | {fmt(r['rss_mb'], ' MB', 0)} | {before} | {faster} | {share} |")
     print("\n| cache hit | first request | server time | second request | server time |")
     print("|---|--:|--:|--:|--:|")
     for task, peers in summary["tasks"].items():

@@ -180,10 +180,10 @@ impl ServerArgs {
     /// Flags over the config file's `[ops]`. `ZARRGATE_TEST_JOB_DELAY_MS` is a test hook that
     /// holds jobs in `running` (used to test restarts during a job).
     fn apply_ops(&self, config: &mut zarrgate_gateway::config::Config) {
-        let ops = config.ops.get_or_insert_with(|| zarrgate_gateway::ops::OpsConfig {
-            dir: serve::default_ops_dir(),
-            ..Default::default()
-        });
+        let ops = config.ops.get_or_insert_with(Default::default);
+        if ops.dir.as_os_str().is_empty() {
+            ops.dir = serve::default_ops_dir();
+        }
         if let Some(d) = &self.ops_dir {
             ops.dir = d.clone();
         }

@@ -14,7 +14,6 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,10 +119,7 @@ def start_gateway(
     args = [*zarrgate_bin(), "serve", "--bucket", bucket, "--listen", "127.0.0.1:0", "--catalog", str(catalog_dir)]
     if data_dir is not None:
         args += ["--data", str(data_dir)]
-    if ops_dir is None and serve_accepts("--ops-dir"):
-        ops_dir = Path(f"{catalog_dir}.ops")
-    if ops_dir is not None:
-        args += ["--ops-dir", str(ops_dir)]
+    args += ["--ops-dir", str(ops_dir or Path(f"{catalog_dir}.ops"))]
     if sync_limit is not None:
         args += ["--sync-limit", str(sync_limit)]
     args += list(extra_args)
@@ -167,17 +163,6 @@ def start_gateway(
         auth_db=Path(env["ZARRGATE_AUTH_DB"]),
         ops_dir=ops_dir,
     )
-
-
-def serve_accepts(flag: str) -> bool:
-    """Whether this build's ``zarrgate serve`` has `flag`: the benches may run a release
-    binary older than the tests, and the default ops directory must not break it."""
-    return flag in _serve_help(tuple(zarrgate_bin()))
-
-
-@lru_cache(maxsize=None)
-def _serve_help(cmd: tuple[str, ...]) -> str:
-    return subprocess.run([*cmd, "serve", "--help"], capture_output=True, text=True).stdout
 
 
 def sigv4_headers(path: str, host: str, key: str, secret: str, when=None) -> dict:

@@ -33,7 +33,7 @@ DATASET = "cal_noleap.nc"
 CHUNK = f"{DATASET}/tas/0.0.0"
 
 
-def run_gateway(tmp: Path, config_extra: str = "", name: str = "gw") -> Gateway:
+def run_gateway(tmp: Path, config_extra: str = "", name: str = "gw", env: dict | None = None) -> Gateway:
     data = tmp / "data"
     if not data.exists():
         data.mkdir()
@@ -42,12 +42,16 @@ def run_gateway(tmp: Path, config_extra: str = "", name: str = "gw") -> Gateway:
     db = tmp / "auth.db"
     config = tmp / f"{name}.toml"
     config.write_text(
-        f'listen = "127.0.0.1:0"\nauth_db = "{db}"\n'
+        f'listen = "127.0.0.1:0"\nauth_db = "{db}"\n[ops]\ndir = "{tmp / "ops"}"\n'
         f'[[collections]]\nbucket = "open-data"\ndata = "{data}"\ncatalog = "{tmp / "cat"}"\n'
         f'[[collections]]\nbucket = "restricted"\ncatalog = "{tmp / "cat"}"\nread = ["group:esgf"]\n' + config_extra
     )
     proc = subprocess.Popen(
-        [*zarrgate_bin(), "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*zarrgate_bin(), "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
     line = proc.stdout.readline()
     assert line.startswith("listening on "), proc.stderr.read()
@@ -310,3 +314,52 @@ def test_credentials_that_cannot_be_read_are_refused_not_taken_as_anonymous(gw, 
     headers["x-amz-date"] = (now - dt.timedelta(days=1)).strftime("%Y%m%dT%H%M%SZ")
     status, body = http(gw.endpoint + path, headers)
     assert (status, xml_code(body)) == (400, "AuthorizationHeaderMalformed"), "the scope date must be the request's date"
+
+
+def problem_of(status_body) -> dict:
+    status, body = status_body
+    return {"status": status, **json.loads(body)}
+
+
+def test_operations_follow_the_compute_policy_and_the_compute_quotas(tmp_path):
+    """Issue 5 with operations: `compute = "authenticated"`, compute-seconds per day and
+    concurrent jobs per group answer 401 / 429 problem documents, and usage counts compute
+    time and cache hits."""
+    extra = (
+        f'[[collections]]\nbucket = "compute-only"\ncatalog = "{tmp_path / "cat"}"\ncompute = "authenticated"\n'
+        "[quotas.group.thrifty]\ncompute_seconds_per_day = 0.001\n"
+        "[quotas.group.serial]\nconcurrent_jobs = 1\n"
+    )
+    gw = run_gateway(tmp_path, extra, env={"ZARRGATE_TEST_JOB_DELAY_MS": "3000"})
+    try:
+        url = f"{gw.endpoint}/ops/v1/average?dataset=compute-only/{DATASET}&var=tas"
+        status, body = http(f"{url}&dims=time")
+        assert status == 401 and json.loads(body)["status"] == 401, body
+
+        thrifty_key, thrifty_secret = gw.create_key("thrifty", groups=("thrifty",))
+        serial_key, serial_secret = gw.create_key("serial", groups=("serial",))
+        time.sleep(0.6)  # keys reach a running gateway within a second
+        thrifty = {"Authorization": f"Bearer {thrifty_key}:{thrifty_secret}"}
+        assert http(f"{url}&dims=time", thrifty)[0] == 200
+        refused = problem_of(http(f"{url}&dims=lat", thrifty))
+        assert refused["status"] == 429 and "compute-seconds per day" in refused["detail"], refused
+        # A cached result costs no compute: it is still served.
+        assert http(f"{url}&dims=time", thrifty)[0] == 200
+
+        serial = {"Authorization": f"Bearer {serial_key}:{serial_secret}", "Prefer": "respond-async"}
+        first, _ = http(f"{url}&dims=lon", serial)
+        assert first == 202
+        second = problem_of(http(f"{url}&dims=lat,lon", serial))
+        assert second["status"] == 429 and "concurrent jobs" in second["detail"], second
+
+        time.sleep(1.0)  # usage is written every 0.25 s
+        usage = subprocess.run(
+            [*zarrgate_bin(), "usage", "--db", str(gw.auth_db), "--key", thrifty_key, "--format", "json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        rows = json.loads(usage.stdout)
+        assert sum(r["cache_hits"] for r in rows) == 1 and sum(r["compute_seconds"] for r in rows) > 0, rows
+    finally:
+        gw.stop()

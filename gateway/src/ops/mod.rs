@@ -38,7 +38,7 @@ use jobs::{JobRecord, JobStore, Status};
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsConfig {
-    /// Results cache (`results/`) and job records (`jobs/`).
+    /// Results cache (`results/`) and job records (`jobs/`); empty means the binary's default.
     pub dir: PathBuf,
     /// Estimated bytes to decode above which a request runs as a job.
     pub sync_limit_bytes: u64,
@@ -59,7 +59,7 @@ impl Default for OpsConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         OpsConfig {
-            dir: PathBuf::from("zarrgate-ops"),
+            dir: PathBuf::new(),
             sync_limit_bytes: 512 << 20,
             max_output_bytes: 2 << 30,
             workers: 2,

@@ -111,7 +111,7 @@ pub fn check_bucket_name(name: &str) -> Result<(), ConfigError> {
     if !(3..=63).contains(&name.len())
         || !ok_chars
         || !ok_ends
-        || matches!(name, "healthz" | "readyz" | "metrics" | "processes" | "jobs" | "results")
+        || matches!(name, "healthz" | "readyz" | "metrics" | "ops" | "processes" | "jobs" | "results")
     {
         return Err(ConfigError::Invalid(format!(
             "{name:?} is not a valid bucket name (3-63 lowercase letters, digits, '.' and '-')"

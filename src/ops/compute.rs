@@ -20,6 +20,9 @@ pub struct Plan {
     pub read_bytes: u64,
     /// Bytes of the result's arrays.
     pub output_bytes: u64,
+    /// Accumulator bytes of one worker thread (averages keep a cell per time step when time is
+    /// averaged after space).
+    pub work_bytes: u64,
 }
 
 /// Attributes that describe a variable's stored encoding, not its decoded values.
@@ -40,6 +43,7 @@ pub fn plan(view: StoreView, source: &dyn ChunkSource, request: Request) -> Resu
     let mut vars = Vec::new();
     let mut read_bytes = 0u64;
     let mut output_bytes = 0u64;
+    let mut work_bytes = 0u64;
     for name in &request.vars {
         let var = view.variables.get(name).ok_or_else(|| unknown_variable(&view, name))?.clone();
         if matches!(var.meta.dtype.kind, Kind::VlenString)
@@ -64,24 +68,40 @@ pub fn plan(view: StoreView, source: &dyn ChunkSource, request: Request) -> Resu
             })
             .product();
         read_bytes += chunks * var.meta.chunk_nbytes();
-        let elements: u64 = positions.iter().map(|p| p.len() as u64).product();
-        output_bytes += match request.process {
-            Process::Subset => elements * var.meta.dtype.size() as u64,
-            Process::Average => (elements * 8) / reduced_fraction(&request, &ax, &var, &positions).max(1),
-        };
+        let elements = positions.iter().try_fold(1u64, |n, p| n.checked_mul(p.len() as u64)).unwrap_or(u64::MAX);
+        match request.process {
+            Process::Subset => {
+                output_bytes = output_bytes.saturating_add(elements.saturating_mul(var.meta.dtype.size() as u64))
+            }
+            Process::Average => {
+                let (out, work) = average_sizes(&request, &ax, &var, &positions);
+                output_bytes = output_bytes.saturating_add(out.saturating_mul(8));
+                work_bytes = work_bytes.max(work.saturating_mul(16));
+            }
+        }
         vars.push((var, ax, sel));
     }
-    Ok(Plan { request, view, vars, read_bytes, output_bytes })
+    Ok(Plan { request, view, vars, read_bytes, output_bytes, work_bytes })
 }
 
-/// How many input elements fold into one output element, for the size estimate.
-fn reduced_fraction(req: &Request, ax: &Axes, var: &Variable, positions: &[Vec<usize>]) -> u64 {
-    var.dims
-        .iter()
-        .zip(positions)
-        .filter(|(d, _)| ax.by_dim.get(*d).is_some_and(|a| req.dims.contains(a)))
-        .map(|(_, p)| p.len() as u64)
-        .product()
+/// Cells of an average's result and of its accumulators: the dimensions that are not
+/// averaged, with time counted per step while space is averaged first.
+fn average_sizes(req: &Request, ax: &Axes, var: &Variable, positions: &[Vec<usize>]) -> (u64, u64) {
+    let averaged = |d: &String| ax.by_dim.get(d).is_some_and(|a| req.dims.contains(a));
+    let is_time = |d: &String| ax.by_dim.get(d) == Some(&Axis::Time);
+    let spatial = var.dims.iter().any(|d| averaged(d) && !is_time(d));
+    let (mut out, mut work) = (1u64, 1u64);
+    for (d, p) in var.dims.iter().zip(positions) {
+        let n = p.len() as u64;
+        if is_time(d) && (req.freq.is_some() || averaged(d)) {
+            out = out.saturating_mul(if req.freq.is_some() { n } else { 1 });
+            work = work.saturating_mul(if spatial || req.freq.is_some() { n } else { 1 });
+        } else if !averaged(d) {
+            out = out.saturating_mul(n);
+            work = work.saturating_mul(n);
+        }
+    }
+    (out, work)
 }
 
 /// Runs a plan.
@@ -228,7 +248,9 @@ fn decodes_to_f32(var: &Variable) -> bool {
             dtype.size == 4 && (!Decoded::of(var).is_packed() || (f32_attr("scale_factor") && f32_attr("add_offset")))
         }
         _ if Decoded::of(var).is_packed() => dtype.size <= 2 && f32_attr("scale_factor") && f32_attr("add_offset"),
-        _ => dtype.size <= 2,
+        // Integers decode to floats only when masked (xarray: float32 for 1-2 byte types);
+        // their plain mean is float64.
+        _ => dtype.size <= 2 && !Decoded::of(var).masks_nothing(),
     }
 }
 
@@ -240,32 +262,50 @@ fn looks_f32(x: f64) -> bool {
 }
 
 /// The range a coordinate covers over the selected positions: from its bounds when it has them.
+/// Longitudes are unwrapped in selection order (west to east), so a range across the seam of
+/// the data's frame comes out as, say, [-10, 30] and not [0, 360].
 fn covered(
     view: &StoreView,
     source: &dyn ChunkSource,
     coord: &Variable,
     positions: &[usize],
+    longitude: bool,
 ) -> Result<(f64, f64), Problem> {
     let values = read_coordinate(source, coord)?;
-    let mut lo = f64::INFINITY;
-    let mut hi = f64::NEG_INFINITY;
     let bounds = coord.attr_str("bounds").and_then(|b| view.variables.get(b)).filter(|b| b.dims.len() == 2);
-    match bounds {
-        Some(b) => {
-            let bv = read_coordinate(source, b)?;
-            let nv = b.meta.shape[1] as usize;
-            for &p in positions {
-                for x in &bv[p * nv..(p + 1) * nv] {
-                    lo = lo.min(*x);
-                    hi = hi.max(*x);
+    let bounds = match bounds {
+        Some(b) => Some((read_coordinate(source, b)?, b.meta.shape[1] as usize)),
+        None => None,
+    };
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    let mut shift = 0.0;
+    let mut previous: Option<f64> = None;
+    for &p in positions {
+        if longitude {
+            if let Some(prev) = previous {
+                while values[p] + shift < prev - 180.0 {
+                    shift += 360.0;
                 }
             }
+            previous = Some(values[p] + shift);
         }
-        None => {
-            for &p in positions {
-                lo = lo.min(values[p]);
-                hi = hi.max(values[p]);
+        let cell: &[f64] = match &bounds {
+            Some((bv, nv)) => &bv[p * nv..(p + 1) * nv],
+            None => std::slice::from_ref(&values[p]),
+        };
+        for x in cell {
+            // A bound lies next to its cell's centre, not across the seam from it.
+            let mut x = *x + shift;
+            if longitude {
+                while x < values[p] + shift - 180.0 {
+                    x += 360.0;
+                }
+                while x > values[p] + shift + 180.0 {
+                    x -= 360.0;
+                }
             }
+            lo = lo.min(x);
+            hi = hi.max(x);
         }
     }
     Ok((lo, hi))
@@ -401,7 +441,8 @@ fn average_var(
     for d in &averaged {
         if let Some(c) = coordinate(view, d) {
             let i = var.dims.iter().position(|x| x == d).expect("averaged dims are the variable's");
-            let (lo, hi) = covered(view, source, c, &positions[i])?;
+            let longitude = ax.by_dim.get(d) == Some(&Axis::Longitude);
+            let (lo, hi) = covered(view, source, c, &positions[i], longitude)?;
             add_scalar(out, c, (lo + hi) / 2.0, (lo, hi));
             scalar_coords.push(c.name.clone());
         }
@@ -469,6 +510,9 @@ fn add_periods(
     t: &str,
     periods: &[(cftime::DateTime, cftime::DateTime)],
 ) -> Result<(), Problem> {
+    if out.var(t).is_some() {
+        return Ok(()); // another variable of the request has the same periods
+    }
     let coord = &view.variables[t];
     let units =
         cftime::TimeUnits::parse(coord.attr_str("units").unwrap_or(""), coord.attr_str("calendar").unwrap_or(""))
@@ -546,7 +590,9 @@ fn weight_field(
             let mut vals = Vec::new();
             super::store::to_f64(&lat.meta.dtype, &raw, &mut vals).map_err(Problem::internal)?;
             let dec = Decoded::of(&lat);
-            (dims, vals.into_iter().map(|x| dec.apply(x).to_radians().cos()).collect())
+            // A missing latitude (land fill of an ocean grid) weighs nothing.
+            let weight = |x: f64| dec.apply(x).to_radians().cos();
+            (dims, vals.into_iter().map(|x| Some(weight(x)).filter(|w| w.is_finite()).unwrap_or(0.0)).collect())
         }
         Weights::Area => {
             let measures = var.attr_str("cell_measures").unwrap_or("");

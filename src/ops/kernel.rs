@@ -61,32 +61,41 @@ impl KernelError {
     }
 }
 
-/// CF decoding of one variable: `_FillValue` and `missing_value` masked, then packing undone.
+/// CF decoding of one variable: `_Unsigned` honoured, `_FillValue` and `missing_value` masked,
+/// then packing undone.
 #[derive(Clone, Debug)]
 pub struct Decoded {
     fills: Vec<f64>,
     scale: f64,
     offset: f64,
+    /// Add this to negative raw values (`_Unsigned = "true"` on a signed type: 2^bits).
+    unsigned_wrap: f64,
 }
 
 impl Decoded {
     pub fn of(var: &Variable) -> Decoded {
         let dtype = var.meta.dtype;
+        let unsigned =
+            dtype.kind == Kind::Int && var.attr_str("_Unsigned").is_some_and(|u| u.eq_ignore_ascii_case("true"));
+        let unsigned_wrap = if unsigned { 2f64.powi(8 * dtype.size as i32) } else { 0.0 };
         // Compare in the variable's own precision, as numpy does after casting the fill.
         let exact = |x: f64| if dtype.kind == Kind::Float && dtype.size == 4 { x as f32 as f64 } else { x };
+        let wrap = |x: f64| if x < 0.0 { x + unsigned_wrap } else { x };
         let mut fills: Vec<f64> = var.attr_numbers("_FillValue");
         fills.extend(var.attr_numbers("missing_value"));
-        let fills = fills.into_iter().filter(|f| !f.is_nan()).map(exact).collect();
+        let fills = fills.into_iter().filter(|f| !f.is_nan()).map(exact).map(wrap).collect();
         Decoded {
             fills,
             scale: var.attr_f64("scale_factor").unwrap_or(1.0),
             offset: var.attr_f64("add_offset").unwrap_or(0.0),
+            unsigned_wrap,
         }
     }
 
     /// The decoded value of a raw element; NaN when masked.
     #[inline]
     pub fn apply(&self, raw: f64) -> f64 {
+        let raw = if raw < 0.0 { raw + self.unsigned_wrap } else { raw };
         for f in &self.fills {
             if raw == *f {
                 return f64::NAN;
@@ -97,6 +106,11 @@ impl Decoded {
 
     pub fn is_packed(&self) -> bool {
         self.scale != 1.0 || self.offset != 0.0
+    }
+
+    /// Neither masked nor packed: values decode to themselves.
+    pub fn masks_nothing(&self) -> bool {
+        self.fills.is_empty() && !self.is_packed() && self.unsigned_wrap == 0.0
     }
 }
 
@@ -513,6 +527,18 @@ mod tests {
             let vals: Vec<f64> = (1..4).filter_map(|x| value(y, x)).collect();
             assert_eq!((num[y], den[y]), (w[y] * vals.iter().sum::<f64>(), w[y] * vals.len() as f64), "row {y}");
         }
+    }
+
+    #[test]
+    fn unsigned_bytes_and_their_fill_decode_as_xarray_does() {
+        let (_, mut var) = grid();
+        var.meta.dtype = crate::zarr::DType::new(Kind::Int, 1, crate::zarr::Endian::NotApplicable);
+        var.attrs.insert("_Unsigned".into(), serde_json::json!("true"));
+        var.attrs.insert("_FillValue".into(), serde_json::json!(-1));
+        let d = Decoded::of(&var);
+        assert_eq!(d.apply(-56.0), 200.0);
+        assert!(d.apply(-1.0).is_nan(), "the fill -1 is 255 once unsigned");
+        assert!(!d.masks_nothing());
     }
 
     #[test]

@@ -149,6 +149,13 @@ fn plain_attrs(attrs: &Attrs) -> Map<String, Value> {
 }
 
 fn check_text_shape(out: &Output, format: &str) -> Result<(), Problem> {
+    let dims: Vec<&Vec<String>> = out.data_vars.iter().filter_map(|n| out.var(n)).map(|v| &v.dims).collect();
+    if dims.windows(2).any(|w| w[0] != w[1]) {
+        return Err(Problem::unprocessable(
+            Some("format"),
+            format!("{format} holds variables on one dimension only; these differ: use nc or zarr"),
+        ));
+    }
     for name in &out.data_vars {
         let v = out.var(name).expect("data variables are in the output");
         if v.dims.len() > 1 {

@@ -76,8 +76,9 @@ fn axis_of(dim: &str, coord: Option<&Variable>) -> Option<Axis> {
         let sn = c.attr_str("standard_name").unwrap_or("");
         match sn {
             "time" => return Some(Axis::Time),
-            "latitude" | "grid_latitude" | "projection_y_coordinate" => return Some(Axis::Latitude),
-            "longitude" | "grid_longitude" | "projection_x_coordinate" => return Some(Axis::Longitude),
+            // Projected coordinates in metres are not latitude and longitude.
+            "latitude" | "grid_latitude" => return Some(Axis::Latitude),
+            "longitude" | "grid_longitude" => return Some(Axis::Longitude),
             "realization" => return Some(Axis::Realization),
             "air_pressure" | "height" | "depth" | "altitude" | "model_level_number" => return Some(Axis::Level),
             s if s.starts_with("atmosphere_") || s.starts_with("ocean_") => return Some(Axis::Level),
@@ -162,7 +163,7 @@ pub fn select(
             Problem::not_one_of("isel", &r.dim, &var.dims.iter().map(String::as_str).collect::<Vec<_>>())
         })?;
         let positions: Vec<usize> = r.positions(var.meta.shape[i] as usize).collect();
-        sel.positions.insert(r.dim.clone(), positions);
+        sel.positions.insert(r.dim.clone(), nonempty(positions, "isel")?);
     }
     let candidates = |sel: &Selection, dim: &str| -> Vec<usize> {
         let n = var.dims.iter().position(|d| d == dim).map_or(0, |i| var.meta.shape[i] as usize);
@@ -224,14 +225,12 @@ pub fn select(
             None => {
                 let [west, south, east, north] = area;
                 let dim = need(Axis::Latitude, "area")?;
-                let values =
-                    read_coordinate(source, coordinate(view, &dim).expect("axes come from coordinates or 2-D grids"))?;
+                let values = read_coordinate(source, coordinate_of(view, &dim, "area")?)?;
                 let keep =
                     candidates(&sel, &dim).into_iter().filter(|&i| values[i] >= south && values[i] <= north).collect();
                 sel.positions.insert(dim, nonempty(keep, "area")?);
                 let dim = need(Axis::Longitude, "area")?;
-                let values =
-                    read_coordinate(source, coordinate(view, &dim).expect("axes come from coordinates or 2-D grids"))?;
+                let values = read_coordinate(source, coordinate_of(view, &dim, "area")?)?;
                 let mut keep: Vec<(f64, usize)> = candidates(&sel, &dim)
                     .into_iter()
                     .filter_map(|i| east_of(values[i], west, east).map(|o| (o, i)))
@@ -254,6 +253,13 @@ fn nonempty(keep: Vec<usize>, argument: &str) -> Result<Vec<usize>, Problem> {
         ));
     }
     Ok(keep)
+}
+
+/// The coordinate variable of a dimension an argument selects on, or a 422 naming the argument.
+fn coordinate_of<'a>(view: &'a StoreView, dim: &str, argument: &str) -> Result<&'a Variable, Problem> {
+    coordinate(view, dim).ok_or_else(|| {
+        Problem::unprocessable(Some(argument), format!("the dimension {dim} has no coordinate variable to select on"))
+    })
 }
 
 /// A whole coordinate variable as floats (decoded: packed coordinates are unpacked).

@@ -140,7 +140,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def ops(data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ops-gw")
-    gw = start_gateway(data["probe"].parent, "ops", tmp / "catalog")
+    gw = start_gateway(data["probe"].parent, "opsdata", tmp / "catalog")
     yield Client(gw, tmp)
     gw.stop()
 

@@ -40,7 +40,7 @@ from ops_oracle import assert_same, open_original, pick
 def limited(data, tmp_path_factory):
     """A gateway where every operation costs more than the sync limit."""
     tmp = tmp_path_factory.mktemp("ops-limited")
-    gw = start_gateway(data["probe"].parent, "ops", tmp / "catalog", sync_limit=1)
+    gw = start_gateway(data["probe"].parent, "opsdata", tmp / "catalog", sync_limit=1)
     yield Client(gw, tmp)
     gw.stop()
 

@@ -15,8 +15,8 @@ use zarrgate_core::ops::{Format, Problem, Process, Raw, Request as OpRequest};
 
 use super::cache::{Key, Lookup};
 use super::jobs::{JobRecord, Status};
-use super::{quota_problem, unpack, Answer, Ops};
-use crate::auth::{Principal, RequestAuth};
+use super::{quota_problem, unpack, unseal, Answer, Ops, Stored};
+use crate::auth::{Policy, Principal, RequestAuth};
 use crate::body::ResponseBody;
 use crate::s3::{App, HttpResponse};
 
@@ -156,7 +156,7 @@ async fn route(
         (&Method::GET, ["jobs", id]) => Ok(json_response(200, &status_doc(&own_job(&ops, id, &who)?))),
         (&Method::DELETE, ["jobs", id]) => {
             own_job(&ops, id, &who)?;
-            let job = ops.dismiss(id).ok_or_else(|| Problem::not_found(format!("there is no job {id}")))?;
+            let job = ops.dismiss(id).await.ok_or_else(|| Problem::not_found(format!("there is no job {id}")))?;
             Ok(json_response(200, &status_doc(&job)))
         }
         (&Method::GET, ["jobs", id, "results"]) => {
@@ -168,9 +168,9 @@ async fn route(
                         .as_deref()
                         .and_then(Key::from_hex)
                         .ok_or_else(|| Problem::internal("the job has no result key"))?;
-                    let format = Format::parse(&job.format).unwrap_or(Format::Nc);
-                    let bytes = cached(&ops, app, &key)?;
-                    Ok(result_response(&ops, &key, bytes, format, true, 0))
+                    let (stored, bytes) = cached(&ops, app, &key, &who)?;
+                    let public = is_public(app, &stored.bucket);
+                    Ok(result_response(&ops, &key, bytes, stored.format, true, 0, public))
                 }
                 Status::Failed => Ok(problem_response(&job_error(&job))),
                 status => Err(Problem::new(
@@ -185,15 +185,21 @@ async fn route(
             let (hash, ext) =
                 name.split_once('.').ok_or_else(|| Problem::not_found("results are /results/HASH.EXT"))?;
             let key = Key::from_hex(hash).ok_or_else(|| Problem::not_found("no such result"))?;
-            let format = Format::parse(ext).ok_or_else(|| Problem::not_found("no such result"))?;
-            let bytes = cached(&ops, app, &key)?;
+            let (stored, bytes) = cached(&ops, app, &key, &who)?;
+            if stored.format.ext() != ext {
+                return Err(Problem::not_found(format!(
+                    "no such result (this one is /results/{hash}.{})",
+                    stored.format.ext()
+                )));
+            }
+            let format = stored.format;
             let etag = format!("\"{}\"", ops.cache.etag(&key).unwrap_or_else(|| key.hex()));
             if if_none_match.as_deref().is_some_and(|t| t.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
                 let mut r = respond(304, format.content_type(), Bytes::new());
                 set(&mut r, "etag", &etag);
                 return Ok(r);
             }
-            let mut r = result_response(&ops, &key, bytes, format, true, 0);
+            let mut r = result_response(&ops, &key, bytes, format, true, 0, is_public(app, &stored.bucket));
             if method == Method::HEAD {
                 *r.body_mut() = ResponseBody::empty();
             }
@@ -270,7 +276,8 @@ async fn execute(
     match ops.request(app, who, request, inputs, prefer_async).await? {
         Answer::Result { key, bytes, hit, format, compute_ms } => {
             app.auth.record_compute(who, compute_ms, hit);
-            Ok(result_response(ops, &key, bytes, format, hit, compute_ms))
+            let public = is_public(app, &collection.bucket);
+            Ok(result_response(ops, &key, bytes, format, hit, compute_ms, public))
         }
         Answer::Job(job) => {
             let mut r = json_response(job_status, &status_doc(&job));
@@ -281,24 +288,62 @@ async fn execute(
     }
 }
 
-/// The bytes of a cached result, or a clear 404 when it was evicted.
-fn cached(ops: &Ops, app: &App, key: &Key) -> Result<Bytes, Problem> {
-    match ops.cache.get(key) {
-        Lookup::Hit(bytes, _) => Ok(bytes),
+/// Whether anyone may read a collection (its results may then sit in shared caches).
+fn is_public(app: &App, bucket: &str) -> bool {
+    app.collections.get(bucket).is_some_and(|c| matches!(c.read, Policy::Public))
+}
+
+/// A cached result, if `who` may read the collection it came from; a clear 404 when it was
+/// evicted.
+fn cached(ops: &Ops, app: &App, key: &Key, who: &Principal) -> Result<(Stored, Bytes), Problem> {
+    let blob = match ops.cache.get(key) {
+        Lookup::Hit(blob, _) => blob,
         Lookup::Corrupt => {
             app.metrics.add("zarrgate_ops_cache_corrupt_total", &[], 1);
-            Err(Problem::not_found(
+            return Err(Problem::not_found(
                 "this result failed its integrity check and was removed; request it again to recompute it",
-            ))
+            ));
         }
         Lookup::Miss => {
-            Err(Problem::not_found("no such result (it may have been evicted; request it again to recompute it)"))
+            return Err(Problem::not_found(
+                "no such result (it may have been evicted; request it again to recompute it)",
+            ))
         }
+    };
+    let (stored, bytes) = unseal(&blob).ok_or_else(|| Problem::internal("a cached result has no valid header"))?;
+    readable(app, &stored.bucket, who)?;
+    Ok((stored, bytes))
+}
+
+/// Refuses a caller the collection's read policy does not admit.
+fn readable(app: &App, bucket: &str, who: &Principal) -> Result<(), Problem> {
+    match app.collections.get(bucket) {
+        Some(c) if c.read.allows(who) => Ok(()),
+        Some(_) if matches!(who, Principal::Anonymous { .. }) => Err(Problem::new(
+            401,
+            "unauthorized",
+            "Not authorized",
+            "this result comes from a collection that needs an access key",
+        )),
+        _ => Err(Problem::new(
+            403,
+            "forbidden",
+            "Forbidden",
+            "this key may not read the collection this result comes from",
+        )),
     }
 }
 
 /// A result answer. Zarr results are a document naming their store in the `results` bucket.
-fn result_response(ops: &Ops, key: &Key, bytes: Bytes, format: Format, hit: bool, compute_ms: u64) -> HttpResponse {
+fn result_response(
+    ops: &Ops,
+    key: &Key,
+    bytes: Bytes,
+    format: Format,
+    hit: bool,
+    compute_ms: u64,
+    public: bool,
+) -> HttpResponse {
     let hash = key.hex();
     let (body, content_type) = match format {
         Format::Zarr => {
@@ -316,7 +361,8 @@ fn result_response(ops: &Ops, key: &Key, bytes: Bytes, format: Format, hit: bool
     let etag = format!("\"{}\"", ops.cache.etag(key).unwrap_or_else(|| hash.clone()));
     set(&mut r, "etag", &etag);
     set(&mut r, "content-location", &format!("/results/{hash}.{}", format.ext()));
-    set(&mut r, "cache-control", "public, max-age=31536000, immutable");
+    let scope = if public { "public" } else { "private" };
+    set(&mut r, "cache-control", &format!("{scope}, max-age=31536000, immutable"));
     set(&mut r, "x-zarrgate-cache", if hit { "hit" } else { "miss" });
     set(&mut r, "x-zarrgate-compute-ms", &compute_ms.to_string());
     if format == Format::Nc {
@@ -325,38 +371,41 @@ fn result_response(ops: &Ops, key: &Key, bytes: Bytes, format: Format, hit: bool
     r
 }
 
-/// The files of a Zarr result, for the S3 layer's `results` bucket.
-pub fn zarr_object(ops: &Ops, hash: &str, key: &str) -> Option<Bytes> {
+/// The files of a Zarr result, for the S3 layer's `results` bucket: `(bucket it came from,
+/// blob, [(key, start, end)])`.
+fn zarr_files(ops: &Ops, hash: &str) -> Option<(String, Bytes, Vec<(String, usize, usize)>)> {
     let k = Key::from_hex(hash)?;
     let Lookup::Hit(blob, _) = ops.cache.get(&k) else { return None };
-    let (_, start, end) = unpack(&blob)?.into_iter().find(|(name, _, _)| name == key)?;
-    Some(blob.slice(start..end))
-}
-
-/// The keys and sizes of a Zarr result.
-pub fn zarr_listing(ops: &Ops, hash: &str) -> Vec<(String, u64)> {
-    let Some(k) = Key::from_hex(hash) else { return Vec::new() };
-    let Lookup::Hit(blob, _) = ops.cache.get(&k) else { return Vec::new() };
-    unpack(&blob)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, s, e)| (format!("{hash}/{name}"), (e - s) as u64))
-        .collect()
-}
-
-fn visible(job: &JobRecord, who: &Principal) -> bool {
-    match who {
-        Principal::Key(_) => job.owner == who.usage_name(),
-        Principal::Anonymous { .. } => true,
+    let (stored, bytes) = unseal(&blob)?;
+    if stored.format != Format::Zarr {
+        return None;
     }
+    let files = unpack(&bytes)?;
+    Some((stored.bucket, bytes, files))
 }
 
-/// A job, if it exists and `who` may see it (a key sees its own jobs; anonymous jobs are
-/// public, like their results).
+/// One file of a Zarr result, with the collection it came from.
+pub fn zarr_object(ops: &Ops, hash: &str, key: &str) -> Option<(String, Bytes)> {
+    let (bucket, blob, files) = zarr_files(ops, hash)?;
+    let (_, start, end) = files.into_iter().find(|(name, _, _)| name == key)?;
+    Some((bucket, blob.slice(start..end)))
+}
+
+/// The keys and sizes of a Zarr result, with the collection it came from.
+pub fn zarr_listing(ops: &Ops, hash: &str) -> Option<(String, Vec<(String, u64)>)> {
+    let (bucket, _, files) = zarr_files(ops, hash)?;
+    Some((bucket, files.into_iter().map(|(name, s, e)| (format!("{hash}/{name}"), (e - s) as u64)).collect()))
+}
+
+/// A key sees its own jobs; anonymous callers see anonymous jobs (whose results are as public
+/// as their collections).
+fn visible(job: &JobRecord, who: &Principal) -> bool {
+    job.owner == who.usage_name()
+}
+
+/// A job, if it exists and `who` may see it.
 fn own_job(ops: &Ops, id: &str, who: &Principal) -> Result<JobRecord, Problem> {
-    ops.job(id)
-        .filter(|j| visible(j, who) || j.owner.starts_with("anonymous"))
-        .ok_or_else(|| Problem::not_found(format!("there is no job {id}")))
+    ops.job(id).filter(|j| visible(j, who)).ok_or_else(|| Problem::not_found(format!("there is no job {id}")))
 }
 
 fn status_word(s: Status) -> &'static str {

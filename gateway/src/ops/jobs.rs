@@ -92,6 +92,8 @@ pub struct JobStore {
     /// Serializes renames, deletions and their directory fsyncs, so that the map and the files
     /// agree, without making readers wait for a disk.
     writer: Mutex<()>,
+    /// Serializes read-modify-write updates (see [`JobStore::update`]).
+    updates: Mutex<()>,
 }
 
 impl JobStore {
@@ -112,7 +114,7 @@ impl JobStore {
                 Err(e) => eprintln!("zarrgate: skipping {} in the job directory: {e}", path.display()),
             }
         }
-        Ok(JobStore { dir: dir.to_path_buf(), jobs: Mutex::new(jobs), writer: Mutex::new(()) })
+        Ok(JobStore { dir: dir.to_path_buf(), jobs: Mutex::new(jobs), writer: Mutex::new(()), updates: Mutex::new(()) })
     }
 
     /// A fresh random job id: 32 lowercase hex characters.
@@ -149,6 +151,17 @@ impl JobStore {
         // The map mirrors the files, even if the directory fsync below fails.
         self.lock().insert(job.id.clone(), job.clone());
         sync_dir(&self.dir)
+    }
+
+    /// Changes a job under one lock, so that concurrent changes (a dismissal and the job's own
+    /// progress) never undo each other. `change` returns false to leave the job as it is.
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut JobRecord) -> bool) -> std::io::Result<Option<JobRecord>> {
+        let _one = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut job) = self.get(id) else { return Ok(None) };
+        if change(&mut job) {
+            self.save(&job)?;
+        }
+        Ok(Some(job))
     }
 
     /// `None` for anything that is not a job id, without touching the disk.

@@ -84,6 +84,39 @@ pub enum Answer {
 
 type Shared = Arc<OnceCell<Result<Bytes, Problem>>>;
 
+/// Bumped whenever a change makes a result differ from what an earlier build cached.
+const OUTPUT_VERSION: u32 = 1;
+
+/// What a cached result is, stored with it: the collection it came from (whose read policy
+/// guards `/results` and the `results` bucket) and its format.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub bucket: String,
+    pub format: Format,
+}
+
+/// A result with its [`Stored`] header: 4 bytes of header length, the header as JSON, the bytes.
+fn seal(stored: &Stored, bytes: &Bytes) -> Bytes {
+    let header = serde_json::to_vec(&json!({"bucket": stored.bucket, "format": stored.format.ext()}))
+        .expect("JSON values serialize");
+    let mut out = Vec::with_capacity(4 + header.len() + bytes.len());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(bytes);
+    Bytes::from(out)
+}
+
+/// The header and the result of a sealed blob.
+pub fn unseal(blob: &Bytes) -> Option<(Stored, Bytes)> {
+    let n = u32::from_le_bytes(blob.get(..4)?.try_into().ok()?) as usize;
+    let header: Value = serde_json::from_slice(blob.get(4..4 + n)?).ok()?;
+    let stored = Stored {
+        bucket: header.get("bucket")?.as_str()?.to_string(),
+        format: Format::parse(header.get("format")?.as_str()?)?,
+    };
+    Some((stored, blob.slice(4 + n..)))
+}
+
 pub struct Ops {
     pub config: OpsConfig,
     pub cache: ResultCache,
@@ -214,7 +247,10 @@ impl Ops {
     /// The cache key: the canonical request and what the dataset was built from.
     fn key(req: &Request, dataset: &Dataset) -> Key {
         let mut h = blake3::Hasher::new();
-        h.update(b"zarrgate-ops-v1\0");
+        // A new release may compute or write results differently: its results are new entries.
+        h.update(b"zarrgate-ops\0");
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.update(&OUTPUT_VERSION.to_le_bytes());
         h.update(req.canonical().to_string().as_bytes());
         for s in &dataset.sources {
             h.update(s.path.to_string_lossy().as_bytes());
@@ -227,13 +263,16 @@ impl Ops {
         Key(*h.finalize().as_bytes())
     }
 
-    /// Looks a key up, counting hits and corrupt files.
-    fn lookup(&self, app: &App, key: &Key) -> Option<Bytes> {
-        match self.cache.get(key) {
-            Lookup::Hit(bytes, tier) => {
+    /// Looks a key up on the blocking pool (a disk hit reads and hashes the file), counting hits
+    /// and corrupt files. Gives the stored result with what it is.
+    async fn lookup(self: &Arc<Self>, app: &App, key: &Key) -> Option<(Stored, Bytes)> {
+        let (ops, k) = (self.clone(), *key);
+        let found = tokio::task::spawn_blocking(move || ops.cache.get(&k)).await.unwrap_or(Lookup::Miss);
+        match found {
+            Lookup::Hit(blob, tier) => {
                 let tier = if tier == Tier::Memory { "memory" } else { "disk" };
                 app.metrics.add("zarrgate_ops_cache_hits_total", &[("tier", tier)], 1);
-                Some(bytes)
+                unseal(&blob)
             }
             Lookup::Corrupt => {
                 eprintln!("zarrgate: cached result {} failed its hash check; recomputing", key.hex());
@@ -257,19 +296,23 @@ impl Ops {
         Self::check_fresh(&collection, &dataset)?;
         let key = Self::key(&req, &dataset);
         let format = req.format;
-        if let Some(bytes) = self.lookup(app, &key) {
+        if let Some((_, bytes)) = self.lookup(app, &key).await {
             return Ok(Answer::Result { key, bytes, hit: true, format, compute_ms: 0 });
         }
         let plan = self.plan(app, &collection, &dataset, req).await?;
-        if plan.output_bytes > self.config.max_output_bytes {
+        let memory = plan.work_bytes.saturating_mul(self.config.threads as u64);
+        let limit = self.config.max_output_bytes;
+        if plan.output_bytes > limit || memory > limit {
             return Err(Problem::new(
                 413,
                 "too-large",
                 "Result too large",
                 format!(
-                    "the result would hold about {} MB, above this server's limit of {} MB (ops.max_output_bytes); select less",
+                    "the result would need about {} MB (result {} MB, working memory {} MB), above this server's limit of {} MB (ops.max_output_bytes); select less",
+                    plan.output_bytes.max(memory) >> 20,
                     plan.output_bytes >> 20,
-                    self.config.max_output_bytes >> 20
+                    memory >> 20,
+                    limit >> 20
                 ),
             ));
         }
@@ -290,9 +333,14 @@ impl Ops {
                 result_key: None,
                 error: None,
             };
-            if let Err(e) = self.jobs.save(&job) {
+            let saved = {
+                let (ops, job) = (self.clone(), job.clone());
+                tokio::task::spawn_blocking(move || ops.jobs.save(&job)).await
+            };
+            if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
+                eprintln!("zarrgate: cannot record job {}: {e}", job.id);
                 app.auth.quotas.end_compute(who, &day, 0);
-                return Err(Problem::internal(format!("cannot record the job: {e}")));
+                return Err(Problem::internal("the job could not be recorded; the server log has the details"));
             }
             app.metrics.add("zarrgate_ops_jobs_total", &[("status", "accepted")], 1);
             self.spawn_job(app.clone(), job.clone(), Some((plan, key, collection, dataset, who.clone())));
@@ -338,14 +386,17 @@ impl Ops {
         run: Arc<Run>,
     ) -> Result<Bytes, Problem> {
         let cell: Shared = self.inflight.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone();
+        let stored = Stored { bucket: collection.bucket.clone(), format: plan.request.format };
         let result = cell
             .get_or_init(|| async move {
-                if let Some(bytes) = self.lookup(app, &key) {
+                if let Some((_, bytes)) = self.lookup(app, &key).await {
                     return Ok(bytes);
                 }
                 let result = self.compute_now(app, plan, dataset, run).await;
                 if let Ok(bytes) = &result {
-                    if let Err(e) = self.cache.put(&key, bytes.clone()) {
+                    let (ops, sealed) = (self.clone(), seal(&stored, bytes));
+                    let put = tokio::task::spawn_blocking(move || ops.cache.put(&key, sealed)).await;
+                    if let Err(e) = put.map_err(std::io::Error::other).and_then(|r| r) {
                         eprintln!("zarrgate: cannot store result {}: {e}", key.hex());
                     }
                 }
@@ -374,14 +425,19 @@ impl Ops {
         let _permit = self.pool.clone().acquire_owned().await.expect("the compute pool is never closed");
         app.metrics.add("zarrgate_ops_computations_total", &[("process", plan.request.process.id())], 1);
         let (app2, ds, writer) = (app.clone(), dataset.clone(), self.writer.clone());
-        tokio::task::spawn_blocking(move || {
+        // A thread of its own, at lower priority, so that the threads serving S3 never inherit
+        // the lower priority and always come first.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("zarrgate-ops".into()).spawn(move || {
             lower_priority();
             let source = DatasetSource { sources: &app2.sources, dataset: &ds };
-            let out = ops::execute(&plan, &source, &run)?;
-            encode(&out, plan.request.format, writer.as_ref()).map(Bytes::from)
-        })
-        .await
-        .map_err(|e| Problem::internal(format!("the computation failed: {e}")))?
+            let result = ops::execute(&plan, &source, &run)
+                .and_then(|out| encode(&out, plan.request.format, writer.as_ref()).map(Bytes::from));
+            let _ = tx.send(result);
+        });
+        spawned.map_err(|e| Problem::internal(format!("cannot start a compute thread: {e}")))?;
+        rx.await
+            .map_err(|_| Problem::internal("the computation stopped unexpectedly; the server log has the details"))?
     }
 
     /// Starts a job's task. `ready` carries what the request already worked out; a resumed job
@@ -389,16 +445,26 @@ impl Ops {
     fn spawn_job(
         self: &Arc<Self>,
         app: Arc<App>,
-        mut job: JobRecord,
+        job: JobRecord,
         ready: Option<(Plan, Key, Arc<Collection>, Arc<Dataset>, Principal)>,
     ) {
         let ops = self.clone();
         let run = Arc::new(Run::new(self.config.threads));
         self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(job.id.clone(), run.clone());
         tokio::spawn(async move {
-            job.status = Status::Running;
-            job.updated = unix_now();
-            ops.save(&job);
+            let id = job.id.clone();
+            let started = ops.change(&id, |j| {
+                if j.status != Status::Accepted && j.status != Status::Running {
+                    return false;
+                }
+                j.status = Status::Running;
+                j.updated = unix_now();
+                true
+            });
+            if started.await.is_none_or(|j| j.status != Status::Running) {
+                ops.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                return;
+            }
             if !ops.config.test_job_delay.is_zero() {
                 tokio::time::sleep(ops.config.test_job_delay).await;
             }
@@ -413,29 +479,47 @@ impl Ops {
             if let Some(who) = who {
                 app.auth.quotas.end_compute(&who, &day_of(unix_now()), started.elapsed().as_millis() as u64);
             }
-            ops.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.id);
-            if ops.jobs.get(&job.id).is_some_and(|j| j.status == Status::Dismissed) {
-                return;
-            }
-            match outcome {
-                Ok(key) => {
-                    job.status = Status::Successful;
-                    job.progress = 100;
-                    job.result_key = Some(key.hex());
+            ops.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            let finished = ops.change(&id, move |j| {
+                if j.status.is_final() {
+                    return false; // dismissed meanwhile
                 }
-                Err(p) => {
-                    job.status = Status::Failed;
-                    job.error = Some(p.to_json());
+                match outcome {
+                    Ok(key) => {
+                        j.status = Status::Successful;
+                        j.progress = 100;
+                        j.result_key = Some(key.hex());
+                    }
+                    Err(p) => {
+                        j.status = Status::Failed;
+                        j.error = Some(p.to_json());
+                    }
                 }
+                j.updated = unix_now();
+                true
+            });
+            if let Some(j) = finished.await.filter(|j| j.status != Status::Dismissed) {
+                let status = if j.status == Status::Successful { "successful" } else { "failed" };
+                app.metrics.add("zarrgate_ops_jobs_total", &[("status", status)], 1);
             }
-            job.updated = unix_now();
-            app.metrics.add(
-                "zarrgate_ops_jobs_total",
-                &[("status", if job.status == Status::Successful { "successful" } else { "failed" })],
-                1,
-            );
-            ops.save(&job);
         });
+    }
+
+    /// Changes a job record on the blocking pool (it fsyncs); the record after the change.
+    async fn change(
+        self: &Arc<Self>,
+        id: &str,
+        change: impl FnOnce(&mut JobRecord) -> bool + Send + 'static,
+    ) -> Option<JobRecord> {
+        let (ops, id) = (self.clone(), id.to_string());
+        let done = tokio::task::spawn_blocking(move || ops.jobs.update(&id, change)).await;
+        match done.map_err(std::io::Error::other).and_then(|r| r) {
+            Ok(job) => job,
+            Err(e) => {
+                eprintln!("zarrgate: cannot save a job: {e}");
+                None
+            }
+        }
     }
 
     /// Works out and computes a resumed job from its recorded inputs.
@@ -446,17 +530,11 @@ impl Ops {
         let req = Request::parse(process, inputs.iter().map(|(k, v)| (k.as_str(), Raw::Json(v))))?;
         let (collection, dataset) = Self::resolve(app, &req)?;
         let key = Self::key(&req, &dataset);
-        if self.lookup(app, &key).is_some() {
+        if self.lookup(app, &key).await.is_some() {
             return Ok(key);
         }
         let plan = self.plan(app, &collection, &dataset, req).await?;
         self.compute(app, key, plan, &collection, &dataset, run).await.map(|_| key)
-    }
-
-    fn save(&self, job: &JobRecord) {
-        if let Err(e) = self.jobs.save(job) {
-            eprintln!("zarrgate: cannot save job {}: {e}", job.id);
-        }
     }
 
     /// A job's record with its live progress.
@@ -470,16 +548,18 @@ impl Ops {
         Some(job)
     }
 
-    /// Dismisses a job: a running one stops at its next chunk.
-    pub fn dismiss(&self, id: &str) -> Option<JobRecord> {
-        let mut job = self.jobs.get(id)?;
-        if let Some(run) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
-            run.cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        job.status = Status::Dismissed;
-        job.updated = unix_now();
-        self.save(&job);
-        Some(job)
+    /// Dismisses a job. A computation it started runs on into the cache, because identical
+    /// requests may share it; the job itself will not report it.
+    pub async fn dismiss(self: &Arc<Self>, id: &str) -> Option<JobRecord> {
+        self.change(id, |j| {
+            if j.status == Status::Dismissed {
+                return false;
+            }
+            j.status = Status::Dismissed;
+            j.updated = unix_now();
+            true
+        })
+        .await
     }
 }
 
@@ -509,7 +589,10 @@ pub fn quota_problem(what: &str) -> Problem {
 /// Encodes a result in the requested format.
 fn encode(out: &Output, format: Format, writer: &dyn NetcdfWriter) -> Result<Vec<u8>, Problem> {
     match format {
-        Format::Nc => writer.write(out).map_err(|e| Problem::internal(format!("writing NetCDF failed: {e}"))),
+        Format::Nc => writer.write(out).map_err(|e| {
+            eprintln!("zarrgate: writing a NetCDF result failed: {e}");
+            Problem::internal("writing the NetCDF result failed; the server log has the details")
+        }),
         Format::Json => ops::output::to_json(out),
         Format::Csv => ops::output::to_csv(out),
         Format::Zarr => Ok(pack(&ops::output::to_zarr(out))),

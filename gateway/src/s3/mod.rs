@@ -313,7 +313,7 @@ async fn route(
     }
     if r.bucket == RESULTS_BUCKET {
         if let Some(ops) = &app.ops {
-            return results_object(ops, &r);
+            return results_object(app, ops, &r, &who);
         }
     }
     let collection = app.collections.get(&r.bucket).ok_or_else(S3Error::no_such_bucket)?;
@@ -494,7 +494,14 @@ fn list_objects(collection: &Collection, r: &S3Request) -> Result<HttpResponse, 
 
 /// The `results` bucket: each Zarr result of an operation, read-only, immutable, readable by
 /// anyone who knows its hash (like `/results/{hash}`).
-fn results_object(ops: &crate::ops::Ops, r: &S3Request) -> Result<HttpResponse, S3Error> {
+fn results_object(app: &App, ops: &crate::ops::Ops, r: &S3Request, who: &Principal) -> Result<HttpResponse, S3Error> {
+    // A result is readable by whoever may read the collection it was computed from.
+    let may_read = |bucket: &str| -> Result<(), S3Error> {
+        match app.collections.get(bucket) {
+            Some(c) if c.read.allows(who) => Ok(()),
+            _ => Err(S3Error::new(StatusCode::FORBIDDEN, "AccessDenied", "Access Denied")),
+        }
+    };
     let (hash, key) = r.key.split_once('/').unwrap_or((&r.key, ""));
     if r.key.is_empty() || key.is_empty() {
         if r.key.is_empty() && r.is_head() {
@@ -503,7 +510,13 @@ fn results_object(ops: &crate::ops::Ops, r: &S3Request) -> Result<HttpResponse, 
         // Listing: only within one result (`prefix=HASH/...`).
         let prefix = r.param("prefix").unwrap_or("");
         let hash = prefix.split('/').next().unwrap_or("");
-        let files = crate::ops::http::zarr_listing(ops, hash);
+        let files = match crate::ops::http::zarr_listing(ops, hash) {
+            Some((bucket, files)) => {
+                may_read(&bucket)?;
+                files
+            }
+            None => Vec::new(),
+        };
         let mut body = format!(r#"<ListBucketResult xmlns="{NAMESPACE}">"#);
         element(&mut body, "Name", RESULTS_BUCKET);
         element(&mut body, "Prefix", prefix);
@@ -533,7 +546,8 @@ fn results_object(ops: &crate::ops::Ops, r: &S3Request) -> Result<HttpResponse, 
         body.push_str("</ListBucketResult>");
         return Ok(xml_response(body, &r.request_id));
     }
-    let bytes = crate::ops::http::zarr_object(ops, hash, key).ok_or_else(S3Error::no_such_key)?;
+    let (bucket, bytes) = crate::ops::http::zarr_object(ops, hash, key).ok_or_else(S3Error::no_such_key)?;
+    may_read(&bucket)?;
     let etag = format!("\"{}\"", &blake3::hash(&bytes).to_hex()[..32]);
     let size = bytes.len() as u64;
     let range = r.header("range").and_then(parse_range).map(|spec: RangeSpec| spec.resolve(size));

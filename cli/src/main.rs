@@ -214,7 +214,21 @@ fn announce(addr: std::net::SocketAddr) {
     let _ = std::io::stdout().flush();
 }
 
+/// Keeps the 1 MiB pieces of streamed chunks on the heap. glibc serves blocks that large
+/// with mmap by default, and the map, page faults and unmap of every piece cost more than
+/// copying it (measured: 11% of the gateway's time streaming 4 MiB chunks).
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator thresholds; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+        // Few arenas, so freed pieces are reused instead of parked per thread.
+        libc::mallopt(libc::M_ARENA_MAX, 8);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

@@ -3,13 +3,41 @@
 //! Labels are bucket names from the configuration (requests to unknown buckets count under
 //! `bucket=""`) and fixed words, never keys or secrets, so cardinality stays bounded.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
 
+/// Counters by name and label values. Lookups compare labels in place (no formatting, no
+/// allocation once a counter exists), because every request adds to a few counters.
 #[derive(Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, String), u64>>,
+    counters: RwLock<Vec<Counter>>,
+}
+
+struct Counter {
+    name: &'static str,
+    labels: Vec<(String, String)>,
+    value: AtomicU64,
+}
+
+impl Counter {
+    fn is(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.name == name
+            && self.labels.len() == labels.len()
+            && self.labels.iter().zip(labels).all(|((k, v), (k2, v2))| k == k2 && v == v2)
+    }
+
+    fn rendered_labels(&self) -> String {
+        let mut out = String::new();
+        for (i, (k, v)) in self.labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let value = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let _ = write!(out, "{k}=\"{value}\"");
+        }
+        out
+    }
 }
 
 const HELP: &[(&str, &str)] = &[
@@ -26,26 +54,41 @@ const HELP: &[(&str, &str)] = &[
 
 impl Metrics {
     pub fn add(&self, name: &'static str, labels: &[(&str, &str)], by: u64) {
-        let mut rendered = String::new();
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                rendered.push(',');
+        {
+            let counters = self.counters.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = counters.iter().find(|c| c.is(name, labels)) {
+                c.value.fetch_add(by, Ordering::Relaxed);
+                return;
             }
-            let value = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-            let _ = write!(rendered, "{k}=\"{value}\"");
         }
-        *self.counters.lock().unwrap_or_else(|p| p.into_inner()).entry((name, rendered)).or_insert(0) += by;
+        let mut counters = self.counters.write().unwrap_or_else(|p| p.into_inner());
+        match counters.iter().find(|c| c.is(name, labels)) {
+            Some(c) => {
+                c.value.fetch_add(by, Ordering::Relaxed);
+            }
+            None => counters.push(Counter {
+                name,
+                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                value: AtomicU64::new(by),
+            }),
+        }
     }
 
     pub fn render(&self) -> String {
-        let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let counters = self.counters.read().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         for (name, help) in HELP {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for ((n, labels), value) in counters.iter() {
-                if n == name && labels.is_empty() {
+            let mut lines: Vec<(String, u64)> = counters
+                .iter()
+                .filter(|c| c.name == *name)
+                .map(|c| (c.rendered_labels(), c.value.load(Ordering::Relaxed)))
+                .collect();
+            lines.sort();
+            for (labels, value) in lines {
+                if labels.is_empty() {
                     let _ = writeln!(out, "{name} {value}");
-                } else if n == name {
+                } else {
                     let _ = writeln!(out, "{name}{{{labels}}} {value}");
                 }
             }

@@ -99,16 +99,38 @@ pub async fn serve(
     Ok(())
 }
 
-/// Runs a request in its own task, so a panic becomes a 500 XML error for that request only.
+/// Answers a request so that a panic becomes a 500 XML error for that request only. Operations
+/// run in a task of their own, which finishes (and settles its quotas and jobs) even if the
+/// client goes away; S3 requests are polled in place, saving a task per request.
 async fn isolated(app: Arc<App>, req: hyper::Request<hyper::body::Incoming>, ip: std::net::IpAddr) -> HttpResponse {
     let head = req.method() == hyper::Method::HEAD;
     let path = req.uri().path().to_string();
-    match tokio::spawn(handle(app, req, ip)).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            eprintln!("zarrgate: request for {path} failed: {e}");
-            let err = crate::s3::xml::S3Error::internal("The server hit an internal error; it keeps serving.");
-            error_response(&err, &path, "0", head)
+    let outcome = if crate::ops::http::is_ops_path(&path) {
+        tokio::spawn(handle(app, req, ip)).await.map_err(|e| e.to_string())
+    } else {
+        CatchUnwind(Box::pin(handle(app, req, ip))).await.map_err(|_| "panicked".to_string())
+    };
+    outcome.unwrap_or_else(|e| {
+        eprintln!("zarrgate: request for {path} failed: {e}");
+        let err = crate::s3::xml::S3Error::internal("The server hit an internal error; it keeps serving.");
+        error_response(&err, &path, "0", head)
+    })
+}
+
+/// A future whose panic is caught and returned, like `tokio::spawn` gives it, without a task.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        // A request that panicked is dropped, never polled again; shared state it touched is
+        // behind mutexes whose poisoning every user ignores.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
         }
     }
 }
@@ -125,5 +147,24 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_request_is_caught_and_others_go_on() {
+        let bug = std::hint::black_box(true);
+        let bad = CatchUnwind(Box::pin(async move {
+            if bug {
+                panic!("a bug in one request");
+            }
+            1
+        }));
+        assert!(bad.await.is_err());
+        let good = CatchUnwind(Box::pin(async { 7 }));
+        assert_eq!(good.await.unwrap(), 7);
     }
 }

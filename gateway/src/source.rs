@@ -96,22 +96,34 @@ impl Sources {
         self.handle(path, &meta).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })
     }
 
-    /// Reads `length` bytes at `offset` of `path`, checking its fingerprint before and after,
-    /// so bytes of a file that changed meanwhile are never returned.
+    /// Reads `length` bytes at `offset` of `path`, then checks the fingerprint, so bytes of a
+    /// file that changed before the check are never returned. One `stat` per read: the check
+    /// after the read also tells whether the cached handle still names the file at `path`; if
+    /// the file was replaced, it is opened anew and read again.
     pub fn read(&self, path: &Path, expected: Fingerprint, offset: u64, length: u64) -> Result<Vec<u8>, ReadError> {
-        let handle = self.open(path, expected)?;
-        let bytes = match handle.read(offset, length) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(ReadError::Stale {
-                    path: path.to_path_buf(),
-                    why: "it is shorter than its references".into(),
-                })
-            }
-            Err(source) => return Err(ReadError::Io { path: path.to_path_buf(), source }),
+        let cached = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(path).cloned();
+        let handle = match cached {
+            Some(h) => h,
+            None => self.open(path, expected)?,
         };
+        let bytes = Self::read_at(&handle, path, offset, length)?;
+        let meta = Self::check(path, expected)?;
+        if handle.dev == meta.dev() && handle.ino == meta.ino() {
+            return Ok(bytes);
+        }
+        let handle = self.handle(path, &meta).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })?;
+        let bytes = Self::read_at(&handle, path, offset, length)?;
         Self::check(path, expected)?;
         Ok(bytes)
+    }
+
+    fn read_at(handle: &OpenFile, path: &Path, offset: u64, length: u64) -> Result<Vec<u8>, ReadError> {
+        handle.read(offset, length).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                ReadError::Stale { path: path.to_path_buf(), why: "it is shorter than its references".into() }
+            }
+            _ => ReadError::Io { path: path.to_path_buf(), source: e },
+        })
     }
 
     fn handle(&self, path: &Path, meta: &std::fs::Metadata) -> std::io::Result<Arc<OpenFile>> {

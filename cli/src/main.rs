@@ -177,8 +177,8 @@ impl ServerArgs {
         }
     }
 
-    /// Flags over the config file's `[ops]`. `ZARRGATE_TEST_JOB_DELAY_MS` is a test hook that
-    /// holds jobs in `running` (used to test restarts during a job).
+    /// Flags over the config file's `[ops]`. `ZARRGATE_TEST_COMPUTE_DELAY_MS` is a test hook that
+    /// makes every computation wait first (to test restarts during a job, and slow requests).
     fn apply_ops(&self, config: &mut zarrgate_gateway::config::Config) {
         let ops = config.ops.get_or_insert_with(Default::default);
         if ops.dir.as_os_str().is_empty() {
@@ -190,9 +190,12 @@ impl ServerArgs {
         if let Some(s) = self.sync_limit {
             ops.sync_limit_bytes = s;
         }
-        if let Some(ms) = std::env::var("ZARRGATE_TEST_JOB_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
-            ops.test_job_delay = Duration::from_millis(ms);
+        if let Some(ms) = std::env::var("ZARRGATE_TEST_COMPUTE_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+            ops.test_compute_delay = Duration::from_millis(ms);
         }
+        // A synchronous answer must come before the connection's read timeout drops it.
+        let client_timeout = self.client_timeout.or(config.client_timeout_secs).map_or(30, |s| s.max(1));
+        ops.sync_wait = Duration::from_millis(client_timeout * 1000 * 2 / 3);
     }
 
     fn index_settings(&self) -> serve::IndexSettings {

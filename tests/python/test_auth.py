@@ -330,7 +330,7 @@ def test_operations_follow_the_compute_policy_and_the_compute_quotas(tmp_path):
         "[quotas.group.thrifty]\ncompute_seconds_per_day = 0.001\n"
         "[quotas.group.serial]\nconcurrent_jobs = 1\n"
     )
-    gw = run_gateway(tmp_path, extra, env={"ZARRGATE_TEST_JOB_DELAY_MS": "3000"})
+    gw = run_gateway(tmp_path, extra, env={"ZARRGATE_TEST_COMPUTE_DELAY_MS": "3000"})
     try:
         url = f"{gw.endpoint}/ops/v1/average?dataset=compute-only/{DATASET}&var=tas"
         status, body = http(f"{url}&dims=time")

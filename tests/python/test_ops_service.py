@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -301,7 +302,7 @@ def test_above_the_sync_limit_a_request_becomes_a_job(limited, data, method, sta
 def test_a_job_survives_a_killed_gateway(tmp_path):
     data_dir, catalog, ops_dir = one_file_dir(tmp_path), tmp_path / "catalog", tmp_path / "ops"
     inputs = {"dataset": "probe/probe.nc", "var": "tas", "dims": "lat,lon", "weights": "coslat"}
-    slow = {"ZARRGATE_TEST_JOB_DELAY_MS": "60000"}
+    slow = {"ZARRGATE_TEST_COMPUTE_DELAY_MS": "60000"}
     gw = start_gateway(data_dir, "probe", catalog, ops_dir=ops_dir, env=slow)
     try:
         client = Client(gw, tmp_path)
@@ -310,7 +311,7 @@ def test_a_job_survives_a_killed_gateway(tmp_path):
         subset = {"dataset": "probe/probe.nc", "var": "tas", "time": "2000-01/2000-01"}
         dropped = job_location(client.post("subset", subset, headers=later), 201)
         status = client.wait_job(kept, until=("running", "successful"), timeout=30)
-        assert status["status"] == "running", "ZARRGATE_TEST_JOB_DELAY_MS should hold the job in running"
+        assert status["status"] == "running", "ZARRGATE_TEST_COMPUTE_DELAY_MS should hold the job in running"
         assert client.fetch(dropped, method="DELETE").status_code == 200
         wait_for(lambda: dismissed(client.fetch(dropped)), timeout=30)
     finally:
@@ -326,5 +327,29 @@ def test_a_job_survives_a_killed_gateway(tmp_path):
         want = src["tas"].astype("f8").weighted(np.cos(np.deg2rad(src["lat"]))).mean(["lat", "lon"]).astype("f4")
         np.testing.assert_allclose(client.open(results.content)["tas"].values, want.values, rtol=1e-6)
         assert dismissed(client.fetch(dropped)), "a dismissed job is not run again"
+    finally:
+        gw.stop()
+
+
+def test_a_slow_synchronous_request_becomes_a_job_before_the_client_timeout(tmp_path):
+    """A computation that outlasts two thirds of the client timeout is answered with 202 and a
+    job that waits for the same computation, instead of a connection the timeout drops."""
+    data_dir, catalog = one_file_dir(tmp_path), tmp_path / "catalog"
+    slow = {"ZARRGATE_TEST_COMPUTE_DELAY_MS": "4000"}
+    gw = start_gateway(data_dir, "probe", catalog, env=slow, extra_args=("--client-timeout", "3"))
+    try:
+        client = Client(gw, tmp_path)
+        inputs = {"dataset": "probe/probe.nc", "var": "tas", "dims": "time"}
+        started = time.monotonic()
+        location = job_location(client.get("average", inputs), 202)
+        assert time.monotonic() - started < 3, "the answer must beat the client timeout"
+        client.wait_job(location)
+        results = client.fetch(f"{location}/results")
+        assert results.status_code == 200, problem(results)
+        src = open_original(data_dir / "probe.nc")
+        want = src["tas"].mean("time")
+        np.testing.assert_allclose(client.open(results.content)["tas"].values, want.values, rtol=1e-6)
+        again = client.get("average", inputs)
+        assert again.status_code == 200 and again.headers["X-Zarrgate-Cache"] == "hit"
     finally:
         gw.stop()

@@ -50,9 +50,13 @@ pub struct OpsConfig {
     pub threads: usize,
     pub memory_cache_bytes: u64,
     pub disk_cache_bytes: u64,
-    /// Test hook: jobs wait this long in `running` before computing.
+    /// How long a synchronous request waits for its computation before it becomes a job (the
+    /// binary keeps this under the client timeout, so no answer is lost to it).
     #[serde(skip)]
-    pub test_job_delay: Duration,
+    pub sync_wait: Duration,
+    /// Test hook: every computation waits this long before it starts.
+    #[serde(skip)]
+    pub test_compute_delay: Duration,
 }
 
 impl Default for OpsConfig {
@@ -66,9 +70,20 @@ impl Default for OpsConfig {
             threads: cores,
             memory_cache_bytes: 256 << 20,
             disk_cache_bytes: 10 << 30,
-            test_job_delay: Duration::ZERO,
+            sync_wait: Duration::from_secs(20),
+            test_compute_delay: Duration::ZERO,
         }
     }
+}
+
+/// What a job runs.
+enum Work {
+    /// A planned request, not started yet.
+    Plan(Plan, Key, Arc<Collection>, Arc<Dataset>),
+    /// A computation already running (a synchronous request that took too long).
+    Started(tokio::task::JoinHandle<Result<Bytes, Problem>>, Key),
+    /// A job of an earlier process: worked out again from its recorded inputs.
+    Replay,
 }
 
 /// Writes a result as NetCDF-4. The gateway links no netCDF-C, so the binary provides this.
@@ -207,7 +222,8 @@ impl Ops {
         Self::register_metrics(app);
         for job in self.jobs.unfinished() {
             eprintln!("zarrgate: resuming job {} ({})", job.id, job.process);
-            self.spawn_job(app.clone(), job, None);
+            let run = Arc::new(Run::new(self.config.threads));
+            self.spawn_job(app.clone(), job, Work::Replay, None, run);
         }
     }
 
@@ -318,39 +334,85 @@ impl Ops {
         }
         let day = day_of(unix_now());
         app.auth.quotas.begin_compute(who, &day).map_err(|e| quota_problem(&e.0))?;
+        let run = Arc::new(Run::new(self.config.threads));
         if prefer_async || plan.read_bytes > self.config.sync_limit_bytes {
-            let now = unix_now();
-            let job = JobRecord {
-                id: JobStore::new_id(),
-                process: plan.request.process.id().to_string(),
-                request: json!({"inputs": inputs, "canonical": plan.request.canonical()}),
-                format: format.ext().to_string(),
-                owner: who.usage_name().to_string(),
-                status: Status::Accepted,
-                progress: 0,
-                created: now,
-                updated: now,
-                result_key: None,
-                error: None,
-            };
-            let saved = {
-                let (ops, job) = (self.clone(), job.clone());
-                tokio::task::spawn_blocking(move || ops.jobs.save(&job)).await
-            };
-            if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
-                eprintln!("zarrgate: cannot record job {}: {e}", job.id);
-                app.auth.quotas.end_compute(who, &day, 0);
-                return Err(Problem::internal("the job could not be recorded; the server log has the details"));
-            }
-            app.metrics.add("zarrgate_ops_jobs_total", &[("status", "accepted")], 1);
-            self.spawn_job(app.clone(), job.clone(), Some((plan, key, collection, dataset, who.clone())));
+            let job = self.record_job(app, who, &plan.request, inputs, &day).await?;
+            self.spawn_job(
+                app.clone(),
+                job.clone(),
+                Work::Plan(plan, key, collection, dataset),
+                Some(who.clone()),
+                run,
+            );
             return Ok(Answer::Job(job));
         }
         let started = Instant::now();
-        let result = self.compute(app, key, plan, &collection, &dataset, Arc::new(Run::new(self.config.threads))).await;
-        let compute_ms = started.elapsed().as_millis() as u64;
-        app.auth.quotas.end_compute(who, &day, compute_ms);
-        Ok(Answer::Result { key, bytes: result?, hit: false, format, compute_ms })
+        let request = plan.request.clone();
+        let mut task = {
+            let (ops, app, run) = (self.clone(), app.clone(), run.clone());
+            tokio::spawn(async move { ops.compute(&app, key, plan, &collection, &dataset, run).await })
+        };
+        match tokio::time::timeout(self.config.sync_wait, &mut task).await {
+            Ok(joined) => {
+                let result = joined.unwrap_or_else(|e| Err(Problem::internal(format!("the computation failed: {e}"))));
+                let compute_ms = started.elapsed().as_millis() as u64;
+                app.auth.quotas.end_compute(who, &day, compute_ms);
+                Ok(Answer::Result { key, bytes: result?, hit: false, format, compute_ms })
+            }
+            Err(_) => {
+                // Still computing: the answer becomes a job that waits for this computation.
+                let job = match self.record_job(app, who, &request, inputs, &day).await {
+                    Ok(job) => job,
+                    Err(p) => {
+                        let (app, who) = (app.clone(), who.clone());
+                        tokio::spawn(async move {
+                            let _ = task.await;
+                            app.auth.quotas.end_compute(&who, &day, started.elapsed().as_millis() as u64);
+                        });
+                        return Err(p);
+                    }
+                };
+                self.spawn_job(app.clone(), job.clone(), Work::Started(task, key), Some(who.clone()), run);
+                Ok(Answer::Job(job))
+            }
+        }
+    }
+
+    /// Writes a new job record (before its 201/202 goes out). On failure the compute slot taken
+    /// for it is given back.
+    async fn record_job(
+        self: &Arc<Self>,
+        app: &App,
+        who: &Principal,
+        request: &Request,
+        inputs: Value,
+        day: &str,
+    ) -> Result<JobRecord, Problem> {
+        let now = unix_now();
+        let job = JobRecord {
+            id: JobStore::new_id(),
+            process: request.process.id().to_string(),
+            request: json!({"inputs": inputs, "canonical": request.canonical()}),
+            format: request.format.ext().to_string(),
+            owner: who.usage_name().to_string(),
+            status: Status::Accepted,
+            progress: 0,
+            created: now,
+            updated: now,
+            result_key: None,
+            error: None,
+        };
+        let saved = {
+            let (ops, job) = (self.clone(), job.clone());
+            tokio::task::spawn_blocking(move || ops.jobs.save(&job)).await
+        };
+        if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
+            eprintln!("zarrgate: cannot record job {}: {e}", job.id);
+            app.auth.quotas.end_compute(who, day, 0);
+            return Err(Problem::internal("the job could not be recorded; the server log has the details"));
+        }
+        app.metrics.add("zarrgate_ops_jobs_total", &[("status", "accepted")], 1);
+        Ok(job)
     }
 
     /// Plans a request on the blocking pool (it reads metadata and coordinates).
@@ -423,6 +485,9 @@ impl Ops {
         run: Arc<Run>,
     ) -> Result<Bytes, Problem> {
         let _permit = self.pool.clone().acquire_owned().await.expect("the compute pool is never closed");
+        if !self.config.test_compute_delay.is_zero() {
+            tokio::time::sleep(self.config.test_compute_delay).await;
+        }
         app.metrics.add("zarrgate_ops_computations_total", &[("process", plan.request.process.id())], 1);
         let (app2, ds, writer) = (app.clone(), dataset.clone(), self.writer.clone());
         // A thread of its own, at lower priority, so that the threads serving S3 never inherit
@@ -440,16 +505,10 @@ impl Ops {
             .map_err(|_| Problem::internal("the computation stopped unexpectedly; the server log has the details"))?
     }
 
-    /// Starts a job's task. `ready` carries what the request already worked out; a resumed job
-    /// works it out again from its inputs.
-    fn spawn_job(
-        self: &Arc<Self>,
-        app: Arc<App>,
-        job: JobRecord,
-        ready: Option<(Plan, Key, Arc<Collection>, Arc<Dataset>, Principal)>,
-    ) {
+    /// Starts a job's task: `work` is what the request already worked out, or a replay of a
+    /// resumed job. `who` is charged for the compute time.
+    fn spawn_job(self: &Arc<Self>, app: Arc<App>, job: JobRecord, work: Work, who: Option<Principal>, run: Arc<Run>) {
         let ops = self.clone();
-        let run = Arc::new(Run::new(self.config.threads));
         self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(job.id.clone(), run.clone());
         tokio::spawn(async move {
             let id = job.id.clone();
@@ -465,16 +524,16 @@ impl Ops {
                 ops.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 return;
             }
-            if !ops.config.test_job_delay.is_zero() {
-                tokio::time::sleep(ops.config.test_job_delay).await;
-            }
             let started = Instant::now();
-            let who = ready.as_ref().map(|r| r.4.clone());
-            let outcome = match ready {
-                Some((plan, key, collection, dataset, _)) => {
+            let outcome = match work {
+                Work::Plan(plan, key, collection, dataset) => {
                     ops.compute(&app, key, plan, &collection, &dataset, run.clone()).await.map(|_| key)
                 }
-                None => ops.replay(&app, &job, run.clone()).await,
+                Work::Started(task, key) => task
+                    .await
+                    .unwrap_or_else(|e| Err(Problem::internal(format!("the computation failed: {e}"))))
+                    .map(|_| key),
+                Work::Replay => ops.replay(&app, &job, run.clone()).await,
             };
             if let Some(who) = who {
                 app.auth.quotas.end_compute(&who, &day_of(unix_now()), started.elapsed().as_millis() as u64);

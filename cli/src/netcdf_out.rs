@@ -94,6 +94,12 @@ fn attribute(v: &Value, typed_as: Option<&OutVar>) -> Option<AttributeValue> {
         }
     }
     let xs = numbers(v)?;
+    // 64-bit integers from their digits, not through f64.
+    match typed_as.map(|var| (var.dtype.kind, var.dtype.size)) {
+        Some((Kind::Int, 8)) if v.is_i64() => return v.as_i64().map(AttributeValue::Longlong),
+        Some((Kind::UInt, 8)) if v.is_u64() => return v.as_u64().map(AttributeValue::Ulonglong),
+        _ => {}
+    }
     if let Some(var) = typed_as {
         if xs.len() == 1 {
             return Some(typed(xs[0], var));
@@ -141,8 +147,8 @@ fn write_var(file: &mut netcdf::FileMut, v: &OutVar) -> Result<(), netcdf::Error
             if !dims.is_empty() && v.data.len() > 4096 {
                 var.set_compression(1, true)?;
             }
-            if let Some(x) = v.attrs.get("_FillValue").and_then(number) {
-                var.set_fill_value::<$t>(from_f64::<$t>(x))?;
+            if let Some(x) = v.attrs.get("_FillValue").and_then(fill_of::<$t>) {
+                var.set_fill_value::<$t>(x)?;
             }
             for (k, a) in &v.attrs {
                 if k == "_FillValue" {
@@ -175,22 +181,41 @@ fn write_var(file: &mut netcdf::FileMut, v: &OutVar) -> Result<(), netcdf::Error
     Ok(())
 }
 
-/// A fill value converted to the variable's type.
-trait FromF64 {
-    fn from(x: f64) -> Self;
+/// A fill value in the variable's type: integers straight from their JSON digits (an int64
+/// fill like -9223372036854775806 does not survive a trip through f64), floats from numbers.
+trait FromJson: Sized {
+    fn from_json(v: &Value) -> Option<Self>;
 }
 
-macro_rules! from_f64_impl {
-    ($($t:ty),*) => { $(impl FromF64 for $t { fn from(x: f64) -> Self { x as $t } })* };
+macro_rules! from_json_int {
+    ($($t:ty),*) => { $(impl FromJson for $t {
+        fn from_json(v: &Value) -> Option<Self> {
+            v.as_i64().and_then(|i| <$t>::try_from(i).ok())
+                .or_else(|| v.as_u64().and_then(|u| <$t>::try_from(u).ok()))
+                .or_else(|| number(v).map(|x| x as $t))
+        }
+    })* };
 }
-from_f64_impl!(f32, f64, i8, i16, i32, i64, u8, u16, u32, u64);
+from_json_int!(i8, i16, i32, i64, u8, u16, u32, u64);
 
-impl FromF64 for NcChar {
-    fn from(x: f64) -> Self {
-        NcChar(x as u8)
+impl FromJson for f32 {
+    fn from_json(v: &Value) -> Option<Self> {
+        number(v).map(|x| x as f32)
     }
 }
 
-fn from_f64<T: FromF64>(x: f64) -> T {
-    T::from(x)
+impl FromJson for f64 {
+    fn from_json(v: &Value) -> Option<Self> {
+        number(v)
+    }
+}
+
+impl FromJson for NcChar {
+    fn from_json(v: &Value) -> Option<Self> {
+        number(v).map(|x| NcChar(x as u8))
+    }
+}
+
+fn fill_of<T: FromJson>(v: &Value) -> Option<T> {
+    T::from_json(v)
 }

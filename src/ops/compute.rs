@@ -178,17 +178,17 @@ fn companions(view: &StoreView, var: &Variable, keep_dim: &dyn Fn(&str) -> bool)
 }
 
 /// NetCDF's default fill for a type, used when a masked integer variable has no `_FillValue`.
-fn default_fill(kind: Kind, size: usize) -> f64 {
+fn default_fill(kind: Kind, size: usize) -> Value {
     match (kind, size) {
-        (Kind::Int, 1) => -127.0,
-        (Kind::Int, 2) => -32767.0,
-        (Kind::Int, 4) => -2147483647.0,
-        (Kind::Int, _) => -9223372036854775806.0,
-        (Kind::UInt, 1) => 255.0,
-        (Kind::UInt, 2) => 65535.0,
-        (Kind::UInt, 4) => 4294967295.0,
-        (Kind::UInt, _) => 18446744073709551614.0,
-        _ => 9.969_209_968_386_869e36,
+        (Kind::Int, 1) => json!(-127),
+        (Kind::Int, 2) => json!(-32767),
+        (Kind::Int, 4) => json!(-2147483647),
+        (Kind::Int, _) => json!(-9223372036854775806i64),
+        (Kind::UInt, 1) => json!(255),
+        (Kind::UInt, 2) => json!(65535),
+        (Kind::UInt, 4) => json!(4294967295u32),
+        (Kind::UInt, _) => json!(18446744073709551614u64),
+        _ => json!(9.969_209_968_386_869e36),
     }
 }
 
@@ -208,19 +208,20 @@ fn subset_var(
             return Ok(());
         };
         let v = out.vars.iter_mut().find(|v| v.name == var.name).expect("copied above");
-        let fill = match super::store::number(v.attrs.get("_FillValue").unwrap_or(&Value::Null)) {
-            Some(f) => f,
-            None if v.dtype.kind == Kind::Float => {
+        // The fill as JSON, so that 64-bit integers keep every digit.
+        let fill: Value = match v.attrs.get("_FillValue") {
+            Some(f) if super::store::number(f).is_some() => f.clone(),
+            _ if v.dtype.kind == Kind::Float => {
                 v.attrs.insert("_FillValue".into(), json!(NAN));
-                f64::NAN
+                json!("NaN")
             }
-            None => {
+            _ => {
                 let f = default_fill(v.dtype.kind, v.dtype.size);
-                v.attrs.insert("_FillValue".into(), json!(f as i64));
+                v.attrs.insert("_FillValue".into(), f.clone());
                 f
             }
         };
-        let fill_bytes = super::store::element_bytes(&v.dtype, fill);
+        let fill_bytes = super::store::fill_bytes(&v.dtype, &fill);
         let shape: Vec<usize> =
             v.dims.iter().map(|d| out.dims.iter().find(|(n, _)| n == d).map_or(1, |(_, l)| *l)).collect();
         let st = strides(&shape);
@@ -632,25 +633,35 @@ fn weight_field(
         }
     };
     let mut fdims = fdims;
-    if let Some(mask) = &sel.mask {
-        if var.dims.contains(&mask.y) && var.dims.contains(&mask.x) {
-            if fdims.is_empty() {
-                fdims = vec![mask.y.clone(), mask.x.clone()];
-                values = vec![1.0; mask.outside.len()];
-            }
-            if fdims == [mask.y.clone(), mask.x.clone()] {
-                values.iter_mut().zip(&mask.outside).for_each(|(w, out)| {
-                    if *out {
-                        *w = 0.0
-                    }
-                });
+    let field_shape = |fdims: &[String]| -> Vec<usize> {
+        fdims
+            .iter()
+            .map(|d| positions[var.dims.iter().position(|x| x == d).expect("field dims are the variable's")].len())
+            .collect()
+    };
+    if let Some(mask) = sel.mask.as_ref().filter(|m| var.dims.contains(&m.y) && var.dims.contains(&m.x)) {
+        if fdims.is_empty() {
+            fdims = vec![mask.y.clone(), mask.x.clone()];
+            values = vec![1.0; mask.outside.len()];
+        }
+        // Points outside the area weigh nothing, whatever the order of the field's dimensions.
+        let (Some(yk), Some(xk)) = (fdims.iter().position(|d| *d == mask.y), fdims.iter().position(|d| *d == mask.x))
+        else {
+            return Err(Problem::unprocessable(
+                Some("weights"),
+                "the weights do not cover the curvilinear grid the area selects on",
+            ));
+        };
+        let shape = field_shape(&fdims);
+        let st = strides(&shape);
+        let nx = shape[xk];
+        for (i, w) in values.iter_mut().enumerate() {
+            if mask.outside[(i / st[yk] % shape[yk]) * nx + i / st[xk] % shape[xk]] {
+                *w = 0.0;
             }
         }
     }
-    let fshape: Vec<usize> = fdims
-        .iter()
-        .map(|d| positions[var.dims.iter().position(|x| x == d).expect("field dims are the variable's")].len())
-        .collect();
+    let fshape = field_shape(&fdims);
     let fstrides = strides(&fshape);
     let tables = var
         .dims

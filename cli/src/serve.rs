@@ -190,6 +190,9 @@ boto3:
 
 curl:
     curl -s {endpoint}/{bucket}/{dataset}/.zmetadata
+
+server-side operations (computed once, then cached; the menu is at {endpoint}/processes):
+    curl -s "{endpoint}/ops/v1/average?dataset={bucket}/{dataset}&var=tas&dims=latitude,longitude&weights=coslat&format=csv"
 "#
     );
 }

@@ -296,13 +296,17 @@ def test_bad_config_is_a_clear_error(tmp_path):
 
 def test_demo_prints_snippets_that_work(tmp_path):
     args = [*zarrgate_bin(), "demo", "--listen", "127.0.0.1:0", "--catalog", str(tmp_path / "demo-cat")]
+    args += ["--ops-dir", str(tmp_path / "demo-ops")]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         endpoint = proc.stdout.readline().split()[-1]
         lines = []
-        while not any(line.startswith("curl") or "curl -s" in line for line in lines[-1:]):
+        while not any("/ops/v1/" in line for line in lines[-1:]):
             lines.append(proc.stdout.readline())
         text = "".join(lines)
+        ops_url = lines[-1].split('"')[1]
+        status, headers, body = http(ops_url)
+        assert status == 200 and body.decode().startswith("time,tas\n"), body[:200]
         assert f'"endpoint_url": "{endpoint}"' in text
         snippet = text.split("xarray (s3fs):")[1].split("boto3:")[0]
         scope: dict = {}

@@ -9,7 +9,7 @@ use netcdf::types::{NcTypeDescriptor, NcVariableType};
 use netcdf::AttributeValue;
 use serde_json::Value;
 use zarrgate_core::ops::output::{OutVar, Output};
-use zarrgate_core::ops::store::{number, NAN, NEG_INF, POS_INF};
+use zarrgate_core::ops::store::{looks_f32, number, NAN, NEG_INF, POS_INF};
 use zarrgate_core::zarr::Kind;
 use zarrgate_gateway::ops::NetcdfWriter;
 
@@ -67,11 +67,6 @@ fn typed(x: f64, v: &OutVar) -> AttributeValue {
         (Kind::UInt, _) => AttributeValue::Ulonglong(x as u64),
         _ => AttributeValue::Double(x),
     }
-}
-
-fn looks_f32(x: f64) -> bool {
-    let f = x as f32;
-    f as f64 == x && format!("{x}").len() > format!("{f}").len()
 }
 
 fn numbers(v: &Value) -> Option<Vec<f64>> {

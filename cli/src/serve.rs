@@ -103,6 +103,7 @@ pub fn serve(
         .block_on(async {
             let listener = tokio::net::TcpListener::bind(options.listen).await?;
             if let Some(ops) = &app.ops {
+                zarrgate_gateway::ops::Ops::register_metrics(&app);
                 ops.resume_jobs(&app);
             }
             on_ready(listener.local_addr()?);

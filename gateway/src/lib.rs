@@ -13,6 +13,7 @@
 //! - [`metrics`]: Prometheus counters.
 //! - [`body`]: response bodies, streaming large byte ranges.
 //! - [`server`]: the hyper server (limits, timeouts, shutdown).
+//! - [`util`]: hex, I/O errors that name their file, quiet deletion.
 //!
 //! The gateway never links libhdf5 or libnetcdf: it reads reference sets written by the
 //! indexer and byte ranges of the source files. NetCDF results are written through the
@@ -29,6 +30,7 @@ pub mod s3;
 pub mod server;
 pub mod source;
 pub mod transcode;
+pub mod util;
 
 pub use collection::{Collection, Reindex};
 pub use s3::App;

@@ -5,8 +5,8 @@ use serde_json::{json, Value};
 use super::kernel::{gather, strides, Decoded, KernelError, Layout, Run, WeightedSum};
 use super::output::{OutVar, Output};
 use super::request::{Axis, Problem, Process, Request, Weights};
-use super::select::{axes, coordinate, read_coordinate, select, Axes, Selection};
-use super::store::{ChunkSource, StoreView, Variable, NAN};
+use super::select::{axes, coordinate, read_coordinate, read_decoded, select, Axes, Selection};
+use super::store::{looks_f32, ChunkSource, StoreView, Variable, NAN};
 use crate::cftime;
 use crate::zarr::Kind;
 
@@ -243,23 +243,15 @@ fn subset_var(
 /// Whether xarray decodes `var` to float32 (else float64).
 fn decodes_to_f32(var: &Variable) -> bool {
     let dtype = var.meta.dtype;
-    let f32_attr = |name: &str| var.attr_f64(name).is_none_or(|x| looks_f32(x));
+    let decoded = Decoded::of(var);
+    let f32_factors = ["scale_factor", "add_offset"].iter().all(|a| var.attr_f64(a).is_none_or(looks_f32));
     match dtype.kind {
-        Kind::Float => {
-            dtype.size == 4 && (!Decoded::of(var).is_packed() || (f32_attr("scale_factor") && f32_attr("add_offset")))
-        }
-        _ if Decoded::of(var).is_packed() => dtype.size <= 2 && f32_attr("scale_factor") && f32_attr("add_offset"),
+        Kind::Float => dtype.size == 4 && (!decoded.is_packed() || f32_factors),
+        _ if decoded.is_packed() => dtype.size <= 2 && f32_factors,
         // Integers decode to floats only when masked (xarray: float32 for 1-2 byte types);
         // their plain mean is float64.
-        _ => dtype.size <= 2 && !Decoded::of(var).masks_nothing(),
+        _ => dtype.size <= 2 && !decoded.masks_nothing(),
     }
-}
-
-/// A float attribute that was stored as float32: exact in f32, and its shortest f64 spelling is
-/// longer than its f32 one (0.1f32 is written 0.10000000149011612).
-fn looks_f32(x: f64) -> bool {
-    let f = x as f32;
-    f as f64 == x && format!("{x}").len() > format!("{f}").len()
 }
 
 /// The range a coordinate covers over the selected positions: from its bounds when it has them.
@@ -586,14 +578,12 @@ fn weight_field(
                     (c.clone(), vec![d.to_string()])
                 }
             };
-            let lat_sel = sel.for_var(&lat);
-            let raw = gather(&Run::new(1), source, &lat, &lat_sel).map_err(kernel)?;
-            let mut vals = Vec::new();
-            super::store::to_f64(&lat.meta.dtype, &raw, &mut vals).map_err(Problem::internal)?;
-            let dec = Decoded::of(&lat);
+            let lats = read_decoded(source, &lat, &sel.for_var(&lat))?;
             // A missing latitude (land fill of an ocean grid) weighs nothing.
-            let weight = |x: f64| dec.apply(x).to_radians().cos();
-            (dims, vals.into_iter().map(|x| Some(weight(x)).filter(|w| w.is_finite()).unwrap_or(0.0)).collect())
+            (
+                dims,
+                lats.into_iter().map(|x| x.to_radians().cos()).map(|w| if w.is_finite() { w } else { 0.0 }).collect(),
+            )
         }
         Weights::Area => {
             let measures = var.attr_str("cell_measures").unwrap_or("");
@@ -621,15 +611,8 @@ fn weight_field(
                     format!("the cell areas {name} are not on the grid of {}", var.name),
                 ));
             }
-            let cell_sel = sel.for_var(cell);
-            let raw = gather(&Run::new(1), source, cell, &cell_sel).map_err(kernel)?;
-            let mut vals = Vec::new();
-            super::store::to_f64(&cell.meta.dtype, &raw, &mut vals).map_err(Problem::internal)?;
-            let dec = Decoded::of(cell);
-            (
-                cell.dims.clone(),
-                vals.into_iter().map(|x| dec.apply(x)).map(|x| if x.is_finite() { x } else { 0.0 }).collect(),
-            )
+            let areas = read_decoded(source, cell, &sel.for_var(cell))?;
+            (cell.dims.clone(), areas.into_iter().map(|x| if x.is_finite() { x } else { 0.0 }).collect())
         }
     };
     let mut fdims = fdims;

@@ -8,8 +8,10 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use serde_json::Value;
+
 use super::request::Problem;
-use super::store::{decode_chunk, fill_bytes, number, to_f64, ChunkSource, SourceError, Variable};
+use super::store::{decode_chunk, fill_bytes, number, numbers, to_f64, Attrs, ChunkSource, SourceError, Variable};
 use crate::zarr::{ArrayMetadataV2, DType, Kind};
 
 /// Shared state of one computation: its thread budget, progress and cancellation.
@@ -74,20 +76,24 @@ pub struct Decoded {
 
 impl Decoded {
     pub fn of(var: &Variable) -> Decoded {
-        let dtype = var.meta.dtype;
-        let unsigned =
-            dtype.kind == Kind::Int && var.attr_str("_Unsigned").is_some_and(|u| u.eq_ignore_ascii_case("true"));
+        Decoded::new(var.meta.dtype, &var.attrs)
+    }
+
+    /// The decoding of elements of `dtype` with attributes `attrs`.
+    pub fn new(dtype: DType, attrs: &Attrs) -> Decoded {
+        let unsigned = dtype.kind == Kind::Int
+            && attrs.get("_Unsigned").and_then(Value::as_str).is_some_and(|u| u.eq_ignore_ascii_case("true"));
         let unsigned_wrap = if unsigned { 2f64.powi(8 * dtype.size as i32) } else { 0.0 };
         // Compare in the variable's own precision, as numpy does after casting the fill.
         let exact = |x: f64| if dtype.kind == Kind::Float && dtype.size == 4 { x as f32 as f64 } else { x };
         let wrap = |x: f64| if x < 0.0 { x + unsigned_wrap } else { x };
-        let mut fills: Vec<f64> = var.attr_numbers("_FillValue");
-        fills.extend(var.attr_numbers("missing_value"));
+        let mut fills: Vec<f64> = numbers(attrs, "_FillValue");
+        fills.extend(numbers(attrs, "missing_value"));
         let fills = fills.into_iter().filter(|f| !f.is_nan()).map(exact).map(wrap).collect();
         Decoded {
             fills,
-            scale: var.attr_f64("scale_factor").unwrap_or(1.0),
-            offset: var.attr_f64("add_offset").unwrap_or(0.0),
+            scale: attrs.get("scale_factor").and_then(number).unwrap_or(1.0),
+            offset: attrs.get("add_offset").and_then(number).unwrap_or(0.0),
             unsigned_wrap,
         }
     }

@@ -94,27 +94,8 @@ impl Output {
 
 /// The value a reader sees for a variable's element: masked and unpacked (NaN when masked).
 fn decoded_values(v: &OutVar) -> Vec<f64> {
-    let fills: Vec<f64> = ["_FillValue", "missing_value"]
-        .iter()
-        .filter_map(|a| v.attrs.get(*a))
-        .flat_map(|x| match x {
-            Value::Array(items) => items.iter().filter_map(number).collect::<Vec<_>>(),
-            x => number(x).into_iter().collect(),
-        })
-        .map(|f| if v.dtype.kind == Kind::Float && v.dtype.size == 4 { f as f32 as f64 } else { f })
-        .collect();
-    let scale = v.attrs.get("scale_factor").and_then(number).unwrap_or(1.0);
-    let offset = v.attrs.get("add_offset").and_then(number).unwrap_or(0.0);
-    (0..v.len())
-        .map(|i| {
-            let raw = v.value(i);
-            if fills.contains(&raw) {
-                f64::NAN
-            } else {
-                raw * scale + offset
-            }
-        })
-        .collect()
+    let decoded = super::kernel::Decoded::new(v.dtype, &v.attrs);
+    (0..v.len()).map(|i| decoded.apply(v.value(i))).collect()
 }
 
 /// Text for a coordinate value: ISO 8601 for times, else the number.

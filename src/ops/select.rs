@@ -265,10 +265,16 @@ fn coordinate_of<'a>(view: &'a StoreView, dim: &str, argument: &str) -> Result<&
 /// A whole coordinate variable as floats (decoded: packed coordinates are unpacked).
 pub fn read_coordinate(source: &dyn ChunkSource, coord: &Variable) -> Result<Vec<f64>, Problem> {
     let all: Vec<Vec<usize>> = coord.meta.shape.iter().map(|n| (0..*n as usize).collect()).collect();
-    let raw = read_all(source, coord, &all).map_err(|e| e.problem())?;
+    read_decoded(source, coord, &all)
+}
+
+/// The selected elements of a small variable (coordinates, weights) as decoded floats, read on
+/// the calling thread.
+pub fn read_decoded(source: &dyn ChunkSource, var: &Variable, sel: &[Vec<usize>]) -> Result<Vec<f64>, Problem> {
+    let raw = read_all(source, var, sel).map_err(|e| e.problem())?;
     let mut values = Vec::new();
-    super::store::to_f64(&coord.meta.dtype, &raw, &mut values).map_err(Problem::internal)?;
-    let decoded = Decoded::of(coord);
+    super::store::to_f64(&var.meta.dtype, &raw, &mut values).map_err(Problem::internal)?;
+    let decoded = Decoded::of(var);
     Ok(values.into_iter().map(|v| decoded.apply(v)).collect())
 }
 

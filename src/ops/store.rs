@@ -59,11 +59,7 @@ impl Variable {
 
     /// Every number of an attribute (a scalar or a list).
     pub fn attr_numbers(&self, name: &str) -> Vec<f64> {
-        match self.attrs.get(name) {
-            Some(Value::Array(items)) => items.iter().filter_map(number).collect(),
-            Some(v) => number(v).into_iter().collect(),
-            None => Vec::new(),
-        }
+        numbers(&self.attrs, name)
     }
 
     pub fn len(&self) -> u64 {
@@ -73,6 +69,23 @@ impl Variable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Every number of attribute `name` (a scalar or a list).
+pub fn numbers(attrs: &Attrs, name: &str) -> Vec<f64> {
+    match attrs.get(name) {
+        Some(Value::Array(items)) => items.iter().filter_map(number).collect(),
+        Some(v) => number(v).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Whether a float attribute was stored as float32: exact in f32, and its shortest f64
+/// spelling is longer than its f32 one (0.1f32 is written 0.10000000149011612). JSON has one
+/// number type, so this is how a float32 `scale_factor` is told from a float64 one.
+pub fn looks_f32(x: f64) -> bool {
+    let f = x as f32;
+    f as f64 == x && format!("{x}").len() > format!("{f}").len()
 }
 
 /// A number attribute value, reading the tagged non-finite strings.

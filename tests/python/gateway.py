@@ -19,6 +19,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def wait_for(predicate, timeout: float = 120, step: float = 0.3):
+    """The first truthy value of `predicate()`, polled every `step` seconds for `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not reached in time")
+
+
 def debug_build() -> Path:
     """The debug binary cargo builds, in ``$CARGO_TARGET_DIR`` when that is set."""
     return Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target").resolve() / "debug" / "zarrgate"

@@ -117,16 +117,6 @@ def ok_result(resp: requests.Response, content_type: str = "application/x-netcdf
     return resp
 
 
-def wait_for(predicate, timeout: float = 120, step: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not reached in time")
-
-
 # ---------------------------------------------------------------------------------------------
 # Fixtures
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from gateway import REPO, start_gateway, zarrgate_bin
+from gateway import REPO, start_gateway, wait_for, zarrgate_bin
 
 FIXTURES = Path(os.environ.get("ZARRGATE_FIXTURES", REPO / "fixtures" / "data" / "good"))
 
@@ -54,16 +54,6 @@ def raw(endpoint: str, request: bytes, timeout: float = 10) -> bytes:
 
 def error_code(body: bytes) -> str:
     return ET.fromstring(body).findtext("Code")
-
-
-def wait_for(predicate, timeout: float = 120, step: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 import ops_data
-from gateway import start_gateway
+from gateway import start_gateway, wait_for
 from ops_cases import DATELINE, ENS, N0, N180, P360, find
 from ops_client import (  # noqa: F401 (fixtures)
     Client,
@@ -32,7 +32,6 @@ from ops_client import (  # noqa: F401 (fixtures)
     original,
     problem,
     result_key,
-    wait_for,
 )
 from ops_oracle import assert_same, open_original, pick
 

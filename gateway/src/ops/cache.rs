@@ -27,6 +27,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::util::{at, hex, remove_quietly};
+
 const MAGIC: &[u8; 8] = b"ZGRES001";
 const HEADER: usize = 8 + 32;
 const TMP_SUFFIX: &str = ".tmp";
@@ -70,19 +72,6 @@ pub enum Lookup {
     Miss,
     /// The disk file failed its hash check and was deleted.
     Corrupt,
-}
-
-/// An I/O error that names the file it concerns.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
-struct PathError {
-    path: PathBuf,
-    #[source]
-    source: std::io::Error,
-}
-
-fn at(path: &Path, source: std::io::Error) -> std::io::Error {
-    std::io::Error::new(source.kind(), PathError { path: path.to_path_buf(), source })
 }
 
 /// One file of the disk tier. `size` counts the header.
@@ -380,14 +369,6 @@ fn read_header(path: &Path) -> std::io::Result<Option<Entry>> {
     Ok(Some(Entry { size: meta.len(), last_use, hash }))
 }
 
-fn remove_quietly(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            eprintln!("zarrgate: cannot delete {}: {e}", path.display());
-        }
-    }
-}
-
 fn ns_since_epoch(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
@@ -398,16 +379,6 @@ fn now_ns() -> u64 {
 
 fn time_of(stamp: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(stamp)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
 }
 
 #[cfg(test)]

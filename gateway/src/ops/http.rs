@@ -16,7 +16,7 @@ use zarrgate_core::ops::{Format, Problem, Process, Raw, Request as OpRequest};
 use super::cache::{Key, Lookup};
 use super::jobs::{JobRecord, Status};
 use super::{quota_problem, unpack, unseal, Answer, Ops, Stored};
-use crate::auth::{Policy, Principal, RequestAuth};
+use crate::auth::{day_of, unix_now, Policy, Principal, RequestAuth};
 use crate::body::ResponseBody;
 use crate::s3::{App, HttpResponse};
 
@@ -101,7 +101,8 @@ async fn route(
     let ops = ops_of(app)?.clone();
     let path = req.uri().path().to_string();
     let raw_query = req.uri().query().unwrap_or("").to_string();
-    let query = parse_query(&raw_query)?;
+    let query = crate::s3::parse_query(Some(&raw_query))
+        .map_err(|_| Problem::invalid("query", "the query string is not valid UTF-8 once decoded"))?;
     let who = app
         .auth
         .authenticate(&RequestAuth {
@@ -115,13 +116,9 @@ async fn route(
         })
         .map_err(|e| Problem::new(e.status.as_u16(), "unauthorized", "Not authorized", e.message.clone()))?;
     *who_out = Some(who.clone());
-    app.auth.admit(&who).map_err(|e| {
-        quota_problem(
-            e.message
-                .trim_start_matches("Please reduce your request rate: the quota on ")
-                .trim_end_matches(" is used up."),
-        )
-    })?;
+    app.auth.quotas.admit(&who, &day_of(unix_now())).map_err(|e| quota_problem(&e.0))?;
+    // The signing parameters of a presigned URL are for authentication, not arguments.
+    let query: Vec<(String, String)> = query.into_iter().filter(|(k, _)| !k.starts_with("X-Amz-")).collect();
     let method = req.method().clone();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let prefer_async =
@@ -213,23 +210,6 @@ async fn route(
         )),
         _ => Err(Problem::not_found(format!("there is nothing at {path}"))),
     }
-}
-
-fn parse_query(q: &str) -> Result<Vec<(String, String)>, Problem> {
-    let mut out = Vec::new();
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let dec = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8()
-                .map(|c| c.into_owned())
-                .map_err(|_| Problem::invalid("query", "the query string is not valid UTF-8 once decoded"))
-        };
-        out.push((dec(k)?, dec(v)?));
-    }
-    // Signing parameters of presigned URLs are not arguments.
-    out.retain(|(k, _)| !k.starts_with("X-Amz-"));
-    Ok(out)
 }
 
 async fn read_body(req: Request<hyper::body::Incoming>) -> Result<Bytes, Problem> {

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::util::{at, hex, remove_quietly};
+
 const TMP_SUFFIX: &str = ".tmp";
 
 /// Tells apart temporary files, and ids made without `/dev/urandom`.
@@ -58,19 +60,6 @@ pub struct JobRecord {
     pub result_key: Option<String>,
     /// A problem document once failed.
     pub error: Option<serde_json::Value>,
-}
-
-/// An I/O error that names the file it concerns.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
-struct PathError {
-    path: PathBuf,
-    #[source]
-    source: std::io::Error,
-}
-
-fn at(path: &Path, source: std::io::Error) -> std::io::Error {
-    std::io::Error::new(source.kind(), PathError { path: path.to_path_buf(), source })
 }
 
 /// Why a file in the job directory was skipped at open.
@@ -249,26 +238,8 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| at(dir, e))
 }
 
-fn remove_quietly(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            eprintln!("zarrgate: cannot delete {}: {e}", path.display());
-        }
-    }
-}
-
 fn is_id(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
 }
 
 #[cfg(test)]

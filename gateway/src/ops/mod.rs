@@ -219,7 +219,6 @@ impl Ops {
 
     /// Runs again the jobs a previous process left accepted or running.
     pub fn resume_jobs(self: &Arc<Self>, app: &Arc<App>) {
-        Self::register_metrics(app);
         for job in self.jobs.unfinished() {
             eprintln!("zarrgate: resuming job {} ({})", job.id, job.process);
             let run = Arc::new(Run::new(self.config.threads));

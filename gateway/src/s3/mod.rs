@@ -159,7 +159,8 @@ fn decode(text: &str, plus: bool) -> Result<String, S3Error> {
         .map_err(|_| S3Error::new(StatusCode::BAD_REQUEST, "InvalidURI", "The URI is not valid UTF-8 once decoded."))
 }
 
-fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, S3Error> {
+/// The pairs of a query string, percent-decoded (`+` is a space).
+pub fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, S3Error> {
     let mut out = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -550,31 +551,34 @@ fn results_object(app: &App, ops: &crate::ops::Ops, r: &S3Request, who: &Princip
     may_read(&bucket)?;
     let etag = format!("\"{}\"", &blake3::hash(&bytes).to_hex()[..32]);
     let size = bytes.len() as u64;
-    let range = r.header("range").and_then(parse_range).map(|spec: RangeSpec| spec.resolve(size));
-    let (start, end) = match range {
-        None => (0, size),
-        Some(Resolved::Part { start, end }) => (start, end),
-        Some(Resolved::Unsatisfiable) => {
-            return Err(S3Error::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "InvalidRange",
-                "The requested range is not satisfiable",
-            )
-            .with_header("content-range", format!("bytes */{size}")))
-        }
-    };
-    let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let (range, start, end) = requested_range(r, size)?;
+    let status = if range { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     let body = if r.is_head() { Bytes::new() } else { bytes.slice(start as usize..end as usize) };
     let mut resp = response(status, content_type(key), body, &r.request_id);
     let h = resp.headers_mut();
     h.insert("etag", HeaderValue::from_str(&etag).expect("hex etag"));
     h.insert("cache-control", HeaderValue::from_static("public, max-age=31536000, immutable"));
     h.insert("content-length", HeaderValue::from(end - start));
-    if range.is_some() {
+    if range {
         let cr = format!("bytes {}-{}/{}", start, end.saturating_sub(1), size);
         h.insert("content-range", HeaderValue::from_str(&cr).expect("ascii"));
     }
     Ok(resp)
+}
+
+/// The byte range a GET asks for of an object of `size` bytes: whether it asked for one, and
+/// `start..end`; an unsatisfiable range is S3's `InvalidRange`.
+fn requested_range(r: &S3Request, size: u64) -> Result<(bool, u64, u64), S3Error> {
+    match r.header("range").and_then(parse_range).map(|spec: RangeSpec| spec.resolve(size)) {
+        None => Ok((false, 0, size)),
+        Some(Resolved::Part { start, end }) => Ok((true, start, end)),
+        Some(Resolved::Unsatisfiable) => Err(S3Error::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "InvalidRange",
+            "The requested range is not satisfiable",
+        )
+        .with_header("content-range", format!("bytes */{size}"))),
+    }
 }
 
 fn content_type(key: &str) -> &'static str {
@@ -617,19 +621,7 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
             ))
         }
     }
-    let range = r.header("range").and_then(parse_range).map(|spec: RangeSpec| spec.resolve(object.size));
-    let (start, end) = match range {
-        None => (0, object.size),
-        Some(Resolved::Part { start, end }) => (start, end),
-        Some(Resolved::Unsatisfiable) => {
-            return Err(S3Error::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "InvalidRange",
-                "The requested range is not satisfiable",
-            )
-            .with_header("content-range", format!("bytes */{}", object.size)))
-        }
-    };
+    let (range, start, end) = requested_range(r, object.size)?;
     let head = r.is_head();
     let app2 = app.clone();
     let ds = dataset.clone();
@@ -670,7 +662,7 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
             return Err(S3Error::internal("The object could not be read or decoded; the server log has the details."));
         }
     };
-    let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let status = if range { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     let mut resp = response(status, content_type(inner), Bytes::new(), &r.request_id);
     *resp.body_mut() = body;
     let h = resp.headers_mut();
@@ -678,7 +670,7 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
     h.insert("last-modified", HeaderValue::from_str(&last_modified).expect("http date"));
     h.insert("accept-ranges", HeaderValue::from_static("bytes"));
     h.insert("content-length", HeaderValue::from(end - start));
-    if range.is_some() {
+    if range {
         let cr = format!("bytes {}-{}/{}", start, end.saturating_sub(1), object.size);
         h.insert("content-range", HeaderValue::from_str(&cr).expect("ascii"));
     }

@@ -42,6 +42,7 @@ bench: build
 	$(PY) benches/compare_kerchunk.py
 	$(PY) benches/compare_gateway.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 	$(PY) benches/compare_ops.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
+	$(PY) benches/compare_join.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 
 fixtures: venv
 	$(PY) fixtures/generate.py

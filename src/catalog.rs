@@ -59,6 +59,33 @@ pub struct CatalogEntry {
     pub error: Option<String>,
 }
 
+/// A joined dataset of the catalog (see `docs/joins.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinEntry {
+    /// `Ok` or `Failed`.
+    pub status: EntryStatus,
+    /// Member files, relative to the root.
+    pub members: Vec<String>,
+    /// The join document, relative to the catalog directory (absent when the join failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the join left out or served differently, one sentence each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// A digest of the definition and its members' fingerprints: the join is rebuilt when it
+    /// changes.
+    #[serde(default)]
+    pub inputs: String,
+}
+
+impl JoinEntry {
+    pub fn failed(members: Vec<String>, error: String, inputs: String) -> Self {
+        JoinEntry { status: EntryStatus::Failed, members, refs: None, error: Some(error), notes: vec![], inputs }
+    }
+}
+
 /// `catalog.json` of a catalog directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
@@ -68,6 +95,9 @@ pub struct Catalog {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_prefix: Option<String>,
     pub datasets: BTreeMap<String, CatalogEntry>,
+    /// Joined datasets by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub joins: BTreeMap<String, JoinEntry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +126,7 @@ pub const CATALOG_FILE: &str = "catalog.json";
 
 impl Catalog {
     pub fn new(root: PathBuf, url_prefix: Option<String>) -> Self {
-        Catalog { version: 1, root, url_prefix, datasets: BTreeMap::new() }
+        Catalog { version: 1, root, url_prefix, datasets: BTreeMap::new(), joins: BTreeMap::new() }
     }
 
     /// Loads `dir/catalog.json`, or `None` if there is none yet.

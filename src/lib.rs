@@ -12,6 +12,7 @@
 //!   refused), stored beside the references under the top-level key `zarrgate`.
 //! - [`catalog`]: the catalog of an indexed tree and source fingerprints.
 //! - [`cftime`]: CF calendars and time units (decode, encode, ISO bounds, periods).
+//! - [`join`]: multi-file datasets: checks, plans, and the assembly of chunks across files.
 //! - [`ops`]: server-side subset and average as pure computations over a served store.
 //!
 //! Nothing here does I/O beyond reading and writing JSON documents, and nothing depends on an
@@ -22,6 +23,7 @@ pub mod catalog;
 pub mod cftime;
 pub mod codec;
 pub mod fill;
+pub mod join;
 pub mod ops;
 pub mod refs;
 pub mod report;

@@ -52,6 +52,9 @@ enum Command {
         /// Index in this process instead of a child (what a worker does).
         #[arg(long, hide = true)]
         worker: bool,
+        /// Do not join ESGF/DRS datasets (`PREFIX_START-END.nc` files of one directory).
+        #[arg(long)]
+        no_drs_join: bool,
     },
     /// Serve data as a read-only S3 bucket of Zarr stores (one per file: `s3://BUCKET/<relpath>`).
     Serve {
@@ -160,6 +163,9 @@ struct ServerArgs {
     /// Estimated bytes to decode above which an operation runs as a job (default 512 MiB).
     #[arg(long)]
     sync_limit: Option<u64>,
+    /// Do not join ESGF/DRS datasets (`PREFIX_START-END.nc` files of one directory).
+    #[arg(long)]
+    no_drs_join: bool,
 }
 
 impl ServerArgs {
@@ -202,6 +208,7 @@ impl ServerArgs {
         serve::IndexSettings {
             jobs: self.jobs.unwrap_or_else(cpus),
             file_timeout: Duration::from_secs(self.file_timeout),
+            no_drs_join: self.no_drs_join,
         }
     }
 }
@@ -243,12 +250,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Index { path, output, out, url_prefix, force, jobs, file_timeout, url, worker } => {
+        Command::Index { path, output, out, url_prefix, force, jobs, file_timeout, url, worker, no_drs_join } => {
             if path.is_dir() {
                 let Some(out) = out else { bail!("indexing a directory needs --out CATALOG_DIR") };
                 let jobs = jobs.unwrap_or_else(cpus);
                 let isolated = isolate::Isolated::new(Duration::from_secs(file_timeout))?;
-                index_dir(&path, &out, TreeOptions { url_prefix, force, jobs }, &isolated)
+                index_dir(&path, &out, TreeOptions { url_prefix, force, jobs, no_drs_join }, &isolated)
             } else {
                 if out.is_some() {
                     bail!("--out is for directories; use -o OUT.json for a single file");
@@ -373,8 +380,8 @@ pub(crate) fn index_dir(
     let summary = index_tree(root, out, &options, worker, &mut progress)?;
     progress.0.finish_and_clear();
     eprintln!(
-        "indexed {} ok, {} partial (see reports), {} failed; {} unchanged skipped; {} removed",
-        summary.ok, summary.partial, summary.failed, summary.skipped, summary.removed
+        "indexed {} ok, {} partial (see reports), {} failed; {} unchanged skipped; {} removed; {} joined datasets, {} refused",
+        summary.ok, summary.partial, summary.failed, summary.skipped, summary.removed, summary.joins_ok, summary.joins_failed
     );
     if summary.failed > 0 {
         eprintln!("some files failed: see {}/reports", out.display());

@@ -17,6 +17,13 @@ use crate::isolate::Isolated;
 pub struct IndexSettings {
     pub jobs: usize,
     pub file_timeout: Duration,
+    pub no_drs_join: bool,
+}
+
+impl IndexSettings {
+    fn tree_options(&self) -> TreeOptions {
+        TreeOptions { url_prefix: None, force: false, jobs: self.jobs, no_drs_join: self.no_drs_join }
+    }
 }
 
 /// Brings one catalog up to date with its data directory, in worker processes.
@@ -40,7 +47,7 @@ impl Progress for Quiet {
 impl Reindex for TreeReindex {
     fn refresh(&self) -> Result<(), String> {
         let worker = Isolated::new(self.settings.file_timeout).map_err(|e| e.to_string())?;
-        let options = TreeOptions { url_prefix: None, force: false, jobs: self.settings.jobs };
+        let options = self.settings.tree_options();
         index_tree(&self.data, &self.catalog, &options, &worker, &mut Quiet)
             .map(|_| ())
             .map_err(|e| zarrgate_indexer::tree::error_chain(&e))
@@ -123,7 +130,7 @@ fn open_collection(c: &CollectionConfig, settings: &IndexSettings) -> anyhow::Re
             let data = std::path::absolute(data)?;
             eprintln!("zarrgate: indexing {} into {}", data.display(), catalog.display());
             let worker = Isolated::new(settings.file_timeout)?;
-            let options = TreeOptions { url_prefix: None, force: false, jobs: settings.jobs };
+            let options = settings.tree_options();
             crate::index_dir(&data, &catalog, options, &worker)?;
             Some(Arc::new(TreeReindex { data, catalog: catalog.clone(), settings: settings.clone() }))
         }

@@ -22,8 +22,9 @@ use zarrgate_core::catalog::{Catalog, EntryStatus};
 use zarrgate_core::refs::ReferenceSet;
 
 use crate::auth::Policy;
-use crate::dataset::{Dataset, Object, Source};
+use crate::dataset::{version_of, Dataset, Object, Source};
 use crate::s3::list::KeySpace;
+use zarrgate_core::join::doc::JoinDoc;
 
 /// Brings a catalog up to date with its data directory (the CLI runs the indexer).
 pub trait Reindex: Send + Sync {
@@ -33,7 +34,8 @@ pub trait Reindex: Send + Sync {
 #[derive(Debug)]
 pub enum Entry {
     Ready {
-        fingerprint: zarrgate_core::catalog::Fingerprint,
+        /// The source fingerprint (a file) or the inputs digest (a join) it was built from.
+        version: String,
         dataset: Arc<Dataset>,
     },
     /// Keys of this dataset answer 503 with this reason; it is not listed.
@@ -132,9 +134,10 @@ fn load(dir: &Path, old: &Datasets) -> Result<Datasets, String> {
     let mut out = Datasets::new();
     for (id, entry) in &catalog.datasets {
         let prefix = format!("{id}/");
+        let version = version_of(entry.fingerprint);
         if let Some(prev) = old.get(&prefix) {
-            if let Entry::Ready { fingerprint, .. } = **prev {
-                if fingerprint == entry.fingerprint && entry.status != EntryStatus::Failed {
+            if let Entry::Ready { version: v, .. } = &**prev {
+                if *v == version && entry.status != EntryStatus::Failed {
                     out.insert(prefix, prev.clone());
                     continue;
                 }
@@ -152,8 +155,42 @@ fn load(dir: &Path, old: &Datasets) -> Result<Datasets, String> {
                         for note in &dataset.notes {
                             eprintln!("zarrgate: {id}: not served: {note}");
                         }
-                        Entry::Ready { fingerprint: entry.fingerprint, dataset: Arc::new(dataset) }
+                        Entry::Ready { version, dataset: Arc::new(dataset) }
                     }
+                    Err(e) => {
+                        eprintln!("zarrgate: {id} cannot be served: {e}");
+                        Entry::Unavailable(public(format!("{id} cannot be served: {e}")))
+                    }
+                }
+            }
+        };
+        out.insert(prefix, Arc::new(loaded));
+    }
+    for (id, entry) in &catalog.joins {
+        let prefix = format!("{id}/");
+        if out.contains_key(&prefix) {
+            eprintln!("zarrgate: joined dataset {id} has the id of a file; the file is served");
+            continue;
+        }
+        let version = format!("join:{}", entry.inputs);
+        if let Some(prev) = old.get(&prefix) {
+            if matches!(&**prev, Entry::Ready { version: v, .. } if *v == version) {
+                out.insert(prefix, prev.clone());
+                continue;
+            }
+        }
+        let loaded = match (&entry.status, &entry.refs) {
+            (EntryStatus::Failed, _) | (_, None) => Entry::Unavailable(public(format!(
+                "{id} cannot be joined: {}",
+                entry.error.as_deref().unwrap_or("no reason")
+            ))),
+            (_, Some(refs)) => {
+                let path = dir.join(refs);
+                let doc = std::fs::read(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+                    .and_then(|b| JoinDoc::from_json(&b).map_err(|e| format!("{}: {e}", path.display())));
+                match doc.and_then(|doc| Dataset::from_join(doc, &catalog.root, version.clone())) {
+                    Ok(dataset) => Entry::Ready { version, dataset: Arc::new(dataset) },
                     Err(e) => {
                         eprintln!("zarrgate: {id} cannot be served: {e}");
                         Entry::Unavailable(public(format!("{id} cannot be served: {e}")))
@@ -217,6 +254,15 @@ impl KeySpace for Keys {
                 None => Bound::Unbounded,
             };
             let dataset: &'a Dataset = dataset;
+            if !dataset.arrays.is_empty() {
+                let (from, inclusive) = match &inner {
+                    Bound::Included(s) => (s.as_str(), true),
+                    Bound::Excluded(s) => (s.as_str(), false),
+                    Bound::Unbounded => ("", true),
+                };
+                let keys = dataset.keys_from(from, inclusive);
+                return Box::new(keys.into_iter().map(move |(k, o)| (format!("{prefix}{k}"), listed(&o, dataset))));
+            }
             Box::new(
                 dataset
                     .objects

@@ -11,11 +11,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use zarrgate_core::catalog::Fingerprint;
+use zarrgate_core::join::doc::JoinDoc;
+use zarrgate_core::join::{ByteReader, JoinedArray, Mode, INLINE};
+
+use crate::source::{ReadError, Sources};
 use zarrgate_core::refs::{Reference, ReferenceSet};
 use zarrgate_core::report::{StoredChunk, TranscodeSpec};
 use zarrgate_core::zarr::{consolidated_v2, ArrayMetadataV2, Order, Separator, ZarrFormat2};
@@ -32,8 +36,22 @@ pub struct Source {
 #[derive(Clone, Debug)]
 pub enum Body {
     Inline(Bytes),
-    Range { source: usize, offset: u64, length: u64 },
-    Transcoded { source: usize, pipeline: Arc<Pipeline>, chunk: StoredChunk },
+    Range {
+        source: usize,
+        offset: u64,
+        length: u64,
+    },
+    Transcoded {
+        source: usize,
+        pipeline: Arc<Pipeline>,
+        chunk: StoredChunk,
+    },
+    /// A chunk of a joined variable assembled from pieces of member files (see
+    /// [`zarrgate_core::join::array`]).
+    Assembled {
+        array: Arc<JoinedArray>,
+        idx: Vec<u64>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -48,7 +66,12 @@ pub struct Object {
 #[derive(Debug)]
 pub struct Dataset {
     pub sources: Vec<Source>,
+    /// Metadata and, for single files, every chunk.
     pub objects: BTreeMap<String, Object>,
+    /// Chunks of joined variables, held as compact tables rather than one object per chunk.
+    pub arrays: BTreeMap<String, Arc<JoinedArray>>,
+    /// Changes whenever any member changes (the entity tags of assembled chunks use it).
+    pub version: String,
     pub modified: SystemTime,
     /// Variables left out, with the reason.
     pub notes: Vec<String>,
@@ -150,34 +173,185 @@ impl Dataset {
             objects.insert(key, Object { body: Body::Inline(Bytes::from(doc)), size, etag: String::new() });
         }
         for object in objects.values_mut() {
-            object.etag = match &object.body {
-                Body::Inline(b) => etag(&[b"inline", b]),
-                Body::Range { source, offset, length } => etag(&[
-                    b"range",
-                    &fingerprint_bytes(sources[*source].fingerprint),
-                    &offset.to_le_bytes(),
-                    &length.to_le_bytes(),
-                ]),
-                Body::Transcoded { source, chunk, .. } => etag(&[
-                    b"raw",
-                    &fingerprint_bytes(sources[*source].fingerprint),
-                    &chunk.offset.to_le_bytes(),
-                    &chunk.length.to_le_bytes(),
-                    &chunk.filter_mask.to_le_bytes(),
-                ]),
-            };
+            object.etag = object_etag(&object.body, &sources, "");
         }
-        let mtime = primary.fingerprint.mtime_ns;
-        let modified = if mtime >= 0 {
-            UNIX_EPOCH + Duration::from_nanos(mtime as u64)
+        let version = version_of(primary.fingerprint);
+        Ok(Dataset {
+            sources,
+            objects,
+            arrays: BTreeMap::new(),
+            version,
+            modified: modified(&[primary.clone()]),
+            notes,
+        })
+    }
+
+    /// Builds the store of a joined dataset; member paths are relative to `root`.
+    pub fn from_join(doc: JoinDoc, root: &Path, version: String) -> Result<Self, String> {
+        let sources: Vec<Source> =
+            doc.sources.iter().map(|s| Source { path: root.join(&s.path), fingerprint: s.fingerprint }).collect();
+        if sources.is_empty() {
+            return Err("a joined dataset without member files".into());
+        }
+        let mut objects = BTreeMap::new();
+        for (key, bytes) in doc.metadata {
+            let body = Body::Inline(Bytes::from(bytes));
+            let etag = object_etag(&body, &sources, "");
+            let size = match &body {
+                Body::Inline(b) => b.len() as u64,
+                _ => 0,
+            };
+            objects.insert(key, Object { body, size, etag });
+        }
+        let arrays = doc.arrays.into_iter().map(|(k, a)| (k, Arc::new(a))).collect();
+        let modified = modified(&sources);
+        Ok(Dataset { sources, objects, arrays, version, modified, notes: doc.notes })
+    }
+
+    /// The object at `key`: a stored object, or a chunk of a joined variable.
+    pub fn object(&self, key: &str) -> Option<Object> {
+        if let Some(o) = self.objects.get(key) {
+            return Some(o.clone());
+        }
+        let (var, chunk) = key.rsplit_once('/')?;
+        let array = self.arrays.get(var)?;
+        let idx = parse_chunk_key(chunk, &array.grid())?;
+        let body = if array.mode == Mode::Direct {
+            let (part, r) = array.direct(&idx)?;
+            if r.length == zarrgate_core::join::array::MISSING {
+                return None;
+            }
+            if r.offset & INLINE != 0 {
+                Body::Inline(Bytes::copy_from_slice(array.inline_bytes(r)))
+            } else {
+                Body::Range { source: part.source as usize, offset: r.offset, length: u64::from(r.length) }
+            }
         } else {
-            UNIX_EPOCH - Duration::from_nanos(mtime.unsigned_abs())
+            Body::Assembled { array: array.clone(), idx }
         };
-        Ok(Dataset { sources, objects, modified, notes })
+        let size = match &body {
+            Body::Inline(b) => b.len() as u64,
+            Body::Range { length, .. } => *length,
+            _ => array.meta.chunk_nbytes(),
+        };
+        let etag = object_etag(&body, &self.sources, &format!("{}/{key}", self.version));
+        Some(Object { body, size, etag })
+    }
+
+    /// The bytes of an assembled chunk, read from the member files (each checked unchanged).
+    pub fn assemble(&self, sources: &Sources, array: &JoinedArray, idx: &[u64]) -> Result<Vec<u8>, AssembleError> {
+        let reader = MemberReader { sources, dataset: self, failure: Mutex::new(None) };
+        array.assemble(idx, &reader).map_err(|why| {
+            match reader.failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                Some(e) => AssembleError::Read(e),
+                None => AssembleError::Decode(why),
+            }
+        })
+    }
+
+    /// Every key at or after `from` (excluded when `inclusive` is false), in order, with its
+    /// object. Joined chunk keys are generated from their tables.
+    pub fn keys_from(&self, from: &str, inclusive: bool) -> Vec<(String, Object)> {
+        let after = |k: &str| if inclusive { k >= from } else { k > from };
+        let mut keys: Vec<String> = self.objects.keys().filter(|k| after(k)).cloned().collect();
+        for (var, array) in &self.arrays {
+            let grid = array.grid();
+            let total: u64 = grid.iter().product();
+            let mut idx = vec![0u64; grid.len()];
+            for _ in 0..total.max(u64::from(grid.is_empty())) {
+                let key = format!("{var}/{}", ArrayMetadataV2::chunk_key(&idx));
+                if after(&key) {
+                    keys.push(key);
+                }
+                for d in (0..idx.len()).rev() {
+                    idx[d] += 1;
+                    if idx[d] < grid[d] {
+                        break;
+                    }
+                    idx[d] = 0;
+                }
+            }
+        }
+        keys.sort_unstable();
+        keys.into_iter().filter_map(|k| self.object(&k).map(|o| (k, o))).collect()
     }
 
     pub fn source(&self, i: usize) -> &Path {
         &self.sources[i].path
+    }
+}
+
+/// The entity tag of an object: its bytes, or what they are read from. `context` names an
+/// assembled chunk (the join's version and the key).
+fn object_etag(body: &Body, sources: &[Source], context: &str) -> String {
+    match body {
+        Body::Inline(b) => etag(&[b"inline", b]),
+        Body::Range { source, offset, length } => etag(&[
+            b"range",
+            &fingerprint_bytes(sources[*source].fingerprint),
+            &offset.to_le_bytes(),
+            &length.to_le_bytes(),
+        ]),
+        Body::Transcoded { source, chunk, .. } => etag(&[
+            b"raw",
+            &fingerprint_bytes(sources[*source].fingerprint),
+            &chunk.offset.to_le_bytes(),
+            &chunk.length.to_le_bytes(),
+            &chunk.filter_mask.to_le_bytes(),
+        ]),
+        Body::Assembled { .. } => etag(&[b"assembled", context.as_bytes()]),
+    }
+}
+
+/// The version string of a single-file dataset.
+pub fn version_of(f: Fingerprint) -> String {
+    format!("{}:{}", f.size, f.mtime_ns)
+}
+
+/// The latest modification time of the sources.
+fn modified(sources: &[Source]) -> SystemTime {
+    let mtime = sources.iter().map(|s| s.fingerprint.mtime_ns).max().unwrap_or(0);
+    if mtime >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(mtime as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(mtime.unsigned_abs())
+    }
+}
+
+/// A chunk key (`"3.0.1"`, or `"0"` for a scalar) inside `grid`.
+fn parse_chunk_key(key: &str, grid: &[u64]) -> Option<Vec<u64>> {
+    if grid.is_empty() {
+        return (key == "0").then(Vec::new);
+    }
+    let idx: Vec<u64> = key.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    // Keys are canonical: no leading zeros, no sign.
+    let canonical = key.split('.').all(|p| p == "0" || !p.starts_with('0'));
+    (canonical && idx.len() == grid.len() && idx.iter().zip(grid).all(|(i, g)| i < g)).then_some(idx)
+}
+
+/// Why an assembled chunk could not be made.
+#[derive(Debug)]
+pub enum AssembleError {
+    Read(ReadError),
+    Decode(String),
+}
+
+/// Reads member files for assembly, keeping the first read error (a stale source must reach
+/// the client as such).
+struct MemberReader<'a> {
+    sources: &'a Sources,
+    dataset: &'a Dataset,
+    failure: Mutex<Option<ReadError>>,
+}
+
+impl ByteReader for MemberReader<'_> {
+    fn read(&self, source: u32, offset: u64, length: u64) -> Result<Vec<u8>, String> {
+        let s = self.dataset.sources.get(source as usize).ok_or("a part names a missing source")?;
+        self.sources.read(&s.path, s.fingerprint, offset, length).map_err(|e| {
+            let why = e.to_string();
+            self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+            why
+        })
     }
 }
 
@@ -218,6 +392,15 @@ fn transcoded_objects(var: &str, spec: &TranscodeSpec) -> Result<(Pipeline, Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_keys_must_be_canonical_and_inside_the_grid() {
+        assert_eq!(parse_chunk_key("2.0", &[3, 1]), Some(vec![2, 0]));
+        assert_eq!(parse_chunk_key("0", &[]), Some(vec![]));
+        for bad in ["3.0", "02.0", "1", "1.0.0", "+1.0", "a.0", ""] {
+            assert_eq!(parse_chunk_key(bad, &[3, 1]), None, "{bad}");
+        }
+    }
 
     #[test]
     fn ancestors_of_nested_variables() {

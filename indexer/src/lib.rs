@@ -7,6 +7,7 @@
 //! - [`hdf`]: NetCDF-4/HDF5 translation: the logical model from netCDF-C, the storage from
 //!   HDF5 (`H5Dchunk_iter`).
 //! - [`store`]: builds a reference set key by key and records each variable's fate.
+//! - [`join`]: joined datasets of a tree (DRS names, `NAME.join.toml`, `NAME.ncml`).
 //! - [`tree`]: indexes a directory into a catalog, incrementally, with per-file reports.
 //! - [`error`]: [`IndexError`], one variant per way a file can fail, each naming the file.
 //!
@@ -15,6 +16,7 @@
 
 pub mod error;
 pub mod hdf;
+pub mod join;
 pub mod nc3;
 pub mod store;
 pub mod tree;

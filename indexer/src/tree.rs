@@ -30,6 +30,8 @@ pub struct TreeOptions {
     pub force: bool,
     /// Files indexed at once (each [`FileIndexer`] call may run in its own process).
     pub jobs: usize,
+    /// Do not join the files of ESGF/DRS datasets (spec and NcML files still apply).
+    pub no_drs_join: bool,
 }
 
 /// Indexes one file. The CLI runs each file in a child process, because netCDF-C and HDF5
@@ -66,6 +68,9 @@ pub struct TreeSummary {
     pub failed: usize,
     pub skipped: usize,
     pub removed: usize,
+    /// Joined datasets built or kept, and refused.
+    pub joins_ok: usize,
+    pub joins_failed: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +100,7 @@ pub fn index_tree(
 ) -> Result<TreeSummary, TreeError> {
     let root = std::path::absolute(root).map_err(|e| CatalogError::Read { path: root.into(), source: e })?;
     let files = data_files(&root)?;
+    let definitions = crate::join::find(&root, &files, !options.no_drs_join);
     let previous = Catalog::load(out)?;
     let reuse = previous.filter(|c| c.url_prefix == options.url_prefix && c.root == root && !options.force);
     let mut catalog = Catalog::new(root.clone(), options.url_prefix.clone());
@@ -147,6 +153,20 @@ pub fn index_tree(
         for entry in old.datasets.iter().filter(|(rel, _)| !catalog.datasets.contains_key(*rel)).map(|(_, e)| e) {
             remove_outputs(out, entry);
             summary.removed += 1;
+        }
+    }
+    catalog.joins = crate::join::build_all(&root, out, &catalog, reuse.as_ref(), definitions);
+    for entry in catalog.joins.values() {
+        match entry.status {
+            EntryStatus::Failed => summary.joins_failed += 1,
+            _ => summary.joins_ok += 1,
+        }
+    }
+    if let Some(old) = &reuse {
+        let kept: std::collections::BTreeSet<&String> =
+            catalog.joins.values().filter_map(|e| e.refs.as_ref()).collect();
+        for r in old.joins.values().filter_map(|e| e.refs.as_ref()).filter(|r| !kept.contains(r)) {
+            let _ = std::fs::remove_file(out.join(r));
         }
     }
     catalog.save(out)?;

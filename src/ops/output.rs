@@ -220,7 +220,7 @@ pub fn to_csv(out: &Output) -> Result<Vec<u8>, Problem> {
 }
 
 /// The attributes as a `.zattrs` document (non-finite numbers as bare tokens, as Zarr writes).
-fn zattrs(attrs: &Attrs, dims: Option<&[String]>) -> Vec<u8> {
+pub fn zattrs(attrs: &Attrs, dims: Option<&[String]>) -> Vec<u8> {
     let mut doc = Map::new();
     if let Some(d) = dims {
         doc.insert("_ARRAY_DIMENSIONS".into(), json!(d));

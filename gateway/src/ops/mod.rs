@@ -28,7 +28,7 @@ use zarrgate_core::ops::{self, ChunkSource, Format, Output, Plan, Problem, Raw, 
 
 use crate::auth::{day_of, unix_now, Principal};
 use crate::collection::{Collection, Entry};
-use crate::dataset::{Body, Dataset};
+use crate::dataset::{AssembleError, Body, Dataset};
 use crate::s3::App;
 use crate::source::{ReadError, Sources};
 use cache::{Key, Lookup, ResultCache, Tier};
@@ -150,7 +150,7 @@ struct DatasetSource<'a> {
 
 impl ChunkSource for DatasetSource<'_> {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        let Some(object) = self.dataset.objects.get(key) else { return Ok(None) };
+        let Some(object) = self.dataset.object(key) else { return Ok(None) };
         let fail = |e: ReadError| {
             eprintln!("zarrgate: {e}");
             stale_or_failed(&e)
@@ -166,6 +166,11 @@ impl ChunkSource for DatasetSource<'_> {
                 .read(ds.source(*source), ds.sources[*source].fingerprint, *offset, *length)
                 .map(Some)
                 .map_err(fail),
+            Body::Assembled { array, idx } => match ds.assemble(self.sources, array, idx) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(AssembleError::Read(e)) => Err(fail(e)),
+                Err(AssembleError::Decode(why)) => Err(SourceError::Failed(format!("{key}: {why}"))),
+            },
             Body::Transcoded { source, pipeline, chunk } => {
                 let stored = self
                     .sources

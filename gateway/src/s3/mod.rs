@@ -22,7 +22,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::auth::{Auth, Principal, RequestAuth};
 use crate::body::{FileStream, ResponseBody, PIECE};
 use crate::collection::{Collection, Entry, Keys};
-use crate::dataset::{Body, Dataset, Object};
+use crate::dataset::{AssembleError, Body, Dataset, Object};
 use crate::metrics::Metrics;
 use crate::source::{ReadError, Sources};
 use http_semantics::{parse_range, Conditions, RangeSpec, Resolved, Verdict};
@@ -597,7 +597,7 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
         Entry::Unavailable(why) => return Err(S3Error::unavailable(why.clone())),
         Entry::Ready { dataset, .. } => dataset.clone(),
     };
-    let object = dataset.objects.get(inner).ok_or_else(S3Error::no_such_key)?.clone();
+    let object = dataset.object(inner).ok_or_else(S3Error::no_such_key)?;
     let conditions = Conditions {
         if_match: r.header("if-match"),
         if_none_match: r.header("if-none-match"),
@@ -633,7 +633,7 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
     let small = match &object.body {
         Body::Inline(_) => true,
         Body::Range { .. } => head || end - start <= PIECE,
-        Body::Transcoded { .. } => head,
+        Body::Transcoded { .. } | Body::Assembled { .. } => head,
     };
     let read = if small {
         read_object(&app.sources, &dataset, &object, start, end, head)
@@ -710,6 +710,17 @@ fn read_object(
         Body::Range { source, .. } | Body::Transcoded { source, .. } if head => {
             check(*source)?;
             Ok(ResponseBody::empty())
+        }
+        Body::Assembled { .. } if head => {
+            check(0)?;
+            Ok(ResponseBody::empty())
+        }
+        Body::Assembled { array, idx } => {
+            let bytes = dataset.assemble(sources, array, idx).map_err(|e| match e {
+                AssembleError::Read(e) => ReadOutcome::from(e),
+                AssembleError::Decode(why) => ReadOutcome::Failed(format!("cannot assemble a joined chunk: {why}")),
+            })?;
+            Ok(ResponseBody::from(Bytes::from(bytes).slice(start as usize..end as usize)))
         }
         Body::Range { source, offset, .. } => {
             let (path, fp) = (dataset.source(*source), dataset.sources[*source].fingerprint);

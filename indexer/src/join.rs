@@ -1,0 +1,735 @@
+//! Joined datasets of a data tree: found from DRS file names, `NAME.join.toml` specs and
+//! `NAME.ncml` files, checked and planned by [`zarrgate_core::join`], and stored as
+//! `CATALOG/joins/<id>.json`. The contract is `docs/joins.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::Value;
+use zarrgate_core::catalog::{Catalog, EntryStatus, JoinEntry};
+use zarrgate_core::join::doc::{JoinDoc, SourceFile};
+use zarrgate_core::join::{ByteReader, CoordValue, Edit, Force, Joiner, Member, Node};
+use zarrgate_core::ops::store::{parse_json, Attrs};
+use zarrgate_core::refs::{Reference, ReferenceSet};
+
+/// Suffix of a dataset spec file.
+pub const SPEC_SUFFIX: &str = ".join.toml";
+pub const NCML_SUFFIX: &str = ".ncml";
+
+/// A joined dataset to build: its id, member files (relative paths) and how to join them.
+#[derive(Clone, Debug)]
+pub struct Definition {
+    pub id: String,
+    /// Where it came from (a spec file, or "DRS"), for messages.
+    pub origin: String,
+    pub plan: Plan,
+    /// Text of the spec, part of what decides whether a stored join is current.
+    pub text: String,
+}
+
+/// How members are found and nested; resolved into a [`Node`] once members are indexed
+/// (a union or a new dimension from attributes needs each file's variables and attributes).
+#[derive(Clone, Debug)]
+pub enum Plan {
+    /// Files joined along their time dimension.
+    Drs {
+        files: Vec<String>,
+    },
+    Spec {
+        dir: String,
+        spec: Spec,
+    },
+    Ncml {
+        dir: String,
+        node: NcNode,
+        edits: Vec<Edit>,
+    },
+}
+
+/// A `NAME.join.toml` file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub files: OneOrMany,
+    #[serde(default)]
+    pub join: Option<String>,
+    #[serde(default)]
+    pub union: bool,
+    #[serde(default)]
+    pub force: Vec<String>,
+    #[serde(default)]
+    pub new_dim: Option<NewDim>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDim {
+    pub name: String,
+    #[serde(default)]
+    pub from_path: Option<String>,
+    #[serde(default)]
+    pub from_attribute: Option<String>,
+    #[serde(default)]
+    pub variables: Option<Vec<String>>,
+}
+
+/// An NcML element, with locations relative to the data root.
+#[derive(Clone, Debug)]
+pub enum NcNode {
+    File(String),
+    Existing { dim: String, children: Vec<NcNode> },
+    New { dim: String, variables: Vec<String>, values: Vec<String>, children: Vec<NcNode> },
+    Union(Vec<NcNode>),
+}
+
+/// File names of ESGF/DRS datasets: `PREFIX_START-END.EXT`.
+fn drs_name() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"^(.+)_(\d{4,14})-(\d{4,14})\.[A-Za-z0-9]+$").expect("valid regex"))
+}
+
+/// The joined datasets of a tree. `files` are the data files (relative, sorted); spec and NcML
+/// files are looked for under `root`. Definitions that cannot be read come back as errors,
+/// keyed by the id they would have had.
+pub fn find(root: &Path, files: &[String], drs: bool) -> Vec<Result<Definition, (String, String)>> {
+    let mut out = Vec::new();
+    if drs {
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for rel in files {
+            let (dir, name) = split_dir(rel);
+            if let Some(c) = drs_name().captures(name) {
+                if c[2].len() == c[3].len() {
+                    groups.entry(join_path(dir, &c[1])).or_default().push(rel.clone());
+                }
+            }
+        }
+        for (id, files) in groups.into_iter().filter(|(_, f)| f.len() > 1) {
+            let text = format!("drs {}", files.join(" "));
+            out.push(Ok(Definition { id, origin: "DRS file names".into(), plan: Plan::Drs { files }, text }));
+        }
+    }
+    for entry in walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name().into_iter().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = if name.ends_with(SPEC_SUFFIX) {
+            SPEC_SUFFIX
+        } else if name.ends_with(NCML_SUFFIX) {
+            NCML_SUFFIX
+        } else {
+            continue;
+        };
+        let Ok(rel) = entry.path().strip_prefix(root) else { continue };
+        let rel = rel.to_string_lossy().replace('\\', "/");
+        let id = rel[..rel.len() - kind.len()].to_string();
+        let (dir, _) = split_dir(&rel);
+        let dir = dir.to_string();
+        let read = std::fs::read_to_string(entry.path()).map_err(|e| format!("{rel}: {e}"));
+        let def = read.and_then(|text| {
+            let plan = if kind == SPEC_SUFFIX {
+                let spec: Spec = toml::from_str(&text).map_err(|e| format!("{rel}: {e}"))?;
+                Plan::Spec { dir, spec }
+            } else {
+                let (node, edits) = parse_ncml(&text, &dir, files).map_err(|e| format!("{rel}: {e}"))?;
+                Plan::Ncml { dir, node, edits }
+            };
+            Ok(Definition { id: id.clone(), origin: rel.clone(), plan, text })
+        });
+        out.push(def.map_err(|e| (id, e)));
+    }
+    out
+}
+
+fn split_dir(rel: &str) -> (&str, &str) {
+    match rel.rfind('/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => ("", rel),
+    }
+}
+
+fn join_path(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Resolves `a/../b` and `./` in a relative path; `None` when it leaves the root.
+fn normalize(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in path.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// A glob as a regex: `**` crosses directories, `*` and `?` do not.
+fn glob_regex(glob: &str) -> Result<Regex, String> {
+    let mut re = String::from("^");
+    let mut chars = glob.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' if chars.peek() == Some(&'*') => {
+                chars.next();
+                if chars.peek() == Some(&'/') {
+                    chars.next();
+                    re.push_str("(?:.*/)?");
+                } else {
+                    re.push_str(".*");
+                }
+            }
+            '*' => re.push_str("[^/]*"),
+            '?' => re.push_str("[^/]"),
+            c => re.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    re.push('$');
+    Regex::new(&re).map_err(|e| format!("glob {glob:?}: {e}"))
+}
+
+/// Data files under `dir` matching a glob relative to it.
+fn matching(dir: &str, glob: &str, files: &[String]) -> Result<Vec<String>, String> {
+    let re = glob_regex(glob)?;
+    let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+    Ok(files.iter().filter(|f| f.strip_prefix(&prefix).is_some_and(|r| re.is_match(r))).cloned().collect())
+}
+
+/// What a join needs to know of an indexed member before joining: its data variables and
+/// global attributes.
+struct Summary {
+    data_vars: BTreeSet<String>,
+    attrs: Attrs,
+}
+
+fn summary(refs: &ReferenceSet) -> Summary {
+    let doc = match refs.refs.get(".zmetadata") {
+        Some(Reference::Inline(b)) => parse_json(b).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    let meta = doc.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+    let attrs = meta.get(".zattrs").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut vars: BTreeMap<String, Attrs> = BTreeMap::new();
+    for key in meta.keys() {
+        if let Some(name) = key.strip_suffix("/.zarray").filter(|n| !n.contains('/')) {
+            let a = meta.get(&format!("{name}/.zattrs")).and_then(Value::as_object).cloned().unwrap_or_default();
+            vars.insert(name.to_string(), a);
+        }
+    }
+    let mut coords = BTreeSet::new();
+    for (name, a) in &vars {
+        let dims: Vec<&str> = a
+            .get("_ARRAY_DIMENSIONS")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if dims == [name.as_str()] {
+            coords.insert(name.clone());
+        }
+        for key in ["coordinates", "bounds"] {
+            if let Some(s) = a.get(key).and_then(Value::as_str) {
+                coords.extend(s.split_whitespace().map(str::to_string));
+            }
+        }
+    }
+    Summary { data_vars: vars.keys().filter(|n| !coords.contains(*n)).cloned().collect(), attrs }
+}
+
+impl Definition {
+    /// Member files, in a stable order.
+    pub fn members(&self) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        match &self.plan {
+            Plan::Drs { files } => out.extend(files.iter().cloned()),
+            Plan::Spec { .. } => {}
+            Plan::Ncml { node, .. } => ncml_files(node, &mut out),
+        }
+        out.into_iter().collect()
+    }
+}
+
+fn ncml_files(node: &NcNode, out: &mut BTreeSet<String>) {
+    match node {
+        NcNode::File(f) => {
+            out.insert(f.clone());
+        }
+        NcNode::Existing { children, .. } | NcNode::New { children, .. } | NcNode::Union(children) => {
+            children.iter().for_each(|c| ncml_files(c, out))
+        }
+    }
+}
+
+/// Reads member files by position, opening each once.
+struct Files {
+    paths: Vec<PathBuf>,
+    open: Vec<OnceLock<std::io::Result<std::fs::File>>>,
+}
+
+impl ByteReader for Files {
+    fn read(&self, source: u32, offset: u64, length: u64) -> Result<Vec<u8>, String> {
+        use std::os::unix::fs::FileExt as _;
+        let i = source as usize;
+        let path = &self.paths[i];
+        let file = self.open[i].get_or_init(|| std::fs::File::open(path));
+        let file = file.as_ref().map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut buf = vec![0; length as usize];
+        file.read_exact_at(&mut buf, offset).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(buf)
+    }
+}
+
+/// Builds (or keeps, when its inputs are unchanged) every joined dataset of a catalog whose
+/// member files are indexed. Returns the new `joins` table.
+pub fn build_all(
+    root: &Path,
+    out: &Path,
+    catalog: &Catalog,
+    previous: Option<&Catalog>,
+    definitions: Vec<Result<Definition, (String, String)>>,
+) -> BTreeMap<String, JoinEntry> {
+    let mut joins = BTreeMap::new();
+    for def in definitions {
+        let def = match def {
+            Ok(d) => d,
+            Err((id, error)) => {
+                joins.insert(id, JoinEntry::failed(vec![], error, String::new()));
+                continue;
+            }
+        };
+        let entry = build_one(root, out, catalog, previous, &def);
+        if let Some(e) = &entry.error {
+            eprintln!("zarrgate: join {}: {e}", def.id);
+        }
+        joins.insert(def.id.clone(), entry);
+    }
+    joins
+}
+
+fn build_one(root: &Path, out: &Path, catalog: &Catalog, previous: Option<&Catalog>, def: &Definition) -> JoinEntry {
+    let members = match resolve_members(def, catalog) {
+        Ok(m) => m,
+        Err(e) => return JoinEntry::failed(def.members(), e, String::new()),
+    };
+    let inputs = inputs_key(def, &members, catalog);
+    if let Some(old) = previous.and_then(|p| p.joins.get(&def.id)) {
+        if old.inputs == inputs && old.refs.as_ref().is_none_or(|r| out.join(r).exists()) {
+            return old.clone();
+        }
+    }
+    match build(root, out, catalog, def, &members) {
+        Ok((refs, notes)) => {
+            JoinEntry { status: EntryStatus::Ok, members, refs: Some(refs), error: None, notes, inputs }
+        }
+        Err(e) => JoinEntry::failed(members, e, inputs),
+    }
+}
+
+/// The member files of a definition, each of which must be indexed.
+fn resolve_members(def: &Definition, catalog: &Catalog) -> Result<Vec<String>, String> {
+    let members = match &def.plan {
+        Plan::Spec { dir, spec } => {
+            let globs = match &spec.files {
+                OneOrMany::One(g) => vec![g.clone()],
+                OneOrMany::Many(g) => g.clone(),
+            };
+            let files: Vec<String> = catalog.datasets.keys().cloned().collect();
+            let mut found = BTreeSet::new();
+            for g in &globs {
+                found.extend(matching(dir, g, &files)?);
+            }
+            if found.is_empty() {
+                return Err(format!("{}: no files match {globs:?}", def.origin));
+            }
+            found.into_iter().collect()
+        }
+        _ => def.members(),
+    };
+    if members.is_empty() {
+        return Err(format!("{}: no files", def.origin));
+    }
+    for m in &members {
+        match catalog.datasets.get(m) {
+            None => return Err(format!("{}: {m} is not a data file of this tree", def.origin)),
+            Some(e) if e.status == EntryStatus::Failed || e.refs.is_none() => {
+                return Err(format!("{m} could not be indexed: {}", e.error.as_deref().unwrap_or("no reason")))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(members)
+}
+
+/// What decides whether a stored join is current: the definition and its members' versions.
+fn inputs_key(def: &Definition, members: &[String], catalog: &Catalog) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    def.text.hash(&mut h);
+    for m in members {
+        m.hash(&mut h);
+        if let Some(e) = catalog.datasets.get(m) {
+            e.fingerprint.hash(&mut h);
+        }
+    }
+    format!("{:016x}-{}", h.finish(), members.len())
+}
+
+fn build(
+    root: &Path,
+    out: &Path,
+    catalog: &Catalog,
+    def: &Definition,
+    members: &[String],
+) -> Result<(String, Vec<String>), String> {
+    let mut loaded = Vec::with_capacity(members.len());
+    for m in members {
+        let entry = &catalog.datasets[m];
+        let path = out.join(entry.refs.as_ref().expect("checked by resolve_members"));
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let refs = ReferenceSet::from_json(&doc).map_err(|e| format!("{}: {e}", path.display()))?;
+        loaded.push(Member { name: m.clone(), refs });
+    }
+    let index: BTreeMap<&str, usize> = members.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
+    let (node, force, edits) = node_of(def, &loaded, &index)?;
+    let reader = Files {
+        paths: members.iter().map(|m| root.join(m)).collect(),
+        open: members.iter().map(|_| OnceLock::new()).collect(),
+    };
+    let joiner = Joiner::new(&loaded, &reader, force).map_err(|e| e.to_string())?;
+    let mut joined = joiner.join(&node).map_err(|e| e.to_string())?;
+    joined.apply(&edits).map_err(|e| e.to_string())?;
+    let notes = joined.notes.clone();
+    let sources =
+        members.iter().map(|m| SourceFile { path: m.clone(), fingerprint: catalog.datasets[m].fingerprint }).collect();
+    let doc = JoinDoc::new(joined, sources);
+    let rel = format!("joins/{}.json", def.id);
+    zarrgate_core::catalog::write_atomic(&out.join(&rel), &doc.to_json_bytes()).map_err(|e| e.to_string())?;
+    Ok((rel, notes))
+}
+
+/// The join tree of a definition over its loaded members.
+fn node_of(
+    def: &Definition,
+    members: &[Member],
+    index: &BTreeMap<&str, usize>,
+) -> Result<(Node, Force, Vec<Edit>), String> {
+    match &def.plan {
+        Plan::Drs { files } => {
+            let children = files.iter().map(|f| Node::File(index[f.as_str()])).collect();
+            Ok((Node::Existing { dim: String::new(), children }, Force::default(), vec![]))
+        }
+        Plan::Spec { dir, spec } => {
+            let mut force = Force::default();
+            for f in &spec.force {
+                match f.as_str() {
+                    "drop-missing-variables" => force.drop_missing_variables = true,
+                    other => return Err(format!("{}: unknown force option {other:?}", def.origin)),
+                }
+            }
+            Ok((spec_node(def, dir, spec, members)?, force, vec![]))
+        }
+        Plan::Ncml { node, edits, .. } => Ok((ncml_node(node, index)?, Force::default(), edits.clone())),
+    }
+}
+
+fn spec_node(def: &Definition, dir: &str, spec: &Spec, members: &[Member]) -> Result<Node, String> {
+    let summaries: Vec<Summary> = members.iter().map(|m| summary(&m.refs)).collect();
+    // Split by variable set (union), then by new-dimension value, then join along `join`.
+    let mut by_vars: Vec<(BTreeSet<String>, Vec<usize>)> = Vec::new();
+    for (i, s) in summaries.iter().enumerate() {
+        let key = if spec.union { s.data_vars.clone() } else { BTreeSet::new() };
+        match by_vars.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(i),
+            None => by_vars.push((key, vec![i])),
+        }
+    }
+    let mut groups = Vec::new();
+    for (_, files) in by_vars {
+        groups.push(new_dim_node(def, dir, spec, members, &summaries, &files)?);
+    }
+    Ok(if groups.len() == 1 { groups.pop().expect("one group") } else { Node::Union(groups) })
+}
+
+fn new_dim_node(
+    def: &Definition,
+    dir: &str,
+    spec: &Spec,
+    members: &[Member],
+    summaries: &[Summary],
+    files: &[usize],
+) -> Result<Node, String> {
+    let along = |files: Vec<usize>| -> Result<Node, String> {
+        match &spec.join {
+            Some(dim) => Ok(Node::Existing { dim: dim.clone(), children: files.into_iter().map(Node::File).collect() }),
+            None if files.len() == 1 => Ok(Node::File(files[0])),
+            None => Err(format!(
+                "{}: {} and {} would be joined but the spec names no `join` dimension",
+                def.origin, members[files[0]].name, members[files[1]].name
+            )),
+        }
+    };
+    let Some(nd) = &spec.new_dim else { return along(files.to_vec()) };
+    let re = match (&nd.from_path, &nd.from_attribute) {
+        (Some(p), None) => Some(Regex::new(p).map_err(|e| format!("{}: from_path: {e}", def.origin))?),
+        (None, Some(_)) => None,
+        _ => return Err(format!("{}: new_dim needs exactly one of from_path and from_attribute", def.origin)),
+    };
+    let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+    let mut by_value: Vec<(String, Vec<usize>)> = Vec::new();
+    for &i in files {
+        let name = &members[i].name;
+        let value = match (&re, &nd.from_attribute) {
+            (Some(re), _) => {
+                let rel = name.strip_prefix(&prefix).unwrap_or(name);
+                re.captures(rel).and_then(|c| c.get(1).or_else(|| c.get(0))).map(|m| m.as_str().to_string())
+            }
+            (None, Some(attr)) => summaries[i].attrs.get(attr).map(|v| match v {
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            }),
+            _ => None,
+        };
+        let value = value.ok_or_else(|| format!("{}: no value of {} for {name}", def.origin, nd.name))?;
+        match by_value.iter_mut().find(|(v, _)| *v == value) {
+            Some((_, f)) => f.push(i),
+            None => by_value.push((value, vec![i])),
+        }
+    }
+    let texts: Vec<String> = by_value.iter().map(|(v, _)| v.clone()).collect();
+    let mut values = CoordValue::infer(&texts);
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by(|a, b| match (&values[*a], &values[*b]) {
+        (CoordValue::Int(x), CoordValue::Int(y)) => x.cmp(y),
+        (CoordValue::Float(x), CoordValue::Float(y)) => x.total_cmp(y),
+        _ => texts[*a].cmp(&texts[*b]),
+    });
+    values = order.iter().map(|i| values[*i].clone()).collect();
+    let children = order.iter().map(|i| along(by_value[*i].1.clone())).collect::<Result<Vec<_>, _>>()?;
+    Ok(Node::New { dim: nd.name.clone(), values, variables: nd.variables.clone(), children })
+}
+
+fn ncml_node(node: &NcNode, index: &BTreeMap<&str, usize>) -> Result<Node, String> {
+    let kids = |c: &[NcNode]| c.iter().map(|n| ncml_node(n, index)).collect::<Result<Vec<_>, _>>();
+    Ok(match node {
+        NcNode::File(f) => Node::File(*index.get(f.as_str()).ok_or_else(|| format!("{f} is not indexed"))?),
+        NcNode::Existing { dim, children } => Node::Existing { dim: dim.clone(), children: kids(children)? },
+        NcNode::New { dim, variables, values, children } => Node::New {
+            dim: dim.clone(),
+            values: CoordValue::infer(values),
+            variables: (!variables.is_empty()).then(|| variables.clone()),
+            children: kids(children)?,
+        },
+        NcNode::Union(children) => Node::Union(kids(children)?),
+    })
+}
+
+/// Parses the NcML subset of `docs/joins.md`. Locations become paths relative to the root.
+pub fn parse_ncml(text: &str, dir: &str, files: &[String]) -> Result<(NcNode, Vec<Edit>), String> {
+    let doc = roxmltree::Document::parse(text).map_err(|e| format!("not valid XML: {e}"))?;
+    let root = doc.root_element();
+    if root.tag_name().name() != "netcdf" {
+        return Err(format!("the root element is <{}>, not <netcdf>", root.tag_name().name()));
+    }
+    let node = ncml_netcdf(root, dir, files)?.ok_or("the NcML names no files (no location and no aggregation)")?;
+    let mut edits = Vec::new();
+    for child in root.children().filter(|c| c.is_element()) {
+        match child.tag_name().name() {
+            "attribute" => edits.push(attribute_edit(child, None)?),
+            "remove" => {
+                let name = attr(child, "name")?;
+                edits.push(match child.attribute("type").unwrap_or("attribute") {
+                    "variable" => Edit::RemoveVariable(name),
+                    _ => Edit::RemoveAttribute { variable: None, name },
+                });
+            }
+            "variable" => {
+                let name = attr(child, "name")?;
+                if let Some(old) = child.attribute("orgName") {
+                    edits.push(Edit::RenameVariable { from: old.to_string(), to: name.clone() });
+                }
+                for a in child.children().filter(|c| c.is_element()) {
+                    match a.tag_name().name() {
+                        "attribute" => edits.push(attribute_edit(a, Some(&name))?),
+                        "remove" => {
+                            edits.push(Edit::RemoveAttribute { variable: Some(name.clone()), name: attr(a, "name")? })
+                        }
+                        other => return Err(format!("<{other}> inside <variable> is not supported")),
+                    }
+                }
+            }
+            "aggregation" | "dimension" => {}
+            other => return Err(format!("<{other}> is not supported")),
+        }
+    }
+    Ok((node, edits))
+}
+
+fn attr(node: roxmltree::Node, name: &str) -> Result<String, String> {
+    node.attribute(name)
+        .map(str::to_string)
+        .ok_or_else(|| format!("<{}> needs a {name} attribute", node.tag_name().name()))
+}
+
+fn attribute_edit(node: roxmltree::Node, variable: Option<&str>) -> Result<Edit, String> {
+    let name = attr(node, "name")?;
+    let text = node.attribute("value").map(str::to_string).unwrap_or_else(|| node.text().unwrap_or("").to_string());
+    let numeric =
+        matches!(node.attribute("type").unwrap_or("String"), "double" | "float" | "int" | "short" | "long" | "byte");
+    let value = if numeric {
+        let numbers = text
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<f64>().map_err(|_| format!("attribute {name}: {s:?} is not a number")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let as_json = |x: f64| if x.fract() == 0.0 && x.abs() < 9e15 { Value::from(x as i64) } else { Value::from(x) };
+        match numbers.as_slice() {
+            [x] => as_json(*x),
+            xs => Value::Array(xs.iter().map(|x| as_json(*x)).collect()),
+        }
+    } else {
+        Value::from(text)
+    };
+    Ok(Edit::SetAttribute { variable: variable.map(str::to_string), name, value })
+}
+
+/// A `<netcdf>` element: a file, or its aggregation.
+fn ncml_netcdf(node: roxmltree::Node, dir: &str, files: &[String]) -> Result<Option<NcNode>, String> {
+    if let Some(agg) = node.children().find(|c| c.tag_name().name() == "aggregation") {
+        return ncml_aggregation(agg, dir, files).map(Some);
+    }
+    match node.attribute("location") {
+        Some(loc) => Ok(Some(NcNode::File(location(dir, loc)?))),
+        None => Ok(None),
+    }
+}
+
+fn location(dir: &str, loc: &str) -> Result<String, String> {
+    let loc = loc.strip_prefix("file:").unwrap_or(loc);
+    if loc.starts_with('/') {
+        return Err(format!("location {loc:?} is absolute; locations are relative to the NcML file"));
+    }
+    normalize(&join_path(dir, loc)).ok_or_else(|| format!("location {loc:?} is outside the data directory"))
+}
+
+fn ncml_aggregation(agg: roxmltree::Node, dir: &str, files: &[String]) -> Result<NcNode, String> {
+    let kind = attr(agg, "type")?;
+    let mut children = Vec::new();
+    let mut values = Vec::new();
+    for c in agg.children().filter(|c| c.is_element()) {
+        match c.tag_name().name() {
+            "netcdf" => {
+                if let Some(n) = ncml_netcdf(c, dir, files)? {
+                    let value = c.attribute("coordValue").map(str::to_string).unwrap_or_else(|| match &n {
+                        NcNode::File(f) => split_dir(f).1.to_string(),
+                        _ => String::new(),
+                    });
+                    values.push(value);
+                    children.push(n);
+                }
+            }
+            "scan" => {
+                let base = location(dir, c.attribute("location").unwrap_or("."))?;
+                let suffix = c.attribute("suffix").unwrap_or("");
+                let re = c.attribute("regExp").map(Regex::new).transpose().map_err(|e| format!("scan regExp: {e}"))?;
+                let subdirs = c.attribute("subdirs").unwrap_or("true") == "true";
+                let prefix = if base.is_empty() { String::new() } else { format!("{base}/") };
+                for f in files {
+                    let Some(rest) = f.strip_prefix(&prefix) else { continue };
+                    let name = split_dir(rest).1;
+                    if (!subdirs && rest.contains('/')) || !name.ends_with(suffix) {
+                        continue;
+                    }
+                    if re.as_ref().is_some_and(|re| !re.is_match(name)) {
+                        continue;
+                    }
+                    values.push(name.to_string());
+                    children.push(NcNode::File(f.clone()));
+                }
+            }
+            "variableAgg" | "dimension" | "attribute" | "promoteGlobalAttribute" => {}
+            other => return Err(format!("<{other}> inside <aggregation> is not supported")),
+        }
+    }
+    if children.is_empty() {
+        return Err(format!("the {kind} aggregation names no files"));
+    }
+    Ok(match kind.as_str() {
+        "joinExisting" => NcNode::Existing { dim: attr(agg, "dimName")?, children },
+        "joinNew" => {
+            let variables = agg.children().filter(|c| c.tag_name().name() == "variableAgg");
+            let variables = variables.map(|v| attr(v, "name")).collect::<Result<Vec<_>, _>>()?;
+            NcNode::New { dim: attr(agg, "dimName")?, variables, values, children }
+        }
+        "union" => NcNode::Union(children),
+        other => return Err(format!("aggregation type {other:?} is not supported (joinExisting, joinNew, union)")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drs_names_group_by_prefix_and_need_two_files() {
+        let files: Vec<String> = [
+            "d/tas_Amon_M_historical_r1i1p1_185001-189912.nc",
+            "d/tas_Amon_M_historical_r1i1p1_190001-194912.nc",
+            "d/pr_Amon_M_historical_r1i1p1_185001-189912.nc",
+            "d/orog_fx_M.nc",
+        ]
+        .map(String::from)
+        .to_vec();
+        let defs = find(Path::new("/nonexistent"), &files, true);
+        assert_eq!(defs.len(), 1);
+        let def = defs[0].as_ref().unwrap();
+        assert_eq!(def.id, "d/tas_Amon_M_historical_r1i1p1");
+        assert_eq!(def.members().len(), 2);
+        assert!(find(Path::new("/nonexistent"), &files, false).is_empty());
+    }
+
+    #[test]
+    fn globs() {
+        let files: Vec<String> = ["s/r1/a.nc", "s/r2/a.nc", "s/r2/x/b.nc", "t/a.nc"].map(String::from).to_vec();
+        assert_eq!(matching("s", "r*/a.nc", &files).unwrap(), vec!["s/r1/a.nc", "s/r2/a.nc"]);
+        assert_eq!(matching("s", "**/*.nc", &files).unwrap().len(), 3);
+        assert_eq!(matching("", "t/*.nc", &files).unwrap(), vec!["t/a.nc"]);
+    }
+
+    #[test]
+    fn ncml_aggregations_and_edits_parse() {
+        let files: Vec<String> = ["n/a_1.nc", "n/a_2.nc", "n/o.nc"].map(String::from).to_vec();
+        let text = r#"<netcdf xmlns="http://www.unidata.ucar.edu/namespaces/netcdf/ncml-2.2">
+            <attribute name="title" value="joined"/>
+            <attribute name="k" type="double" value="1.5 2"/>
+            <remove name="history" type="attribute"/>
+            <variable name="t2" orgName="tas"/>
+            <aggregation type="union">
+              <netcdf><aggregation type="joinExisting" dimName="time">
+                <scan location="." suffix=".nc" regExp="a_.*"/>
+              </aggregation></netcdf>
+              <netcdf location="o.nc"/>
+            </aggregation></netcdf>"#;
+        let (node, edits) = parse_ncml(text, "n", &files).unwrap();
+        let NcNode::Union(kids) = node else { panic!("union expected") };
+        assert!(matches!(&kids[0], NcNode::Existing { children, .. } if children.len() == 2));
+        assert!(matches!(&kids[1], NcNode::File(f) if f == "n/o.nc"));
+        assert_eq!(edits.len(), 4);
+        assert!(parse_ncml(r#"<netcdf><aggregation type="joinExisting" dimName="t"><netcdf location="../../x.nc"/></aggregation></netcdf>"#, "n", &files).is_err());
+    }
+}

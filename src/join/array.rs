@@ -120,7 +120,7 @@ impl JoinedArray {
     /// For [`Mode::Direct`]: the part and stored chunk that a served chunk is.
     pub fn direct(&self, idx: &[u64]) -> Option<(&Part, ChunkRef)> {
         let at: Vec<u64> = idx.iter().zip(&self.meta.chunks).map(|(i, c)| i * c).collect();
-        let part = self.parts.iter().find(|p| contains(&p.origin, &p.shape, &at))?;
+        let part = self.part_at(&at)?;
         let enc = &self.encodings[part.encoding as usize];
         let member: Vec<u64> = at[part.lead as usize..]
             .iter()
@@ -129,6 +129,19 @@ impl JoinedArray {
             .map(|((a, o), c)| (a - o) / c)
             .collect();
         Some((part, part.chunk(enc, &member)))
+    }
+
+    /// The part holding element `at`. Joins build parts in row-major order of their origins,
+    /// so the last part starting at or before `at` is the one, found by bisection; a scan
+    /// covers any other order.
+    fn part_at(&self, at: &[u64]) -> Option<&Part> {
+        let i = self.parts.partition_point(|p| p.origin.as_slice() <= at);
+        if let Some(p) = i.checked_sub(1).map(|i| &self.parts[i]) {
+            if contains(&p.origin, &p.shape, at) {
+                return Some(p);
+            }
+        }
+        self.parts.iter().find(|p| contains(&p.origin, &p.shape, at))
     }
 
     /// The bytes of an inline member chunk.

@@ -1,76 +1,159 @@
-//! Indexes each file in a child process (`zarrgate index FILE -o - --worker [--url URL]`).
+//! Indexes files in child processes (`zarrgate index-worker`), each serving many files.
 //!
 //! netCDF-C and HDF5 call `abort()` on some malformed files, and can loop for a long time on
 //! others. A child process turns both into an error for that one file, and lets several files
 //! be indexed at once although each library serializes its calls behind a process-wide lock.
 
-use std::io::Read as _;
+use std::io::{BufRead as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use zarrgate_core::refs::ReferenceSet;
-use zarrgate_indexer::tree::FileIndexer;
+use zarrgate_indexer::tree::{FileIndexer, InProcess};
 
+/// Files a worker process indexes before it is replaced (bounds what a leak in the C libraries
+/// can accumulate).
+const FILES_PER_WORKER: usize = 2000;
+
+/// Indexes files in long-lived child processes (`zarrgate index-worker`), one request at a time
+/// per child. Starting a process per file cost ~13 ms, most of the time of a small file.
 pub struct Isolated {
     exe: PathBuf,
     timeout: Duration,
+    idle: Mutex<Vec<Worker>>,
 }
 
-impl Isolated {
-    pub fn new(timeout: Duration) -> anyhow::Result<Self> {
-        Ok(Isolated { exe: std::env::current_exe()?, timeout })
-    }
+/// A running worker: requests go to its stdin as `PATH\0URL\n`; answers come back on stdout
+/// as one status byte (`O` references JSON, `E` error message), a little-endian `u64` length
+/// and the payload.
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    frames: Receiver<Option<(u8, Vec<u8>)>>,
+    stderr: Arc<Mutex<String>>,
+    served: usize,
+}
 
-    fn run(&self, path: &Path, url: Option<String>) -> Result<Vec<u8>, String> {
-        let mut cmd = Command::new(&self.exe);
-        cmd.arg("index").arg(path).args(["-o", "-", "--worker"]);
-        if let Some(url) = url {
-            cmd.arg("--url").arg(url);
-        }
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Worker {
+    fn start(exe: &Path) -> Result<Worker, String> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("index-worker");
         limit_memory(&mut cmd);
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start an indexing worker: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
         let mut stdout = child.stdout.take().expect("piped");
-        let mut stderr = child.stderr.take().expect("piped");
-        let out = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            stdout.read_to_end(&mut buf).map(|_| buf)
+        let mut errout = child.stderr.take().expect("piped");
+        let (tx, frames) = mpsc::channel();
+        std::thread::spawn(move || loop {
+            let mut head = [0u8; 9];
+            if stdout.read_exact(&mut head).is_err() {
+                let _ = tx.send(None);
+                return;
+            }
+            let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes")) as usize;
+            let mut payload = vec![0; len];
+            if stdout.read_exact(&mut payload).is_err() || tx.send(Some((head[0], payload))).is_err() {
+                let _ = tx.send(None);
+                return;
+            }
         });
-        let err = std::thread::spawn(move || {
-            let mut buf = String::new();
-            let _ = stderr.read_to_string(&mut buf);
-            buf
-        });
-        let start = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if start.elapsed() > self.timeout => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("{}: gave up after {} s", path.display(), self.timeout.as_secs()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = errout.read(&mut buf) {
+                if n == 0 {
+                    break;
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Err(format!("lost the indexing worker: {e}")),
+                let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+                if s.len() < 16_384 {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
             }
-        };
-        let stdout = out.join().expect("reader thread").map_err(|e| e.to_string())?;
-        let stderr = err.join().expect("reader thread");
-        if status.success() {
-            return Ok(stdout);
+        });
+        Ok(Worker { child, stdin, frames, stderr, served: 0 })
+    }
+
+    fn send(&mut self, path: &Path, url: Option<&str>) -> std::io::Result<()> {
+        let mut line = path.as_os_str().as_encoded_bytes().to_vec();
+        line.push(0);
+        line.extend_from_slice(url.unwrap_or("").as_bytes());
+        line.push(b'\n');
+        self.stdin.write_all(&line)?;
+        self.stdin.flush()
+    }
+}
+
+impl Isolated {
+    pub fn new(timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Isolated { exe: std::env::current_exe()?, timeout, idle: Mutex::new(Vec::new()) })
+    }
+
+    fn take(&self) -> Result<Worker, String> {
+        match self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            Some(w) => Ok(w),
+            None => Worker::start(&self.exe),
         }
-        let msg = stderr.trim().trim_start_matches("zarrgate: ").to_string();
-        Err(match std::os::unix::process::ExitStatusExt::signal(&status) {
-            Some(sig) => {
-                format!("{}: the HDF5/netCDF-C library crashed on this file (signal {sig}) {msg}", path.display())
+    }
+
+    fn give_back(&self, worker: Worker) {
+        if worker.served < FILES_PER_WORKER {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(worker);
+        }
+    }
+
+    fn run(&self, path: &Path, url: Option<String>) -> Result<Vec<u8>, String> {
+        let text = path.as_os_str().as_encoded_bytes();
+        if text.contains(&b'\n') || text.contains(&0) || url.as_deref().is_some_and(|u| u.contains('\n')) {
+            return Err(format!("{}: a path with a newline cannot be indexed", path.display()));
+        }
+        let mut worker = self.take()?;
+        worker.stderr.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if worker.send(path, url.as_deref()).is_err() {
+            // An idle worker that died since its last file: start afresh once.
+            worker = Worker::start(&self.exe)?;
+            worker.send(path, url.as_deref()).map_err(|e| format!("cannot reach an indexing worker: {e}"))?;
+        }
+        match worker.frames.recv_timeout(self.timeout) {
+            Ok(Some((status, payload))) => {
+                worker.served += 1;
+                self.give_back(worker);
+                if status == b'O' {
+                    Ok(payload)
+                } else {
+                    Err(String::from_utf8_lossy(&payload).into_owned())
+                }
             }
-            None => msg,
-        })
+            Ok(None) | Err(RecvTimeoutError::Disconnected) => {
+                let status = worker.child.wait();
+                let msg = worker.stderr.lock().unwrap_or_else(|p| p.into_inner()).trim().to_string();
+                let signal = status.ok().and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
+                Err(format!(
+                    "{}: the HDF5/netCDF-C library crashed on this file (signal {}) {msg}",
+                    path.display(),
+                    signal.map_or("none".to_string(), |s| s.to_string())
+                ))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                drop(worker);
+                Err(format!("{}: gave up after {} s", path.display(), self.timeout.as_secs()))
+            }
+        }
     }
 }
 
@@ -80,6 +163,31 @@ impl FileIndexer for Isolated {
         let doc: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| format!("worker wrote invalid JSON: {e}"))?;
         ReferenceSet::from_json(&doc).map_err(|e| format!("worker wrote invalid references: {e}"))
+    }
+}
+
+/// The worker side: answers requests from stdin until it closes.
+pub fn worker_loop() -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let mut out = std::io::stdout().lock();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line)).into_owned();
+        let (path, url) = text.split_once('\0').unwrap_or((&text, ""));
+        let url = (!url.is_empty()).then(|| url.to_string());
+        let (status, payload) = match InProcess.index(Path::new(path), url) {
+            Ok(set) => (b'O', set.to_json_bytes()),
+            Err(e) => (b'E', e.into_bytes()),
+        };
+        out.write_all(&[status])?;
+        out.write_all(&(payload.len() as u64).to_le_bytes())?;
+        out.write_all(&payload)?;
+        out.flush()?;
     }
 }
 

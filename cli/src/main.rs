@@ -56,6 +56,9 @@ enum Command {
         #[arg(long)]
         no_drs_join: bool,
     },
+    /// Index files named on standard input (what tree indexing runs in child processes).
+    #[command(hide = true)]
+    IndexWorker,
     /// Serve data as a read-only S3 bucket of Zarr stores (one per file: `s3://BUCKET/<relpath>`).
     Serve {
         /// Data tree to index at start (incrementally) and serve.
@@ -269,6 +272,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 index_single(indexer.as_ref(), &path, output.as_deref(), url)
             }
+        }
+        Command::IndexWorker => {
+            isolate::worker_loop()?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Keys { action, db } => {
             let db = db.unwrap_or_else(serve::default_auth_db);

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use zarrgate_core::catalog::{Catalog, EntryStatus, JoinEntry};
 use zarrgate_core::join::doc::{JoinDoc, SourceFile};
-use zarrgate_core::join::{ByteReader, CoordValue, Edit, Force, Joiner, Member, Node};
+use zarrgate_core::join::{parallel_map, ByteReader, CoordValue, Edit, Force, Joiner, Member, Node};
 use zarrgate_core::ops::store::{parse_json, Attrs};
 use zarrgate_core::refs::{Reference, ReferenceSet};
 
@@ -396,15 +396,20 @@ fn build(
     def: &Definition,
     members: &[String],
 ) -> Result<(String, Vec<String>), String> {
-    let mut loaded = Vec::with_capacity(members.len());
-    for m in members {
+    let loaded = parallel_map(members, |_, m| {
         let entry = &catalog.datasets[m];
         let path = out.join(entry.refs.as_ref().expect("checked by resolve_members"));
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        let refs = ReferenceSet::from_json(&doc).map_err(|e| format!("{}: {e}", path.display()))?;
-        loaded.push(Member { name: m.clone(), refs });
-    }
+        let mut refs = ReferenceSet::from_json(&doc).map_err(|e| format!("{}: {e}", path.display()))?;
+        // The join reads metadata from `.zmetadata` only; the loose documents repeat it.
+        refs.refs.retain(|k, _| !(k.ends_with(".zarray") || k.ends_with(".zattrs") || k.ends_with(".zgroup")));
+        refs.meta = refs.meta.map(|mut m| {
+            m.variables.clear();
+            m
+        });
+        Ok::<_, String>(Member { name: m.clone(), refs })
+    })?;
     let index: BTreeMap<&str, usize> = members.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
     let (node, force, edits) = node_of(def, &loaded, &index)?;
     let reader = Files {

@@ -233,11 +233,10 @@ impl ChunkSource for RefSource<'_> {
 
 impl<'a> Joiner<'a> {
     pub fn new(members: &'a [Member], reader: &'a dyn ByteReader, force: Force) -> Result<Self, JoinError> {
-        let mut views = Vec::with_capacity(members.len());
-        for (i, m) in members.iter().enumerate() {
+        let views = parallel_map(members, |i, m| {
             let source = RefSource { refs: &m.refs, reader, source: i as u32 };
-            views.push(StoreView::open(&source).map_err(|e| JoinError(format!("{}: {e}", m.name)))?);
-        }
+            StoreView::open(&source).map_err(|e| JoinError(format!("{}: {e}", m.name)))
+        })?;
         Ok(Joiner { members, views, reader, force, notes: Default::default() })
     }
 
@@ -854,6 +853,30 @@ impl Encoding {
     }
 }
 
+/// `f(index, item)` for every item, on as many threads as there are CPUs; results in order,
+/// or the first error.
+pub fn parallel_map<T: Sync, R: Send, E: Send>(
+    items: &[T],
+    f: impl Fn(usize, &T) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().max(1));
+    let per = items.len().div_ceil(threads).max(1);
+    let f = &f;
+    let pieces: Vec<Result<Vec<R>, E>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .enumerate()
+            .map(|(c, chunk)| scope.spawn(move || chunk.iter().enumerate().map(|(i, x)| f(c * per + i, x)).collect()))
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a worker thread panicked")).collect()
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for p in pieces {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
 /// A value of a coordinate, for comparisons.
 #[derive(Clone, Debug, PartialEq)]
 enum Cell {
@@ -1111,4 +1134,161 @@ fn time_dimension(ds: &VDataset) -> Option<String> {
                 || str_attr(v, "units").is_some_and(|u| u.to_ascii_lowercase().contains(" since "))
         })
         .map(|(n, _)| n.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zarr::consolidated_v2;
+
+    struct NoFiles;
+    impl ByteReader for NoFiles {
+        fn read(&self, _: u32, _: u64, _: u64) -> Result<Vec<u8>, String> {
+            Err("members of these tests are inline".into())
+        }
+    }
+
+    fn array_doc(shape: &[u64], dtype: &str, fill: Value) -> Vec<u8> {
+        let d = DType::parse(dtype).unwrap();
+        serde_json::to_vec(&plain_meta(shape, shape, d, fill)).unwrap()
+    }
+
+    /// A file with `time` (f8, `units`, `calendar`), `lat` and `tas(time, lat)` (f4, one
+    /// chunk, optional `scale_factor`), all inline.
+    fn member(name: &str, times: &[f64], units: &str, calendar: &str, lat: &[f64], scale: Option<f64>) -> Member {
+        let (nt, ny) = (times.len() as u64, lat.len() as u64);
+        let mut set = ReferenceSet::default();
+        let mut docs: Vec<(String, Vec<u8>)> = vec![
+            (".zgroup".into(), br#"{"zarr_format":2}"#.to_vec()),
+            (".zattrs".into(), br#"{"title":"t"}"#.to_vec()),
+            ("time/.zarray".into(), array_doc(&[nt], "<f8", Value::Null)),
+            (
+                "time/.zattrs".into(),
+                serde_json::to_vec(&serde_json::json!({"_ARRAY_DIMENSIONS": ["time"], "units": units, "calendar": calendar, "axis": "T"}))
+                    .unwrap(),
+            ),
+            ("lat/.zarray".into(), array_doc(&[ny], "<f8", Value::Null)),
+            ("lat/.zattrs".into(), br#"{"_ARRAY_DIMENSIONS":["lat"]}"#.to_vec()),
+            ("tas/.zarray".into(), array_doc(&[nt, ny], "<f4", Value::from("NaN"))),
+        ];
+        let mut tas_attrs = serde_json::json!({"_ARRAY_DIMENSIONS": ["time", "lat"]});
+        if let Some(s) = scale {
+            tas_attrs["scale_factor"] = Value::from(s);
+        }
+        docs.push(("tas/.zattrs".into(), serde_json::to_vec(&tas_attrs).unwrap()));
+        let zmeta = consolidated_v2("", docs.iter().map(|(k, v)| (k.as_str(), &v[..])));
+        for (k, v) in docs {
+            set.refs.insert(k, Reference::Inline(v));
+        }
+        set.refs.insert(".zmetadata".into(), Reference::Inline(zmeta));
+        set.refs.insert("time/0".into(), Reference::Inline(times.iter().flat_map(|t| t.to_le_bytes()).collect()));
+        set.refs.insert("lat/0".into(), Reference::Inline(lat.iter().flat_map(|t| t.to_le_bytes()).collect()));
+        let tas: Vec<u8> = (0..nt * ny).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        set.refs.insert("tas/0.0".into(), Reference::Inline(tas));
+        Member { name: name.into(), refs: set }
+    }
+
+    fn join(members: &[Member], node: Node) -> Result<Joined, JoinError> {
+        Joiner::new(members, &NoFiles, Force::default()).unwrap().join(&node)
+    }
+
+    fn along_time(n: usize) -> Node {
+        Node::Existing { dim: String::new(), children: (0..n).map(Node::File).collect() }
+    }
+
+    fn f64s(v: &JoinedVariable) -> Vec<f64> {
+        let bytes = v.array.assemble(&vec![0; v.array.meta.shape.len()], &NoFiles).unwrap();
+        let mut out = Vec::new();
+        to_f64(&v.array.meta.dtype, &bytes, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn files_join_in_time_order_and_times_are_re_encoded_in_the_first_units() {
+        let lat = [1.0, 2.0];
+        let members = [
+            member("b.nc", &[48.0, 72.0], "hours since 2000-01-02", "gregorian", &lat, None),
+            member("a.nc", &[0.0, 1.0], "days since 2000-01-01", "standard", &lat, None),
+        ];
+        let j = join(&members, along_time(2)).unwrap();
+        let time = &j.variables["time"];
+        assert_eq!(time.array.meta.shape, vec![4]);
+        // a.nc comes first; b.nc's hours after Jan 2 are days after Jan 1 in a's units.
+        assert_eq!(f64s(time), vec![0.0, 1.0, 3.0, 4.0]);
+        let tas = &j.variables["tas"];
+        assert_eq!(tas.array.parts[0].source, 1, "a.nc is the first part");
+    }
+
+    #[test]
+    fn different_packing_is_served_decoded() {
+        let lat = [1.0, 2.0];
+        let members = [
+            member("a.nc", &[0.0], "days since 2000-01-01", "", &lat, Some(10.0)),
+            member("b.nc", &[1.0], "days since 2000-01-01", "", &lat, Some(1.0)),
+        ];
+        let j = join(&members, along_time(2)).unwrap();
+        let tas = &j.variables["tas"];
+        assert_eq!(tas.array.mode, Mode::Decode);
+        assert!(!tas.attrs.contains_key("scale_factor"));
+        assert_eq!(tas.array.meta.chunks, vec![1, 2]);
+        let row = |i: u64| {
+            let b = tas.array.assemble(&[i, 0], &NoFiles).unwrap();
+            b.chunks_exact(8).map(|x| f64::from_le_bytes(x.try_into().unwrap())).collect::<Vec<_>>()
+        };
+        // Both files store [0, 1]; a.nc scales by 10, b.nc by 1.
+        assert_eq!((row(0), row(1)), (vec![0.0, 10.0], vec![0.0, 1.0]));
+    }
+
+    #[test]
+    fn refusals_name_both_files() {
+        let d = "days since 2000-01-01";
+        let cases = [
+            (member("b.nc", &[1.0], d, "", &[1.0, 3.0], None), "different grids"),
+            (member("b.nc", &[1.0], d, "", &[1.0, 2.0, 3.0], None), "different grids"),
+            (member("b.nc", &[0.5], d, "", &[1.0, 2.0], None), "overlapping or unsorted"),
+            (member("b.nc", &[1.0], d, "360_day", &[1.0, 2.0], None), "different calendars"),
+        ];
+        for (b, want) in cases {
+            let members = [member("a.nc", &[0.0, 0.75], d, "", &[1.0, 2.0], None), b];
+            let e = join(&members, along_time(2)).unwrap_err().0;
+            assert!(e.contains(want) && e.contains("a.nc") && e.contains("b.nc"), "{want}: {e}");
+        }
+        let mut b = member("b.nc", &[1.0], d, "", &[1.0], None);
+        b.refs.refs.retain(|k, _| !k.starts_with("tas"));
+        let zmeta = consolidated_v2(
+            "",
+            b.refs.refs.iter().filter_map(|(k, r)| match r {
+                Reference::Inline(v) if k.contains(".z") && k != ".zmetadata" => Some((k.as_str(), &v[..])),
+                _ => None,
+            }),
+        );
+        b.refs.refs.insert(".zmetadata".into(), Reference::Inline(zmeta));
+        let members = [member("a.nc", &[0.0], d, "", &[1.0], None), b];
+        let e = join(&members, along_time(2)).unwrap_err().0;
+        assert!(e.contains("tas is missing from b.nc"), "{e}");
+        let forced =
+            Joiner::new(&members, &NoFiles, Force { drop_missing_variables: true }).unwrap().join(&along_time(2));
+        let forced = forced.unwrap();
+        assert!(!forced.variables.contains_key("tas"));
+        assert!(forced.notes.iter().any(|n| n.contains("tas") && n.contains("drop-missing-variables")));
+    }
+
+    #[test]
+    fn a_new_dimension_stacks_the_data_variables_and_gets_a_coordinate() {
+        let lat = [1.0, 2.0];
+        let d = "days since 2000-01-01";
+        let members = [member("r1.nc", &[0.0], d, "", &lat, None), member("r2.nc", &[0.0], d, "", &lat, None)];
+        let node = Node::New {
+            dim: "member".into(),
+            values: CoordValue::infer(&["r1".into(), "r2".into()]),
+            variables: None,
+            children: vec![Node::File(0), Node::File(1)],
+        };
+        let j = join(&members, node).unwrap();
+        assert_eq!(j.variables["tas"].dims, vec!["member", "time", "lat"]);
+        assert_eq!(j.variables["tas"].array.meta.shape, vec![2, 1, 2]);
+        assert_eq!(j.variables["time"].dims, vec!["time"]);
+        assert_eq!(j.variables["member"].array.meta.dtype.kind, Kind::VlenString);
+        assert_eq!(j.variables["tas"].array.mode, Mode::Direct);
+    }
 }

@@ -14,6 +14,8 @@ pub enum AttrValue {
     Ints(Vec<i64>),
     UInts(Vec<u64>),
     Floats(Vec<f64>),
+    /// Values of a 32-bit float attribute (xarray picks decoded dtypes from this type).
+    Floats32(Vec<f64>),
 }
 
 /// Attributes in source order.
@@ -65,7 +67,7 @@ impl AttrValue {
             AttrValue::Strs(v) => out.push_str(&serde_json::to_string(v).expect("strings serialize")),
             AttrValue::Ints(v) => write_numbers(out, v, |o, x| write!(o, "{x}")),
             AttrValue::UInts(v) => write_numbers(out, v, |o, x| write!(o, "{x}")),
-            AttrValue::Floats(v) => write_numbers(out, v, write_float),
+            AttrValue::Floats(v) | AttrValue::Floats32(v) => write_numbers(out, v, write_float),
         }
     }
 }

@@ -99,6 +99,11 @@ pub struct IndexMeta {
     /// each as a one-attribute `.zattrs` document).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub encoding_attrs: BTreeMap<String, String>,
+    /// `scale_factor` and `add_offset` attributes stored as 32-bit floats, by `path@name`. JSON
+    /// has one number type, and xarray decodes packed data to float32 only when these are
+    /// float32; joins that serve decoded values use this to pick the same dtype.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub float32_attrs: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,6 +26,7 @@ pub struct StoreBuilder {
     set: ReferenceSet,
     groups: Vec<String>,
     encoding_attrs: BTreeMap<String, String>,
+    float32_attrs: std::collections::BTreeSet<String>,
     variables: BTreeMap<String, VariableReport>,
     transcode: BTreeMap<String, TranscodeSpec>,
     attribute_problems: BTreeMap<String, String>,
@@ -39,6 +40,7 @@ impl StoreBuilder {
             set,
             groups: Vec::new(),
             encoding_attrs: BTreeMap::new(),
+            float32_attrs: Default::default(),
             variables: BTreeMap::new(),
             transcode: BTreeMap::new(),
             attribute_problems: BTreeMap::new(),
@@ -52,6 +54,11 @@ impl StoreBuilder {
     }
 
     pub fn array(&mut self, path: &str, meta: &ArrayMetadataV2, attrs: &Attributes, dims: &[String]) {
+        for name in ["scale_factor", "add_offset"] {
+            if let Some(zarrgate_core::attrs::AttrValue::Floats32(_)) = attrs.get(name) {
+                self.float32_attrs.insert(format!("{path}@{name}"));
+            }
+        }
         self.set.put_json(join(path, ".zarray"), meta);
         let zattrs = self.visible_attrs(path, attrs).to_zattrs(Some(dims));
         self.set.refs.insert(join(path, ".zattrs"), Reference::Inline(zattrs.into_bytes()));
@@ -117,6 +124,7 @@ impl StoreBuilder {
             transcode: self.transcode,
             attribute_problems: self.attribute_problems,
             encoding_attrs: self.encoding_attrs,
+            float32_attrs: self.float32_attrs,
         });
         self.set
     }

@@ -25,8 +25,7 @@ use serde_json::Value;
 
 use crate::cftime::{Calendar, TimeUnits};
 use crate::codec::vlen_utf8_encode;
-use crate::ops::kernel::Decoded;
-use crate::ops::store::{looks_f32, number, to_f64, Attrs, ChunkSource, SourceError, StoreView, Variable, NAN};
+use crate::ops::store::{looks_f32, number, to_f64, Attrs, ChunkSource, SourceError, StoreView, Variable};
 use crate::refs::{Reference, ReferenceSet};
 use crate::zarr::{ArrayMetadataV2, Codec, DType, Endian, Kind, Order, Separator, ZarrFormat2};
 
@@ -675,6 +674,15 @@ impl<'a> Joiner<'a> {
                     attrs.insert(a.to_string(), x.clone());
                 }
             }
+            let f32_attrs = self.members[vp.member].refs.meta.as_ref().map(|m| &m.float32_attrs);
+            let typed: Vec<Value> = ["scale_factor", "add_offset"]
+                .iter()
+                .filter(|a| f32_attrs.is_some_and(|s| s.contains(&format!("{}@{a}", vp.var))))
+                .map(|a| Value::from(*a))
+                .collect();
+            if !typed.is_empty() {
+                attrs.insert(FLOAT32_ATTRS.into(), Value::Array(typed));
+            }
             if let Some(owner) = units_from.and_then(|c| view.variables.get(c)) {
                 for a in ["units", "calendar"] {
                     if let (false, Some(x)) = (attrs.contains_key(a), owner.attrs.get(a)) {
@@ -956,28 +964,33 @@ fn promote(a: DType, b: DType) -> Option<DType> {
     }
 }
 
-/// Whether xarray decodes a member with this encoding to float32 (else float64).
+/// Key, in an encoding's attributes, listing which packing attributes the file stores as
+/// float32 (from the index's `float32_attrs`).
+const FLOAT32_ATTRS: &str = "\u{1}float32";
+
+/// Whether xarray decodes a member with this encoding to float32 (else float64), by
+/// xarray's `_choose_float_dtype`: with packing attributes, their storage type decides (an
+/// integer wider than 16 bits, or an offset of another type than the scale, gives float64);
+/// without, float32 data and integers up to 16 bits give float32.
 fn decodes_to_f32(e: &Encoding) -> bool {
     let dtype = e.meta.dtype;
-    let mut attrs = e.attrs.clone();
-    if let Some(fill) = fill_attr(&e.meta.fill_value) {
-        attrs.entry("_FillValue").or_insert(fill);
-    }
-    let decoded = Decoded::new(dtype, &attrs);
-    let f32_factors =
-        ["scale_factor", "add_offset"].iter().all(|a| attrs.get(*a).and_then(number).is_none_or(looks_f32));
-    match dtype.kind {
-        Kind::Float => dtype.size == 4 && (!decoded.is_packed() || f32_factors),
-        _ if decoded.is_packed() => dtype.size <= 2 && f32_factors,
-        _ => dtype.size <= 2,
-    }
-}
-
-fn fill_attr(fill: &Value) -> Option<Value> {
-    match fill {
-        Value::String(s) if s == "NaN" => Some(Value::from(NAN)),
-        v @ Value::Number(_) => Some(v.clone()),
-        _ => None,
+    let typed = e.attrs.get(FLOAT32_ATTRS).and_then(Value::as_array);
+    let is_f32 = |a: &str| match typed {
+        Some(t) => t.iter().any(|x| x == a),
+        // An index from before the types were recorded: tell by the spelling.
+        None => e.attrs.get(a).and_then(number).is_some_and(looks_f32),
+    };
+    let (scale, offset) = (e.attrs.contains_key("scale_factor"), e.attrs.contains_key("add_offset"));
+    match (scale, offset) {
+        (true, true) if is_f32("scale_factor") == is_f32("add_offset") => {
+            is_f32("scale_factor") && !(matches!(dtype.kind, Kind::Int | Kind::UInt) && dtype.size > 2)
+        }
+        (_, true) => false,
+        (true, false) => is_f32("scale_factor"),
+        (false, false) => match dtype.kind {
+            Kind::Float => dtype.size <= 4,
+            _ => dtype.size <= 2,
+        },
     }
 }
 

@@ -402,7 +402,9 @@ fn zero_key(ndim: usize) -> String {
 fn fill_from_attr(dtype: &DType, v: &AttrValue) -> Value {
     let one = |xs: &[f64]| (xs.len() == 1).then(|| xs[0]);
     match (dtype.kind, v) {
-        (Kind::Float, AttrValue::Floats(x)) => one(x).map(zarrgate_core::fill::float_json).unwrap_or(Value::Null),
+        (Kind::Float, AttrValue::Floats(x) | AttrValue::Floats32(x)) => {
+            one(x).map(zarrgate_core::fill::float_json).unwrap_or(Value::Null)
+        }
         (Kind::Float, AttrValue::Ints(x)) if x.len() == 1 => Value::from(x[0] as f64),
         (Kind::Int, AttrValue::Ints(x)) if x.len() == 1 => Value::from(x[0]),
         (Kind::UInt, AttrValue::UInts(x)) if x.len() == 1 => Value::from(x[0]),

@@ -297,7 +297,7 @@ fn attr_value(a: &Attr) -> AttrValue {
         NcType::UInt => AttrValue::UInts(be(4).map(|b| u32::from_be_bytes(b.try_into().unwrap()) as u64).collect()),
         NcType::Int64 => AttrValue::Ints(be(8).map(|b| i64::from_be_bytes(b.try_into().unwrap())).collect()),
         NcType::UInt64 => AttrValue::UInts(be(8).map(|b| u64::from_be_bytes(b.try_into().unwrap())).collect()),
-        NcType::Float => AttrValue::Floats(be(4).map(|b| f32::from_be_bytes(b.try_into().unwrap()) as f64).collect()),
+        NcType::Float => AttrValue::Floats32(be(4).map(|b| f32::from_be_bytes(b.try_into().unwrap()) as f64).collect()),
         NcType::Double => AttrValue::Floats(be(8).map(|b| f64::from_be_bytes(b.try_into().unwrap())).collect()),
     }
 }

@@ -199,6 +199,10 @@ boto3:
 curl:
     curl -s {endpoint}/{bucket}/{dataset}/.zmetadata
 
+a dataset joined from three files (DRS names; other time units and packing per file; docs/joins.md):
+    ds = xr.open_zarr("s3://{bucket}/drs/tas_Amon_FIXTURE_historical_r1i1p1",
+                      storage_options={{"anon": True, "endpoint_url": "{endpoint}"}})
+
 server-side operations (computed once, then cached; the menu is at {endpoint}/processes):
     curl -s "{endpoint}/ops/v1/average?dataset={bucket}/{dataset}&var=tas&dims=latitude,longitude&weights=coslat&format=csv"
 "#

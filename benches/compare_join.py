@@ -10,8 +10,8 @@ Side by side, in one run, on the same machine and the same files:
   CMIP6-like attributes (a `tracking_id` per file). Generated once by 2 processes and kept
   under `--work` (default /tmp/zarrgate-join-bench/files-N/).
 - **zarrgate.** `zarrgate index DIR --out CATALOG --jobs 2` into an empty catalog: it indexes
-  every file and joins them (docs/joins.md). Reference bytes are the joined dataset's
-  reference (`catalog/joins/ID.json`, plus any sidecar next to it); the whole catalog, per-file
+  every file and joins them (docs/joins.md). Reference bytes are the joined dataset's document
+  (`catalog/joins/ID.json`: metadata, member list and chunk tables); the whole catalog, per-file
   references included, is reported too.
 - **kerchunk.** `SingleHdf5ToZarr(path).translate()` on every file (default
   `inline_threshold`, a `multiprocessing.Pool` of 2), then
@@ -28,7 +28,7 @@ The page cache holds every file before each side runs.
 
     .venv/bin/python benches/compare_join.py [--files 10000] [--work DIR] [--skip-kerchunk]
 
-Targets (docs/multifile-plan.md, step 6): zarrgate indexes ≥ 10× faster than kerchunk and in
+Targets (issue 6): zarrgate indexes ≥ 10× faster than kerchunk and in
 under 60 s, with ≤ 1/5 of kerchunk's reference bytes. Prints a markdown table for
 docs/benchmarks.md and writes target/bench/join.json (join-N.json for another N).
 """
@@ -213,7 +213,7 @@ def tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def index_zarrgate(exe: str, data: Path, catalog: Path, first_file: str) -> dict:
+def index_zarrgate(exe: str, data: Path, catalog: Path) -> dict:
     """`zarrgate index` into an empty catalog: wall time, the join's entry and sizes."""
     shutil.rmtree(catalog, ignore_errors=True)
     cmd = [exe, "index", str(data), "--out", str(catalog), "--jobs", str(JOBS)]
@@ -224,18 +224,15 @@ def index_zarrgate(exe: str, data: Path, catalog: Path, first_file: str) -> dict
         raise SystemExit(f"{' '.join(cmd)} exited with {done.returncode}:\n{done.stderr[-4000:]}")
     joins = json.loads((catalog / "catalog.json").read_text()).get("joins") or {}
     if len(joins) != 1:
-        raise SystemExit(f"expected one joined dataset in {catalog}/catalog.json, found {sorted(joins)}")
+        raise SystemExit(f"expected one joined dataset in {catalog}/catalog.json, found {sorted(joins)} "
+                         f"(does {exe} join DRS directories? docs/joins.md)")
     (dataset, entry), = joins.items()
     if entry.get("error") or not entry.get("refs"):
         raise SystemExit(f"join {dataset} failed: status {entry.get('status')!r}, error {entry.get('error')!r}")
     refs = catalog / entry["refs"]
-    # A binary chunk index may sit next to the JSON (docs/multifile-plan.md): it counts too.
+    # The join document holds the member list and the chunk tables (src/join/doc.rs); anything
+    # stored beside it under the same name would count too.
     files = sorted(p for p in refs.parent.iterdir() if p == refs or p.name.startswith(refs.stem + "."))
-    ref_bytes = sum(p.stat().st_size for p in files)
-    # kerchunk's JSON names every file. When the join's files name them only through the
-    # catalog entry's member list, that entry is part of the reference and is counted too.
-    entry_bytes = len(json.dumps({dataset: entry}, separators=(",", ":")).encode())
-    names_members = first_file.encode() in b"".join(p.read_bytes() for p in files)
     return {
         "seconds": seconds,
         "command": " ".join(cmd),
@@ -244,9 +241,8 @@ def index_zarrgate(exe: str, data: Path, catalog: Path, first_file: str) -> dict
         "members": len(entry.get("members") or []),
         "notes": entry.get("notes"),
         "ref_files": {p.name: p.stat().st_size for p in files},
-        "entry_bytes": entry_bytes,
-        "refs_name_members": names_members,
-        "ref_bytes": ref_bytes if names_members else ref_bytes + entry_bytes,
+        "ref_bytes": sum(p.stat().st_size for p in files),
+        "entry_bytes": len(json.dumps({dataset: entry}, separators=(",", ":")).encode()),
         "catalog_bytes": tree_bytes(catalog),
     }
 
@@ -364,8 +360,8 @@ def agree(zarrgate_fn, kerchunk_fn, picks: list[int]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def mb(n: int | None) -> str:
-    return fmt(None if n is None else n / 1e6, " MB", 2)
+def size(n: int) -> str:
+    return f"{n / 1e6:,.2f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB"
 
 
 def print_table(summary: dict) -> None:
@@ -376,22 +372,22 @@ def print_table(summary: dict) -> None:
     if k:
         print(f"| kerchunk {summary['kerchunk_version']}: `SingleHdf5ToZarr` × {n:,} (Pool of {JOBS}) + "
               f"`MultiZarrToZarr` | {k['seconds']:,.1f} s ({k['single_seconds']:,.1f} + {k['combine_seconds']:,.1f}) | "
-              f"{mb(k['ref_bytes'])} | |")
+              f"{size(k['ref_bytes'])} | |")
     if z:
         ratio = "–"
         if k:
             ratio = (f"**{k['seconds'] / z['seconds']:.1f}× faster**, "
                      f"**{z['ref_bytes'] / k['ref_bytes']:.3f}× the bytes**")
-        print(f"| zarrgate: `index --jobs {JOBS}`, cold catalog | {z['seconds']:,.1f} s | {mb(z['ref_bytes'])} | {ratio} |")
+        print(f"| zarrgate: `index --jobs {JOBS}`, cold catalog | {z['seconds']:,.1f} s | {size(z['ref_bytes'])} | {ratio} |")
     print(f"| target | zarrgate ≥ {TARGET_SPEEDUP:.0f}× faster, < {TARGET_SECONDS:.0f} s | "
           f"≤ {TARGET_BYTES:g}× kerchunk's | |")
     print("\n| all references written | bytes |")
     print("|---|--:|")
     if k:
         print(f"| kerchunk: the per-file references (ujson, kept in memory) + the combined JSON | "
-              f"{mb(k['single_ref_bytes'])} + {mb(k['ref_bytes'])} |")
+              f"{size(k['single_ref_bytes'])} + {size(k['ref_bytes'])} |")
     if z:
-        print(f"| zarrgate: the whole catalog (per-file references, catalog.json, the join) | {mb(z['catalog_bytes'])} |")
+        print(f"| zarrgate: the whole catalog (per-file references, catalog.json, the join) | {size(z['catalog_bytes'])} |")
     reads = summary.get("reads") or {}
     if reads:
         print(f"\n| xarray | open (median of {summary['repeat']}) | load tas[:{READ_STEPS}] |")
@@ -405,9 +401,9 @@ def print_table(summary: dict) -> None:
         print(f"\nChecked against the files (netCDF4): every time value, tas at time indices {checked}"
               + ("; zarrgate and kerchunk agree on both." if len(reads) == 2 else "."))
     if z:
-        counted = "" if z["refs_name_members"] else f" + the catalog entry that names the members, {z['entry_bytes']:,} bytes"
         print(f"\nzarrgate: `{z['command']}` → dataset `{z['dataset']}` ({z['members']} members, "
-              f"status {z['status']!r}); reference bytes: {z['ref_files']}{counted}")
+              f"status {z['status']!r}); reference bytes: {z['ref_files']}; its catalog.json entry: "
+              f"{z['entry_bytes']:,} bytes")
     print(f"\nCommand: `{summary['command']}`")
 
 
@@ -441,7 +437,7 @@ def main() -> None:
     if not args.skip_zarrgate:
         for p in files:
             warm_page_cache(p)
-        summary["zarrgate"] = index_zarrgate(args.bin, data, work / f"catalog-{args.files}", files[0].name)
+        summary["zarrgate"] = index_zarrgate(args.bin, data, work / f"catalog-{args.files}")
         print(f"zarrgate: {summary['zarrgate']}", file=sys.stderr)
     if not args.skip_kerchunk:
         for p in files:

@@ -774,12 +774,12 @@ impl<'a> Joiner<'a> {
         // Times in other units than the first file's are re-encoded.
         if let Some((units, calendar)) = &time {
             let same = |e: &Encoding, k: &str, want: &str| e.attrs.get(k).and_then(Value::as_str).unwrap_or("") == want;
-            let mut calendars =
-                encodings.iter().map(|e| calendar_of(e.attrs.get("calendar").and_then(Value::as_str).unwrap_or("")));
+            let cal_of = |e: &Encoding| calendar_of(e.attrs.get("calendar").and_then(Value::as_str).unwrap_or(""));
             let cal0 = calendar_of(calendar);
-            if let Some(c) = calendars.find(|c| *c != cal0) {
+            if let Some(c) = encodings.iter().map(cal_of).find(|c| *c != cal0) {
+                let (a, b) = self.files_with(&parts, &encodings, |e| cal_of(e) == cal0);
                 return err(format!(
-                    "different calendars in {name}: {:?} and {:?}",
+                    "different calendars in {name}: {:?} in {a} and {:?} in {b}",
                     calendar_name(calendar),
                     c.map(Calendar::name).unwrap_or("unknown")
                 ));
@@ -1124,14 +1124,21 @@ fn time_units_of(ds: &VDataset, name: &str) -> Option<(String, String)> {
     if !v.dims.iter().any(|d| ds.joined.contains(d)) {
         return None;
     }
+    let owner = bounds_owner(ds, name).map(|o| &ds.vars[&o]);
     let of = |v: &VVar| {
         let units = v.attrs.get("units").and_then(Value::as_str)?;
         units.to_ascii_lowercase().contains(" since ").then(|| {
-            let cal = v.attrs.get("calendar").and_then(Value::as_str).unwrap_or("").to_string();
+            // Bounds take what they lack from their coordinate (CF 7.1).
+            let cal = [Some(v), owner]
+                .into_iter()
+                .flatten()
+                .find_map(|x| x.attrs.get("calendar").and_then(Value::as_str))
+                .unwrap_or("")
+                .to_string();
             (units.to_string(), cal)
         })
     };
-    of(v).or_else(|| bounds_owner(ds, name).and_then(|o| of(&ds.vars[&o])))
+    of(v).or_else(|| owner.and_then(of))
 }
 
 /// The dimension of a dataset's time coordinate (`axis: T`, `standard_name: time`, or CF time

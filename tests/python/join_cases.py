@@ -14,6 +14,7 @@ refusal the message it must give and the files it must name.
 | drs_aligned | EC-EARTH daily | DRS names; file boundaries on chunk boundaries (pass-through) |
 | units | CCSM4 monthly noleap | time units differ per file; `noleap` and `365_day` |
 | calendar_names | ERA5 psl | `standard` and `gregorian`, days and hours |
+| bounds_units | CCSM4 | time bounds with units and no calendar (noleap inherited) |
 | packing_int16 | ERA5 psl | int16, another scale_factor/add_offset/_FillValue per file |
 | packing_mixed | CCSM4 | float32 unpacked, then int16 packed with float64 factors |
 | uneven | EC-EARTH daily | 365/366-day years, chunks that do not divide them, other chunk shapes |
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 import cftime
+import netCDF4
 import numpy as np
 import xarray as xr
 
@@ -101,16 +103,12 @@ class JoinCase:
 
 
 @cache
-def source(key: str, corpus: Path = CORPUS) -> xr.Dataset:
+def source(key: str) -> xr.Dataset:
     """A corpus file, decoded (cftime times for every calendar), in memory."""
     with warnings.catch_warnings():  # ERA5 psl has two fill values; both mean "missing"
         warnings.simplefilter("ignore", xr.SerializationWarning)
-        return _load(corpus / SOURCES[key])
-
-
-def _load(path: Path) -> xr.Dataset:
-    with xr.open_dataset(path, decode_times=xr.coders.CFDatetimeCoder(use_cftime=True)) as ds:
-        return ds.load()
+        with xr.open_dataset(CORPUS / SOURCES[key], decode_times=xr.coders.CFDatetimeCoder(use_cftime=True)) as ds:
+            return ds.load()
 
 
 def f4(chunks: tuple[int, ...] | None = None, *, cmor: bool = False) -> dict:
@@ -143,8 +141,8 @@ def drs(prefix: str, ds: xr.Dataset, fmt: str = "%Y%m") -> str:
 
 def retimed(ds: xr.Dataset, like: xr.Dataset) -> xr.Dataset:
     """The values of `ds` on the time axis of `like` (members must share their coordinates)."""
-    bounds = [b for b in ["time_bnds"] if b in ds]
-    return ds.drop_vars(["time", *bounds]).assign_coords(time=like["time"]).assign({b: like[b] for b in bounds})
+    bounds = {"time_bnds": like["time_bnds"]} if "time_bnds" in ds else {}
+    return ds.drop_vars(["time", *bounds]).assign_coords(time=like["time"]).assign(bounds)
 
 
 def with_calendar(ds: xr.Dataset, calendar: str) -> xr.Dataset:
@@ -170,17 +168,21 @@ class CaseDir:
     def nc(self, rel: str, ds: xr.Dataset, data: dict[str, dict], *, units: str = DAYS_1850,
            calendar: str | None = None, nc_format: str = "NETCDF4") -> File:
         """Writes `ds` with explicit encodings: `data` for the data variables, the time and its
-        bounds as float64 in `units`, no _FillValue on anything else (as CMOR writes)."""
+        bounds as float64 in `units` (spelled as given), no _FillValue on anything else (as
+        CMOR writes)."""
         path = self.root / self.name / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         ds = ds.drop_encoding()
         calendar = calendar or ds.indexes["time"].calendar
+        times = [n for n in ("time", ds["time"].attrs.get("bounds")) if n in ds.variables]
         encoding = {name: {"_FillValue": None} for name in ds.variables}
-        for name in ("time", ds["time"].attrs.get("bounds")):
-            if name in ds.variables:
-                encoding[name] = {"units": units, "calendar": calendar, "dtype": "f8", "_FillValue": None}
+        encoding |= {n: {"units": units, "calendar": calendar, "dtype": "f8", "_FillValue": None} for n in times}
         encoding |= {name: enc for name, enc in data.items() if name in ds.variables}
         ds.to_netcdf(path, format=nc_format, encoding=encoding, unlimited_dims=["time"])
+        with netCDF4.Dataset(path, "a") as nc:  # xarray writes "days since 1850-1-1" as "…1850-01-01"
+            for name in times:
+                if "units" in nc[name].ncattrs():  # xarray leaves them off the bounds
+                    nc[name].units = units
         return File(f"{self.name}/{rel}")
 
     def text(self, rel: str, content: str) -> str:
@@ -191,7 +193,8 @@ class CaseDir:
 
 
 def ncml(body: str) -> str:
-    return f'<?xml version="1.0" encoding="UTF-8"?>\n<netcdf xmlns="{NCML_NS}">\n{textwrap.dedent(body).strip()}\n</netcdf>\n'
+    body = textwrap.dedent(body).strip()
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<netcdf xmlns="{NCML_NS}">\n{body}\n</netcdf>\n'
 
 
 def pieces(ds: xr.Dataset, cuts: list[int]) -> list[xr.Dataset]:
@@ -219,7 +222,7 @@ def drs_aligned(d: CaseDir) -> JoinCase:
 def units(d: CaseDir) -> JoinCase:
     ds = with_gaps(source("ccsm4").isel(time=slice(0, 360)), "tas", 41)
     data = {"tas": f4((12, 2, 3), cmor=True)}
-    times = [(DAYS_1850, "noleap"), (HOURS_1900, "noleap"), ("days since 1870-01-01", "365_day")]
+    times = [(DAYS_1850, "noleap"), (HOURS_1900, "noleap"), ("days since 1870-1-1", "365_day")]
     parts = tuple(d.nc(drs(CCSM4, p), p, data, units=u, calendar=c)
                   for p, (u, c) in zip(pieces(ds, [0, 120, 240, 360]), times))
     return JoinCase(d.name, d.id(CCSM4), "drs", Existing("time", parts))
@@ -243,7 +246,8 @@ def packing_int16(d: CaseDir) -> JoinCase:
         i2(np.float32(0.4), np.float32(100500.0), 32767, (12, 8, 15)),
         i2(np.float32(1.0), np.float32(99000.0), -32768, (12, 8, 15)),
     ]
-    parts = tuple(d.nc(drs("psl_ERA5_mon", p), p, {"psl": enc}) for p, enc in zip(pieces(ds, [0, 84, 156, 240]), packings))
+    parts = tuple(d.nc(drs("psl_ERA5_mon", p), p, {"psl": enc})
+                  for p, enc in zip(pieces(ds, [0, 84, 156, 240]), packings))
     return JoinCase(d.name, d.id("psl_ERA5_mon"), "drs", Existing("time", parts), decoded=("psl",))
 
 
@@ -277,6 +281,17 @@ def levels(d: CaseDir) -> JoinCase:
 def nc3(d: CaseDir) -> JoinCase:
     ds = with_gaps(source("ccsm4"), "tas", 43)
     parts = split(d, ds, [0, 600, 1200, 1872], CCSM4, {"tas": f4(cmor=True)}, nc_format="NETCDF3_CLASSIC")
+    return JoinCase(d.name, d.id(CCSM4), "drs", Existing("time", parts))
+
+
+def bounds_units(d: CaseDir) -> JoinCase:
+    """Bounds with units but no calendar (as EC-Earth3 writes them): CF and xarray take the
+    calendar of the time coordinate, here noleap."""
+    ds = with_gaps(source("ccsm4").isel(time=slice(600, 840)), "tas", 13)
+    parts = split(d, ds, [0, 120, 240], CCSM4, {"tas": f4((12, 2, 3), cmor=True)})
+    for part in parts:
+        with netCDF4.Dataset(d.root / part.rel, "a") as nc:
+            nc["time_bnds"].units = nc["time"].units
     return JoinCase(d.name, d.id(CCSM4), "drs", Existing("time", parts))
 
 
@@ -321,8 +336,9 @@ def time_member(d: CaseDir) -> JoinCase:
     members = []
     for label, window in zip(labels, pieces(ds, [0, 120, 240, 360])):
         prefix = f"{label}/siconc_SImon_CanESM5_historical_{label}_gn"
-        members.append(Existing("time", split(d, retimed(window, first), [0, 60, 120], prefix,
-                                              {"siconc": f4((12, 3, 4), cmor=True)})))
+        halves = split(d, retimed(window, first), [0, 60, 120], prefix, {"siconc": f4((12, 3, 4), cmor=True)},
+                       units="days since 1850-01-01 0:0:0.0")  # as CanESM5 writes it
+        members.append(Existing("time", halves))
     d.text("siconc.join.toml", r"""
         files = ["r*i1p1f1/siconc_*.nc"]
         join = "time"
@@ -475,9 +491,10 @@ def refuse_calendar(d: CaseDir) -> JoinCase:
 
 
 def refuse_shapes(d: CaseDir) -> JoinCase:
-    first, second = decade(0), decade(1).isel(time=slice(0, 108))
+    first = decade(0)
+    second = retimed(decade(1).isel(time=slice(0, 108)), first.isel(time=slice(0, 108)))  # 9 years, not 10
     a = d.nc("r1i1p1f1/tas_Amon_CCSM4_historical_r1i1p1f1_185001-185912.nc", first, {"tas": f4()})
-    b = d.nc("r2i1p1f1/tas_Amon_CCSM4_historical_r2i1p1f1_185001-185812.nc", retimed(second, first.isel(time=slice(0, 108))), {"tas": f4()})
+    b = d.nc("r2i1p1f1/tas_Amon_CCSM4_historical_r2i1p1f1_185001-185812.nc", second, {"tas": f4()})
     d.text("tas.join.toml", r"""
         files = "r*i1p1f1/tas_*.nc"
 
@@ -503,7 +520,7 @@ def refuse_no_files(d: CaseDir) -> JoinCase:
 
 #: the joins that must succeed, and those that must be refused, by builder (= case name)
 JOINS = [
-    drs_aligned, units, calendar_names, packing_int16, packing_mixed, uneven, levels, nc3,
+    drs_aligned, units, calendar_names, bounds_units, packing_int16, packing_mixed, uneven, levels, nc3,
     members_spec, members_ncml, time_member, union_spec, union_ncml, ncml_edit, forced,
 ]
 REFUSALS = [

@@ -12,7 +12,7 @@ variable, and with the encoding the contract gives each kind of variable.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union as TypeUnion
 
@@ -27,6 +27,8 @@ DECODED_RTOL = 1e-6
 KEPT_ENCODING = ("dtype", "scale_factor", "add_offset", "_FillValue", "missing_value")
 #: what decoding on the server drops (`_FillValue` becomes NaN)
 PACKING = ("scale_factor", "add_offset", "missing_value")
+#: CF names of one calendar
+CALENDAR_ALIASES = {"gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +104,8 @@ def expected(plan: Plan, root: Path) -> xr.Dataset:
     if isinstance(plan, Existing):
         paths = [root / p.rel for p in plan.parts]
         with xr.open_mfdataset(paths, combine="nested", concat_dim=plan.dim, data_vars="minimal",
-                               coords="minimal", compat="override", drop_variables=list(plan.drop)) as ds:
+                               coords="minimal", compat="override", drop_variables=list(plan.drop),
+                               chunks=-1) as ds:  # one dask chunk per file: the files are small
             return ds.load()
     parts = [expected(p, root) for p in plan.parts]
     if isinstance(plan, Union):
@@ -123,38 +126,57 @@ def stack(parts: list[xr.Dataset], plan: New) -> xr.Dataset:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Differences:
+    """How a served join differs from its oracle: in what it holds (dimensions, variables,
+    dtypes, values, NaN positions) and in how it describes it (attributes, encoding)."""
+
+    values: list[str] = field(default_factory=list)
+    metadata: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.values or self.metadata)
+
+    def __str__(self) -> str:
+        return "\n".join(self.values + self.metadata)
+
+
 def differences(got: xr.Dataset, want: xr.Dataset, *, decoded: tuple[str, ...] = (),
-                loose_attrs: set[str] = frozenset()) -> list[str]:
-    """Every way `got` (a served join) differs from `want` (its oracle); empty when equal.
+                loose: set[str] = frozenset()) -> Differences:
+    """Every way `got` (a served join) differs from `want` (its oracle); falsy when equal.
 
     `decoded` names the variables the contract serves decoded (values to `DECODED_RTOL`,
     packing dropped, `_FillValue` NaN); the others keep the first file's encoding and equal
-    the oracle exactly. `loose_attrs` names variables whose attributes the contract leaves
-    open (the coordinate of a new dimension): the oracle's must be there, more may be.
+    the oracle exactly. `loose` names variables whose attributes and encoding the contract
+    leaves open (the coordinate of a new dimension): the oracle's attributes must be there.
     """
-    out = []
+    out = Differences()
     if dict(got.sizes) != dict(want.sizes):
-        out.append(f"dimensions {dict(got.sizes)} != {dict(want.sizes)}")
+        out.values.append(f"dimensions {dict(got.sizes)} != {dict(want.sizes)}")
     if set(got.variables) != set(want.variables):
-        extra, lacks = sorted(set(got.variables) - set(want.variables)), sorted(set(want.variables) - set(got.variables))
-        out.append(f"variables: unexpected {extra}, missing {lacks}")
+        extra, lacks = set(got.variables) - set(want.variables), set(want.variables) - set(got.variables)
+        out.values.append(f"variables: unexpected {sorted(extra)}, missing {sorted(lacks)}")
     if set(got.coords) != set(want.coords):
-        out.append(f"coordinates {sorted(got.coords)} != {sorted(want.coords)}")
+        out.metadata.append(f"coordinates {sorted(got.coords)} != {sorted(want.coords)}")
     for name in sorted(set(got.variables) & set(want.variables)):
         g, w = got.variables[name], want.variables[name]
-        out += [f"{name}: {d}" for d in variable_differences(g, w, name in decoded, name in loose_attrs)]
-    out += [f"global attribute {d}" for d in attr_differences(got.attrs, want.attrs, loose=False)]
+        values, metadata = variable_differences(g, w, name in decoded, name in loose)
+        out.values += [f"{name}: {d}" for d in values]
+        out.metadata += [f"{name}: {d}" for d in metadata]
+    out.metadata += [f"global attribute {d}" for d in attr_differences(got.attrs, want.attrs, loose=False)]
     return out
 
 
-def variable_differences(g: xr.Variable, w: xr.Variable, decoded: bool, loose: bool) -> list[str]:
+def variable_differences(g: xr.Variable, w: xr.Variable, decoded: bool, loose: bool) -> tuple[list[str], list[str]]:
+    """(differences in values, in attributes and encoding) of one variable."""
     if g.dims != w.dims:
-        return [f"dims {g.dims} != {w.dims}"]
-    out = [] if dtypes_equivalent(g.dtype, w.dtype) else [f"dtype {g.dtype} != {w.dtype}"]
-    out += value_differences(g.values, w.values, decoded)
-    out += attr_differences(g.attrs, w.attrs, loose)
-    out += (decoded_encoding if decoded else kept_encoding)(g.encoding, w.encoding)
-    return out
+        return [f"dims {g.dims} != {w.dims}"], []
+    values = [] if dtypes_equivalent(g.dtype, w.dtype) else [f"dtype {g.dtype} != {w.dtype}"]
+    values += value_differences(g.values, w.values, decoded)
+    metadata = attr_differences(g.attrs, w.attrs, loose)
+    if not loose:
+        metadata += (decoded_encoding if decoded else kept_encoding)(g.encoding, w.encoding)
+    return values, metadata
 
 
 def value_differences(g: np.ndarray, w: np.ndarray, decoded: bool) -> list[str]:
@@ -165,12 +187,14 @@ def value_differences(g: np.ndarray, w: np.ndarray, decoded: bool) -> list[str]:
         return [] if ok else [f"values: {detail}"]
     nan_g, nan_w = np.isnan(g), np.isnan(w)
     if not np.array_equal(nan_g, nan_w):
-        return [f"NaN at {int((nan_g != nan_w).sum())} other positions (served {int(nan_g.sum())}, xarray {int(nan_w.sum())})"]
+        moved = int((nan_g != nan_w).sum())
+        return [f"NaN at {moved} other positions (served {int(nan_g.sum())}, xarray {int(nan_w.sum())})"]
     close = np.isclose(g, w, rtol=DECODED_RTOL, atol=0.0, equal_nan=True)
     if close.all():
         return []
     i = tuple(int(k) for k in np.argwhere(~close)[0])
-    return [f"values: {int((~close).sum())}/{close.size} beyond rtol {DECODED_RTOL}; e.g. {list(i)}: xarray={w[i]!r} served={g[i]!r}"]
+    far = int((~close).sum())
+    return [f"values: {far}/{close.size} beyond rtol {DECODED_RTOL}; e.g. {list(i)}: xarray={w[i]!r} served={g[i]!r}"]
 
 
 def attr_differences(got: dict, want: dict, loose: bool) -> list[str]:
@@ -188,14 +212,11 @@ def attr_differences(got: dict, want: dict, loose: bool) -> list[str]:
 def kept_encoding(got: dict, want: dict) -> list[str]:
     """A variable served encoded keeps the first file's dtype and packing attributes; a time
     variable keeps the first file's dtype, units and calendar."""
-    time = "calendar" in want or "since" in str(want.get("units", ""))
+    time = is_time(want)
     out = []
     for key in ("dtype",) if time else KEPT_ENCODING:
         g, w = got.get(key), want.get(key)
-        if key == "dtype" and w is not None:
-            same = g is not None and dtypes_equivalent(np.dtype(g), np.dtype(w))
-        else:
-            same = same_number(g, w)
+        same = same_dtype(g, w) if key == "dtype" else same_number(g, w)
         if not same:
             out.append(f"encoding {key} {g!r}, the first file has {w!r}")
     if time and got.get("units") != want.get("units"):
@@ -209,7 +230,7 @@ def chunk_differences(got: dict, want: dict) -> list[str]:
     """Chunks passed through or assembled follow the first file's chunk shape (a new
     dimension's chunking is left open, so only variables of the same rank are compared)."""
     chunks, shape = got.get("chunks"), want.get("chunksizes")
-    if not shape or chunks is None or len(chunks) != len(shape) or "calendar" in want:
+    if not shape or chunks is None or len(chunks) != len(shape) or is_time(want):
         return []
     return [] if tuple(chunks) == tuple(shape) else [f"chunks {tuple(chunks)}, the first file has {tuple(shape)}"]
 
@@ -222,6 +243,19 @@ def decoded_encoding(got: dict, want: dict) -> list[str]:
     return out
 
 
+def is_time(encoding: dict) -> bool:
+    """Decoded CF times (the join coordinate, its bounds): one chunk, re-encoded when needed."""
+    return "calendar" in encoding or "since" in str(encoding.get("units", ""))
+
+
+def same_dtype(got, want) -> bool:
+    """Stored dtypes up to byte order. Text is chars in netCDF and strings in Zarr, and a new
+    dimension's coordinate has no file to compare with."""
+    if want is None or np.dtype(want).kind in "SUO":
+        return True
+    return got is not None and dtypes_equivalent(np.dtype(got), np.dtype(want))
+
+
 def same_number(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
@@ -229,6 +263,5 @@ def same_number(a, b) -> bool:
 
 
 def calendar_name(name: str | None) -> str:
-    """CF names of one calendar: `gregorian` is `standard`, `365_day` is `noleap`, ..."""
-    aliases = {"gregorian": "standard", None: "standard", "365_day": "noleap", "366_day": "all_leap"}
-    return aliases.get(name.lower() if name else None, name.lower() if name else "standard")
+    name = (name or "standard").lower()
+    return CALENDAR_ALIASES.get(name, name)

@@ -207,6 +207,10 @@ struct VPart {
     origin: Vec<u64>,
 }
 
+/// Largest variable written into a join document at index time (bigger ones are assembled
+/// when read).
+const MATERIALIZE_LIMIT: u64 = 64 << 20;
+
 /// Attributes that change decoded values.
 const DECODE_ATTRS: &[&str] = &["_FillValue", "missing_value", "scale_factor", "add_offset", "_Unsigned"];
 
@@ -249,7 +253,13 @@ impl<'a> Joiner<'a> {
             let coordinate_like =
                 ds.joined.contains(name) || bounds_owner(&ds, name).is_some_and(|c| ds.joined.contains(&c));
             let materialize = along && (coordinate_like || time.is_some());
-            let (array, attrs) = self.plan(name, v, &ds, materialize, time)?;
+            let (mut array, attrs) = self.plan(name, v, &ds, materialize, time)?;
+            if materialize && array.parts.len() > 1 && array.meta.chunk_nbytes() <= MATERIALIZE_LIMIT {
+                // One chunk, written now: opening the dataset then reads it with one request
+                // instead of assembling it from every file.
+                let bytes = array.assemble(&vec![0; array.meta.shape.len()], self.reader).map_err(JoinError)?;
+                array = values_array(&array.meta, &bytes);
+            }
             variables.insert(name.clone(), JoinedVariable { dims: v.dims.clone(), attrs, array });
         }
         Ok(Joined { attrs: ds.attrs, variables, notes: self.notes.into_inner() })

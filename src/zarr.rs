@@ -74,6 +74,21 @@ pub enum Codec {
 }
 
 impl ArrayMetadataV2 {
+    /// An array without codecs (chunks of length 0 become 1, as Zarr requires).
+    pub fn plain(shape: &[u64], chunks: &[u64], dtype: DType, fill_value: Value) -> Self {
+        ArrayMetadataV2 {
+            zarr_format: ZarrFormat2,
+            shape: shape.to_vec(),
+            chunks: chunks.iter().map(|c| (*c).max(1)).collect(),
+            dtype,
+            compressor: None,
+            fill_value,
+            order: Order::C,
+            filters: None,
+            dimension_separator: Separator::Dot,
+        }
+    }
+
     /// Number of chunks along each dimension (a zero-length dimension has none).
     pub fn chunk_grid(&self) -> Vec<u64> {
         self.shape.iter().zip(&self.chunks).map(|(s, c)| s.div_ceil(*c)).collect()

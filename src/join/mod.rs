@@ -27,7 +27,7 @@ use crate::cftime::{Calendar, TimeUnits};
 use crate::codec::vlen_utf8_encode;
 use crate::ops::store::{looks_f32, number, to_f64, Attrs, ChunkSource, SourceError, StoreView, Variable};
 use crate::refs::{Reference, ReferenceSet};
-use crate::zarr::{ArrayMetadataV2, Codec, DType, Endian, Kind, Order, Separator, ZarrFormat2};
+use crate::zarr::{ArrayMetadataV2, Codec, DType, Endian, Kind};
 
 pub use array::{ByteReader, ChunkRef, Encoding, JoinedArray, Mode, Part, INLINE};
 
@@ -660,7 +660,7 @@ impl<'a> Joiner<'a> {
             _ => DType::new(Kind::Float, 8, Endian::Little),
         };
         let fill = if dtype.kind == Kind::Float { Value::from("NaN") } else { encodings[0].meta.fill_value.clone() };
-        let meta = plain_meta(&v.shape, &v.shape, dtype, fill);
+        let meta = ArrayMetadataV2::plain(&v.shape, &v.shape, dtype, fill);
         Ok(JoinedArray { meta, mode, encodings, parts, inline })
     }
 
@@ -780,7 +780,7 @@ impl<'a> Joiner<'a> {
             c
         };
         let out_chunks = if materialize { v.shape.clone() } else { member_chunks(parts[0].lead as usize) };
-        let no_codecs = |dtype: DType, fill: Value| plain_meta(&v.shape, &out_chunks, dtype, fill);
+        let no_codecs = |dtype: DType, fill: Value| ArrayMetadataV2::plain(&v.shape, &out_chunks, dtype, fill);
         // Times in other units than the first file's are re-encoded.
         if let Some((units, calendar)) = &time {
             let same = |e: &Encoding, k: &str, want: &str| e.attrs.get(k).and_then(Value::as_str).unwrap_or("") == want;
@@ -1004,21 +1004,6 @@ fn decodes_to_f32(e: &Encoding) -> bool {
     }
 }
 
-/// An uncompressed `.zarray`.
-fn plain_meta(shape: &[u64], chunks: &[u64], dtype: DType, fill_value: Value) -> ArrayMetadataV2 {
-    ArrayMetadataV2 {
-        zarr_format: ZarrFormat2,
-        shape: shape.to_vec(),
-        chunks: chunks.iter().map(|c| (*c).max(1)).collect(),
-        dtype,
-        compressor: None,
-        fill_value,
-        order: Order::C,
-        filters: None,
-        dimension_separator: Separator::Dot,
-    }
-}
-
 /// A materialized single-chunk array, served from inline bytes.
 fn values_array(meta: &ArrayMetadataV2, bytes: &[u8]) -> JoinedArray {
     let mut enc_meta = meta.clone();
@@ -1071,7 +1056,7 @@ fn coordinate_var(dim: &str, values: &[CoordValue]) -> VVar {
             vlen_utf8_encode(&texts),
         )
     };
-    let mut meta = plain_meta(&[n], &[n.max(1)], dtype, Value::Null);
+    let mut meta = ArrayMetadataV2::plain(&[n], &[n.max(1)], dtype, Value::Null);
     meta.filters = filters;
     VVar { dims: vec![dim.to_string()], shape: vec![n], attrs: Attrs::new(), content: Content::Values(meta, bytes) }
 }
@@ -1180,7 +1165,7 @@ mod tests {
 
     fn array_doc(shape: &[u64], dtype: &str, fill: Value) -> Vec<u8> {
         let d = DType::parse(dtype).unwrap();
-        serde_json::to_vec(&plain_meta(shape, shape, d, fill)).unwrap()
+        serde_json::to_vec(&ArrayMetadataV2::plain(shape, shape, d, fill)).unwrap()
     }
 
     /// A file with `time` (f8, `units`, `calendar`), `lat` and `tas(time, lat)` (f4, one

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# The real-data corpus, read in place (never copied into the repository).
+CORPUS = Path(os.environ.get("ZARRGATE_CORPUS", REPO.parent / "shared" / "corpus"))
 
 
 def wait_for(predicate, timeout: float = 120, step: float = 0.3):

@@ -44,10 +44,9 @@ import netCDF4
 import numpy as np
 import xarray as xr
 
-from gateway import REPO
+from gateway import CORPUS
 from join_oracle import Existing, File, New, Plan, Union, expected, files
 
-CORPUS = Path(os.environ.get("ZARRGATE_CORPUS", REPO.parent / "shared" / "corpus"))
 SOURCES = {
     "ec_earth": "mini-esgf-data/test_data/gws/nopw/j04/cp4cds1_vol1/data/c3s-cmip5/output1/ICHEC/EC-EARTH/historical/"
     "day/atmos/day/r1i1p1/tas/v20131231/tas_day_EC-EARTH_historical_r1i1p1_18500101-18591231.nc",

@@ -8,16 +8,13 @@ those of `ops_data.py`; the corpus files are read in place from `$ZARRGATE_CORPU
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import xarray as xr
 
-from gateway import REPO
+from gateway import CORPUS
 from ops_oracle import Select, area, chain, companions, curvilinear_area, isel, level_range, pick, sel
 
-CORPUS = Path(os.environ.get("ZARRGATE_CORPUS", REPO.parent / "shared" / "corpus"))
 CORPUS_FILES = {
     "hadgem": "mini-esgf-data/test_data/badc/cmip5/data/cmip5/output1/MOHC/HadGEM2-ES/historical/mon/atmos/Amon/"
     "r1i1p1/latest/tas/tas_Amon_HadGEM2-ES_historical_r1i1p1_185912-188411.nc",

@@ -23,7 +23,7 @@ use zarrgate_core::attrs::{AttrValue, Attributes};
 use zarrgate_core::codec::{encode_chunk, vlen_utf8_encode};
 use zarrgate_core::fill::fill_json;
 use zarrgate_core::report::{TranscodeSpec, VariableStatus};
-use zarrgate_core::zarr::{ArrayMetadataV2, Codec, DType, Endian, Kind, Order, Separator, ZarrFormat2};
+use zarrgate_core::zarr::{ArrayMetadataV2, Codec, DType, Endian, Kind};
 
 use crate::error::IndexError;
 use crate::store::{StoreBuilder, SOURCE_TEMPLATE};
@@ -376,17 +376,7 @@ fn zarr_dtype(elem: &ElemType, order: Endian) -> Option<DType> {
 }
 
 fn array_meta(var: &NcVar, dtype: DType, chunks: Vec<u64>, fill_value: Value) -> ArrayMetadataV2 {
-    ArrayMetadataV2 {
-        zarr_format: ZarrFormat2,
-        shape: var.shape.clone(),
-        chunks: chunks.iter().map(|&c| c.max(1)).collect(),
-        dtype,
-        compressor: None,
-        fill_value,
-        order: Order::C,
-        filters: None,
-        dimension_separator: Separator::Dot,
-    }
+    ArrayMetadataV2::plain(&var.shape, &chunks, dtype, fill_value)
 }
 
 fn full_chunks(shape: &[u64]) -> Vec<u64> {

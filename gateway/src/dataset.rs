@@ -325,7 +325,7 @@ fn parse_chunk_key(key: &str, grid: &[u64]) -> Option<Vec<u64>> {
     }
     let idx: Vec<u64> = key.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
     // Keys are canonical: no leading zeros, no sign.
-    let canonical = key.split('.').all(|p| p == "0" || !p.starts_with('0'));
+    let canonical = key.split('.').all(|p| p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0')));
     (canonical && idx.len() == grid.len() && idx.iter().zip(grid).all(|(i, g)| i < g)).then_some(idx)
 }
 

@@ -94,6 +94,24 @@ impl ArrayMetadataV2 {
         self.shape.iter().zip(&self.chunks).map(|(s, c)| s.div_ceil(*c)).collect()
     }
 
+    /// Every chunk grid position, row-major: one (`[]`) for a scalar, none when a dimension
+    /// has no chunks.
+    pub fn grid_positions(grid: &[u64]) -> impl Iterator<Item = Vec<u64>> + '_ {
+        let total = if grid.is_empty() { 1 } else { grid.iter().product::<u64>() };
+        let mut idx = vec![0u64; grid.len()];
+        (0..total).map(move |_| {
+            let here = idx.clone();
+            for d in (0..idx.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < grid[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+            here
+        })
+    }
+
     /// The Zarr key of the chunk at grid position `idx`, relative to the array (`"0"` for a
     /// scalar).
     pub fn chunk_key(idx: &[u64]) -> String {

@@ -256,19 +256,10 @@ impl Dataset {
         let mut keys: Vec<String> = self.objects.keys().filter(|k| after(k)).cloned().collect();
         for (var, array) in &self.arrays {
             let grid = array.grid();
-            let total: u64 = grid.iter().product();
-            let mut idx = vec![0u64; grid.len()];
-            for _ in 0..total.max(u64::from(grid.is_empty())) {
+            for idx in ArrayMetadataV2::grid_positions(&grid) {
                 let key = format!("{var}/{}", ArrayMetadataV2::chunk_key(&idx));
                 if after(&key) {
                     keys.push(key);
-                }
-                for d in (0..idx.len()).rev() {
-                    idx[d] += 1;
-                    if idx[d] < grid[d] {
-                        break;
-                    }
-                    idx[d] = 0;
                 }
             }
         }

@@ -728,10 +728,8 @@ impl<'a> Joiner<'a> {
     fn chunk_table(&self, vp: &VPart, var: &Variable, inline: &mut Vec<u8>) -> Result<Vec<ChunkRef>, String> {
         let refs = &self.members[vp.member].refs;
         let grid = var.meta.chunk_grid();
-        let total: u64 = grid.iter().product();
-        let mut out = Vec::with_capacity(total as usize);
-        let mut idx = vec![0u64; grid.len()];
-        for _ in 0..total.max(u64::from(grid.is_empty())) {
+        let mut out = Vec::new();
+        for idx in ArrayMetadataV2::grid_positions(&grid) {
             let key = format!("{}/{}", vp.var, ArrayMetadataV2::chunk_key(&idx));
             out.push(match refs.refs.get(&key) {
                 None => ChunkRef::NONE,
@@ -746,13 +744,6 @@ impl<'a> Joiner<'a> {
                 }
                 Some(Reference::Whole { .. }) => return Err(format!("chunk {key} is a whole-file reference")),
             });
-            for d in (0..idx.len()).rev() {
-                idx[d] += 1;
-                if idx[d] < grid[d] {
-                    break;
-                }
-                idx[d] = 0;
-            }
         }
         Ok(out)
     }

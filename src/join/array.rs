@@ -95,17 +95,12 @@ pub trait ByteReader: Sync {
 }
 
 impl Part {
-    /// Number of the member's chunks along each of its dimensions.
-    pub fn member_grid(&self, enc: &Encoding) -> Vec<u64> {
-        self.shape[self.lead as usize..].iter().zip(&enc.meta.chunks).map(|(s, c)| s.div_ceil(*c)).collect()
-    }
-
-    /// The stored chunk at member grid position `idx`.
+    /// The stored chunk at member grid position `idx` (no allocation: this is on the path of
+    /// every chunk request).
     pub fn chunk(&self, enc: &Encoding, idx: &[u64]) -> ChunkRef {
-        let grid = self.member_grid(enc);
         let mut flat = 0u64;
-        for (i, g) in idx.iter().zip(&grid) {
-            flat = flat * g + i;
+        for ((i, s), c) in idx.iter().zip(&self.shape[self.lead as usize..]).zip(&enc.meta.chunks) {
+            flat = flat * s.div_ceil(*c) + i;
         }
         self.chunks.get(flat as usize).copied().unwrap_or(ChunkRef::NONE)
     }

@@ -364,7 +364,7 @@ fn transcoded_objects(var: &str, spec: &TranscodeSpec) -> Result<(Pipeline, Vec<
     }
     let elements: u64 = spec.chunks.iter().product::<u64>().max(1);
     let chunk_bytes = usize::try_from(elements * dtype.size() as u64).map_err(|_| "chunks are too large")?;
-    let pipeline = Pipeline::new(&spec.hdf5_filters, dtype.size(), chunk_bytes)?;
+    let pipeline = Pipeline::new(&spec.hdf5_filters, dtype, chunk_bytes)?;
     let meta = ArrayMetadataV2 {
         zarr_format: ZarrFormat2,
         shape: spec.shape.clone(),

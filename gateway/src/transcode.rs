@@ -7,14 +7,20 @@
 //!
 //! Supported: deflate (1), shuffle (2), fletcher32 (3), lzf (32000), blosc 1 (32001, with
 //! blosclz, lz4, zlib or zstd inside), lz4 (32004), bitshuffle (32008, plain, lz4 or zstd),
-//! zstd (32015) and bzip2 (307). Anything else (szip, n-bit, scale-offset, zfp, jpeg, …)
-//! leaves the variable unserved, with the reason.
+//! zstd (32015), bzip2 (307), and HDF5's own szip (4), n-bit (5) and scale-offset (6) (see
+//! [`native`]). Anything else (zfp, jpeg, …) leaves the variable unserved, with the reason.
+
+mod native;
 
 use zarrgate_core::report::Hdf5Filter;
+use zarrgate_core::zarr::DType;
 
 const DEFLATE: i32 = 1;
 const SHUFFLE: i32 = 2;
 const FLETCHER32: i32 = 3;
+const SZIP: i32 = 4;
+const NBIT: i32 = 5;
+const SCALEOFFSET: i32 = 6;
 const BZIP2: i32 = 307;
 const LZF: i32 = 32000;
 const BLOSC: i32 = 32001;
@@ -34,6 +40,9 @@ enum Step {
     Lz4,
     Bitshuffle { elem: usize, block: usize, codec: u32 },
     Zstd,
+    Szip(native::Szip),
+    Nbit(native::Nbit),
+    ScaleOffset(native::ScaleOffset),
 }
 
 /// A variable's decoding pipeline (in HDF5 write order) and its decoded chunk size.
@@ -45,7 +54,8 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Builds the pipeline, or says which filter the gateway cannot decode.
-    pub fn new(filters: &[Hdf5Filter], elem_size: usize, chunk_bytes: usize) -> Result<Self, String> {
+    pub fn new(filters: &[Hdf5Filter], dtype: DType, chunk_bytes: usize) -> Result<Self, String> {
+        let elem_size = dtype.size();
         let steps = filters
             .iter()
             .map(|f| {
@@ -66,6 +76,9 @@ impl Pipeline {
                         Step::Bitshuffle { elem: if cd(2) > 0 { cd(2) } else { elem_size }, block: cd(3), codec }
                     }
                     ZSTD => Step::Zstd,
+                    SZIP => Step::Szip(native::Szip::new(&f.cd_values)?),
+                    NBIT => Step::Nbit(native::Nbit::new(&f.cd_values, dtype)?),
+                    SCALEOFFSET => Step::ScaleOffset(native::ScaleOffset::new(&f.cd_values)?),
                     _ => return Err(format!("the gateway cannot decode HDF5 filter {} (id {})", f.name, f.id)),
                 })
             })
@@ -96,16 +109,19 @@ impl Pipeline {
 
 impl Step {
     fn decode(&self, data: Vec<u8>, chunk_bytes: usize) -> Result<Vec<u8>, String> {
-        match *self {
+        match self {
             Step::Deflate => read_all(flate2::read::ZlibDecoder::new(&data[..]), chunk_bytes),
-            Step::Shuffle { elem } => Ok(unshuffle(&data, elem)),
+            Step::Shuffle { elem } => Ok(unshuffle(&data, *elem)),
             Step::Fletcher32 => strip_fletcher32(data),
             Step::Bzip2 => read_all(bzip2::read::BzDecoder::new(&data[..]), chunk_bytes),
             Step::Lzf => lzf_decompress(&data, chunk_bytes),
             Step::Blosc => blosc_decompress(&data),
             Step::Lz4 => hdf5_lz4_decompress(&data),
-            Step::Bitshuffle { elem, block, codec } => bitshuffle_decode(&data, elem, block, codec, chunk_bytes),
+            Step::Bitshuffle { elem, block, codec } => bitshuffle_decode(&data, *elem, *block, *codec, chunk_bytes),
             Step::Zstd => zstd_decompress(&data, chunk_bytes),
+            Step::Szip(szip) => szip.decode(&data),
+            Step::Nbit(nbit) => nbit.decode(data),
+            Step::ScaleOffset(so) => so.decode(data),
         }
     }
 }
@@ -447,6 +463,10 @@ fn bitunshuffle(data: &[u8], n: usize, elem: usize) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn u32le() -> DType {
+        DType::new(zarrgate_core::zarr::Kind::UInt, 4, zarrgate_core::zarr::Endian::Little)
+    }
+
     fn filter(id: i32, cd_values: Vec<u32>) -> Hdf5Filter {
         Hdf5Filter { id, name: String::new(), cd_values }
     }
@@ -465,7 +485,7 @@ mod tests {
         let sum = zarrgate_core::codec::fletcher32(&stored);
         stored.extend_from_slice(&sum.to_le_bytes());
         let filters = [filter(SHUFFLE, vec![4]), filter(DEFLATE, vec![4]), filter(FLETCHER32, vec![])];
-        let p = Pipeline::new(&filters, 4, raw.len()).unwrap();
+        let p = Pipeline::new(&filters, u32le(), raw.len()).unwrap();
         assert_eq!(p.decode(stored.clone(), 0).unwrap(), raw);
         // Deflate skipped for this chunk: the stored bytes are shuffled only.
         let mut plain = shuffled.clone();
@@ -479,8 +499,8 @@ mod tests {
 
     #[test]
     fn unknown_filters_are_named() {
-        let err = Pipeline::new(&[filter(4, vec![])], 4, 16).unwrap_err();
-        assert!(err.contains("id 4"), "{err}");
+        let err = Pipeline::new(&[filter(32013, vec![])], u32le(), 16).unwrap_err();
+        assert!(err.contains("id 32013"), "{err}");
     }
 
     #[test]

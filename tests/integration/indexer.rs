@@ -99,6 +99,13 @@ fn unreadable_codecs_are_marked_for_transcoding_not_dropped() {
         assert!(meta.transcode.contains_key(v));
         assert!(!set.refs.contains_key(&format!("{v}/.zarray")), "{v} must stay out of plain refs");
     }
+    // The gateway decodes these from the parameters HDF5 stored with each dataset: szip's four,
+    // n-bit's eight for a number, scale-offset's twenty.
+    let cd = |v: &str| meta.transcode[v].hdf5_filters[0].cd_values.clone();
+    assert_eq!(cd("szip"), [169, 16, 32, 25]);
+    assert_eq!(cd("nbit_u12"), [8, 0, 500, 1, 2, 0, 12, 0]);
+    assert_eq!(cd("scaleoffset_float")[..8], [0, 2, 500, 1, 4, 0, 0, 1]);
+    assert_eq!(cd("scaleoffset_int").len(), 20);
 }
 
 #[test]

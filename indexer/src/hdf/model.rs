@@ -144,7 +144,22 @@ fn elem_type(t: &NcVariableType) -> ElemType {
         NcVariableType::Char => ElemType::Char,
         NcVariableType::String => ElemType::String,
         NcVariableType::Compound(c) => ElemType::UserDefined(format!("compound type {:?}", c.name)),
-        NcVariableType::Enum(e) => ElemType::UserDefined(format!("enum type {:?}", e.name)),
+        // xarray shows an enum variable as its base integer type (the names go into the
+        // encoding), and HDF5 stores it as that integer: plain references serve it.
+        NcVariableType::Enum(e) => {
+            use netcdf::types::EnumTypeValues as V;
+            let (signed, size) = match e.fieldvalues {
+                V::I8(_) => (true, 1),
+                V::I16(_) => (true, 2),
+                V::I32(_) => (true, 4),
+                V::I64(_) => (true, 8),
+                V::U8(_) => (false, 1),
+                V::U16(_) => (false, 2),
+                V::U32(_) => (false, 4),
+                V::U64(_) => (false, 8),
+            };
+            ElemType::Int { signed, size }
+        }
         NcVariableType::Opaque(o) => ElemType::Opaque(format!("opaque type {:?} of {} bytes", o.name, o.size)),
         NcVariableType::Vlen(v) => ElemType::UserDefined(format!("vlen type {:?}", v.name)),
     }

@@ -3,7 +3,6 @@
 
 use hdf5::dataset::Layout;
 use hdf5::datatype::ByteOrder;
-use hdf5::filters::Filter;
 use zarrgate_core::report::Hdf5Filter;
 use zarrgate_core::zarr::Endian;
 
@@ -119,9 +118,7 @@ pub fn describe(ds: &hdf5::Dataset, numeric: bool) -> hdf5::Result<Storage> {
     let dcpl = ds.dcpl()?;
     let fill = if numeric { fill_bytes(ds, &dcpl, dtype.size()) } else { None };
     let fill_never = dcpl.fill_time() == hdf5::dataset::FillTime::Never;
-    // Not `ds.filters()`: it turns a pipeline it cannot parse into an empty one, which would
-    // reference compressed chunks as raw data.
-    let filters = dcpl.get_filters()?.iter().map(filter_info).collect();
+    let filters = filters(&dcpl)?;
     Ok(Storage { extent, byte_order, elem_size: dtype.size(), layout, filters, fill, fill_never })
 }
 
@@ -179,17 +176,51 @@ fn fill_bytes(ds: &hdf5::Dataset, dcpl: &hdf5::plist::DatasetCreate, size: usize
     (status >= 0).then_some(buf)
 }
 
-fn filter_info(f: &Filter) -> Hdf5Filter {
-    let (id, cd_values): (i32, Vec<u32>) = match f {
-        Filter::Deflate(level) => (1, vec![u32::from(*level)]),
-        Filter::Shuffle => (2, vec![]),
-        Filter::Fletcher32 => (3, vec![]),
-        Filter::SZip(coding, ppb) => (4, vec![*coding as u32, u32::from(*ppb)]),
-        Filter::NBit => (5, vec![]),
-        Filter::ScaleOffset(_) => (6, vec![]),
-        Filter::User(id, cd) => (*id, cd.clone()),
-    };
-    Hdf5Filter { id, name: filter_name(id).to_string(), cd_values }
+/// The dataset's filter pipeline, in write order, with the client data exactly as stored.
+///
+/// Not `ds.filters()`, which turns a pipeline it cannot parse into an empty one (so compressed
+/// chunks would be referenced as raw data), nor hdf5-metno's `Filter`, which drops the
+/// parameters HDF5 computed for the dataset (n-bit and scale-offset types, szip's
+/// bits per pixel and pixels per scanline) that the gateway needs to decode them.
+fn filters(dcpl: &hdf5::plist::DatasetCreate) -> hdf5::Result<Vec<Hdf5Filter>> {
+    let _guard = hdf5_sys::LOCK.lock();
+    // SAFETY: `dcpl` is an open property list; every buffer passed is as long as the length
+    // passed with it.
+    let count = unsafe { hdf5_sys::h5p::H5Pget_nfilters(dcpl.id()) };
+    if count < 0 {
+        return Err("H5Pget_nfilters failed".into());
+    }
+    let mut out = Vec::new();
+    for index in 0..count as u32 {
+        let mut cd_values = vec![0u32; 64];
+        let (mut flags, mut config, mut name) = (0u32, 0u32, [0 as std::ffi::c_char; 64]);
+        loop {
+            let mut n = cd_values.len();
+            let id = unsafe {
+                hdf5_sys::h5p::H5Pget_filter2(
+                    dcpl.id(),
+                    index,
+                    &mut flags,
+                    &mut n,
+                    cd_values.as_mut_ptr(),
+                    name.len(),
+                    name.as_mut_ptr(),
+                    &mut config,
+                )
+            };
+            if id < 0 {
+                return Err(format!("H5Pget_filter2 failed for filter {index}").into());
+            }
+            if n > cd_values.len() {
+                cd_values.resize(n, 0);
+                continue;
+            }
+            cd_values.truncate(n);
+            out.push(Hdf5Filter { id, name: filter_name(id).to_string(), cd_values });
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Names of registered HDF5 filter ids (the HDF Group's registry).

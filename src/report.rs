@@ -80,6 +80,30 @@ pub struct TranscodeSpec {
     pub url: String,
     /// Stored chunks by Zarr chunk key.
     pub stored: BTreeMap<String, StoredChunk>,
+    /// The layout of a compound (struct) type, which the gateway serves as a Zarr v2
+    /// structured dtype.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compound: Option<Compound>,
+}
+
+/// A compound type as HDF5 stores it. Served as a Zarr v2 structured dtype whose fields are
+/// packed in order: Zarr v2 cannot name padding (zarr-python reads a padding entry as one more
+/// field), so the gateway moves each field from its stored offset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compound {
+    /// Bytes per element as stored, padding included.
+    pub size: usize,
+    pub fields: Vec<CompoundField>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompoundField {
+    pub name: String,
+    /// numpy typestring of the field (`<i4`, `>f8`, `|S4`).
+    pub typestr: String,
+    /// Byte offset in the stored element.
+    pub offset: usize,
+    pub size: usize,
 }
 
 /// Index metadata of one source file.

@@ -22,9 +22,9 @@ use zarrgate_core::join::{ByteReader, JoinedArray, Mode, INLINE};
 use crate::source::{ReadError, Sources};
 use zarrgate_core::refs::{Reference, ReferenceSet};
 use zarrgate_core::report::{StoredChunk, TranscodeSpec};
-use zarrgate_core::zarr::{consolidated_v2, ArrayMetadataV2, Order, Separator, ZarrFormat2};
+use zarrgate_core::zarr::{consolidated_v2, ArrayMetadataV2, DType, Endian, Kind, Order, Separator, ZarrFormat2};
 
-use crate::transcode::Pipeline;
+use crate::transcode::{served_typestr, Pipeline};
 
 /// A source file of a dataset and the fingerprint its references were made from.
 #[derive(Clone, Debug)]
@@ -358,13 +358,18 @@ fn ancestors(var: &str) -> Vec<String> {
 
 /// The decoding pipeline and the `.zarray`/`.zattrs` documents of a transcoded variable.
 fn transcoded_objects(var: &str, spec: &TranscodeSpec) -> Result<(Pipeline, Vec<(&'static str, Bytes)>), String> {
-    let dtype = spec.dtype.ok_or("its data type has no Zarr v2 equivalent the gateway can serve yet")?;
+    // A compound is decoded as opaque elements of its stored size, then its fields are packed.
+    let dtype = match (spec.dtype, &spec.compound) {
+        (Some(dtype), _) => dtype,
+        (None, Some(c)) => DType::new(Kind::Bytes, c.size, Endian::NotApplicable),
+        (None, None) => return Err("its data type has no Zarr v2 equivalent the gateway can serve yet".into()),
+    };
     if spec.chunks.len() != spec.shape.len() {
         return Err(format!("{var}: chunk shape does not match the array shape"));
     }
     let elements: u64 = spec.chunks.iter().product::<u64>().max(1);
     let chunk_bytes = usize::try_from(elements * dtype.size() as u64).map_err(|_| "chunks are too large")?;
-    let pipeline = Pipeline::new(&spec.hdf5_filters, dtype, chunk_bytes)?;
+    let mut pipeline = Pipeline::new(&spec.hdf5_filters, dtype, chunk_bytes)?;
     let meta = ArrayMetadataV2 {
         zarr_format: ZarrFormat2,
         shape: spec.shape.clone(),
@@ -376,7 +381,14 @@ fn transcoded_objects(var: &str, spec: &TranscodeSpec) -> Result<(Pipeline, Vec<
         filters: None,
         dimension_separator: Separator::Dot,
     };
-    let zarray = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
+    let mut zarray = serde_json::to_value(&meta).map_err(|e| e.to_string())?;
+    if let (None, Some(c)) = (spec.dtype, &spec.compound) {
+        pipeline = pipeline.repacking(c)?;
+        let fields: Vec<[String; 2]> = c.fields.iter().map(|f| [f.name.clone(), served_typestr(f)]).collect();
+        zarray["dtype"] = serde_json::json!(fields);
+        zarray["fill_value"] = serde_json::Value::Null;
+    }
+    let zarray = serde_json::to_vec(&zarray).map_err(|e| e.to_string())?;
     Ok((pipeline, vec![(".zarray", Bytes::from(zarray)), (".zattrs", Bytes::from(spec.zattrs.clone().into_bytes()))]))
 }
 

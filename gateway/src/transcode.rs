@@ -12,7 +12,7 @@
 
 mod native;
 
-use zarrgate_core::report::Hdf5Filter;
+use zarrgate_core::report::{Compound, Hdf5Filter};
 use zarrgate_core::zarr::DType;
 
 const DEFLATE: i32 = 1;
@@ -50,6 +50,9 @@ enum Step {
 pub struct Pipeline {
     steps: Vec<Step>,
     chunk_bytes: usize,
+    /// For a compound type: the stored element size and each field's (offset, size, swap),
+    /// packed in this order after decoding.
+    repack: Option<(usize, Vec<(usize, usize, bool)>)>,
 }
 
 impl Pipeline {
@@ -83,12 +86,27 @@ impl Pipeline {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Pipeline { steps, chunk_bytes })
+        Ok(Pipeline { steps, chunk_bytes, repack: None })
     }
 
-    /// Size of every decoded chunk.
+    /// Packs the fields of each decoded compound element together, in order, with big-endian
+    /// numbers made little-endian (zarr-python cannot cast structured dtypes with big-endian
+    /// fields); [`served_typestr`] names the fields so.
+    pub fn repacking(self, compound: &Compound) -> Result<Self, String> {
+        let fields: Vec<(usize, usize, bool)> =
+            compound.fields.iter().map(|f| (f.offset, f.size, f.typestr.starts_with('>'))).collect();
+        if compound.size == 0 || fields.iter().any(|&(offset, size, _)| offset + size > compound.size) {
+            return Err(format!("compound layout {compound:?} is inconsistent"));
+        }
+        Ok(Pipeline { repack: Some((compound.size, fields)), ..self })
+    }
+
+    /// Size of every served chunk.
     pub fn chunk_bytes(&self) -> usize {
-        self.chunk_bytes
+        match &self.repack {
+            Some((size, fields)) => self.chunk_bytes / size * fields.iter().map(|f| f.1).sum::<usize>(),
+            None => self.chunk_bytes,
+        }
     }
 
     /// Decodes one stored chunk.
@@ -103,7 +121,31 @@ impl Pipeline {
         if data.len() != self.chunk_bytes {
             return Err(format!("decoded chunk has {} bytes, expected {}", data.len(), self.chunk_bytes));
         }
-        Ok(data)
+        Ok(match &self.repack {
+            Some((size, fields)) => {
+                let mut out = Vec::with_capacity(self.chunk_bytes());
+                for element in data.chunks_exact(*size) {
+                    for &(offset, len, swap) in fields {
+                        let field = &element[offset..offset + len];
+                        if swap {
+                            out.extend(field.iter().rev());
+                        } else {
+                            out.extend_from_slice(field);
+                        }
+                    }
+                }
+                out
+            }
+            None => data,
+        })
+    }
+}
+
+/// The typestring a compound field is served with (see [`Pipeline::repacking`]).
+pub fn served_typestr(field: &zarrgate_core::report::CompoundField) -> String {
+    match field.typestr.strip_prefix('>') {
+        Some(rest) => format!("<{rest}"),
+        None => field.typestr.clone(),
     }
 }
 
@@ -495,6 +537,30 @@ mod tests {
         let mut bad = stored;
         bad[3] ^= 0xff;
         assert!(p.decode(bad, 0).is_err());
+    }
+
+    #[test]
+    fn compound_fields_are_packed_in_order() {
+        use zarrgate_core::report::CompoundField;
+        let field = |name: &str, typestr: &str, offset, size| CompoundField {
+            name: name.into(),
+            typestr: typestr.into(),
+            offset,
+            size,
+        };
+        // i1 at 0, big-endian i2 at 2, f8 at 8: 16 bytes stored, 11 served.
+        let fields = vec![field("a", "|i1", 0, 1), field("b", ">i2", 2, 2), field("c", "<f8", 8, 8)];
+        assert_eq!(served_typestr(&fields[1]), "<i2");
+        let compound = Compound { size: 16, fields };
+        let bytes = DType::new(zarrgate_core::zarr::Kind::Bytes, 16, zarrgate_core::zarr::Endian::NotApplicable);
+        let p = Pipeline::new(&[], bytes, 32).unwrap().repacking(&compound).unwrap();
+        assert_eq!(p.chunk_bytes(), 22);
+        let stored: Vec<u8> = (0..32).collect();
+        let packed = [0, 3, 2, 8, 9, 10, 11, 12, 13, 14, 15];
+        let want: Vec<u8> = packed.iter().copied().chain(packed.iter().map(|b| b + 16)).collect();
+        assert_eq!(p.decode(stored, 0).unwrap(), want);
+        let bad = Compound { size: 4, fields: vec![field("a", "<i4", 2, 4)] };
+        assert!(Pipeline::new(&[], bytes, 32).unwrap().repacking(&bad).is_err());
     }
 
     #[test]

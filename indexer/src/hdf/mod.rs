@@ -322,6 +322,18 @@ impl<'a> Plan<'a> {
                     )
                 })
                 .collect(),
+            compound: None,
+        };
+        // A compound is served from its stored chunks only: the gateway would read an unwritten
+        // or compact one as zeros, whatever HDF5's fill value for it is.
+        let grid: u64 = self.var.shape.iter().zip(&self.chunks).map(|(&n, &c)| n.div_ceil(c.max(1))).product();
+        let whole = matches!(self.st.layout, StorageLayout::Chunked { .. } | StorageLayout::Contiguous { .. })
+            && stored.len() as u64 == grid;
+        let (spec, why) = match &self.st.compound {
+            Some(Ok(c)) if whole => (TranscodeSpec { compound: Some(c.clone()), ..spec }, why),
+            Some(Ok(_)) => (spec, format!("{why}: compact, or with chunks that were never written")),
+            Some(Err(problem)) => (spec, format!("{why}: {problem}")),
+            None => (spec, why),
         };
         out.transcode(&self.var.path, why, spec);
     }

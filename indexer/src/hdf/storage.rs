@@ -3,7 +3,7 @@
 
 use hdf5::dataset::Layout;
 use hdf5::datatype::ByteOrder;
-use zarrgate_core::report::Hdf5Filter;
+use zarrgate_core::report::{Compound, CompoundField, Hdf5Filter};
 use zarrgate_core::zarr::Endian;
 
 /// A chunk as stored: its grid position, byte range and per-chunk filter mask.
@@ -49,6 +49,8 @@ pub struct Storage {
     /// The file was written without fill values (`H5D_FILL_TIME_NEVER`): unwritten data is
     /// undefined.
     pub fill_never: bool,
+    /// For a compound type: its stored layout, or why it cannot be served.
+    pub compound: Option<Result<Compound, String>>,
 }
 
 /// Finds the HDF5 dataset behind a netCDF variable. netCDF-C stores a variable that has the
@@ -119,7 +121,8 @@ pub fn describe(ds: &hdf5::Dataset, numeric: bool) -> hdf5::Result<Storage> {
     let fill = if numeric { fill_bytes(ds, &dcpl, dtype.size()) } else { None };
     let fill_never = dcpl.fill_time() == hdf5::dataset::FillTime::Never;
     let filters = filters(&dcpl)?;
-    Ok(Storage { extent, byte_order, elem_size: dtype.size(), layout, filters, fill, fill_never })
+    let compound = compound_layout(ds);
+    Ok(Storage { extent, byte_order, elem_size: dtype.size(), layout, filters, fill, fill_never, compound })
 }
 
 fn chunked(ds: &hdf5::Dataset) -> hdf5::Result<StorageLayout> {
@@ -221,6 +224,69 @@ fn filters(dcpl: &hdf5::plist::DatasetCreate) -> hdf5::Result<Vec<Hdf5Filter>> {
         }
     }
     Ok(out)
+}
+
+/// The stored layout of a compound dataset's elements (`None` for other types). Fields must be
+/// numbers, enums or fixed-length strings: zarr-python reads neither nested structured dtypes
+/// nor variable-length fields.
+fn compound_layout(ds: &hdf5::Dataset) -> Option<Result<Compound, String>> {
+    use hdf5_sys::h5t::{self, H5T_class_t as C};
+    let _guard = hdf5_sys::LOCK.lock();
+    // SAFETY: every type id opened here is closed before returning; member names are freed
+    // with HDF5's allocator.
+    unsafe {
+        let tid = hdf5_sys::h5d::H5Dget_type(ds.id());
+        if tid < 0 {
+            return None;
+        }
+        let out = if h5t::H5Tget_class(tid) == C::H5T_COMPOUND {
+            let mut fields = Vec::new();
+            let mut problem = None;
+            for i in 0..h5t::H5Tget_nmembers(tid).max(0) as u32 {
+                let ptr = h5t::H5Tget_member_name(tid, i);
+                let name = if ptr.is_null() {
+                    String::new()
+                } else {
+                    std::ffi::CStr::from_ptr(ptr).to_string_lossy().into_owned()
+                };
+                if !ptr.is_null() {
+                    hdf5_sys::h5::H5free_memory(ptr.cast());
+                }
+                let member = h5t::H5Tget_member_type(tid, i);
+                let size = h5t::H5Tget_size(member);
+                let order = if h5t::H5Tget_order(member) == h5t::H5T_order_t::H5T_ORDER_BE { '>' } else { '<' };
+                let order = if size == 1 { '|' } else { order };
+                let integer = |t| if h5t::H5Tget_sign(t) == h5t::H5T_sign_t::H5T_SGN_2 { 'i' } else { 'u' };
+                let typestr = match h5t::H5Tget_class(member) {
+                    C::H5T_INTEGER => Some(format!("{order}{}{size}", integer(member))),
+                    C::H5T_ENUM => {
+                        let base = h5t::H5Tget_super(member);
+                        let t = format!("{order}{}{size}", integer(base));
+                        h5t::H5Tclose(base);
+                        Some(t)
+                    }
+                    C::H5T_FLOAT => Some(format!("{order}f{size}")),
+                    C::H5T_STRING if h5t::H5Tis_variable_str(member) == 0 => Some(format!("|S{size}")),
+                    other => {
+                        problem.get_or_insert_with(|| format!("member {name:?} is of class {other:?}, which zarr-python cannot read inside a structured dtype"));
+                        None
+                    }
+                };
+                h5t::H5Tclose(member);
+                if let Some(typestr) = typestr {
+                    fields.push(CompoundField { name, typestr, offset: h5t::H5Tget_member_offset(tid, i), size });
+                }
+            }
+            Some(match problem {
+                Some(p) => Err(p),
+                None => Ok(Compound { size: h5t::H5Tget_size(tid), fields }),
+            })
+        } else {
+            None
+        };
+        h5t::H5Tclose(tid);
+        out
+    }
 }
 
 /// Names of registered HDF5 filter ids (the HDF Group's registry).

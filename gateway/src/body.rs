@@ -1,5 +1,8 @@
 //! Response bodies: bytes in memory, or a byte range of a source file streamed in pieces.
 //!
+//! On the gateway's own connections a streamed range is sent with `sendfile` (see
+//! [`crate::sendfile`]); elsewhere (and in tests) its pieces are read into memory.
+//!
 //! Streaming keeps memory per connection at two pieces (1 MiB each) however large the chunk, and
 //! overlaps reading the next piece with sending the last. After the last piece the source's
 //! fingerprint is checked again: if the file changed while it was being sent, the body ends
@@ -16,10 +19,15 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 use zarrgate_core::catalog::Fingerprint;
 
+use crate::sendfile::{Lane, Progress};
 use crate::source::{OpenFile, Sources};
 
 /// Bytes read per step of a streamed body.
 pub const PIECE: u64 = 1024 * 1024;
+
+/// Bytes at the end of a zero-copy body that are read and checked in memory (see
+/// [`crate::sendfile`]).
+const TAIL: u64 = 64 * 1024;
 
 pub enum ResponseBody {
     Memory(Option<Bytes>),
@@ -45,11 +53,46 @@ pub struct FileStream {
     offset: u64,
     remaining: u64,
     pending: Option<JoinHandle<std::io::Result<Bytes>>>,
+    /// The connection's lane, when pieces are sent with `sendfile` (all but the tail).
+    lane: Option<(Lane, Arc<Progress>)>,
 }
 
 impl FileStream {
-    pub fn new(file: Arc<OpenFile>, path: PathBuf, fingerprint: Fingerprint, offset: u64, length: u64) -> Self {
-        FileStream { file, path, fingerprint, offset, remaining: length, pending: None }
+    pub fn new(
+        file: Arc<OpenFile>,
+        path: PathBuf,
+        fingerprint: Fingerprint,
+        offset: u64,
+        length: u64,
+        lane: Option<Lane>,
+    ) -> Self {
+        let lane = lane.map(|l| (l, Arc::new(Progress::default())));
+        FileStream { file, path, fingerprint, offset, remaining: length, pending: None, lane }
+    }
+
+    /// The next frame of a zero-copy body: a placeholder per piece, then the tail, read and
+    /// checked once every placeholder before it has been sent.
+    fn poll_zero_copy(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let (lane, progress) = self.lane.as_ref().expect("a zero-copy body");
+        let ahead = self.remaining.saturating_sub(TAIL);
+        if ahead > 0 {
+            let n = ahead.min(PIECE);
+            let frame = lane.push(self.file.clone(), self.offset, n as usize, progress);
+            self.offset += n;
+            self.remaining -= n;
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
+        }
+        if !progress.poll_sent(cx) {
+            return Poll::Pending;
+        }
+        let tail = self.file.read(self.offset, self.remaining).and_then(|bytes| {
+            Sources::check(&self.path, self.fingerprint).map_err(std::io::Error::other)?;
+            Ok(bytes)
+        });
+        self.remaining = 0;
+        Poll::Ready(Some(tail.map(|b| Frame::data(Bytes::from(b))).inspect_err(|e| {
+            eprintln!("zarrgate: streaming {} failed: {e}", self.path.display());
+        })))
     }
 
     fn start_read(&mut self) -> JoinHandle<std::io::Result<Bytes>> {
@@ -77,6 +120,9 @@ impl Body for ResponseBody {
             ResponseBody::File(stream) => {
                 if stream.remaining == 0 {
                     return Poll::Ready(None);
+                }
+                if stream.lane.is_some() {
+                    return stream.poll_zero_copy(cx);
                 }
                 let mut pending = match stream.pending.take() {
                     Some(p) => p,

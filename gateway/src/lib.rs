@@ -12,6 +12,7 @@
 //! - [`ops`]: server-side subset and average: HTTP and OGC API, result cache, jobs.
 //! - [`metrics`]: Prometheus counters.
 //! - [`body`]: response bodies, streaming large byte ranges.
+//! - [`sendfile`]: zero-copy sending of large byte ranges through the connection's I/O.
 //! - [`server`]: the hyper server (limits, timeouts, shutdown).
 //! - [`util`]: hex, I/O errors that name their file, quiet deletion.
 //!
@@ -27,6 +28,7 @@ pub mod dataset;
 pub mod metrics;
 pub mod ops;
 pub mod s3;
+pub mod sendfile;
 pub mod server;
 pub mod source;
 pub mod transcode;

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 
 use crate::s3::{error_response, handle, App, HttpResponse};
+use crate::sendfile::{Conn, Lane, LANE};
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -70,22 +71,25 @@ pub async fn serve(
         let mut timed = TimeoutStream::new(stream);
         timed.set_read_timeout(Some(options.client_timeout));
         timed.set_write_timeout(Some(options.client_timeout));
-        let io = TokioIo::new(Box::pin(timed));
+        let lane = Lane::default();
+        let io = TokioIo::new(Conn::new(timed, lane.clone(), options.client_timeout));
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
             async move { Ok::<_, Infallible>(isolated(app, req, peer.ip()).await) }
         });
+        // Vectored writes keep body frames uncopied, which zero-copy sending relies on.
         let conn = http1::Builder::new()
+            .writev(true)
             .timer(TokioTimer::new())
             .header_read_timeout(options.client_timeout)
             .max_buf_size(64 * 1024)
             .serve_connection(io, service);
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        tokio::spawn(LANE.scope(lane, async move {
             let _ = conn.await;
             drop(permit);
-        });
+        }));
     }
     app.shutting_down.store(true, Ordering::Relaxed);
     drop(listener);

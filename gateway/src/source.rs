@@ -64,6 +64,26 @@ impl OpenFile {
         }
         Ok(buf)
     }
+
+    /// Sends up to `len` bytes at `offset` to the socket `sock` with `sendfile(2)`; 0 means the
+    /// file ends before `offset`.
+    pub fn send_to(&self, sock: std::os::fd::RawFd, offset: u64, len: usize) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd as _;
+        loop {
+            let mut at =
+                libc::off_t::try_from(offset).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+            // SAFETY: both descriptors are open for the duration of the call; `at` is a valid
+            // offset variable the kernel updates.
+            let n = unsafe { libc::sendfile(sock, self.file.as_raw_fd(), &mut at, len) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
 }
 
 #[derive(Default)]

@@ -344,6 +344,89 @@ def test_large_chunks_stream_whole_and_in_ranges(tmp_path):
         g.stop()
 
 
+def _big_chunk_gateway(tmp_path, mib: int):
+    """A gateway serving one uncompressed chunk of ``mib`` MiB, sent with sendfile."""
+    import netCDF4
+
+    data = tmp_path / "huge"
+    data.mkdir()
+    n = mib * 1024 * 1024 // 4
+    values = np.arange(n, dtype="f4")
+    with netCDF4.Dataset(data / "huge.nc", "w") as nc:
+        nc.createDimension("x", n)
+        nc.createVariable("v", "f4", ("x",), chunksizes=(n,))[:] = values
+    g = start_gateway(data, "huge", tmp_path / "huge-cat", extra_args=("--client-timeout", "2"))
+    return g, data / "huge.nc", values
+
+
+def _read_slowly(g, key: str, change) -> tuple[int, bytes]:
+    """Requests ``key``, reads a little, calls ``change()``, then reads until the server stops.
+    Gives the announced Content-Length and the body bytes received."""
+    host, port = g.endpoint.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.sendall(f"GET /huge/huge.nc/{key} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(65536)
+        head, body = got.split(b"\r\n\r\n", 1)
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        time.sleep(0.3)  # the server is now blocked on a full socket, mid-body
+        change()
+        while len(body) < length:
+            part = s.recv(1 << 20)
+            if not part:
+                break
+            body += part
+    return length, body
+
+
+def test_zero_copy_bodies_are_exact_and_never_complete_when_the_file_changes(tmp_path):
+    """Large ranges go out with sendfile. They must be byte-exact, and a file that changes
+    while it is being sent must end the response early, never complete it with mixed bytes."""
+    g, path, values = _big_chunk_gateway(tmp_path, 24)
+    try:
+        status, headers, body = http(f"{g.endpoint}/huge/huge.nc/v/0")
+        assert status == 200 and len(body) == values.nbytes
+        np.testing.assert_array_equal(np.frombuffer(body, "<f4"), values)
+        status, _, part = http(f"{g.endpoint}/huge/huge.nc/v/0", headers={"Range": "bytes=1000001-9000000"})
+        assert status == 206 and part == body[1_000_001:9_000_001]
+
+        # Touched while sent: same bytes, new mtime. The tail's check fails: a short body.
+        length, got = _read_slowly(g, "v/0", lambda: os.utime(path))
+        assert length == values.nbytes and len(got) < length
+        assert got == body[: len(got)]
+        wait_for(lambda: http(f"{g.endpoint}/huge/huge.nc/v/0")[0] == 200, timeout=60)
+
+        # Truncated while sent: sendfile finds the end of the file early.
+        def truncate():
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+
+        length, got = _read_slowly(g, "v/0", truncate)
+        assert len(got) < length
+        assert http(f"{g.endpoint}/healthz")[0] == 200
+    finally:
+        g.stop()
+
+
+def test_a_stalled_reader_of_a_zero_copy_body_is_disconnected(tmp_path):
+    g, _, _ = _big_chunk_gateway(tmp_path, 24)
+    try:
+        host, port = g.endpoint.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.sendall(b"GET /huge/huge.nc/v/0 HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(5)  # read nothing: the server's writes stall past --client-timeout 2
+            received = 0
+            while part := s.recv(1 << 20):
+                received += len(part)
+        assert received < 24 * 1024 * 1024, "the server kept the stalled connection open"
+        assert http(f"{g.endpoint}/healthz")[0] == 200
+    finally:
+        g.stop()
+
+
 def test_xarray_reads_over_plain_http(gw):
     """Without s3fs: fsspec's HTTP filesystem and consolidated metadata need only GETs by key."""
     ds = xr.open_dataset(f"{gw.endpoint}/svc/cal_noleap.nc", engine="zarr")

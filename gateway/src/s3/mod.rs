@@ -635,13 +635,14 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
         Body::Range { .. } => head || end - start <= PIECE,
         Body::Transcoded { .. } | Body::Assembled { .. } => head,
     };
+    let lane = crate::sendfile::current_lane();
     let read = if small {
-        read_object(&app.sources, &dataset, &object, start, end, head)
+        read_object(&app.sources, &dataset, &object, start, end, head, None)
     } else {
         let permit = app.reads.clone().acquire_owned().await.expect("the read semaphore is never closed");
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            read_object(&app2.sources, &ds, &obj, start, end, head)
+            read_object(&app2.sources, &ds, &obj, start, end, head, lane)
         })
         .await
         .map_err(|e| S3Error::internal(format!("reading the object failed: {e}")))?
@@ -692,7 +693,8 @@ impl From<ReadError> for ReadOutcome {
 }
 
 /// Bytes `start..end` of an object, after checking that every source is unchanged. HEAD only
-/// checks. Large ranges of a source file are streamed.
+/// checks. Large ranges of a source file are streamed, with `sendfile` through `lane` if the
+/// connection has one.
 fn read_object(
     sources: &Sources,
     dataset: &Dataset,
@@ -700,6 +702,7 @@ fn read_object(
     start: u64,
     end: u64,
     head: bool,
+    lane: Option<crate::sendfile::Lane>,
 ) -> Result<ResponseBody, ReadOutcome> {
     let check = |i: usize| Sources::check(dataset.source(i), dataset.sources[i].fingerprint).map(|_| ());
     match &object.body {
@@ -732,6 +735,7 @@ fn read_object(
                     fp,
                     offset + start,
                     end - start,
+                    lane,
                 )));
             }
             Ok(ResponseBody::from(Bytes::from(sources.read(path, fp, offset + start, end - start)?)))

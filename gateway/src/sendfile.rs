@@ -1,0 +1,220 @@
+//! Zero-copy responses: large byte ranges go from the page cache to the socket with
+//! `sendfile(2)`, as nginx sends them, instead of a `pread` into memory and a `write` out of it.
+//!
+//! hyper owns the socket and writes bodies itself, so the two meet in the connection's I/O:
+//! - a streamed body ([`crate::body::FileStream`]) yields, for each piece, a frame that
+//!   *stands for* the piece: a slice of [`PLACEHOLDER`], a static buffer of zeros, and queues
+//!   the piece's file range on the connection's [`Lane`];
+//! - hyper queues frames without copying them (vectored writes, forced on in the server), so the
+//!   slices it later writes still point into [`PLACEHOLDER`];
+//! - [`Conn`], the I/O hyper writes through, recognises such a slice by its address and sends
+//!   the queued file range in its place. The slice's offset in [`PLACEHOLDER`] must equal the
+//!   bytes of that range already sent, or the connection fails: a placeholder is never sent as
+//!   data.
+//!
+//! The staleness check keeps its meaning: the body holds back the range's last bytes, and
+//! reads and checks them only after every placeholder before them has been sent. A file that
+//! changed while it was being sent fails the check, and the client gets a truncated response,
+//! never a complete one with mixed bytes.
+
+use std::collections::VecDeque;
+use std::future::Future as _;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd as _, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_io_timeout::TimeoutStream;
+
+use crate::body::PIECE;
+use crate::source::OpenFile;
+
+/// What a placeholder frame holds (never sent: [`Conn`] sends the file range instead).
+pub static PLACEHOLDER: [u8; PIECE as usize] = [0; PIECE as usize];
+
+tokio::task_local! {
+    /// The lane of the connection whose task is running, where it supports placeholders.
+    pub static LANE: Lane;
+}
+
+/// The lane of the current connection, if it sends placeholders.
+pub fn current_lane() -> Option<Lane> {
+    LANE.try_with(Lane::clone).ok()
+}
+
+/// File ranges waiting to be sent, in the order of their placeholders.
+#[derive(Clone, Default)]
+pub struct Lane(Arc<Mutex<VecDeque<Job>>>);
+
+struct Job {
+    file: Arc<OpenFile>,
+    offset: u64,
+    len: usize,
+    sent: usize,
+    progress: Arc<Progress>,
+}
+
+/// How many of a body's jobs are unsent, and the body's task to wake when they are all sent.
+#[derive(Default)]
+pub struct Progress {
+    unsent: AtomicUsize,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Progress {
+    /// Whether everything queued has been sent; if not, `cx` is woken when it has.
+    pub fn poll_sent(&self, cx: &Context<'_>) -> bool {
+        if self.unsent.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        self.unsent.load(Ordering::Acquire) == 0
+    }
+
+    fn done_one(&self) {
+        if self.unsent.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(w) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Lane {
+    /// Queues `len` bytes of `file` at `offset` (at most one piece) and gives the frame that
+    /// stands for them.
+    pub fn push(&self, file: Arc<OpenFile>, offset: u64, len: usize, progress: &Arc<Progress>) -> bytes::Bytes {
+        assert!(len > 0 && len <= PLACEHOLDER.len(), "a placeholder covers one piece");
+        progress.unsent.fetch_add(1, Ordering::AcqRel);
+        let job = Job { file, offset, len, sent: 0, progress: progress.clone() };
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_back(job);
+        bytes::Bytes::from_static(&PLACEHOLDER[..len])
+    }
+}
+
+fn placeholder_offset(slice: &[u8]) -> Option<usize> {
+    let base = PLACEHOLDER.as_ptr() as usize;
+    let at = (slice.as_ptr() as usize).wrapping_sub(base);
+    (at < PLACEHOLDER.len() && !slice.is_empty()).then_some(at)
+}
+
+/// A client connection: a TCP stream with read and write timeouts, which sends placeholder
+/// slices as their file ranges.
+pub struct Conn {
+    io: Pin<Box<TimeoutStream<TcpStream>>>,
+    lane: Lane,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Conn {
+    pub fn new(io: TimeoutStream<TcpStream>, lane: Lane, timeout: Duration) -> Self {
+        Conn { io: Box::pin(io), lane, timeout, stalled: None }
+    }
+
+    /// Sends the front job's remaining bytes, which `slice` (a placeholder) stands for.
+    fn poll_sendfile(&mut self, cx: &mut Context<'_>, slice: &[u8], at: usize) -> Poll<io::Result<usize>> {
+        let out_of_step = || io::Error::other("a placeholder does not match the file range queued for it");
+        let sock: RawFd = self.io.get_ref().as_raw_fd();
+        loop {
+            let mut lane = self.lane.0.lock().unwrap_or_else(|p| p.into_inner());
+            let job = lane.front_mut().ok_or_else(out_of_step)?;
+            if job.sent != at || job.len - job.sent != slice.len() {
+                return Poll::Ready(Err(out_of_step()));
+            }
+            let tcp = self.io.get_ref();
+            if tcp.poll_write_ready(cx)?.is_pending() {
+                drop(lane);
+                return self.poll_stall(cx);
+            }
+            let (file, offset, len) = (job.file.clone(), job.offset + job.sent as u64, job.len - job.sent);
+            match tcp.try_io(Interest::WRITABLE, || file.send_to(sock, offset, len)) {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the source file ended early",
+                    )))
+                }
+                Ok(n) => {
+                    self.stalled = None;
+                    job.sent += n;
+                    if job.sent == job.len {
+                        let done = lane.pop_front().expect("the front job");
+                        done.progress.done_one();
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// The socket is full: wait, but no longer than the write timeout without progress.
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let timeout = self.timeout;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.io.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.as_mut().poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
+            return Poll::Ready(Ok(0));
+        };
+        if let Some(at) = placeholder_offset(&bufs[first]) {
+            return self.poll_sendfile(cx, &bufs[first], at);
+        }
+        // Plain bytes up to the next placeholder.
+        let end = bufs[first..].iter().position(|b| placeholder_offset(b).is_some()).map_or(bufs.len(), |p| first + p);
+        self.io.as_mut().poll_write_vectored(cx, &bufs[first..end])
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.as_mut().poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_known_by_address() {
+        assert_eq!(placeholder_offset(&PLACEHOLDER[..10]), Some(0));
+        assert_eq!(placeholder_offset(&PLACEHOLDER[100..200]), Some(100));
+        assert_eq!(placeholder_offset(&[0u8; 16]), None);
+        assert_eq!(placeholder_offset(&PLACEHOLDER[5..5]), None);
+    }
+}

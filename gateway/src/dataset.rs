@@ -73,6 +73,8 @@ pub struct Dataset {
     /// Changes whenever any member changes (the entity tags of assembled chunks use it).
     pub version: String,
     pub modified: SystemTime,
+    /// `modified` as an HTTP date, formatted once.
+    pub last_modified: hyper::header::HeaderValue,
     /// Variables left out, with the reason.
     pub notes: Vec<String>,
 }
@@ -182,6 +184,7 @@ impl Dataset {
             arrays: BTreeMap::new(),
             version,
             modified: modified(&[primary.clone()]),
+            last_modified: http_date(modified(&[primary.clone()])),
             notes,
         })
     }
@@ -205,7 +208,15 @@ impl Dataset {
         }
         let arrays = doc.arrays.into_iter().map(|(k, a)| (k, Arc::new(a))).collect();
         let modified = modified(&sources);
-        Ok(Dataset { sources, objects, arrays, version, modified, notes: doc.notes })
+        Ok(Dataset {
+            sources,
+            objects,
+            arrays,
+            version,
+            modified,
+            last_modified: http_date(modified),
+            notes: doc.notes,
+        })
     }
 
     /// The object at `key`: a stored object, or a chunk of a joined variable.
@@ -297,6 +308,10 @@ fn object_etag(body: &Body, sources: &[Source], context: &str) -> String {
 /// The version string of a single-file dataset.
 pub fn version_of(f: Fingerprint) -> String {
     format!("{}:{}", f.size, f.mtime_ns)
+}
+
+fn http_date(t: SystemTime) -> hyper::header::HeaderValue {
+    hyper::header::HeaderValue::from_str(&httpdate::fmt_http_date(t)).expect("an HTTP date is ASCII")
 }
 
 /// The latest modification time of the sources.

@@ -155,6 +155,38 @@ impl Conn {
         }
     }
 
+    /// Sends `bufs` flagged MSG_MORE: more data follows at once.
+    fn poll_send_more(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let tcp = self.io.get_ref();
+        let sock = tcp.as_raw_fd();
+        loop {
+            if tcp.poll_write_ready(cx)?.is_pending() {
+                return self.poll_stall(cx);
+            }
+            let sent = tcp.try_io(Interest::WRITABLE, || {
+                // SAFETY: `msg` points at `bufs`, which outlive the call; `IoSlice` has the
+                // layout of `iovec`.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = bufs.len();
+                let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_MORE | libc::MSG_NOSIGNAL) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match sent {
+                Ok(n) => {
+                    self.stalled = None;
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
     /// The socket is full: wait, but no longer than the write timeout without progress.
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let timeout = self.timeout;
@@ -188,9 +220,13 @@ impl AsyncWrite for Conn {
         if let Some(at) = placeholder_offset(&bufs[first]) {
             return self.poll_sendfile(cx, &bufs[first], at);
         }
-        // Plain bytes up to the next placeholder.
-        let end = bufs[first..].iter().position(|b| placeholder_offset(b).is_some()).map_or(bufs.len(), |p| first + p);
-        self.io.as_mut().poll_write_vectored(cx, &bufs[first..end])
+        // Plain bytes up to the next placeholder. Before one (response headers, say) they are
+        // sent with MSG_MORE, so that the kernel joins them with the file's first bytes instead
+        // of sending a small packet of their own.
+        match bufs[first..].iter().position(|b| placeholder_offset(b).is_some()) {
+            Some(p) => self.poll_send_more(cx, &bufs[first..first + p]),
+            None => self.io.as_mut().poll_write_vectored(cx, &bufs[first..]),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {

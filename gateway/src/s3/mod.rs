@@ -20,7 +20,7 @@ use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::auth::{Auth, Principal, RequestAuth};
-use crate::body::{FileStream, ResponseBody, PIECE};
+use crate::body::{FileStream, ResponseBody, PIECE, ZERO_COPY_MIN};
 use crate::collection::{Collection, Entry, Keys};
 use crate::dataset::{AssembleError, Body, Dataset, Object};
 use crate::metrics::Metrics;
@@ -604,13 +604,12 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
         if_modified_since: r.header("if-modified-since"),
         if_unmodified_since: r.header("if-unmodified-since"),
     };
-    let last_modified = httpdate::fmt_http_date(dataset.modified);
     match conditions.evaluate(&object.etag, dataset.modified) {
         Verdict::Proceed => {}
         Verdict::NotModified => {
             let mut resp = response(StatusCode::NOT_MODIFIED, content_type(inner), Bytes::new(), &r.request_id);
             resp.headers_mut().insert("etag", HeaderValue::from_str(&object.etag).expect("hex etag"));
-            resp.headers_mut().insert("last-modified", HeaderValue::from_str(&last_modified).expect("http date"));
+            resp.headers_mut().insert("last-modified", dataset.last_modified.clone());
             return Ok(resp);
         }
         Verdict::PreconditionFailed => {
@@ -629,15 +628,17 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
     // Metadata, HEAD and byte ranges up to one streaming piece are read right here, as nginx
     // does: a pread of the page cache costs less than handing it to another thread. Large
     // ranges (streamed) and transcoded chunks (decoded) run on the blocking pool, a bounded
-    // number at a time, so a burst cannot take all memory or starve the runtime.
+    // number at a time, so a burst cannot take all memory or starve the runtime. On the
+    // gateway's own connections a range is sent zero-copy (see crate::sendfile) and holds no
+    // piece in memory, so it starts right here too.
+    let lane = crate::sendfile::current_lane();
     let small = match &object.body {
         Body::Inline(_) => true,
-        Body::Range { .. } => head || end - start <= PIECE,
+        Body::Range { .. } => head || end - start <= PIECE || lane.is_some(),
         Body::Transcoded { .. } | Body::Assembled { .. } => head,
     };
-    let lane = crate::sendfile::current_lane();
     let read = if small {
-        read_object(&app.sources, &dataset, &object, start, end, head, None)
+        read_object(&app.sources, &dataset, &object, start, end, head, lane)
     } else {
         let permit = app.reads.clone().acquire_owned().await.expect("the read semaphore is never closed");
         tokio::task::spawn_blocking(move || {
@@ -668,7 +669,7 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
     *resp.body_mut() = body;
     let h = resp.headers_mut();
     h.insert("etag", HeaderValue::from_str(&object.etag).expect("hex etag"));
-    h.insert("last-modified", HeaderValue::from_str(&last_modified).expect("http date"));
+    h.insert("last-modified", dataset.last_modified.clone());
     h.insert("accept-ranges", HeaderValue::from_static("bytes"));
     h.insert("content-length", HeaderValue::from(end - start));
     if range {
@@ -727,7 +728,8 @@ fn read_object(
         }
         Body::Range { source, offset, .. } => {
             let (path, fp) = (dataset.source(*source), dataset.sources[*source].fingerprint);
-            if end - start > PIECE {
+            let zero_copy = lane.is_some() && end - start > ZERO_COPY_MIN;
+            if zero_copy || end - start > PIECE {
                 let file = sources.open(path, fp)?;
                 return Ok(ResponseBody::File(FileStream::new(
                     file,

@@ -3,7 +3,8 @@
 Side by side, in one run, on the same machine:
 
 1. **Chunk GETs.** A generated NetCDF-4 file holds uncompressed chunks of 64 KiB and 4 MiB.
-   wrk (64 connections, 2 threads) asks the gateway for chunk keys
+   wrk (64 connections, 2 threads; gateway and nginx alternately, medians of ``--rounds``)
+   asks the gateway for chunk keys
    (`/bench/chunks.nc/small/17.0`) and nginx for the same byte ranges of the same file
    (`Range: bytes=a-b`), each key chosen at random per request. Reported: requests/s and p99
    latency for 64 KiB, MB/s for 4 MiB, and the ratio gateway/nginx.
@@ -158,6 +159,11 @@ def run_wrk(url: str, lines: list[str], duration: int, work: Path, name: str) ->
     return {"rps": rps, "p99_ms": float(p99.group(1)) * scale, "mb_s": float(transfer.group(1)) * mult / 1e6}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The median of each measure over alternating runs (this shared machine varies by ±10%)."""
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 def vm_hwm_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024
@@ -202,6 +208,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating wrk runs per side; medians are reported")
     ap.add_argument("--bin", default=str(REPO / "target" / "release" / "zarrgate"))
     args = ap.parse_args()
     os.environ["ZARRGATE_SERVE_BIN"] = args.bin
@@ -230,10 +237,12 @@ def main() -> None:
                 # Warm both (page cache, connections), then measure side by side.
                 run_wrk(gw.endpoint, gw_lines, 2, work, f"warm-gw-{var}")
                 run_wrk(nginx_url, ng_lines, 2, work, f"warm-ng-{var}")
-                results[var] = {
-                    "gateway": run_wrk(gw.endpoint, gw_lines, args.duration, work, f"gw-{var}"),
-                    "nginx": run_wrk(nginx_url, ng_lines, args.duration, work, f"ng-{var}"),
-                }
+                runs = {"gateway": [], "nginx": []}
+                for _ in range(args.rounds):
+                    runs["gateway"].append(run_wrk(gw.endpoint, gw_lines, args.duration, work, f"gw-{var}"))
+                    runs["nginx"].append(run_wrk(nginx_url, ng_lines, args.duration, work, f"ng-{var}"))
+                results[var] = {side: median_run(r) for side, r in runs.items()}
+                results[var]["runs"] = runs
             # Authentication and accounting: the same 64 KiB keys, anonymous and SigV4-signed.
             key, secret = gw.create_key("bench")
             time.sleep(0.6)
@@ -243,10 +252,11 @@ def main() -> None:
                 "\t".join([p, *(f"{n}: {v}" for n, v in sigv4_headers(p, "127.0.0.1", key, secret).items())]) for p in anon_lines
             ]
             run_wrk(gw.endpoint, signed_lines, 2, work, "warm-signed")
-            results["auth"] = {
-                "anonymous": run_wrk(gw.endpoint, anon_lines, args.duration, work, "anon"),
-                "signed": run_wrk(gw.endpoint, signed_lines, args.duration, work, "signed"),
-            }
+            runs = {"anonymous": [], "signed": []}
+            for _ in range(args.rounds):
+                runs["anonymous"].append(run_wrk(gw.endpoint, anon_lines, args.duration, work, "anon"))
+                runs["signed"].append(run_wrk(gw.endpoint, signed_lines, args.duration, work, "signed"))
+            results["auth"] = {side: median_run(r) for side, r in runs.items()}
             refs = work / "corpus-catalog" / "refs" / f"{corpus_file.name}.json"
             reads = xarray_reads(reader.endpoint, refs, corpus_file.name, args.repeat)
             rss = max(vm_hwm_mb(gw.proc.pid), vm_hwm_mb(reader.proc.pid))

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -28,6 +29,9 @@ pub const PIECE: u64 = 1024 * 1024;
 /// Bytes at the end of a zero-copy body that are read and checked in memory (see
 /// [`crate::sendfile`]).
 const TAIL: u64 = 16 * 1024;
+
+/// How often the send queue is looked at while the client acknowledges a zero-copy range.
+const ACK_POLL: Duration = Duration::from_millis(1);
 
 /// Ranges longer than this are sent zero-copy where the connection allows it. Shorter ones
 /// are read into memory: measured with wrk at 64 KiB, `sendfile` saved the copies but its extra
@@ -60,6 +64,9 @@ pub struct FileStream {
     pending: Option<JoinHandle<std::io::Result<Bytes>>>,
     /// The connection's lane, when pieces are sent with `sendfile` (all but the tail).
     lane: Option<(Lane, Arc<Progress>)>,
+    /// Waiting for the client to acknowledge what was sent, until this deadline.
+    ack_wait: Option<Pin<Box<tokio::time::Sleep>>>,
+    ack_deadline: Option<Instant>,
 }
 
 impl FileStream {
@@ -72,7 +79,17 @@ impl FileStream {
         lane: Option<Lane>,
     ) -> Self {
         let lane = lane.map(|l| (l, Arc::new(Progress::default())));
-        FileStream { file, path, fingerprint, offset, remaining: length, pending: None, lane }
+        FileStream {
+            file,
+            path,
+            fingerprint,
+            offset,
+            remaining: length,
+            pending: None,
+            lane,
+            ack_wait: None,
+            ack_deadline: None,
+        }
     }
 
     /// The next frame of a zero-copy body: a placeholder per piece, then the tail, read and
@@ -89,6 +106,27 @@ impl FileStream {
         }
         if !progress.poll_sent(cx) {
             return Poll::Pending;
+        }
+        // Only bytes the client has acknowledged are past the kernel's reading them.
+        loop {
+            match lane.unacknowledged() {
+                Ok(0) => break,
+                Ok(_) => {
+                    let deadline = *self.ack_deadline.get_or_insert_with(|| Instant::now() + lane.timeout());
+                    if Instant::now() >= deadline {
+                        self.remaining = 0;
+                        return Poll::Ready(Some(Err(std::io::ErrorKind::TimedOut.into())));
+                    }
+                    let wait = self.ack_wait.insert(Box::pin(tokio::time::sleep(ACK_POLL)));
+                    if wait.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                Err(e) => {
+                    self.remaining = 0;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
         }
         let tail = self.file.read(self.offset, self.remaining).and_then(|bytes| {
             Sources::check(&self.path, self.fingerprint).map_err(std::io::Error::other)?;

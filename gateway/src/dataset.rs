@@ -382,8 +382,10 @@ fn transcoded_objects(var: &str, spec: &TranscodeSpec) -> Result<(Pipeline, Vec<
     if spec.chunks.len() != spec.shape.len() {
         return Err(format!("{var}: chunk shape does not match the array shape"));
     }
-    let elements: u64 = spec.chunks.iter().product::<u64>().max(1);
-    let chunk_bytes = usize::try_from(elements * dtype.size() as u64).map_err(|_| "chunks are too large")?;
+    let too_large = || "chunks are too large".to_string();
+    let elements = spec.chunks.iter().try_fold(1u64, |n, &c| n.checked_mul(c)).ok_or_else(too_large)?.max(1);
+    let chunk_bytes =
+        elements.checked_mul(dtype.size() as u64).and_then(|b| usize::try_from(b).ok()).ok_or_else(too_large)?;
     let mut pipeline = Pipeline::new(&spec.hdf5_filters, dtype, chunk_bytes)?;
     let meta = ArrayMetadataV2 {
         zarr_format: ZarrFormat2,

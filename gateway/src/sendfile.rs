@@ -13,9 +13,15 @@
 //!   data.
 //!
 //! The staleness check keeps its meaning: the body holds back the range's last bytes, and
-//! reads and checks them only after every placeholder before them has been sent. A file that
-//! changed while it was being sent fails the check, and the client gets a truncated response,
-//! never a complete one with mixed bytes.
+//! reads and checks them only once every byte before them has been sent *and acknowledged by
+//! the client* (the socket's send queue is empty): the kernel reads a sendfile'd page when it
+//! transmits or retransmits it, so until then a change to the file could still go out. A file
+//! that changed before the check fails it, and the client gets a truncated response, never a
+//! complete one with mixed bytes. Waiting for the acknowledgements costs one round trip per
+//! range over 1 MiB.
+//!
+//! `sendfile` reads the page cache on the runtime's thread, as nginx's `sendfile` does on its
+//! worker: on a cold cache over a slow file system, that thread waits for the disk.
 
 use std::collections::VecDeque;
 use std::future::Future as _;
@@ -25,7 +31,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
@@ -47,9 +53,15 @@ pub fn current_lane() -> Option<Lane> {
     LANE.try_with(Lane::clone).ok()
 }
 
-/// File ranges waiting to be sent, in the order of their placeholders.
-#[derive(Clone, Default)]
-pub struct Lane(Arc<Mutex<VecDeque<Job>>>);
+/// File ranges waiting to be sent, in the order of their placeholders, on one connection.
+#[derive(Clone)]
+pub struct Lane(Arc<LaneInner>);
+
+struct LaneInner {
+    jobs: Mutex<VecDeque<Job>>,
+    sock: RawFd,
+    timeout: Duration,
+}
 
 struct Job {
     file: Arc<OpenFile>,
@@ -86,13 +98,37 @@ impl Progress {
 }
 
 impl Lane {
+    /// The lane of the connection on socket `sock`, whose client may stall for `timeout`.
+    pub fn new(sock: RawFd, timeout: Duration) -> Self {
+        Lane(Arc::new(LaneInner { jobs: Mutex::default(), sock, timeout }))
+    }
+
+    /// How long the client may stall.
+    pub fn timeout(&self) -> Duration {
+        self.0.timeout
+    }
+
+    /// Bytes written to the socket that the client has not acknowledged yet.
+    pub fn unacknowledged(&self) -> io::Result<usize> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int.
+        if unsafe { libc::ioctl(self.0.sock, libc::TIOCOUTQ, &mut n) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n.max(0) as usize)
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+        self.0.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Queues `len` bytes of `file` at `offset` (at most one piece) and gives the frame that
     /// stands for them.
     pub fn push(&self, file: Arc<OpenFile>, offset: u64, len: usize, progress: &Arc<Progress>) -> bytes::Bytes {
         assert!(len > 0 && len <= PLACEHOLDER.len(), "a placeholder covers one piece");
         progress.unsent.fetch_add(1, Ordering::AcqRel);
         let job = Job { file, offset, len, sent: 0, progress: progress.clone() };
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_back(job);
+        self.jobs().push_back(job);
         bytes::Bytes::from_static(&PLACEHOLDER[..len])
     }
 }
@@ -110,11 +146,31 @@ pub struct Conn {
     lane: Lane,
     timeout: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the read timeout was last restarted by progress in writing.
+    read_timer_restarted: Instant,
 }
 
 impl Conn {
-    pub fn new(io: TimeoutStream<TcpStream>, lane: Lane, timeout: Duration) -> Self {
-        Conn { io: Box::pin(io), lane, timeout, stalled: None }
+    /// Wraps a stream whose read and write timeouts are `timeout`; gives the connection and its
+    /// lane.
+    pub fn new(io: TimeoutStream<TcpStream>, timeout: Duration) -> (Self, Lane) {
+        let lane = Lane::new(io.get_ref().as_raw_fd(), timeout);
+        let conn =
+            Conn { io: Box::pin(io), lane: lane.clone(), timeout, stalled: None, read_timer_restarted: Instant::now() };
+        (conn, lane)
+    }
+
+    /// hyper keeps a read pending while it sends a response (to notice a client that hangs
+    /// up), and the read timeout runs while that read waits. A client that only receives is not
+    /// idle: each write that makes progress restarts the read timeout (at most twice per period).
+    fn wrote(&mut self, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 && self.read_timer_restarted.elapsed() > self.timeout / 2 {
+                self.read_timer_restarted = Instant::now();
+                self.io.as_mut().set_read_timeout_pinned(Some(self.timeout));
+            }
+        }
+        result
     }
 
     /// Sends the front job's remaining bytes, which `slice` (a placeholder) stands for.
@@ -122,7 +178,7 @@ impl Conn {
         let out_of_step = || io::Error::other("a placeholder does not match the file range queued for it");
         let sock: RawFd = self.io.get_ref().as_raw_fd();
         loop {
-            let mut lane = self.lane.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut lane = self.lane.jobs();
             let job = lane.front_mut().ok_or_else(out_of_step)?;
             if job.sent != at || job.len - job.sent != slice.len() {
                 return Poll::Ready(Err(out_of_step()));
@@ -217,16 +273,18 @@ impl AsyncWrite for Conn {
         let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
             return Poll::Ready(Ok(0));
         };
-        if let Some(at) = placeholder_offset(&bufs[first]) {
-            return self.poll_sendfile(cx, &bufs[first], at);
-        }
-        // Plain bytes up to the next placeholder. Before one (response headers, say) they are
-        // sent with MSG_MORE, so that the kernel joins them with the file's first bytes instead
-        // of sending a small packet of their own.
-        match bufs[first..].iter().position(|b| placeholder_offset(b).is_some()) {
-            Some(p) => self.poll_send_more(cx, &bufs[first..first + p]),
-            None => self.io.as_mut().poll_write_vectored(cx, &bufs[first..]),
-        }
+        let result = if let Some(at) = placeholder_offset(&bufs[first]) {
+            self.poll_sendfile(cx, &bufs[first], at)
+        } else {
+            // Plain bytes up to the next placeholder. Before one (response headers, say) they
+            // are sent with MSG_MORE, so that the kernel joins them with the file's first bytes
+            // instead of sending a small packet of their own.
+            match bufs[first..].iter().position(|b| placeholder_offset(b).is_some()) {
+                Some(p) => self.poll_send_more(cx, &bufs[first..first + p]),
+                None => self.io.as_mut().poll_write_vectored(cx, &bufs[first..]),
+            }
+        };
+        self.wrote(result)
     }
 
     fn is_write_vectored(&self) -> bool {

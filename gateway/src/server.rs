@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 
 use crate::s3::{error_response, handle, App, HttpResponse};
-use crate::sendfile::{Conn, Lane, LANE};
+use crate::sendfile::{Conn, LANE};
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -71,8 +71,8 @@ pub async fn serve(
         let mut timed = TimeoutStream::new(stream);
         timed.set_read_timeout(Some(options.client_timeout));
         timed.set_write_timeout(Some(options.client_timeout));
-        let lane = Lane::default();
-        let io = TokioIo::new(Conn::new(timed, lane.clone(), options.client_timeout));
+        let (conn, lane) = Conn::new(timed, options.client_timeout);
+        let io = TokioIo::new(conn);
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();

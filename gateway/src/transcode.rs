@@ -95,7 +95,9 @@ impl Pipeline {
     pub fn repacking(self, compound: &Compound) -> Result<Self, String> {
         let fields: Vec<(usize, usize, bool)> =
             compound.fields.iter().map(|f| (f.offset, f.size, f.typestr.starts_with('>'))).collect();
-        if compound.size == 0 || fields.iter().any(|&(offset, size, _)| offset + size > compound.size) {
+        let outside =
+            |&(offset, size, _): &(usize, usize, bool)| offset.checked_add(size).is_none_or(|end| end > compound.size);
+        if compound.size == 0 || fields.iter().any(outside) {
             return Err(format!("compound layout {compound:?} is inconsistent"));
         }
         Ok(Pipeline { repack: Some((compound.size, fields)), ..self })
@@ -161,7 +163,8 @@ impl Step {
             Step::Lz4 => hdf5_lz4_decompress(&data),
             Step::Bitshuffle { elem, block, codec } => bitshuffle_decode(&data, *elem, *block, *codec, chunk_bytes),
             Step::Zstd => zstd_decompress(&data, chunk_bytes),
-            Step::Szip(szip) => szip.decode(&data),
+            // Another filter's header may ride on top of the chunk (scale-offset's 21 bytes).
+            Step::Szip(szip) => szip.decode(&data, chunk_bytes + 64),
             Step::Nbit(nbit) => nbit.decode(data),
             Step::ScaleOffset(so) => so.decode(data),
         }

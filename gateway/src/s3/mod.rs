@@ -737,7 +737,7 @@ fn read_object(
                     fp,
                     offset + start,
                     end - start,
-                    lane,
+                    lane.filter(|_| zero_copy),
                 )));
             }
             Ok(ResponseBody::from(Bytes::from(sources.read(path, fp, offset + start, end - start)?)))

@@ -85,13 +85,22 @@ impl Szip {
         if !bpp_ok || szip.pixels_per_block == 0 || szip.pixels_per_scanline == 0 {
             return Err(format!("szip parameters {cd:?} are invalid"));
         }
+        // rust-aec tracks reference sample intervals only with preprocessing on, so a run of
+        // zero blocks in entropy-coding-only mode would decode out of step.
+        if szip.options & SZ_NN == 0 {
+            return Err("szip without nearest-neighbour preprocessing is not supported".into());
+        }
         Ok(szip)
     }
 
-    pub fn decode(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+    /// Decodes a chunk that holds at most `limit` bytes decoded.
+    pub fn decode(&self, data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
         // HDF5 writes the decoded size first (u32, little-endian).
         let size: [u8; 4] = data.get(..4).ok_or("szip chunk is shorter than its header")?.try_into().expect("4");
         let size = u32::from_le_bytes(size) as usize;
+        if size > limit {
+            return Err(format!("szip chunk claims {size} decoded bytes, more than the {limit} it can hold"));
+        }
         // Samples of 32 and 64 bits are coded as their byte planes, one byte per sample.
         let interleaved = matches!(self.bits_per_pixel, 32 | 64);
         let bits = if interleaved { 8 } else { self.bits_per_pixel };
@@ -403,9 +412,12 @@ mod tests {
     #[test]
     fn szip_header_and_parameters_are_checked() {
         assert!(Szip::new(&[141, 32]).unwrap_err().contains("incomplete"));
-        assert!(Szip::new(&[141, 32, 33, 10]).is_err());
-        let szip = Szip::new(&[141, 32, 16, 64]).unwrap();
-        assert!(szip.decode(&[1, 2]).is_err());
+        assert!(Szip::new(&[169, 32, 33, 10]).is_err());
+        assert!(Szip::new(&[4 | 128, 32, 16, 64]).unwrap_err().contains("preprocessing"));
+        let szip = Szip::new(&[169, 32, 16, 64]).unwrap();
+        assert!(szip.decode(&[1, 2], 100).is_err());
+        // A corrupt size prefix is refused before anything is allocated for it.
+        assert!(szip.decode(&[0xff, 0xff, 0xff, 0xff, 0], 4096).unwrap_err().contains("claims"));
     }
 
     #[test]

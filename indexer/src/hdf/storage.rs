@@ -165,18 +165,26 @@ fn read_raw(ds: &hdf5::Dataset, elem_size: usize) -> hdf5::Result<Vec<u8>> {
 /// library default applies.
 fn fill_bytes(ds: &hdf5::Dataset, dcpl: &hdf5::plist::DatasetCreate, size: usize) -> Option<Vec<u8>> {
     let _guard = hdf5_sys::LOCK.lock();
-    let mut buf = vec![0u8; size];
-    // SAFETY: the native type has the same size as the file type for numeric types, so `buf`
-    // is large enough; the type ids are closed after use.
-    let status = unsafe {
+    // SAFETY: `buf` is as large as the native type the fill value is written in (which can be
+    // larger than the file type: float16 without a native half type reads as float); the type
+    // ids are checked and closed after use.
+    unsafe {
         let file_type = hdf5_sys::h5d::H5Dget_type(ds.id());
+        if file_type < 0 {
+            return None;
+        }
         let native = hdf5_sys::h5t::H5Tget_native_type(file_type, hdf5_sys::h5t::H5T_direction_t::H5T_DIR_DEFAULT);
-        let s = hdf5_sys::h5p::H5Pget_fill_value(dcpl.id(), native, buf.as_mut_ptr().cast());
-        hdf5_sys::h5t::H5Tclose(native);
         hdf5_sys::h5t::H5Tclose(file_type);
-        s
-    };
-    (status >= 0).then_some(buf)
+        if native < 0 {
+            return None;
+        }
+        let native_size = hdf5_sys::h5t::H5Tget_size(native);
+        let mut buf = vec![0u8; native_size.max(size)];
+        let status = hdf5_sys::h5p::H5Pget_fill_value(dcpl.id(), native, buf.as_mut_ptr().cast());
+        hdf5_sys::h5t::H5Tclose(native);
+        // Only a fill of the stored size is comparable with the stored bytes.
+        (status >= 0 && native_size == size).then_some(buf)
+    }
 }
 
 /// The dataset's filter pipeline, in write order, with the client data exactly as stored.

@@ -20,7 +20,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 use zarrgate_core::catalog::Fingerprint;
 
-use crate::sendfile::{Lane, Progress};
+use crate::sendfile::{Lane, Progress, Sending};
 use crate::source::{OpenFile, Sources};
 
 /// Bytes read per step of a streamed body.
@@ -64,9 +64,11 @@ pub struct FileStream {
     pending: Option<JoinHandle<std::io::Result<Bytes>>>,
     /// The connection's lane, when pieces are sent with `sendfile` (all but the tail).
     lane: Option<(Lane, Arc<Progress>)>,
-    /// Waiting for the client to acknowledge what was sent, until this deadline.
+    /// Waiting for the client to acknowledge what was sent: the next look, and the last count
+    /// of unacknowledged bytes with when it last fell.
     ack_wait: Option<Pin<Box<tokio::time::Sleep>>>,
-    ack_deadline: Option<Instant>,
+    ack_progress: Option<(usize, Instant)>,
+    _sending: Option<Sending>,
 }
 
 impl FileStream {
@@ -78,6 +80,7 @@ impl FileStream {
         length: u64,
         lane: Option<Lane>,
     ) -> Self {
+        let sending = lane.as_ref().map(Sending::new);
         let lane = lane.map(|l| (l, Arc::new(Progress::default())));
         FileStream {
             file,
@@ -88,7 +91,8 @@ impl FileStream {
             pending: None,
             lane,
             ack_wait: None,
-            ack_deadline: None,
+            ack_progress: None,
+            _sending: sending,
         }
     }
 
@@ -111,11 +115,22 @@ impl FileStream {
         loop {
             match lane.unacknowledged() {
                 Ok(0) => break,
-                Ok(_) => {
-                    let deadline = *self.ack_deadline.get_or_insert_with(|| Instant::now() + lane.timeout());
-                    if Instant::now() >= deadline {
-                        self.remaining = 0;
-                        return Poll::Ready(Some(Err(std::io::ErrorKind::TimedOut.into())));
+                Ok(n) => {
+                    // A client that acknowledges nothing for the client timeout is cut off.
+                    let now = Instant::now();
+                    match self.ack_progress {
+                        Some((last, since)) if n >= last => {
+                            if now - since >= lane.timeout() {
+                                eprintln!(
+                                    "zarrgate: a client acknowledged nothing of {} for {:?}; disconnecting",
+                                    self.path.display(),
+                                    lane.timeout()
+                                );
+                                self.remaining = 0;
+                                return Poll::Ready(Some(Err(std::io::ErrorKind::TimedOut.into())));
+                            }
+                        }
+                        _ => self.ack_progress = Some((n, now)),
                     }
                     let wait = self.ack_wait.insert(Box::pin(tokio::time::sleep(ACK_POLL)));
                     if wait.as_mut().poll(cx).is_pending() {

@@ -61,6 +61,26 @@ struct LaneInner {
     jobs: Mutex<VecDeque<Job>>,
     sock: RawFd,
     timeout: Duration,
+    /// A zero-copy body is being sent (see [`Sending`]).
+    sending: std::sync::atomic::AtomicBool,
+}
+
+/// Marks the lane busy with a zero-copy body while it lives. While busy, the connection's read
+/// timeout is off: the body may wait for the client's acknowledgements, writing nothing, while
+/// hyper's read for the next request is pending.
+pub struct Sending(Lane);
+
+impl Sending {
+    pub fn new(lane: &Lane) -> Self {
+        lane.0.sending.store(true, Ordering::Release);
+        Sending(lane.clone())
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0 .0.sending.store(false, Ordering::Release);
+    }
 }
 
 struct Job {
@@ -100,7 +120,7 @@ impl Progress {
 impl Lane {
     /// The lane of the connection on socket `sock`, whose client may stall for `timeout`.
     pub fn new(sock: RawFd, timeout: Duration) -> Self {
-        Lane(Arc::new(LaneInner { jobs: Mutex::default(), sock, timeout }))
+        Lane(Arc::new(LaneInner { jobs: Mutex::default(), sock, timeout, sending: Default::default() }))
     }
 
     /// How long the client may stall.
@@ -148,6 +168,8 @@ pub struct Conn {
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When the read timeout was last restarted by progress in writing.
     read_timer_restarted: Instant,
+    /// The read timeout is off while a zero-copy body is sent.
+    read_timer_off: bool,
 }
 
 impl Conn {
@@ -155,8 +177,14 @@ impl Conn {
     /// lane.
     pub fn new(io: TimeoutStream<TcpStream>, timeout: Duration) -> (Self, Lane) {
         let lane = Lane::new(io.get_ref().as_raw_fd(), timeout);
-        let conn =
-            Conn { io: Box::pin(io), lane: lane.clone(), timeout, stalled: None, read_timer_restarted: Instant::now() };
+        let conn = Conn {
+            io: Box::pin(io),
+            lane: lane.clone(),
+            timeout,
+            stalled: None,
+            read_timer_restarted: Instant::now(),
+            read_timer_off: false,
+        };
         (conn, lane)
     }
 
@@ -165,7 +193,7 @@ impl Conn {
     /// idle: each write that makes progress restarts the read timeout (at most twice per period).
     fn wrote(&mut self, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         if let Poll::Ready(Ok(n)) = result {
-            if n > 0 && self.read_timer_restarted.elapsed() > self.timeout / 2 {
+            if n > 0 && !self.read_timer_off && self.read_timer_restarted.elapsed() > self.timeout / 2 {
                 self.read_timer_restarted = Instant::now();
                 self.io.as_mut().set_read_timeout_pinned(Some(self.timeout));
             }
@@ -256,6 +284,12 @@ impl Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let sending = self.lane.0.sending.load(Ordering::Acquire);
+        if sending != self.read_timer_off {
+            self.read_timer_off = sending;
+            let timeout = self.timeout;
+            self.io.as_mut().set_read_timeout_pinned((!sending).then_some(timeout));
+        }
         self.io.as_mut().poll_read(cx, buf)
     }
 }

@@ -427,6 +427,32 @@ def test_a_stalled_reader_of_a_zero_copy_body_is_disconnected(tmp_path):
         g.stop()
 
 
+def test_a_slow_but_steady_download_outlasts_the_client_timeout(tmp_path):
+    """A client that keeps receiving is not idle, however long the body takes (here 5 s against
+    --client-timeout 2)."""
+    g, _, values = _big_chunk_gateway(tmp_path, 24)
+    try:
+        host, port = g.endpoint.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.sendall(b"GET /huge/huge.nc/v/0 HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            started = time.monotonic()
+            while not (b"\r\n\r\n" in got and len(got.split(b"\r\n\r\n", 1)[1]) >= values.nbytes):
+                part = s.recv(1 << 20)
+                if not part:
+                    break
+                got += part
+                time.sleep(0.02)
+            elapsed = time.monotonic() - started
+        body = got.split(b"\r\n\r\n", 1)[1]
+        assert elapsed > 3, f"the download took only {elapsed:.1f} s; the test needs it slower than the timeout"
+        assert len(body) == values.nbytes
+        np.testing.assert_array_equal(np.frombuffer(body, "<f4"), values)
+    finally:
+        g.stop()
+
+
 def test_xarray_reads_over_plain_http(gw):
     """Without s3fs: fsspec's HTTP filesystem and consolidated metadata need only GETs by key."""
     ds = xr.open_dataset(f"{gw.endpoint}/svc/cal_noleap.nc", engine="zarr")

@@ -359,13 +359,19 @@ def _big_chunk_gateway(tmp_path, mib: int):
     return g, data / "huge.nc", values
 
 
+def _small_window_get(g, key: str) -> socket.socket:
+    """A raw connection with a 64 KiB receive window that has asked for ``key`` of /huge."""
+    host, port = g.endpoint.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=30)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    s.sendall(f"GET /huge/huge.nc/{key} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return s
+
+
 def _read_slowly(g, key: str, change) -> tuple[int, bytes]:
     """Requests ``key``, reads a little, calls ``change()``, then reads until the server stops.
     Gives the announced Content-Length and the body bytes received."""
-    host, port = g.endpoint.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=20) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        s.sendall(f"GET /huge/huge.nc/{key} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    with _small_window_get(g, key) as s:
         got = b""
         while b"\r\n\r\n" not in got:
             got += s.recv(65536)
@@ -413,10 +419,7 @@ def test_zero_copy_bodies_are_exact_and_never_complete_when_the_file_changes(tmp
 def test_a_stalled_reader_of_a_zero_copy_body_is_disconnected(tmp_path):
     g, _, _ = _big_chunk_gateway(tmp_path, 24)
     try:
-        host, port = g.endpoint.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=30) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            s.sendall(b"GET /huge/huge.nc/v/0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        with _small_window_get(g, "v/0") as s:
             time.sleep(5)  # read nothing: the server's writes stall past --client-timeout 2
             received = 0
             while part := s.recv(1 << 20):
@@ -432,10 +435,7 @@ def test_a_slow_but_steady_download_outlasts_the_client_timeout(tmp_path):
     --client-timeout 2)."""
     g, _, values = _big_chunk_gateway(tmp_path, 24)
     try:
-        host, port = g.endpoint.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=30) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            s.sendall(b"GET /huge/huge.nc/v/0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        with _small_window_get(g, "v/0") as s:
             got = b""
             started = time.monotonic()
             while not (b"\r\n\r\n" in got and len(got.split(b"\r\n\r\n", 1)[1]) >= values.nbytes):

@@ -9,7 +9,7 @@
 //! in an error, so the client sees a broken response rather than a mix of old and new bytes.
 
 use std::future::Future as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,7 +23,10 @@ use zarrgate_core::catalog::Fingerprint;
 use crate::sendfile::{Lane, Progress, Sending};
 use crate::source::{OpenFile, Sources};
 
-/// Bytes read per step of a streamed body.
+/// Bytes read per step of a streamed body. Ranges longer than this are streamed, zero-copy
+/// where the connection allows it; shorter ones are read into memory. (Measured with wrk at
+/// 64 KiB, `sendfile` saved the copies but its extra system calls, a second `stat`, the header
+/// write and the tail's read, cost as much.)
 pub const PIECE: u64 = 1024 * 1024;
 
 /// Bytes at the end of a zero-copy body that are read and checked in memory (see
@@ -32,11 +35,6 @@ const TAIL: u64 = 16 * 1024;
 
 /// How often the send queue is looked at while the client acknowledges a zero-copy range.
 const ACK_POLL: Duration = Duration::from_millis(1);
-
-/// Ranges longer than this are sent zero-copy where the connection allows it. Shorter ones
-/// are read into memory: measured with wrk at 64 KiB, `sendfile` saved the copies but its extra
-/// system calls (a second `stat`, the header write, the tail's read) cost as much.
-pub const ZERO_COPY_MIN: u64 = PIECE;
 
 pub enum ResponseBody {
     Memory(Option<Bytes>),
@@ -143,14 +141,9 @@ impl FileStream {
                 }
             }
         }
-        let tail = self.file.read(self.offset, self.remaining).and_then(|bytes| {
-            Sources::check(&self.path, self.fingerprint).map_err(std::io::Error::other)?;
-            Ok(bytes)
-        });
+        let tail = read_piece(&self.file, &self.path, self.fingerprint, self.offset, self.remaining, true);
         self.remaining = 0;
-        Poll::Ready(Some(tail.map(|b| Frame::data(Bytes::from(b))).inspect_err(|e| {
-            eprintln!("zarrgate: streaming {} failed: {e}", self.path.display());
-        })))
+        Poll::Ready(Some(tail.map(Frame::data).inspect_err(|e| log_failure(&self.path, e))))
     }
 
     fn start_read(&mut self) -> JoinHandle<std::io::Result<Bytes>> {
@@ -158,14 +151,29 @@ impl FileStream {
         let last = n == self.remaining;
         let (file, offset) = (self.file.clone(), self.offset);
         let (path, fingerprint) = (self.path.clone(), self.fingerprint);
-        tokio::task::spawn_blocking(move || {
-            let bytes = file.read(offset, n)?;
-            if last {
-                Sources::check(&path, fingerprint).map_err(std::io::Error::other)?;
-            }
-            Ok(Bytes::from(bytes))
-        })
+        tokio::task::spawn_blocking(move || read_piece(&file, &path, fingerprint, offset, n, last))
     }
+}
+
+/// `n` bytes of `file` at `offset`; with `last`, the source's fingerprint is checked after the
+/// read, so the bytes of a file that changed while the body was sent never end it.
+fn read_piece(
+    file: &OpenFile,
+    path: &Path,
+    fingerprint: Fingerprint,
+    offset: u64,
+    n: u64,
+    last: bool,
+) -> std::io::Result<Bytes> {
+    let bytes = file.read(offset, n)?;
+    if last {
+        Sources::check(path, fingerprint).map_err(std::io::Error::other)?;
+    }
+    Ok(Bytes::from(bytes))
+}
+
+fn log_failure(path: &Path, e: &std::io::Error) {
+    eprintln!("zarrgate: streaming {} failed: {e}", path.display());
 }
 
 impl Body for ResponseBody {
@@ -201,7 +209,7 @@ impl Body for ResponseBody {
                         Poll::Ready(Some(Ok(Frame::data(bytes))))
                     }
                     Poll::Ready(Ok(Err(e))) => {
-                        eprintln!("zarrgate: streaming {} failed: {e}", stream.path.display());
+                        log_failure(&stream.path, &e);
                         stream.remaining = 0;
                         Poll::Ready(Some(Err(e)))
                     }

@@ -178,13 +178,14 @@ impl Dataset {
             object.etag = object_etag(&object.body, &sources, "");
         }
         let version = version_of(primary.fingerprint);
+        let modified = modified(&[primary.clone()]);
         Ok(Dataset {
             sources,
             objects,
             arrays: BTreeMap::new(),
             version,
-            modified: modified(&[primary.clone()]),
-            last_modified: http_date(modified(&[primary.clone()])),
+            modified,
+            last_modified: http_date(modified),
             notes,
         })
     }

@@ -204,63 +204,58 @@ impl Conn {
     /// Sends the front job's remaining bytes, which `slice` (a placeholder) stands for.
     fn poll_sendfile(&mut self, cx: &mut Context<'_>, slice: &[u8], at: usize) -> Poll<io::Result<usize>> {
         let out_of_step = || io::Error::other("a placeholder does not match the file range queued for it");
-        let sock: RawFd = self.io.get_ref().as_raw_fd();
-        loop {
-            let mut lane = self.lane.jobs();
-            let job = lane.front_mut().ok_or_else(out_of_step)?;
+        let (file, offset, len) = {
+            let jobs = self.lane.jobs();
+            let job = jobs.front().ok_or_else(out_of_step)?;
             if job.sent != at || job.len - job.sent != slice.len() {
                 return Poll::Ready(Err(out_of_step()));
             }
-            let tcp = self.io.get_ref();
-            if tcp.poll_write_ready(cx)?.is_pending() {
-                drop(lane);
-                return self.poll_stall(cx);
-            }
-            let (file, offset, len) = (job.file.clone(), job.offset + job.sent as u64, job.len - job.sent);
-            match tcp.try_io(Interest::WRITABLE, || file.send_to(sock, offset, len)) {
-                Ok(0) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the source file ended early",
-                    )))
-                }
-                Ok(n) => {
-                    self.stalled = None;
-                    job.sent += n;
-                    if job.sent == job.len {
-                        let done = lane.pop_front().expect("the front job");
-                        done.progress.done_one();
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+            (job.file.clone(), job.offset + job.sent as u64, job.len - job.sent)
+        };
+        let n = std::task::ready!(self.poll_raw_write(cx, |sock| file.send_to(sock, offset, len)))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the source file ended early")));
         }
+        let mut jobs = self.lane.jobs();
+        let job = jobs.front_mut().expect("the job just sent from");
+        job.sent += n;
+        if job.sent == job.len {
+            jobs.pop_front().expect("the front job").progress.done_one();
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Sends `bufs` flagged MSG_MORE: more data follows at once.
     fn poll_send_more(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let tcp = self.io.get_ref();
-        let sock = tcp.as_raw_fd();
+        self.poll_raw_write(cx, |sock| {
+            // SAFETY: `msg` points at `bufs`, which outlive the call; `IoSlice` has the layout
+            // of `iovec`.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = bufs.len();
+            let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_MORE | libc::MSG_NOSIGNAL) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        })
+    }
+
+    /// Runs `write` on the socket's descriptor once the socket is writable, as often as it
+    /// would block; a socket that stays full is [`Conn::poll_stall`].
+    fn poll_raw_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(RawFd) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         loop {
+            let tcp = self.io.get_ref();
             if tcp.poll_write_ready(cx)?.is_pending() {
                 return self.poll_stall(cx);
             }
-            let sent = tcp.try_io(Interest::WRITABLE, || {
-                // SAFETY: `msg` points at `bufs`, which outlive the call; `IoSlice` has the
-                // layout of `iovec`.
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-                msg.msg_iovlen = bufs.len();
-                let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_MORE | libc::MSG_NOSIGNAL) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match sent {
+            let sock = tcp.as_raw_fd();
+            match tcp.try_io(Interest::WRITABLE, || write(sock)) {
                 Ok(n) => {
                     self.stalled = None;
                     return Poll::Ready(Ok(n));

@@ -20,7 +20,7 @@ use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::auth::{Auth, Principal, RequestAuth};
-use crate::body::{FileStream, ResponseBody, PIECE, ZERO_COPY_MIN};
+use crate::body::{FileStream, ResponseBody, PIECE};
 use crate::collection::{Collection, Entry, Keys};
 use crate::dataset::{AssembleError, Body, Dataset, Object};
 use crate::metrics::Metrics;
@@ -728,8 +728,7 @@ fn read_object(
         }
         Body::Range { source, offset, .. } => {
             let (path, fp) = (dataset.source(*source), dataset.sources[*source].fingerprint);
-            let zero_copy = lane.is_some() && end - start > ZERO_COPY_MIN;
-            if zero_copy || end - start > PIECE {
+            if end - start > PIECE {
                 let file = sources.open(path, fp)?;
                 return Ok(ResponseBody::File(FileStream::new(
                     file,
@@ -737,7 +736,7 @@ fn read_object(
                     fp,
                     offset + start,
                     end - start,
-                    lane.filter(|_| zero_copy),
+                    lane,
                 )));
             }
             Ok(ResponseBody::from(Bytes::from(sources.read(path, fp, offset + start, end - start)?)))

@@ -430,25 +430,49 @@ def test_a_stalled_reader_of_a_zero_copy_body_is_disconnected(tmp_path):
         g.stop()
 
 
+def _receive_slowly(s: socket.socket, nbytes: int, after_head=lambda: None) -> tuple[bytes, float]:
+    """Reads a response of ``nbytes`` body bytes in small steps, calling ``after_head()`` once
+    the headers are in. Gives the body received and the seconds it took."""
+    got, called = b"", False
+    started = time.monotonic()
+    while not (b"\r\n\r\n" in got and len(got.split(b"\r\n\r\n", 1)[1]) >= nbytes):
+        if b"\r\n\r\n" in got and not called:
+            after_head()
+            called = True
+        part = s.recv(1 << 20)
+        if not part:
+            break
+        got += part
+        time.sleep(0.02)
+    return got.split(b"\r\n\r\n", 1)[-1], time.monotonic() - started
+
+
 def test_a_slow_but_steady_download_outlasts_the_client_timeout(tmp_path):
     """A client that keeps receiving is not idle, however long the body takes (here 5 s against
     --client-timeout 2)."""
     g, _, values = _big_chunk_gateway(tmp_path, 24)
     try:
         with _small_window_get(g, "v/0") as s:
-            got = b""
-            started = time.monotonic()
-            while not (b"\r\n\r\n" in got and len(got.split(b"\r\n\r\n", 1)[1]) >= values.nbytes):
-                part = s.recv(1 << 20)
-                if not part:
-                    break
-                got += part
-                time.sleep(0.02)
-            elapsed = time.monotonic() - started
-        body = got.split(b"\r\n\r\n", 1)[1]
+            body, elapsed = _receive_slowly(s, values.nbytes)
         assert elapsed > 3, f"the download took only {elapsed:.1f} s; the test needs it slower than the timeout"
         assert len(body) == values.nbytes
         np.testing.assert_array_equal(np.frombuffer(body, "<f4"), values)
+    finally:
+        g.stop()
+
+
+def test_shutdown_lets_a_download_in_flight_finish(tmp_path):
+    """SIGTERM stops accepting at once, but a response already under way is sent whole (within
+    the grace period), and then the server exits cleanly."""
+    g, _, values = _big_chunk_gateway(tmp_path, 24)
+    try:
+        with _small_window_get(g, "v/0") as s:
+            body, _ = _receive_slowly(s, values.nbytes, after_head=lambda: g.proc.send_signal(signal.SIGTERM))
+            with pytest.raises(OSError):
+                socket.create_connection(g.endpoint.removeprefix("http://").split(":"), timeout=2).close()
+        assert len(body) == values.nbytes
+        np.testing.assert_array_equal(np.frombuffer(body, "<f4"), values)
+        assert g.proc.wait(timeout=20) == 0
     finally:
         g.stop()
 

@@ -154,6 +154,9 @@ struct ServerArgs {
     /// Seconds a client may stall (headers, reads, writes) before it is disconnected.
     #[arg(long)]
     client_timeout: Option<u64>,
+    /// Threads serving connections, each holding its connections (default: the number of CPUs).
+    #[arg(long)]
+    workers: Option<std::num::NonZeroUsize>,
     /// Files indexed at once (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
@@ -182,6 +185,7 @@ impl ServerArgs {
                 .or(config.client_timeout_secs)
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.client_timeout),
+            workers: self.workers.or(config.workers).map_or(defaults.workers, |n| n.get()),
             ..defaults
         }
     }

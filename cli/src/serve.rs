@@ -163,6 +163,7 @@ pub fn config_from_args(
         listen: None,
         max_connections: None,
         client_timeout_secs: None,
+        workers: None,
         auth_db: None,
         quotas: Default::default(),
         ops: None,

@@ -4,6 +4,7 @@
 //! listen = "127.0.0.1:9000"
 //! max_connections = 1024      # optional
 //! client_timeout_secs = 30    # optional
+//! workers = 2                 # optional: threads serving connections (default: the CPUs)
 //!
 //! auth_db = "/var/lib/zarrgate/auth.db"  # keys and usage (default: ~/.local/share/zarrgate)
 //!
@@ -44,6 +45,7 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     pub max_connections: Option<usize>,
     pub client_timeout_secs: Option<u64>,
+    pub workers: Option<std::num::NonZeroUsize>,
     pub auth_db: Option<PathBuf>,
     #[serde(default)]
     pub quotas: QuotaConfig,

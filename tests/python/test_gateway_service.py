@@ -250,7 +250,7 @@ def test_config_file_serves_several_collections(data_dir, tmp_path):
     subprocess.run([*zarrgate_bin(), "index", str(other), "--out", str(prebuilt)], check=True, capture_output=True)
     config = tmp_path / "zarrgate.toml"
     config.write_text(
-        f'listen = "127.0.0.1:0"\nauth_db = "{tmp_path / "auth.db"}"\n'
+        f'listen = "127.0.0.1:0"\nworkers = 1\nauth_db = "{tmp_path / "auth.db"}"\n'
         f'[[collections]]\nbucket = "alpha"\ndata = "{data_dir}"\ncatalog = "{tmp_path / "cat-alpha"}"\n'
         f'[[collections]]\nbucket = "beta"\ncatalog = "{prebuilt}"\nread = "public"\n'
     )
@@ -282,6 +282,10 @@ def test_bad_config_is_a_clear_error(tmp_path):
     out = subprocess.run([*zarrgate_bin(), "serve", "--config", str(config)], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "not a valid bucket name" in out.stderr
+    config.write_text('workers = 0\n[[collections]]\nbucket = "good"\ndata = "/nonexistent"\n')
+    out = subprocess.run([*zarrgate_bin(), "serve", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "workers" in out.stderr and "nonzero" in out.stderr
 
 
 def test_demo_prints_snippets_that_work(tmp_path):

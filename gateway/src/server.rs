@@ -120,7 +120,9 @@ impl Worker {
         let Ok(stream) = stream.into_std() else { return };
         self.load.fetch_add(1, Ordering::Relaxed);
         if self.queue.send(Handed { stream, peer, permit }).is_err() {
-            self.load.fetch_sub(1, Ordering::Relaxed);
+            // Its thread has ended (it never should): never the least busy again.
+            eprintln!("zarrgate: a worker thread has stopped; its connections go to the others");
+            self.load.store(usize::MAX, Ordering::Relaxed);
         }
     }
 }

@@ -105,7 +105,9 @@ pub fn serve(
         app.ops = Some(Arc::new(ops));
     }
     let app = Arc::new(app);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // This runtime only accepts (and resumes operations); connections are served by the
+    // gateway's worker threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime
         .block_on(async {
             let listener = tokio::net::TcpListener::bind(options.listen).await?;

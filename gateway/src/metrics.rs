@@ -46,6 +46,10 @@ const HELP: &[(&str, &str)] = &[
     ("zarrgate_auth_failures_total", "Requests refused by authentication or policy, by bucket and S3 code."),
     ("zarrgate_quota_rejections_total", "Requests refused by a quota, by bucket."),
     ("zarrgate_stale_sources_total", "Reads that found a source file changed since indexing, by bucket."),
+    (
+        "zarrgate_reads_offloaded_total",
+        "Ranges not in the page cache, read on the blocking pool instead of a server thread, by bucket.",
+    ),
     ("zarrgate_ops_computations_total", "Operations computed (not answered from the cache), by process."),
     ("zarrgate_ops_cache_hits_total", "Operations answered from the result cache, by tier."),
     ("zarrgate_ops_cache_corrupt_total", "Cached results that failed their hash check and were recomputed."),

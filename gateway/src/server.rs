@@ -59,6 +59,7 @@ pub async fn serve(
     let workers = (0..options.workers.max(1))
         .map(|n| Worker::start(n, app.clone(), options))
         .collect::<std::io::Result<Vec<_>>>()?;
+    let mut turn = 0;
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -77,17 +78,36 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let worker = workers.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)).expect("at least one worker");
-        worker.hand(stream, peer, permit);
+        // A tokio stream belongs to the runtime that accepted it; the worker registers it again.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("zarrgate: a connection from {peer} could not be handed over: {e}");
+                continue;
+            }
+        };
+        if !hand(&workers, &mut turn, Handed { stream, peer, permit }) {
+            return Err(std::io::Error::other("every worker thread has stopped"));
+        }
     }
     app.shutting_down.store(true, Ordering::Relaxed);
     drop(listener);
     // Closing its queue starts a worker's graceful shutdown.
     let threads: Vec<_> = workers.into_iter().map(|w| w.thread).collect();
-    let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            if t.join().is_err() {
+                eprintln!("zarrgate: a worker thread panicked");
+            }
+        }
+    })
+    .await;
     app.auth.flush();
     Ok(())
 }
+
+/// The load of a worker whose thread has ended: more than any live one has.
+const STOPPED: usize = usize::MAX / 2;
 
 /// A thread serving the connections handed to it.
 struct Worker {
@@ -114,17 +134,27 @@ impl Worker {
             .spawn(move || runtime.block_on(serve_handed(app, handed, counted, options)))?;
         Ok(Worker { queue, load, thread })
     }
+}
 
-    fn hand(&self, stream: tokio::net::TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
-        // A tokio stream belongs to the runtime that accepted it; the worker registers it again.
-        let Ok(stream) = stream.into_std() else { return };
-        self.load.fetch_add(1, Ordering::Relaxed);
-        if self.queue.send(Handed { stream, peer, permit }).is_err() {
-            // Its thread has ended (it never should): never the least busy again.
-            eprintln!("zarrgate: a worker thread has stopped; its connections go to the others");
-            self.load.store(usize::MAX, Ordering::Relaxed);
+/// Gives a connection to the worker with the fewest, scanning from a turn that moves on, so
+/// ties (one connection at a time) are spread too. A worker whose thread has ended (it never
+/// should) is never chosen again, and its connection goes to the next. False if none is left.
+fn hand(workers: &[Worker], turn: &mut usize, mut handed: Handed) -> bool {
+    *turn = (*turn + 1) % workers.len();
+    let order = || workers.iter().cycle().skip(*turn).take(workers.len());
+    for _ in 0..workers.len() {
+        let worker = order().min_by_key(|w| w.load.load(Ordering::Relaxed)).expect("at least one worker");
+        worker.load.fetch_add(1, Ordering::Relaxed);
+        match worker.queue.send(handed) {
+            Ok(()) => return true,
+            Err(mpsc::error::SendError(back)) => {
+                eprintln!("zarrgate: a worker thread has stopped; its connections go to the others");
+                worker.load.store(STOPPED, Ordering::Relaxed);
+                handed = back;
+            }
         }
     }
+    false
 }
 
 /// A worker's loop: serves each handed connection in a task until the queue closes, then waits

@@ -3,6 +3,10 @@
 //! Every read first stats the path and compares size and mtime with the fingerprint taken at
 //! indexing. A changed, truncated, deleted or replaced file is [`ReadError::Stale`]: its bytes
 //! are never served. A handle is reused only while the path still names the same inode.
+//!
+//! Reads on a server thread use [`Wait::CachedOnly`]: a range that is not all in the page cache
+//! is refused at once instead of stalling every connection of that thread on the disk, and the
+//! caller reads it again on the blocking pool.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,12 +23,23 @@ const MAX_OPEN: usize = 256;
 pub enum ReadError {
     #[error("the source file {path} changed since it was indexed ({why})")]
     Stale { path: PathBuf, why: String },
+    #[error("{path}: the range is not in the page cache")]
+    NotCached { path: PathBuf },
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Whether a read may wait for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    Block,
+    /// Only what the page cache holds (`preadv2` with `RWF_NOWAIT`); anything else, or a file
+    /// system without that flag, is [`ReadError::NotCached`].
+    CachedOnly,
 }
 
 /// An open source file, shared by the requests that read it.
@@ -40,6 +55,12 @@ impl OpenFile {
     /// The buffer is filled by `pread(2)` without being zeroed first: for multi-megabyte chunks
     /// zeroing is a whole extra pass over memory.
     pub fn read(&self, offset: u64, length: u64) -> std::io::Result<Vec<u8>> {
+        self.read_waiting(offset, length, Wait::Block)
+    }
+
+    /// As [`OpenFile::read`]; with [`Wait::CachedOnly`], bytes that are not in the page cache
+    /// give an error of kind `WouldBlock`.
+    fn read_waiting(&self, offset: u64, length: u64, wait: Wait) -> std::io::Result<Vec<u8>> {
         use std::os::fd::AsRawFd as _;
         let len = usize::try_from(length).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         let mut buf: Vec<u8> = Vec::with_capacity(len);
@@ -47,13 +68,19 @@ impl OpenFile {
             let at = offset + buf.len() as u64;
             let at = libc::off_t::try_from(at).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
             let spare = buf.spare_capacity_mut();
-            // SAFETY: the kernel writes at most `spare.len()` bytes into the spare capacity, and
+            let iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+            let flags = if wait == Wait::CachedOnly { libc::RWF_NOWAIT } else { 0 };
+            // SAFETY: the kernel writes at most `iov_len` bytes into the spare capacity, and
             // only the `n` bytes it reports written become part of the vector.
-            let n = unsafe { libc::pread(self.file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+            let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, at, flags) };
             match n {
                 0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 n if n < 0 => {
                     let e = std::io::Error::last_os_error();
+                    let unsupported = e.raw_os_error() == Some(libc::EOPNOTSUPP);
+                    if wait == Wait::CachedOnly && (e.kind() == std::io::ErrorKind::WouldBlock || unsupported) {
+                        return Err(std::io::ErrorKind::WouldBlock.into());
+                    }
                     if e.kind() != std::io::ErrorKind::Interrupted {
                         return Err(e);
                     }
@@ -121,26 +148,41 @@ impl Sources {
     /// after the read also tells whether the cached handle still names the file at `path`; if
     /// the file was replaced, it is opened anew and read again.
     pub fn read(&self, path: &Path, expected: Fingerprint, offset: u64, length: u64) -> Result<Vec<u8>, ReadError> {
+        self.read_waiting(path, expected, offset, length, Wait::Block)
+    }
+
+    /// As [`Sources::read`], waiting for the disk or not.
+    pub fn read_waiting(
+        &self,
+        path: &Path,
+        expected: Fingerprint,
+        offset: u64,
+        length: u64,
+        wait: Wait,
+    ) -> Result<Vec<u8>, ReadError> {
         let cached = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(path).cloned();
         let handle = match cached {
             Some(h) => h,
             None => self.open(path, expected)?,
         };
-        let bytes = Self::read_at(&handle, path, offset, length)?;
+        let bytes = Self::read_at(&handle, path, offset, length, wait)?;
         let meta = Self::check(path, expected)?;
         if handle.dev == meta.dev() && handle.ino == meta.ino() {
             return Ok(bytes);
         }
         let handle = self.handle(path, &meta).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })?;
-        let bytes = Self::read_at(&handle, path, offset, length)?;
+        let bytes = Self::read_at(&handle, path, offset, length, wait)?;
         Self::check(path, expected)?;
         Ok(bytes)
     }
 
-    fn read_at(handle: &OpenFile, path: &Path, offset: u64, length: u64) -> Result<Vec<u8>, ReadError> {
-        handle.read(offset, length).map_err(|e| match e.kind() {
+    fn read_at(handle: &OpenFile, path: &Path, offset: u64, length: u64, wait: Wait) -> Result<Vec<u8>, ReadError> {
+        handle.read_waiting(offset, length, wait).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => {
                 ReadError::Stale { path: path.to_path_buf(), why: "it is shorter than its references".into() }
+            }
+            std::io::ErrorKind::WouldBlock if wait == Wait::CachedOnly => {
+                ReadError::NotCached { path: path.to_path_buf() }
             }
             _ => ReadError::Io { path: path.to_path_buf(), source: e },
         })
@@ -193,5 +235,18 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let err = sources.read(&path, fp, 2, 3).unwrap_err();
         assert!(err.to_string().contains("deleted"), "{err}");
+    }
+
+    #[test]
+    fn a_read_that_does_not_wait_takes_what_the_page_cache_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        std::fs::write(&path, b"0123456789").unwrap(); // just written: in the page cache
+        let fp = Fingerprint::of_path(&path).unwrap();
+        let sources = Sources::default();
+        assert_eq!(sources.read_waiting(&path, fp, 2, 3, Wait::CachedOnly).unwrap(), b"234");
+        // Past the end is still a stale file, not a cache miss.
+        let err = sources.read_waiting(&path, fp, 8, 5, Wait::CachedOnly).unwrap_err();
+        assert!(matches!(err, ReadError::Stale { .. }), "{err}");
     }
 }

@@ -6,6 +6,7 @@ Each test runs a real `zarrgate serve` (or `zarrgate demo`) process on 127.0.0.1
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -477,6 +478,44 @@ def test_shutdown_lets_a_download_in_flight_finish(tmp_path):
         assert len(body) == values.nbytes
         np.testing.assert_array_equal(np.frombuffer(body, "<f4"), values)
         assert g.proc.wait(timeout=20) == 0
+    finally:
+        g.stop()
+
+
+def test_a_range_not_in_the_page_cache_is_read_off_the_server_thread(tmp_path):
+    """A server thread reads only what the page cache holds, so a cold disk cannot stall the
+    other connections of that thread. A range that must come from the disk is read on the
+    blocking pool instead (counted in /metrics), with the same bytes."""
+    import netCDF4
+
+    data = tmp_path / "cold"
+    data.mkdir()
+    values = np.arange(8 * 16384, dtype="f4").reshape(8, 16384)
+    with netCDF4.Dataset(data / "cold.nc", "w") as nc:
+        nc.createDimension("t", 8)
+        nc.createDimension("x", 16384)
+        nc.createVariable("v", "f4", ("t", "x"), chunksizes=(1, 16384))[:] = values
+    g = start_gateway(data, "cold", tmp_path / "cold-cat")
+
+    def offloaded() -> float:
+        text = http(f"{g.endpoint}/metrics")[2].decode()
+        m = re.search(r'^zarrgate_reads_offloaded_total\{bucket="cold"\} (\S+)$', text, re.M)
+        return float(m[1]) if m else 0.0
+
+    try:
+        os.sync()
+        fd = os.open(data / "cold.nc", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the disk must supply every byte
+        finally:
+            os.close(fd)
+        status, _, body = http(f"{g.endpoint}/cold/cold.nc/v/3.0")
+        assert status == 200
+        np.testing.assert_array_equal(np.frombuffer(body, "<f4"), values[3])
+        assert offloaded() == 1
+        # Now cached: read right on the server thread.
+        assert http(f"{g.endpoint}/cold/cold.nc/v/3.0")[2] == body
+        assert offloaded() == 1
     finally:
         g.stop()
 

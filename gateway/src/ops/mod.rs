@@ -632,7 +632,7 @@ fn stale_or_failed(e: &ReadError) -> SourceError {
         ReadError::Stale { .. } => SourceError::Stale(
             "the source of this dataset changed since it was indexed; it is being re-indexed, retry shortly".into(),
         ),
-        ReadError::Io { .. } => SourceError::Failed(
+        ReadError::Io { .. } | ReadError::NotCached { .. } => SourceError::Failed(
             "a source file of this dataset could not be read; the server log has the details".into(),
         ),
     }

@@ -24,7 +24,7 @@ use crate::body::{FileStream, ResponseBody, PIECE};
 use crate::collection::{Collection, Entry, Keys};
 use crate::dataset::{AssembleError, Body, Dataset, Object};
 use crate::metrics::Metrics;
-use crate::source::{ReadError, Sources};
+use crate::source::{ReadError, Sources, Wait};
 use http_semantics::{parse_range, Conditions, RangeSpec, Resolved, Verdict};
 use list::{ListPage, ListQuery};
 use xml::{element, url_encode, S3Error, NAMESPACE};
@@ -626,27 +626,34 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
     let ds = dataset.clone();
     let obj = object.clone();
     // Metadata, HEAD and byte ranges up to one streaming piece are read right here, as nginx
-    // does: a pread of the page cache costs less than handing it to another thread. Large
-    // ranges (streamed) and transcoded chunks (decoded) run on the blocking pool, a bounded
-    // number at a time, so a burst cannot take all memory or starve the runtime. On the
-    // gateway's own connections a range is sent zero-copy (see crate::sendfile) and holds no
-    // piece in memory, so it starts right here too.
+    // does: a pread of the page cache costs less than handing it to another thread. A range
+    // that is not in the page cache is not waited for here (it would stall every connection of
+    // this thread); it goes to the blocking pool, like large ranges (streamed) and transcoded
+    // chunks (decoded), a bounded number at a time, so a burst cannot take all memory or starve
+    // the runtime. On the gateway's own connections a range is sent zero-copy (see
+    // crate::sendfile) and holds no piece in memory, so it starts right here too.
     let lane = crate::sendfile::current_lane();
     let small = match &object.body {
         Body::Inline(_) => true,
         Body::Range { .. } => head || end - start <= PIECE || lane.is_some(),
         Body::Transcoded { .. } | Body::Assembled { .. } => head,
     };
-    let read = if small {
-        read_object(&app.sources, &dataset, &object, start, end, head, lane)
-    } else {
-        let permit = app.reads.clone().acquire_owned().await.expect("the read semaphore is never closed");
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            read_object(&app2.sources, &ds, &obj, start, end, head, lane)
-        })
-        .await
-        .map_err(|e| S3Error::internal(format!("reading the object failed: {e}")))?
+    let here =
+        small.then(|| read_object(&app.sources, &dataset, &object, start, end, head, lane.clone(), Wait::CachedOnly));
+    let read = match here {
+        Some(Err(ReadOutcome::NotCached)) | None => {
+            if here.is_some() {
+                app.metrics.add("zarrgate_reads_offloaded_total", &[("bucket", &collection.bucket)], 1);
+            }
+            let permit = app.reads.clone().acquire_owned().await.expect("the read semaphore is never closed");
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                read_object(&app2.sources, &ds, &obj, start, end, head, lane, Wait::Block)
+            })
+            .await
+            .map_err(|e| S3Error::internal(format!("reading the object failed: {e}")))?
+        }
+        Some(read) => read,
     };
     let body = match read {
         Ok(b) => b,
@@ -663,6 +670,8 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
             eprintln!("zarrgate: {}: {why}", r.resource());
             return Err(S3Error::internal("The object could not be read or decoded; the server log has the details."));
         }
+        // Only a read that does not wait gives this, and such a read is retried above.
+        Err(ReadOutcome::NotCached) => return Err(S3Error::internal("The object could not be read.")),
     };
     let status = if range { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     let mut resp = response(status, content_type(inner), Bytes::new(), &r.request_id);
@@ -682,6 +691,8 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
 enum ReadOutcome {
     Stale(String),
     Failed(String),
+    /// Not in the page cache, and the read was not to wait for the disk.
+    NotCached,
 }
 
 impl From<ReadError> for ReadOutcome {
@@ -689,6 +700,7 @@ impl From<ReadError> for ReadOutcome {
         match e {
             ReadError::Stale { .. } => ReadOutcome::Stale(e.to_string()),
             ReadError::Io { .. } => ReadOutcome::Failed(e.to_string()),
+            ReadError::NotCached { .. } => ReadOutcome::NotCached,
         }
     }
 }
@@ -704,6 +716,7 @@ fn read_object(
     end: u64,
     head: bool,
     lane: Option<crate::sendfile::Lane>,
+    wait: Wait,
 ) -> Result<ResponseBody, ReadOutcome> {
     let check = |i: usize| Sources::check(dataset.source(i), dataset.sources[i].fingerprint).map(|_| ());
     match &object.body {
@@ -739,7 +752,8 @@ fn read_object(
                     lane,
                 )));
             }
-            Ok(ResponseBody::from(Bytes::from(sources.read(path, fp, offset + start, end - start)?)))
+            let bytes = sources.read_waiting(path, fp, offset + start, end - start, wait)?;
+            Ok(ResponseBody::from(Bytes::from(bytes)))
         }
         Body::Transcoded { source, pipeline, chunk } => {
             let fp = dataset.sources[*source].fingerprint;

@@ -322,18 +322,23 @@ def test_virtual_hosted_style_requests(gw):
     assert status == 200 and b"<Key>classic.nc/.zgroup</Key>" in body
 
 
-def test_large_chunks_stream_whole_and_in_ranges(tmp_path):
-    """Chunks larger than one streaming piece (1 MiB) arrive complete and exact."""
+def _rows_file(path, rows: int, width: int) -> np.ndarray:
+    """Writes ``path``: one float32 variable ``v`` of ``rows`` uncompressed row chunks; gives its values."""
     import netCDF4
 
+    path.parent.mkdir(exist_ok=True)
+    values = np.arange(rows * width, dtype="f4").reshape(rows, width)
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("t", rows)
+        nc.createDimension("x", width)
+        nc.createVariable("v", "f4", ("t", "x"), chunksizes=(1, width))[:] = values
+    return values
+
+
+def test_large_chunks_stream_whole_and_in_ranges(tmp_path):
+    """Chunks larger than one streaming piece (1 MiB) arrive complete and exact."""
     data = tmp_path / "big"
-    data.mkdir()
-    values = np.arange(3 * 300_000, dtype="f4").reshape(3, 300_000)
-    with netCDF4.Dataset(data / "big.nc", "w") as nc:
-        nc.createDimension("t", 3)
-        nc.createDimension("x", 300_000)
-        v = nc.createVariable("v", "f4", ("t", "x"), chunksizes=(1, 300_000))
-        v[:] = values
+    values = _rows_file(data / "big.nc", 3, 300_000)
     g = start_gateway(data, "big", tmp_path / "big-cat")
     try:
         url = f"{g.endpoint}/big/big.nc/v/1.0"
@@ -486,15 +491,8 @@ def test_a_range_not_in_the_page_cache_is_read_off_the_server_thread(tmp_path):
     """A server thread reads only what the page cache holds, so a cold disk cannot stall the
     other connections of that thread. A range that must come from the disk is read on the
     blocking pool instead (counted in /metrics), with the same bytes."""
-    import netCDF4
-
     data = tmp_path / "cold"
-    data.mkdir()
-    values = np.arange(8 * 16384, dtype="f4").reshape(8, 16384)
-    with netCDF4.Dataset(data / "cold.nc", "w") as nc:
-        nc.createDimension("t", 8)
-        nc.createDimension("x", 16384)
-        nc.createVariable("v", "f4", ("t", "x"), chunksizes=(1, 16384))[:] = values
+    values = _rows_file(data / "cold.nc", 8, 16384)
     g = start_gateway(data, "cold", tmp_path / "cold-cat")
 
     def offloaded() -> float:

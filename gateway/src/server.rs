@@ -47,8 +47,8 @@ impl Default for ServeOptions {
 ///
 /// This task only accepts. Each connection is handed to the least busy of `options.workers`
 /// threads and stays there; each thread runs a single-threaded runtime, as nginx runs a process
-/// per core. Measured with wrk at 64 KiB, this served 10–15% more requests than one
-/// work-stealing runtime, whose tasks and wake-ups cross threads.
+/// per core. Measured with wrk at 64 KiB against nginx, this served about 5–10% more requests
+/// than one work-stealing runtime, whose tasks and wake-ups cross threads.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,

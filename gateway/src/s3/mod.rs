@@ -622,9 +622,6 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
     }
     let (range, start, end) = requested_range(r, object.size)?;
     let head = r.is_head();
-    let app2 = app.clone();
-    let ds = dataset.clone();
-    let obj = object.clone();
     // Metadata, HEAD and byte ranges up to one streaming piece are read right here, as nginx
     // does: a pread of the page cache costs less than handing it to another thread. A range
     // that is not in the page cache is not waited for here (it would stall every connection of
@@ -646,9 +643,10 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
                 app.metrics.add("zarrgate_reads_offloaded_total", &[("bucket", &collection.bucket)], 1);
             }
             let permit = app.reads.clone().acquire_owned().await.expect("the read semaphore is never closed");
+            let (app, ds, obj) = (app.clone(), dataset.clone(), object.clone());
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                read_object(&app2.sources, &ds, &obj, start, end, head, lane, Wait::Block)
+                read_object(&app.sources, &ds, &obj, start, end, head, lane, Wait::Block)
             })
             .await
             .map_err(|e| S3Error::internal(format!("reading the object failed: {e}")))?

@@ -164,7 +164,6 @@ fn placeholder_offset(slice: &[u8]) -> Option<usize> {
 pub struct Conn {
     io: Pin<Box<TimeoutStream<TcpStream>>>,
     lane: Lane,
-    timeout: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When the read timeout was last restarted by progress in writing.
     read_timer_restarted: Instant,
@@ -173,14 +172,16 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Wraps a stream whose read and write timeouts are `timeout`; gives the connection and its
-    /// lane.
-    pub fn new(io: TimeoutStream<TcpStream>, timeout: Duration) -> (Self, Lane) {
-        let lane = Lane::new(io.get_ref().as_raw_fd(), timeout);
+    /// Wraps a client's stream, which may stall reading or writing for `timeout`; gives the
+    /// connection and its lane.
+    pub fn new(stream: TcpStream, timeout: Duration) -> (Self, Lane) {
+        let lane = Lane::new(stream.as_raw_fd(), timeout);
+        let mut io = TimeoutStream::new(stream);
+        io.set_read_timeout(Some(timeout));
+        io.set_write_timeout(Some(timeout));
         let conn = Conn {
             io: Box::pin(io),
             lane: lane.clone(),
-            timeout,
             stalled: None,
             read_timer_restarted: Instant::now(),
             read_timer_off: false,
@@ -193,9 +194,10 @@ impl Conn {
     /// idle: each write that makes progress restarts the read timeout (at most twice per period).
     fn wrote(&mut self, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         if let Poll::Ready(Ok(n)) = result {
-            if n > 0 && !self.read_timer_off && self.read_timer_restarted.elapsed() > self.timeout / 2 {
+            let timeout = self.lane.timeout();
+            if n > 0 && !self.read_timer_off && self.read_timer_restarted.elapsed() > timeout / 2 {
                 self.read_timer_restarted = Instant::now();
-                self.io.as_mut().set_read_timeout_pinned(Some(self.timeout));
+                self.io.as_mut().set_read_timeout_pinned(Some(timeout));
             }
         }
         result
@@ -268,7 +270,7 @@ impl Conn {
 
     /// The socket is full: wait, but no longer than the write timeout without progress.
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let timeout = self.timeout;
+        let timeout = self.lane.timeout();
         let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
@@ -282,7 +284,7 @@ impl AsyncRead for Conn {
         let sending = self.lane.0.sending.load(Ordering::Acquire);
         if sending != self.read_timer_off {
             self.read_timer_off = sending;
-            let timeout = self.timeout;
+            let timeout = self.lane.timeout();
             self.io.as_mut().set_read_timeout_pinned((!sending).then_some(timeout));
         }
         self.io.as_mut().poll_read(cx, buf)

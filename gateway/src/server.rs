@@ -11,7 +11,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_io_timeout::TimeoutStream;
 
 use crate::s3::{error_response, handle, App, HttpResponse};
 use crate::sendfile::{Conn, LANE};
@@ -176,10 +175,7 @@ async fn serve_handed(
             }
         };
         let _ = stream.set_nodelay(true);
-        let mut timed = TimeoutStream::new(stream);
-        timed.set_read_timeout(Some(options.client_timeout));
-        timed.set_write_timeout(Some(options.client_timeout));
-        let (conn, lane) = Conn::new(timed, options.client_timeout);
+        let (conn, lane) = Conn::new(stream, options.client_timeout);
         let io = TokioIo::new(conn);
         let app = app.clone();
         let service = service_fn(move |req| {

@@ -355,16 +355,9 @@ def test_large_chunks_stream_whole_and_in_ranges(tmp_path):
 
 
 def _big_chunk_gateway(tmp_path, mib: int):
-    """A gateway serving one uncompressed chunk of ``mib`` MiB, sent with sendfile."""
-    import netCDF4
-
+    """A gateway serving one uncompressed chunk (``v/0.0``) of ``mib`` MiB, sent with sendfile."""
     data = tmp_path / "huge"
-    data.mkdir()
-    n = mib * 1024 * 1024 // 4
-    values = np.arange(n, dtype="f4")
-    with netCDF4.Dataset(data / "huge.nc", "w") as nc:
-        nc.createDimension("x", n)
-        nc.createVariable("v", "f4", ("x",), chunksizes=(n,))[:] = values
+    values = _rows_file(data / "huge.nc", 1, mib * 1024 * 1024 // 4)[0]
     g = start_gateway(data, "huge", tmp_path / "huge-cat", extra_args=("--client-timeout", "2"))
     return g, data / "huge.nc", values
 
@@ -378,22 +371,40 @@ def _small_window_get(g, key: str) -> socket.socket:
     return s
 
 
+def _receive(s: socket.socket, after_head=lambda: None, pause: float = 0.0) -> tuple[int, bytes, float]:
+    """Reads one response until its Content-Length is in or the server stops, calling
+    ``after_head()`` once the headers are in and pausing ``pause`` seconds after each read of
+    the body. Gives the announced Content-Length, the body bytes received and the seconds taken."""
+    started = time.monotonic()
+    got = b""
+    while b"\r\n\r\n" not in got:
+        part = s.recv(65536)
+        assert part, "the server closed the connection before the headers"
+        got += part
+    head, first = got.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    after_head()
+    parts, received = [first], len(first)
+    while received < length:
+        part = s.recv(1 << 20)
+        if not part:
+            break
+        parts.append(part)
+        received += len(part)
+        time.sleep(pause)
+    return length, b"".join(parts), time.monotonic() - started
+
+
 def _read_slowly(g, key: str, change) -> tuple[int, bytes]:
     """Requests ``key``, reads a little, calls ``change()``, then reads until the server stops.
     Gives the announced Content-Length and the body bytes received."""
-    with _small_window_get(g, key) as s:
-        got = b""
-        while b"\r\n\r\n" not in got:
-            got += s.recv(65536)
-        head, body = got.split(b"\r\n\r\n", 1)
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+
+    def mid_body():
         time.sleep(0.3)  # the server is now blocked on a full socket, mid-body
         change()
-        while len(body) < length:
-            part = s.recv(1 << 20)
-            if not part:
-                break
-            body += part
+
+    with _small_window_get(g, key) as s:
+        length, body, _ = _receive(s, after_head=mid_body)
     return length, body
 
 
@@ -402,24 +413,24 @@ def test_zero_copy_bodies_are_exact_and_never_complete_when_the_file_changes(tmp
     while it is being sent must end the response early, never complete it with mixed bytes."""
     g, path, values = _big_chunk_gateway(tmp_path, 24)
     try:
-        status, headers, body = http(f"{g.endpoint}/huge/huge.nc/v/0")
+        status, headers, body = http(f"{g.endpoint}/huge/huge.nc/v/0.0")
         assert status == 200 and len(body) == values.nbytes
         np.testing.assert_array_equal(np.frombuffer(body, "<f4"), values)
-        status, _, part = http(f"{g.endpoint}/huge/huge.nc/v/0", headers={"Range": "bytes=1000001-9000000"})
+        status, _, part = http(f"{g.endpoint}/huge/huge.nc/v/0.0", headers={"Range": "bytes=1000001-9000000"})
         assert status == 206 and part == body[1_000_001:9_000_001]
 
         # Touched while sent: same bytes, new mtime. The tail's check fails: a short body.
-        length, got = _read_slowly(g, "v/0", lambda: os.utime(path))
+        length, got = _read_slowly(g, "v/0.0", lambda: os.utime(path))
         assert length == values.nbytes and len(got) < length
         assert got == body[: len(got)]
-        wait_for(lambda: http(f"{g.endpoint}/huge/huge.nc/v/0")[0] == 200, timeout=60)
+        wait_for(lambda: http(f"{g.endpoint}/huge/huge.nc/v/0.0")[0] == 200, timeout=60)
 
         # Truncated while sent: sendfile finds the end of the file early.
         def truncate():
             with open(path, "r+b") as f:
                 f.truncate(os.path.getsize(path) // 2)
 
-        length, got = _read_slowly(g, "v/0", truncate)
+        length, got = _read_slowly(g, "v/0.0", truncate)
         assert len(got) < length
         assert http(f"{g.endpoint}/healthz")[0] == 200
     finally:
@@ -429,7 +440,7 @@ def test_zero_copy_bodies_are_exact_and_never_complete_when_the_file_changes(tmp
 def test_a_stalled_reader_of_a_zero_copy_body_is_disconnected(tmp_path):
     g, _, _ = _big_chunk_gateway(tmp_path, 24)
     try:
-        with _small_window_get(g, "v/0") as s:
+        with _small_window_get(g, "v/0.0") as s:
             time.sleep(5)  # read nothing: the server's writes stall past --client-timeout 2
             received = 0
             while part := s.recv(1 << 20):
@@ -440,30 +451,13 @@ def test_a_stalled_reader_of_a_zero_copy_body_is_disconnected(tmp_path):
         g.stop()
 
 
-def _receive_slowly(s: socket.socket, nbytes: int, after_head=lambda: None) -> tuple[bytes, float]:
-    """Reads a response of ``nbytes`` body bytes in small steps, calling ``after_head()`` once
-    the headers are in. Gives the body received and the seconds it took."""
-    got, called = b"", False
-    started = time.monotonic()
-    while not (b"\r\n\r\n" in got and len(got.split(b"\r\n\r\n", 1)[1]) >= nbytes):
-        if b"\r\n\r\n" in got and not called:
-            after_head()
-            called = True
-        part = s.recv(1 << 20)
-        if not part:
-            break
-        got += part
-        time.sleep(0.02)
-    return got.split(b"\r\n\r\n", 1)[-1], time.monotonic() - started
-
-
 def test_a_slow_but_steady_download_outlasts_the_client_timeout(tmp_path):
     """A client that keeps receiving is not idle, however long the body takes (here 5 s against
     --client-timeout 2)."""
     g, _, values = _big_chunk_gateway(tmp_path, 24)
     try:
-        with _small_window_get(g, "v/0") as s:
-            body, elapsed = _receive_slowly(s, values.nbytes)
+        with _small_window_get(g, "v/0.0") as s:
+            _, body, elapsed = _receive(s, pause=0.02)
         assert elapsed > 3, f"the download took only {elapsed:.1f} s; the test needs it slower than the timeout"
         assert len(body) == values.nbytes
         np.testing.assert_array_equal(np.frombuffer(body, "<f4"), values)
@@ -476,8 +470,8 @@ def test_shutdown_lets_a_download_in_flight_finish(tmp_path):
     the grace period), and then the server exits cleanly."""
     g, _, values = _big_chunk_gateway(tmp_path, 24)
     try:
-        with _small_window_get(g, "v/0") as s:
-            body, _ = _receive_slowly(s, values.nbytes, after_head=lambda: g.proc.send_signal(signal.SIGTERM))
+        with _small_window_get(g, "v/0.0") as s:
+            _, body, _ = _receive(s, after_head=lambda: g.proc.send_signal(signal.SIGTERM), pause=0.02)
             with pytest.raises(OSError):
                 socket.create_connection(g.endpoint.removeprefix("http://").split(":"), timeout=2).close()
         assert len(body) == values.nbytes

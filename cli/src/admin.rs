@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
+use zarrgate_gateway::auth::sigv4;
 use zarrgate_gateway::auth::store::{KeyRecord, Store};
-use zarrgate_gateway::auth::{day_of, sigv4, unix_now};
+use zarrgate_gateway::dates::{day_of, unix_now};
 
 /// `30d`, `12h`, `90m`, `3600s`, or a date `YYYY-MM-DD` (midnight UTC), as Unix seconds.
 pub fn parse_expiry(text: &str, now: i64) -> anyhow::Result<i64> {

@@ -122,7 +122,7 @@ enum KeysAction {
         /// A group the key belongs to (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
-        /// Lifetime (`30d`, `12h`) or last day (`YYYY-MM-DD`).
+        /// Lifetime (`30d`, `12h`, `90m`, `3600s`) or the day it ends (`YYYY-MM-DD`, midnight UTC).
         #[arg(long)]
         expires: Option<String>,
         /// Print JSON (with the secret) instead of text.
@@ -136,7 +136,7 @@ enum KeysAction {
     },
     /// Show one key (without its secret).
     Show { access_key: String },
-    /// Revoke a key; a running gateway refuses it within a second.
+    /// Revoke a key; a running gateway refuses it within a second (it re-reads keys every 0.25 s).
     Revoke { access_key: String },
 }
 
@@ -148,12 +148,30 @@ struct ServerArgs {
     /// Address to listen on (port 0 picks a free port). Default: 127.0.0.1:9000.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    /// Connections served at once.
+    /// Connections served at once (default: 3/4 of the open-file limit, at most 16384).
     #[arg(long)]
     max_connections: Option<usize>,
-    /// Seconds a client may stall (headers, reads, writes) before it is disconnected.
+    /// Connections one client address may hold at once; more are answered 503 (default 64;
+    /// trusted proxies are not limited).
+    #[arg(long)]
+    max_connections_per_client: Option<usize>,
+    /// Seconds a client may stall reading or writing before it is disconnected (default 30).
     #[arg(long)]
     client_timeout: Option<u64>,
+    /// Seconds within which a request head (or a TLS handshake) must arrive; idle keep-alive
+    /// connections close after it too (default 10).
+    #[arg(long)]
+    header_timeout: Option<u64>,
+    /// TLS certificate chain (PEM); reloaded when the file changes, or on SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A proxy (address or block, e.g. 10.0.0.0/8) whose X-Forwarded-For or Forwarded header
+    /// names the client; repeatable.
+    #[arg(long = "trusted-proxy")]
+    trusted_proxies: Vec<zarrgate_gateway::client::Cidr>,
     /// Threads serving connections, each holding its connections (default: the number of CPUs).
     #[arg(long)]
     workers: Option<std::num::NonZeroUsize>,
@@ -175,19 +193,42 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn options(&self, config: &zarrgate_gateway::config::Config) -> zarrgate_gateway::ServeOptions {
+    /// Flags over the config file's settings of the listener.
+    fn apply_server(&self, config: &mut zarrgate_gateway::config::Config) {
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls_cert = Some(cert.clone());
+            config.tls_key = Some(key.clone());
+        }
+        config.trusted_proxies.extend(self.trusted_proxies.iter().copied());
+    }
+
+    fn options(&self, config: &zarrgate_gateway::config::Config) -> anyhow::Result<zarrgate_gateway::ServeOptions> {
+        zarrgate_gateway::server::raise_fd_limit();
         let defaults = zarrgate_gateway::ServeOptions::default();
-        zarrgate_gateway::ServeOptions {
+        let secs = |flag: Option<u64>, file: Option<u64>, default: Duration| {
+            flag.or(file).map_or(default, Duration::from_secs)
+        };
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(zarrgate_gateway::tls::Certificates::open(cert, key)?),
+            _ => None,
+        };
+        let options = zarrgate_gateway::ServeOptions {
             listen: self.listen.or(config.listen).unwrap_or(defaults.listen),
             max_connections: self.max_connections.or(config.max_connections).unwrap_or(defaults.max_connections),
-            client_timeout: self
-                .client_timeout
-                .or(config.client_timeout_secs)
-                .map(Duration::from_secs)
-                .unwrap_or(defaults.client_timeout),
+            max_connections_per_client: self
+                .max_connections_per_client
+                .or(config.max_connections_per_client)
+                .unwrap_or(defaults.max_connections_per_client),
+            client_timeout: secs(self.client_timeout, config.client_timeout_secs, defaults.client_timeout),
+            header_timeout: secs(self.header_timeout, config.header_timeout_secs, defaults.header_timeout),
             workers: self.workers.or(config.workers).map_or(defaults.workers, |n| n.get()),
+            tls,
             ..defaults
+        };
+        if options.max_connections == 0 || options.max_connections_per_client == 0 || options.header_timeout.is_zero() {
+            bail!("--max-connections, --max-connections-per-client and --header-timeout must be at least 1");
         }
+        Ok(options)
     }
 
     /// Flags over the config file's `[ops]`. `ZARRGATE_TEST_COMPUTE_DELAY_MS` is a test hook that
@@ -225,9 +266,9 @@ fn cpus() -> usize {
 }
 
 /// Prints the line test harnesses wait for, then flushes.
-fn announce(addr: std::net::SocketAddr) {
+fn announce(endpoint: &str) {
     use std::io::Write as _;
-    println!("listening on http://{addr}");
+    println!("listening on {endpoint}");
     let _ = std::io::stdout().flush();
 }
 
@@ -304,7 +345,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.auth_db = server.auth_db.clone();
             }
             server.apply_ops(&mut config);
-            let options = server.options(&config);
+            server.apply_server(&mut config);
+            let options = server.options(&config)?;
             serve::serve(config, options, &server.index_settings(), announce)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -318,10 +360,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut config = serve::config_from_args(None, Some("demo".into()), Some(data), Some(catalog))?;
             config.auth_db = server.auth_db.clone();
             server.apply_ops(&mut config);
-            let options = server.options(&config);
-            serve::serve(config, options, &server.index_settings(), move |addr| {
-                announce(addr);
-                serve::print_demo(addr, "demo", &dataset);
+            server.apply_server(&mut config);
+            let options = server.options(&config)?;
+            serve::serve(config, options, &server.index_settings(), move |endpoint| {
+                announce(endpoint);
+                serve::print_demo(endpoint, "demo", &dataset);
             })?;
             Ok(ExitCode::SUCCESS)
         }

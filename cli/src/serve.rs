@@ -1,13 +1,13 @@
 //! `zarrgate serve` and `zarrgate demo`: index data trees into catalogs, then run the gateway.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use zarrgate_gateway::client::TrustedProxies;
 use zarrgate_gateway::config::{check_bucket_name, CollectionConfig, Config};
-use zarrgate_gateway::{App, Collection, Reindex, ServeOptions};
+use zarrgate_gateway::{AppBuilder, Collection, Reindex, ServeOptions};
 use zarrgate_indexer::tree::{index_tree, Outcome, Progress, TreeOptions};
 
 use crate::isolate::Isolated;
@@ -88,7 +88,7 @@ pub fn serve(
     config: Config,
     options: ServeOptions,
     settings: &IndexSettings,
-    on_ready: impl FnOnce(SocketAddr) + Send + 'static,
+    on_ready: impl FnOnce(&str) + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
     let mut collections = Vec::new();
@@ -97,14 +97,16 @@ pub fn serve(
     }
     let db = config.auth_db.clone().unwrap_or_else(default_auth_db);
     let auth = zarrgate_gateway::auth::Auth::start(db, config.quotas.clone())?;
-    let mut app = App::new(collections, auth);
+    let mut app = AppBuilder::new(collections, auth)
+        .metrics_policy(config.metrics.clone())
+        .trusted_proxies(TrustedProxies::new(config.trusted_proxies.clone()));
     if let Some(ops) = config.ops.clone() {
         let dir = ops.dir.clone();
         let ops = zarrgate_gateway::ops::Ops::open(ops, Arc::new(crate::netcdf_out::Writer))
             .with_context(|| format!("cannot open the operations directory {}", dir.display()))?;
-        app.ops = Some(Arc::new(ops));
+        app = app.ops(ops);
     }
-    let app = Arc::new(app);
+    let app = Arc::new(app.build());
     // This runtime only accepts (and resumes operations); connections are served by the
     // gateway's worker threads.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -115,7 +117,8 @@ pub fn serve(
                 zarrgate_gateway::ops::Ops::register_metrics(&app);
                 ops.resume_jobs(&app);
             }
-            on_ready(listener.local_addr()?);
+            let scheme = if options.tls.is_some() { "https" } else { "http" };
+            on_ready(&format!("{scheme}://{}", listener.local_addr()?));
             zarrgate_gateway::serve(app, listener, &options, zarrgate_gateway::shutdown_signal()).await
         })
         .with_context(|| format!("the server on {} stopped", options.listen))?;
@@ -124,6 +127,12 @@ pub fn serve(
 
 fn open_collection(c: &CollectionConfig, settings: &IndexSettings) -> anyhow::Result<Collection> {
     let catalog = c.catalog.clone().unwrap_or_else(|| default_catalog(&c.bucket));
+    if !c.read.is_public() {
+        // The references of a restricted collection name its files and hold its metadata and
+        // inlined values: readable by the service user only.
+        zarrgate_gateway::util::private_dir(&catalog)
+            .with_context(|| format!("bucket {}: cannot make its catalog private", c.bucket))?;
+    }
     let reindex: Option<Arc<dyn Reindex>> = match &c.data {
         Some(data) => {
             if !data.is_dir() {
@@ -139,7 +148,7 @@ fn open_collection(c: &CollectionConfig, settings: &IndexSettings) -> anyhow::Re
         None => None,
     };
     Collection::open(c.bucket.clone(), catalog.clone(), reindex)
-        .map(|col| col.with_policies(c.read.clone(), c.compute.clone()))
+        .map(|col| col.with_policies(c.read.clone(), c.compute_policy()))
         .map_err(|e| anyhow::anyhow!("bucket {}: {e}", c.bucket))
 }
 
@@ -162,26 +171,13 @@ pub fn config_from_args(
         bail!("give --data DIR (indexed at start) or --catalog DIR (prebuilt references)");
     }
     Ok(Config {
-        listen: None,
-        max_connections: None,
-        client_timeout_secs: None,
-        workers: None,
-        auth_db: None,
-        quotas: Default::default(),
-        ops: None,
-        collections: vec![CollectionConfig {
-            bucket,
-            data,
-            catalog,
-            read: Default::default(),
-            compute: Default::default(),
-        }],
+        collections: vec![CollectionConfig { bucket, data, catalog, read: Default::default(), compute: None }],
+        ..Default::default()
     })
 }
 
 /// Prints copy-paste snippets for the demo bucket.
-pub fn print_demo(addr: SocketAddr, bucket: &str, dataset: &str) {
-    let endpoint = format!("http://{addr}");
+pub fn print_demo(endpoint: &str, bucket: &str, dataset: &str) {
     println!(
         r#"
 zarrgate demo: bucket "{bucket}" at {endpoint} (Ctrl-C stops it)

@@ -36,6 +36,9 @@ const TAIL: u64 = 16 * 1024;
 /// How often the send queue is looked at while the client acknowledges a zero-copy range.
 const ACK_POLL: Duration = Duration::from_millis(1);
 
+/// A response as every handler gives it.
+pub type HttpResponse = hyper::Response<ResponseBody>;
+
 pub enum ResponseBody {
     Memory(Option<Bytes>),
     File(FileStream),

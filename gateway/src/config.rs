@@ -2,9 +2,15 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:9000"
-//! max_connections = 1024      # optional
+//! max_connections = 16384     # optional (default: 3/4 of the open-file limit, at most 16384)
+//! max_connections_per_client = 64  # optional: per client address
 //! client_timeout_secs = 30    # optional
+//! header_timeout_secs = 10    # optional: a request head (or TLS handshake) must arrive within it
 //! workers = 2                 # optional: threads serving connections (default: the CPUs)
+//! tls_cert = "/etc/zarrgate/tls/fullchain.pem"  # optional: TLS on the listener, reloaded on change
+//! tls_key = "/etc/zarrgate/tls/privkey.pem"
+//! trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]  # whose X-Forwarded-For/Forwarded name the client
+//! metrics = "authenticated"   # who may read /metrics (default: public unless a collection is restricted)
 //!
 //! auth_db = "/var/lib/zarrgate/auth.db"  # keys and usage (default: ~/.local/share/zarrgate)
 //!
@@ -13,7 +19,8 @@
 //! data = "/data/cmip6"                 # indexed at start (incrementally) into `catalog`
 //! catalog = "/var/lib/zarrgate/cmip6"  # required without `data`
 //! read = "public"                      # or "authenticated", or ["group:esgf", "key:ZG…"]
-//! compute = "authenticated"            # who may run operations (same forms)
+//! compute = "authenticated"            # who may run operations (same forms; default: `read`);
+//!                                      # an operation needs `read` as well
 //!
 //! [ops]                                # server-side operations (docs/operations.md)
 //! dir = "/var/cache/zarrgate/ops"      # results cache and job records
@@ -29,6 +36,8 @@
 //! requests_per_second = 200
 //! [quotas.group.course]                # shared by the members of a group
 //! bytes_per_day = 50_000_000_000
+//! [quotas.failed_auth]                 # per client address and per access key id
+//! per_minute = 20
 //! ```
 
 use std::net::SocketAddr;
@@ -38,14 +47,23 @@ use serde::Deserialize;
 
 use crate::auth::quota::QuotaConfig;
 use crate::auth::Policy;
+use crate::client::Cidr;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: Option<SocketAddr>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
     pub client_timeout_secs: Option<u64>,
+    pub header_timeout_secs: Option<u64>,
     pub workers: Option<std::num::NonZeroUsize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Who may read `/metrics` (default: everyone unless a collection is restricted).
+    pub metrics: Option<Policy>,
     pub auth_db: Option<PathBuf>,
     #[serde(default)]
     pub quotas: QuotaConfig,
@@ -64,8 +82,15 @@ pub struct CollectionConfig {
     pub catalog: Option<PathBuf>,
     #[serde(default)]
     pub read: Policy,
-    #[serde(default)]
-    pub compute: Policy,
+    /// Who may run operations; an operation needs `read` too. Default: `read`.
+    pub compute: Option<Policy>,
+}
+
+impl CollectionConfig {
+    /// The compute policy in force: the configured one, else the read policy.
+    pub fn compute_policy(&self) -> Policy {
+        self.compute.clone().unwrap_or_else(|| self.read.clone())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +124,15 @@ impl Config {
             if c.data.is_none() && c.catalog.is_none() {
                 return Err(ConfigError::Invalid(format!("bucket {:?} needs `data` or `catalog`", c.bucket)));
             }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid("TLS needs both `tls_cert` and `tls_key`".into()));
+        }
+        if self.max_connections_per_client == Some(0) || self.max_connections == Some(0) {
+            return Err(ConfigError::Invalid("connection limits must be at least 1".into()));
+        }
+        if self.quotas.failed_auth.per_minute < 1.0 {
+            return Err(ConfigError::Invalid("[quotas.failed_auth] per_minute must be at least 1".into()));
         }
         Ok(())
     }
@@ -147,10 +181,20 @@ mod tests {
         assert_eq!(c.collections[0].read, Policy::Public);
         assert_eq!(c.collections[1].read, Policy::Allow { groups: vec!["esgf".into()], keys: vec![] });
         assert_eq!(c.quotas.anonymous.unwrap().requests_per_second, Some(5.0));
+        assert_eq!(c.collections[1].compute_policy(), c.collections[1].read, "compute defaults to read");
+        assert_eq!(c.metrics, None);
 
         assert!(toml::from_str::<Config>("[[collections]]\nbucket = \"x\"\ndta = \"/d\"").is_err());
         let no_source: Config = toml::from_str("[[collections]]\nbucket = \"abc\"").unwrap();
         assert!(no_source.validate().is_err());
+        let tls_half: Config =
+            toml::from_str("tls_cert = \"/c\"\n[[collections]]\nbucket = \"abc\"\ndata = \"/d\"").unwrap();
+        assert!(tls_half.validate().unwrap_err().to_string().contains("tls_key"));
+        let proxies: Config =
+            toml::from_str("trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nmetrics = \"public\"").unwrap();
+        assert_eq!(proxies.trusted_proxies.len(), 2);
+        assert_eq!(proxies.metrics, Some(Policy::Public));
+        assert!(toml::from_str::<Config>("trusted_proxies = [\"10.0.0.0/40\"]").is_err());
         for bad in ["ab", "Upper", "under_score", "-dash", "healthz"] {
             assert!(check_bucket_name(bad).is_err(), "{bad}");
         }

@@ -1,6 +1,12 @@
 //! `zarrgate-gateway`: a read-only, S3-compatible Zarr v2 store over reference sets.
 //!
 //! # Layout
+//! - [`app`]: the gateway's state, built once.
+//! - [`router`]: one entry for every request: health, metrics, operations and S3; admission
+//!   and accounting happen there, once.
+//! - [`client`]: the client's address, also behind trusted proxies.
+//! - [`tls`]: TLS on the listener, with certificates reloaded when their files change.
+//! - [`dates`]: Unix time, UTC days and ISO 8601 texts.
 //! - [`config`]: the TOML file that declares collections (buckets).
 //! - [`collection`]: one bucket, its datasets loaded from a catalog, and re-indexing when a
 //!   source changes.
@@ -13,27 +19,32 @@
 //! - [`metrics`]: Prometheus counters.
 //! - [`body`]: response bodies, streaming large byte ranges.
 //! - [`sendfile`]: zero-copy sending of large byte ranges through the connection's I/O.
-//! - [`server`]: the hyper server (limits, timeouts, shutdown).
+//! - [`server`]: the hyper server (limits in all and per address, timeouts, TLS, shutdown).
 //! - [`util`]: hex, I/O errors that name their file, quiet deletion.
 //!
 //! The gateway never links libhdf5 or libnetcdf: it reads reference sets written by the
 //! indexer and byte ranges of the source files. NetCDF results are written through the
 //! [`ops::NetcdfWriter`] the binary provides.
 
+pub mod app;
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod collection;
 pub mod config;
 pub mod dataset;
+pub mod dates;
 pub mod metrics;
 pub mod ops;
+pub mod router;
 pub mod s3;
 pub mod sendfile;
 pub mod server;
 pub mod source;
+pub mod tls;
 pub mod transcode;
 pub mod util;
 
+pub use app::{App, AppBuilder};
 pub use collection::{Collection, Reindex};
-pub use s3::App;
 pub use server::{serve, shutdown_signal, ServeOptions};

@@ -1,9 +1,11 @@
-//! The HTTP server: connection limits, timeouts, panic isolation and graceful shutdown.
+//! The HTTP server: connection limits (in all and per client address), timeouts, TLS, panic
+//! isolation and graceful shutdown.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -12,8 +14,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::s3::{error_response, handle, App, HttpResponse};
+use crate::app::App;
+use crate::body::HttpResponse;
+use crate::router::handle;
+use crate::s3::error_response;
 use crate::sendfile::{Conn, LANE};
+use crate::tls::Certificates;
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -21,25 +27,106 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
-    /// A client that sends no request headers, or stalls reading or writing, for this long is
-    /// disconnected.
+    /// Connections one client address may hold at once (trusted proxies are not limited);
+    /// more are answered 503 and closed at once.
+    pub max_connections_per_client: usize,
+    /// A client that stalls reading or writing for this long is disconnected.
     pub client_timeout: Duration,
+    /// A request head (and a TLS handshake) must arrive within this; an idle keep-alive
+    /// connection is closed after it too.
+    pub header_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
     /// Threads serving connections (each with a single-threaded runtime of its own).
     pub workers: usize,
+    /// TLS on the listener, with certificates reloaded when their files change.
+    pub tls: Option<Arc<Certificates>>,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             listen: ([127, 0, 0, 1], 9000).into(),
-            max_connections: 1024,
+            max_connections: default_max_connections(),
+            max_connections_per_client: 64,
             client_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            tls: None,
         }
     }
+}
+
+/// Most connections served by default: three quarters of the file descriptors this process may
+/// open (the rest are for source files and the databases), between 256 and 16,384. An idle
+/// connection costs a descriptor and a few KiB.
+pub fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+    // SAFETY: getrlimit writes one rlimit struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    let usable = limit.rlim_cur.saturating_mul(3) / 4;
+    usable.clamp(256, 16_384) as usize
+}
+
+/// Raises this process's limit of open files to the most it may have, as servers do (Debian's
+/// default soft limit of 1024 would cap connections below what the machine holds).
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write one rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Connections open per client address.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection of a client address, given back when dropped.
+struct ClientSlot {
+    counts: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { counts: self.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What a connection over its address's limit is told before it is closed.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 154\r\n\r\n<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Too many connections from your address; close some and retry.</Message></Error>";
+
+/// Answers a connection over its address's limit without reading it, and closes it.
+fn turn_away(stream: std::net::TcpStream) {
+    use std::io::Write as _;
+    // The answer fits any socket buffer; a client that cannot take it gets nothing.
+    let mut stream = stream;
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write(TOO_MANY);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 /// Serves `app` on a bound `listener` until `shutdown` completes, then drains connections.
@@ -55,6 +142,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(options.max_connections));
+    let per_client = Arc::new(PerClient::default());
+    if let Some(certs) = &options.tls {
+        certs.watch();
+        tokio::spawn(reload_on_sighup(certs.clone()));
+    }
     let workers = (0..options.workers.max(1))
         .map(|n| Worker::start(n, app.clone(), options))
         .collect::<std::io::Result<Vec<_>>>()?;
@@ -85,7 +177,18 @@ pub async fn serve(
                 continue;
             }
         };
-        if !hand(&workers, &mut turn, Handed { stream, peer, permit }) {
+        let slot = if app.proxies.trusts(peer.ip()) {
+            None
+        } else {
+            match per_client.take(peer.ip(), options.max_connections_per_client) {
+                Some(slot) => Some(slot),
+                None => {
+                    turn_away(stream);
+                    continue;
+                }
+            }
+        };
+        if !hand(&workers, &mut turn, Handed { stream, peer, permit, slot }) {
             return Err(std::io::Error::other("every worker thread has stopped"));
         }
     }
@@ -120,6 +223,17 @@ struct Handed {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    /// The connection's place in its address's limit (none for trusted proxies).
+    slot: Option<ClientSlot>,
+}
+
+/// Reloads the TLS certificate on SIGHUP.
+async fn reload_on_sighup(certs: Arc<Certificates>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        let certs = certs.clone();
+        let _ = tokio::task::spawn_blocking(move || certs.reload_logged(true)).await;
+    }
 }
 
 impl Worker {
@@ -165,7 +279,17 @@ async fn serve_handed(
     options: ServeOptions,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    while let Some(Handed { stream, peer, permit }) = handed.recv().await {
+    let tls = match &options.tls {
+        Some(certs) => match certs.server_config() {
+            Ok(config) => Some(tokio_rustls::TlsAcceptor::from(config)),
+            Err(e) => {
+                eprintln!("zarrgate: TLS cannot be set up: {e}");
+                return;
+            }
+        },
+        None => None,
+    };
+    while let Some(Handed { stream, peer, permit, slot }) = handed.recv().await {
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
@@ -176,26 +300,32 @@ async fn serve_handed(
         };
         let _ = stream.set_nodelay(true);
         let (conn, lane) = Conn::new(stream, options.client_timeout);
-        let io = TokioIo::new(conn);
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
             async move { Ok::<_, Infallible>(isolated(app, req, peer.ip()).await) }
         });
         // Vectored writes keep body frames uncopied, which zero-copy sending relies on.
-        let conn = http1::Builder::new()
-            .writev(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(options.client_timeout)
-            .max_buf_size(64 * 1024)
-            .serve_connection(io, service);
-        let conn = graceful.watch(conn);
-        let load = load.clone();
-        tokio::spawn(LANE.scope(lane, async move {
-            let _ = conn.await;
+        let mut http = http1::Builder::new();
+        http.writev(true).timer(TokioTimer::new()).header_read_timeout(options.header_timeout).max_buf_size(64 * 1024);
+        let (load, watcher, tls) = (load.clone(), graceful.watcher(), tls.clone());
+        let header_timeout = options.header_timeout;
+        tokio::spawn(async move {
+            match tls {
+                // The TLS layer sends real bytes, so its connection has no lane (no zero-copy).
+                Some(acceptor) => {
+                    if let Ok(Ok(stream)) = tokio::time::timeout(header_timeout, acceptor.accept(conn)).await {
+                        let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await;
+                    }
+                }
+                None => {
+                    let served = watcher.watch(http.serve_connection(TokioIo::new(conn), service));
+                    let _ = LANE.scope(lane, served).await;
+                }
+            }
             load.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        }));
+            drop((permit, slot));
+        });
     }
     tokio::select! {
         _ = graceful.shutdown() => {}
@@ -211,6 +341,7 @@ async fn serve_handed(
 async fn isolated(app: Arc<App>, req: hyper::Request<hyper::body::Incoming>, ip: std::net::IpAddr) -> HttpResponse {
     let head = req.method() == hyper::Method::HEAD;
     let path = req.uri().path().to_string();
+    let app_for_error = app.clone();
     let outcome = if crate::ops::http::is_ops_path(&path) {
         tokio::spawn(handle(app, req, ip)).await.map_err(|e| e.to_string())
     } else {
@@ -219,7 +350,7 @@ async fn isolated(app: Arc<App>, req: hyper::Request<hyper::body::Incoming>, ip:
     outcome.unwrap_or_else(|e| {
         eprintln!("zarrgate: request for {path} failed: {e}");
         let err = crate::s3::xml::S3Error::internal("The server hit an internal error; it keeps serving.");
-        error_response(&err, &path, "0", head)
+        error_response(&app_for_error, &err, "", &path, "0", head)
     })
 }
 
@@ -259,6 +390,25 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_turn_away_answer_declares_its_length() {
+        let text = std::str::from_utf8(TOO_MANY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+    }
+
+    #[test]
+    fn addresses_hold_at_most_their_share_of_connections() {
+        let counts = Arc::new(PerClient::default());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| counts.take(ip, 3).expect("within the limit")).collect();
+        assert!(counts.take(ip, 3).is_none());
+        assert!(counts.take("10.0.0.2".parse().unwrap(), 3).is_some(), "another address has its own");
+        drop(held);
+        assert!(counts.take(ip, 3).is_some());
+        assert!(counts.0.lock().unwrap().get(&"10.0.0.2".parse::<IpAddr>().unwrap()).is_none(), "emptied entries go");
+    }
 
     #[tokio::test]
     async fn a_panicking_request_is_caught_and_others_go_on() {

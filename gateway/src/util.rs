@@ -1,5 +1,5 @@
 //! Small helpers shared by the gateway's modules: lowercase hex, I/O errors that name their
-//! file, and deleting a file that may already be gone.
+//! file, deleting a file that may already be gone, and percent-decoding URL parts.
 
 use std::path::{Path, PathBuf};
 
@@ -37,9 +37,41 @@ pub fn remove_quietly(path: &Path) {
     }
 }
 
+/// Percent-decodes a URL component; `plus` also turns `+` into a space (query strings). None
+/// if the result is not UTF-8.
+pub fn decode_component(text: &str, plus: bool) -> Option<String> {
+    let text = if plus { text.replace('+', " ") } else { text.to_string() };
+    percent_encoding::percent_decode_str(&text).decode_utf8().ok().map(|s| s.into_owned())
+}
+
+/// The pairs of a query string, percent-decoded (`+` is a space); None if one is not UTF-8.
+pub fn parse_query(query: Option<&str>) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.push((decode_component(k, true)?, decode_component(v, true)?));
+    }
+    Some(out)
+}
+
+/// Creates `dir` (and its parents) readable by this user only, and makes it so if it exists.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).map_err(|e| at(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| at(dir, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queries_decode_plus_and_percent() {
+        let q = parse_query(Some("prefix=a+b%2Bc&list-type=2&x")).unwrap();
+        assert_eq!(q[0], ("prefix".into(), "a b+c".into()));
+        assert_eq!(q[2], ("x".into(), String::new()));
+        assert!(parse_query(Some("prefix=%FF")).is_none());
+    }
 
     #[test]
     fn hex_and_named_errors() {

@@ -151,11 +151,13 @@ pub struct Problem {
     pub detail: String,
     pub argument: Option<String>,
     pub allowed: Vec<String>,
+    /// Seconds after which the request may pass (sent as `Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
     pub fn new(status: u16, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, kind, title, detail: detail.into(), argument: None, allowed: Vec::new() }
+        Problem { status, kind, title, detail: detail.into(), argument: None, allowed: Vec::new(), retry_after: None }
     }
 
     pub fn invalid(argument: &str, detail: impl Into<String>) -> Problem {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use zarrgate_core::refs::Reference;
 use zarrgate_gateway::auth::Auth;
-use zarrgate_gateway::{App, Collection, ServeOptions};
+use zarrgate_gateway::{AppBuilder, Collection, ServeOptions};
 use zarrgate_indexer::tree::{index_tree, InProcess, Outcome, Progress, TreeOptions};
 
 use super::fixture;
@@ -48,7 +48,7 @@ fn serves_a_catalog_by_byte_range_and_stops_on_its_shutdown_future() {
 
     let collection = Collection::open("demo".into(), catalog.path().to_path_buf(), None).unwrap();
     let auth = Auth::start(catalog.path().join("auth.db"), Default::default()).unwrap();
-    let app = Arc::new(App::new(vec![Arc::new(collection)], auth));
+    let app = Arc::new(AppBuilder::new(vec![Arc::new(collection)], auth).build());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();

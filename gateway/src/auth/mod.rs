@@ -1,35 +1,42 @@
 //! Who is asking, may they, and how much have they used.
 //!
 //! # Flow of a request
-//! 1. [`Auth::authenticate`]: SigV4 (header or presigned URL), `Authorization: Bearer
-//!    ACCESS_KEY:SECRET`, or anonymous. Credentials that are present are always checked, also on
-//!    public collections, as S3 does.
-//! 2. [`Policy::allows`]: the collection's read policy.
-//! 3. [`quota::Quotas::admit`]: rate and daily bytes.
-//! 4. [`Auth::record`]: usage per key and day, flushed to the database every
-//!    [`FLUSH_INTERVAL`] (the most a crash can lose).
+//! 1. [`Auth::admit`]: [`Auth::authenticate`] (SigV4 in a header or a presigned URL,
+//!    `Authorization: Bearer ACCESS_KEY:SECRET`, or anonymous), then the quotas
+//!    ([`quota::Quotas::admit`]: rate and daily bytes). Credentials that are present are always
+//!    checked, also on public collections, as S3 does. A request whose credentials fail is
+//!    admitted as its client address (anonymous quota) and counted by [`throttle::Failures`];
+//!    while its address or key id has failed too often, its credentials are not checked at all.
+//! 2. [`Policy::allows`]: the collection's read (and compute) policy, decided by the handler.
+//! 3. [`Auth::record`]: usage per key and day, and the daily quota counters, flushed to the
+//!    database every [`FLUSH_INTERVAL`] (the most a crash can lose).
 //!
-//! Keys are re-read from the database every [`FLUSH_INTERVAL`], so `zarrgate keys revoke`
-//! takes effect on a running gateway within that time. No secret appears in a log line or an
-//! error message.
+//! The signature is checked before anything about the key's state is told: a caller who cannot
+//! sign for a key learns only that its signature is wrong. Keys are re-read from the database
+//! every [`FLUSH_INTERVAL`], so `zarrgate keys revoke` takes effect on a running gateway within
+//! a second. No secret appears in a log line or an error message.
+//!
+//! Errors are this module's own ([`AuthError`], [`Refusal`]); the S3 and operations interfaces
+//! each turn them into their error documents in one place.
 
 pub mod quota;
 pub mod sigv4;
 pub mod store;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hyper::header::HeaderMap;
-use hyper::StatusCode;
 use serde::Deserialize;
 
-use crate::s3::xml::S3Error;
-use quota::{Exceeded, QuotaConfig, Quotas};
+use crate::dates::{day_of, unix_now};
+use quota::{Daily, Exceeded, QuotaConfig, Quotas};
 use store::{Counts, KeyRecord, Store, StoreError, UsageRow};
+use throttle::Failures;
 
 /// How often keys are re-read and usage is written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
@@ -37,6 +44,8 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 pub const MAX_SKEW_SECONDS: i64 = 15 * 60;
 /// SHA-256 of an empty body.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+/// Derived signing keys kept at most.
+const MAX_SIGNING_KEYS: u64 = 10_000;
 
 #[derive(Clone, Debug)]
 pub enum Principal {
@@ -51,6 +60,10 @@ impl Principal {
             Principal::Anonymous { .. } => "anonymous",
             Principal::Key(k) => &k.access_key,
         }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self, Principal::Anonymous { .. })
     }
 }
 
@@ -111,6 +124,46 @@ impl Policy {
             }
         }
     }
+
+    pub fn is_public(&self) -> bool {
+        *self == Policy::Public
+    }
+}
+
+/// Why a request's credentials were not accepted. The messages are S3's, where S3 has one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The `Authorization` header cannot be read.
+    #[error("{0}")]
+    MalformedHeader(String),
+    /// The signing parameters of a presigned URL cannot be read.
+    #[error("{0}")]
+    MalformedQuery(String),
+    /// Signature version 2, which is refused by name rather than read as anonymous.
+    #[error("The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256.")]
+    Unsupported,
+    #[error("The AWS Access Key Id you provided does not exist in our records.")]
+    UnknownKey,
+    /// A key whose signature is right but that is revoked or expired.
+    #[error("The AWS Access Key Id you provided is {0}.")]
+    Unusable(&'static str),
+    #[error("{0}")]
+    BadSignature(&'static str),
+    #[error("The difference between the request time and the current time is too large.")]
+    Skewed,
+    /// A presigned URL that expired or is dated in the future, or an unreadable date.
+    #[error("{0}")]
+    Denied(&'static str),
+    /// Too many failed authentications of this address or key id.
+    #[error("Please reduce your request rate: too many failed authentications of {what}.")]
+    Throttled { what: String, retry_after: u64 },
+}
+
+/// Why a request was not admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Auth(AuthError),
+    Quota(Exceeded),
 }
 
 /// What the authenticator needs of a request.
@@ -122,45 +175,102 @@ pub struct RequestAuth<'a> {
     pub raw_query: &'a str,
     pub query: &'a [(String, String)],
     pub headers: &'a HeaderMap,
+    /// The client's address (behind a trusted proxy, the address the proxy names).
     pub ip: IpAddr,
+}
+
+/// The credentials a request carries, read but not checked.
+enum Credentials<'a> {
+    None,
+    Bearer { id: &'a str, secret: &'a str },
+    Signed { signed: sigv4::SignedRequest, payload: &'a str },
+}
+
+impl Credentials<'_> {
+    fn access_key(&self) -> Option<&str> {
+        match self {
+            Credentials::None => None,
+            Credentials::Bearer { id, .. } => Some(id),
+            Credentials::Signed { signed, .. } => Some(&signed.credential.access_key),
+        }
+    }
+}
+
+/// Reads the credentials of a request: SigV4 header, bearer token, presigned URL, or none.
+fn credentials<'a>(r: &'a RequestAuth) -> Result<Credentials<'a>, AuthError> {
+    let header = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok());
+    if r.headers.contains_key("authorization") && header("authorization").is_none() {
+        return Err(AuthError::MalformedHeader("The Authorization header is not valid ASCII.".into()));
+    }
+    if let Some(auth) = header("authorization") {
+        if let Some(token) = auth.strip_prefix("Bearer ") {
+            let (id, secret) = token
+                .trim()
+                .split_once(':')
+                .ok_or_else(|| AuthError::MalformedHeader("A bearer token is ACCESS_KEY:SECRET.".into()))?;
+            return Ok(Credentials::Bearer { id, secret });
+        }
+        let signed =
+            sigv4::parse_authorization(auth, header("x-amz-date")).map_err(|e| AuthError::MalformedHeader(e.0))?;
+        if !signed.amz_date.starts_with(&signed.credential.date) {
+            return Err(AuthError::MalformedHeader(
+                "The date of the credential scope does not match the request date (X-Amz-Date).".into(),
+            ));
+        }
+        // Without x-amz-content-sha256 (curl 7.x) the hash of the empty body was signed;
+        // reads have no body.
+        let payload = header("x-amz-content-sha256").unwrap_or(EMPTY_SHA256);
+        return Ok(Credentials::Signed { signed, payload });
+    }
+    if r.query.iter().any(|(k, _)| k == "AWSAccessKeyId") {
+        return Err(AuthError::Unsupported);
+    }
+    const PRESIGN: &[&str] = &["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature"];
+    if r.query.iter().any(|(k, _)| PRESIGN.contains(&k.as_str())) {
+        let signed = sigv4::parse_presigned(r.query).map_err(|e| AuthError::MalformedQuery(e.0))?;
+        if !signed.amz_date.starts_with(&signed.credential.date) {
+            return Err(AuthError::MalformedQuery(
+                "The date of the credential scope does not match the request date (X-Amz-Date).".into(),
+            ));
+        }
+        return Ok(Credentials::Signed { signed, payload: "UNSIGNED-PAYLOAD" });
+    }
+    Ok(Credentials::None)
 }
 
 pub struct Auth {
     db: PathBuf,
     keys: RwLock<Arc<HashMap<String, Arc<KeyRecord>>>>,
     pub quotas: Quotas,
+    failures: Failures,
     pending: Mutex<HashMap<(String, String), Counts>>,
     store: Mutex<Store>,
     /// Derived signing keys by (access key, scope): four HMACs saved per request.
-    signing_keys: Mutex<HashMap<(String, String), Arc<Vec<u8>>>>,
-}
-
-pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-/// `YYYY-MM-DD` (UTC) of a Unix time.
-pub fn day_of(unix: i64) -> String {
-    let (y, m, d) = crate::s3::civil_from_days(unix.div_euclid(86_400));
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-fn denied(code: &'static str, message: impl Into<String>) -> S3Error {
-    S3Error::new(StatusCode::FORBIDDEN, code, message)
+    signing_keys: moka::sync::Cache<(String, String), Arc<Vec<u8>>>,
 }
 
 impl Auth {
-    /// Opens the key database and starts the thread that re-reads keys and writes usage.
+    /// Opens the key database, restores today's quota counters from it, and starts the thread
+    /// that re-reads keys and writes usage.
     pub fn start(db: PathBuf, quotas: QuotaConfig) -> Result<Arc<Self>, StoreError> {
         let store = Store::open(&db)?;
         let keys = load_keys(&store)?;
+        let failures = Failures::new(quotas.failed_auth.clone());
+        let quotas = Quotas::new(quotas);
+        let today = day_of(unix_now());
+        let spent = store.quota_usage(&today)?;
+        quotas.restore(
+            &today,
+            spent.into_iter().map(|(e, bytes, compute_ms)| (e, Daily { bytes, compute_ms })).collect(),
+        );
         let auth = Arc::new(Auth {
             db,
             keys: RwLock::new(Arc::new(keys)),
-            quotas: Quotas::new(quotas),
+            quotas,
+            failures,
             pending: Mutex::new(HashMap::new()),
             store: Mutex::new(store),
-            signing_keys: Mutex::new(HashMap::new()),
+            signing_keys: moka::sync::Cache::new(MAX_SIGNING_KEYS),
         });
         let weak = Arc::downgrade(&auth);
         std::thread::spawn(move || loop {
@@ -181,35 +291,40 @@ impl Auth {
         }
     }
 
-    /// Writes pending usage counts.
+    /// Writes pending usage counts and daily quota counters.
     pub fn flush(&self) {
         let batch: Vec<UsageRow> = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.drain().map(|((key, day), counts)| UsageRow { key, day, counts }).collect()
         };
-        if batch.is_empty() {
+        let daily = self.quotas.take_pending();
+        if batch.is_empty() && daily.is_empty() {
             return;
         }
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = store.add_usage(&batch) {
-            eprintln!("zarrgate: cannot write usage to {}: {e}", self.db.display());
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            for row in batch {
-                pending.entry((row.key, row.day)).or_default().add(&row.counts);
+        if !batch.is_empty() {
+            if let Err(e) = store.add_usage(&batch) {
+                eprintln!("zarrgate: cannot write usage to {}: {e}", self.db.display());
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                for row in batch {
+                    pending.entry((row.key, row.day)).or_default().add(&row.counts);
+                }
+            }
+        }
+        if !daily.is_empty() {
+            let rows: Vec<_> = daily.iter().map(|(e, d, n)| (e.clone(), d.clone(), n.bytes, n.compute_ms)).collect();
+            if let Err(e) = store.add_quota_usage(&rows) {
+                eprintln!("zarrgate: cannot write quota counters to {}: {e}", self.db.display());
+                self.quotas.put_back(daily);
             }
         }
     }
 
     /// Records one answered request.
-    pub fn record(&self, who: &Principal, bytes: u64, status: StatusCode) {
+    pub fn record(&self, who: &Principal, bytes: u64, errored: bool) {
         let day = day_of(unix_now());
         self.quotas.add_bytes(who, &day, bytes);
-        let counts = Counts {
-            requests: 1,
-            bytes,
-            errors: u64::from(status.is_client_error() || status.is_server_error()),
-            ..Default::default()
-        };
+        let counts = Counts { requests: 1, bytes, errors: u64::from(errored), ..Default::default() };
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.entry((who.usage_name().to_string(), day)).or_default().add(&counts);
     }
@@ -222,76 +337,70 @@ impl Auth {
         pending.entry((who.usage_name().to_string(), day_of(unix_now()))).or_default().add(&counts);
     }
 
-    /// Admits a request under the quotas, or answers S3's `SlowDown`.
-    pub fn admit(&self, who: &Principal) -> Result<(), S3Error> {
-        self.quotas.admit(who, &day_of(unix_now())).map_err(|Exceeded(what)| {
-            S3Error::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "SlowDown",
-                format!("Please reduce your request rate: the quota on {what} is used up."),
-            )
-            .with_header("retry-after", "1")
-        })
-    }
-
-    fn key(&self, access_key: &str, now: i64) -> Result<Arc<KeyRecord>, S3Error> {
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let key = keys.get(access_key).cloned().ok_or_else(|| {
-            denied("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
-        })?;
-        if let Some(why) = key.refusal(now) {
-            return Err(denied("InvalidAccessKeyId", format!("The AWS Access Key Id you provided is {why}.")));
-        }
-        Ok(key)
-    }
-
-    /// Identifies the sender of a request.
-    pub fn authenticate(&self, r: &RequestAuth) -> Result<Principal, S3Error> {
-        let now = unix_now();
-        let header = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok());
-        if r.headers.contains_key("authorization") && header("authorization").is_none() {
-            return Err(S3Error::new(
-                StatusCode::BAD_REQUEST,
-                "AuthorizationHeaderMalformed",
-                "The Authorization header is not valid ASCII.",
-            ));
-        }
-        if let Some(auth) = header("authorization") {
-            if let Some(token) = auth.strip_prefix("Bearer ") {
-                let (id, secret) = token.trim().split_once(':').ok_or_else(|| {
-                    S3Error::new(
-                        StatusCode::BAD_REQUEST,
-                        "AuthorizationHeaderMalformed",
-                        "A bearer token is ACCESS_KEY:SECRET.",
-                    )
-                })?;
-                let key = self.key(id, now)?;
-                if !sigv4::constant_time_eq(key.secret.as_bytes(), secret.as_bytes()) {
-                    return Err(denied("SignatureDoesNotMatch", "The secret of the bearer token is wrong."));
-                }
-                return Ok(Principal::Key(key));
+    /// Authenticates a request and admits it under the quotas. Every request but health
+    /// probes passes here. A request whose credentials fail is held to the anonymous quota of
+    /// its address, and gets the quota's refusal once that is spent.
+    pub fn admit(&self, r: &RequestAuth) -> Result<Principal, Refusal> {
+        let day = day_of(unix_now());
+        match self.authenticate(r) {
+            Ok(who) => {
+                self.quotas.admit(&who, &day).map_err(Refusal::Quota)?;
+                Ok(who)
             }
-            let signed = sigv4::parse_authorization(auth, header("x-amz-date"))
-                .map_err(|e| S3Error::new(StatusCode::BAD_REQUEST, "AuthorizationHeaderMalformed", e.0))?;
-            // Without x-amz-content-sha256 (curl 7.x) the hash of the empty body was signed;
-            // reads have no body.
-            let payload = header("x-amz-content-sha256").unwrap_or(EMPTY_SHA256);
-            return self.verify(r, &signed, payload, now).map(Principal::Key);
+            Err(e) => {
+                self.quotas.admit(&Principal::Anonymous { ip: r.ip }, &day).map_err(Refusal::Quota)?;
+                Err(Refusal::Auth(e))
+            }
         }
-        if r.query.iter().any(|(k, _)| k == "AWSAccessKeyId") {
-            return Err(S3Error::new(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequest",
-                "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256.",
-            ));
+    }
+
+    /// Admits a request that could not be read far enough to authenticate, as its address.
+    pub fn admit_anonymous(&self, ip: IpAddr) -> Result<(), Refusal> {
+        self.quotas.admit(&Principal::Anonymous { ip }, &day_of(unix_now())).map_err(Refusal::Quota)
+    }
+
+    /// Identifies the sender of a request. Credentials that fail are counted against the
+    /// address and the key id they name; while either has failed too often, credentials are
+    /// refused unchecked.
+    pub fn authenticate(&self, r: &RequestAuth) -> Result<Principal, AuthError> {
+        let throttled = |(what, retry_after)| AuthError::Throttled { what, retry_after };
+        let creds = match credentials(r) {
+            Ok(c) => c,
+            Err(e) => {
+                self.failures.check(r.ip, None).map_err(throttled)?;
+                self.failures.record(r.ip, None);
+                return Err(e);
+            }
+        };
+        let Some(id) = creds.access_key() else { return Ok(Principal::Anonymous { ip: r.ip }) };
+        self.failures.check(r.ip, Some(id)).map_err(throttled)?;
+        let checked = match &creds {
+            Credentials::None => unreachable!("credentials without a key id are anonymous"),
+            Credentials::Bearer { id, secret } => self.check_bearer(id, secret),
+            Credentials::Signed { signed, payload } => self.verify(r, signed, payload, unix_now()),
+        };
+        checked.map(Principal::Key).inspect_err(|_| self.failures.record(r.ip, Some(id)))
+    }
+
+    fn key(&self, access_key: &str) -> Result<Arc<KeyRecord>, AuthError> {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+        keys.get(access_key).cloned().ok_or(AuthError::UnknownKey)
+    }
+
+    /// A key whose secret was proven may still be revoked or expired; only now is that told.
+    fn usable(key: Arc<KeyRecord>, now: i64) -> Result<Arc<KeyRecord>, AuthError> {
+        match key.refusal(now) {
+            Some(why) => Err(AuthError::Unusable(why)),
+            None => Ok(key),
         }
-        const PRESIGN: &[&str] = &["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature"];
-        if r.query.iter().any(|(k, _)| PRESIGN.contains(&k.as_str())) {
-            let signed = sigv4::parse_presigned(r.query)
-                .map_err(|e| S3Error::new(StatusCode::BAD_REQUEST, "AuthorizationQueryParametersError", e.0))?;
-            return self.verify(r, &signed, "UNSIGNED-PAYLOAD", now).map(Principal::Key);
+    }
+
+    fn check_bearer(&self, id: &str, secret: &str) -> Result<Arc<KeyRecord>, AuthError> {
+        let key = self.key(id)?;
+        if !sigv4::constant_time_eq(key.secret.as_bytes(), secret.as_bytes()) {
+            return Err(AuthError::BadSignature("The secret of the bearer token is wrong."));
         }
-        Ok(Principal::Anonymous { ip: r.ip })
+        Self::usable(key, unix_now())
     }
 
     fn verify(
@@ -300,35 +409,23 @@ impl Auth {
         signed: &sigv4::SignedRequest,
         payload: &str,
         now: i64,
-    ) -> Result<Arc<KeyRecord>, S3Error> {
-        if !signed.amz_date.starts_with(&signed.credential.date) {
-            return Err(S3Error::new(
-                StatusCode::BAD_REQUEST,
-                "AuthorizationHeaderMalformed",
-                "The date of the credential scope does not match the request date (X-Amz-Date).",
-            ));
-        }
-        let key = self.key(&signed.credential.access_key, now)?;
+    ) -> Result<Arc<KeyRecord>, AuthError> {
+        let key = self.key(&signed.credential.access_key)?;
         let when = sigv4::parse_amz_date(&signed.amz_date)
-            .ok_or_else(|| denied("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header."))?;
+            .ok_or(AuthError::Denied("AWS authentication requires a valid Date or x-amz-date header."))?;
         match signed.expires {
-            None if (now - when).abs() > MAX_SKEW_SECONDS => {
-                return Err(denied(
-                    "RequestTimeTooSkewed",
-                    "The difference between the request time and the current time is too large.",
-                ))
-            }
+            None if (now - when).abs() > MAX_SKEW_SECONDS => return Err(AuthError::Skewed),
             Some(_) if when - now > MAX_SKEW_SECONDS => {
-                return Err(denied("AccessDenied", "The presigned URL is dated in the future."))
+                return Err(AuthError::Denied("The presigned URL is dated in the future."))
             }
-            Some(expires) if now > when + expires as i64 => return Err(denied("AccessDenied", "Request has expired.")),
+            Some(expires) if now > when + expires as i64 => return Err(AuthError::Denied("Request has expired.")),
             _ => {}
         }
         let mut headers = Vec::with_capacity(signed.signed_headers.len());
         for name in &signed.signed_headers {
             let values: Vec<&str> = r.headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok()).collect();
             if values.is_empty() {
-                return Err(denied("SignatureDoesNotMatch", format!("The signed header {name} is missing.")));
+                return Err(AuthError::BadSignature("A signed header is missing from the request."));
             }
             headers.push((name.clone(), sigv4::canonical_header_value(&values)));
         }
@@ -339,24 +436,17 @@ impl Auth {
             let c = sigv4::Canonical { method: r.method, uri, query: &query, headers: &headers, payload_hash: payload };
             let expected = sigv4::signature_with_key(&signing_key, signed, &c);
             if sigv4::constant_time_eq(expected.as_bytes(), signed.signature.as_bytes()) {
-                return Ok(key);
+                return Self::usable(key, now);
             }
         }
-        Err(denied(
-            "SignatureDoesNotMatch",
+        Err(AuthError::BadSignature(
             "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
         ))
     }
-}
 
-impl Auth {
     fn signing_key(&self, key: &KeyRecord, c: &sigv4::Credential) -> Arc<Vec<u8>> {
-        let id = (key.access_key.clone(), format!("{}/{}/{}", c.date, c.region, c.service));
-        let mut cache = self.signing_keys.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        cache.entry(id).or_insert_with(|| Arc::new(sigv4::signing_key(&key.secret, c))).clone()
+        let scope = format!("{}/{}/{}", c.date, c.region, c.service);
+        self.signing_keys.get_with((key.access_key.clone(), scope), || Arc::new(sigv4::signing_key(&key.secret, c)))
     }
 }
 
@@ -404,11 +494,5 @@ mod tests {
         assert!(!Policy::Authenticated.allows(&anon) && Policy::Authenticated.allows(&key("X", &[])));
         assert!(allow.allows(&key("ZGA", &[])) && allow.allows(&key("Q", &["esgf"])));
         assert!(!allow.allows(&key("Q", &["other"])) && !allow.allows(&anon));
-    }
-
-    #[test]
-    fn days() {
-        assert_eq!(day_of(0), "1970-01-01");
-        assert_eq!(day_of(1_795_697_766), "2026-11-26");
     }
 }

@@ -1,16 +1,24 @@
 //! Quotas: a token bucket for the request rate and a daily byte budget, per anonymous client
-//! IP, per key, and shared by the members of a group.
+//! address, per key, and shared by the members of a group.
 //!
 //! A request is admitted only if every bucket that applies to it has a token and no daily
-//! budget is spent; only then are tokens taken, so a refused request costs nothing.
+//! budget is spent; only then are tokens taken, so a refused request costs nothing. A refusal
+//! says how long until the request would pass (`Retry-After`).
+//!
+//! Daily counters (bytes, compute time) are written to the key database with usage (see
+//! [`Quotas::take_pending`]) and read back at start ([`Quotas::restore`]), so a restart never
+//! hands out a second daily budget. Rate buckets live in a bounded cache: a flood of client
+//! addresses evicts idle buckets (an evicted bucket comes back full), never grows memory.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::throttle::FailureLimits;
 use super::Principal;
+use crate::dates::{seconds_to_midnight, unix_now};
 
 /// The limits of one entity. Absent fields are unlimited.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -29,7 +37,7 @@ pub struct Limits {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {
-    /// Each anonymous client IP.
+    /// Each anonymous client address.
     pub anonymous: Option<Limits>,
     /// Each key without an entry of its own in `key`.
     pub default_key: Option<Limits>,
@@ -39,6 +47,9 @@ pub struct QuotaConfig {
     /// One key, by access key id.
     #[serde(default)]
     pub key: BTreeMap<String, Limits>,
+    /// Failed authentications per client address and per access key id.
+    #[serde(default)]
+    pub failed_auth: FailureLimits,
 }
 
 struct Bucket {
@@ -46,27 +57,86 @@ struct Bucket {
     last: Instant,
 }
 
-/// Which quota ran out, in words for the error message.
+/// Which quota ran out, in words for the error message, and the seconds until the request
+/// would pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exceeded(pub String);
+pub struct Exceeded {
+    pub what: String,
+    pub retry_after: u64,
+}
+
+/// Rate buckets kept at most.
+const MAX_BUCKETS: u64 = 100_000;
+/// How long a waiting computation is told to wait for a running one to end.
+const JOB_RETRY_SECONDS: u64 = 10;
+
+/// The daily counters of one entity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Daily {
+    pub bytes: u64,
+    pub compute_ms: u64,
+}
+
+#[derive(Default)]
+struct Days {
+    day: String,
+    /// Today's counters per entity.
+    today: HashMap<String, Daily>,
+    /// What was added since the last [`Quotas::take_pending`], by (entity, day).
+    pending: HashMap<(String, String), Daily>,
+    /// Computations running per entity.
+    running: HashMap<String, u32>,
+}
+
+impl Days {
+    fn roll(&mut self, day: &str) {
+        if self.day != day {
+            self.day = day.to_string();
+            self.today.clear();
+        }
+    }
+
+    fn add(&mut self, entity: &str, day: &str, delta: Daily) {
+        self.roll(day);
+        let t = self.today.entry(entity.to_string()).or_default();
+        t.bytes += delta.bytes;
+        t.compute_ms += delta.compute_ms;
+        let p = self.pending.entry((entity.to_string(), day.to_string())).or_default();
+        p.bytes += delta.bytes;
+        p.compute_ms += delta.compute_ms;
+    }
+}
 
 pub struct Quotas {
     config: QuotaConfig,
-    buckets: Mutex<HashMap<String, Bucket>>,
-    /// (day, bytes served today per entity).
-    bytes: Mutex<(String, HashMap<String, u64>)>,
-    /// (day, compute milliseconds used today per entity) and computations running per entity.
-    compute: Mutex<(String, HashMap<String, u64>, HashMap<String, u32>)>,
+    buckets: moka::sync::Cache<String, Arc<Mutex<Bucket>>>,
+    days: Mutex<Days>,
 }
 
 impl Quotas {
     pub fn new(config: QuotaConfig) -> Self {
         Quotas {
             config,
-            buckets: Mutex::new(HashMap::new()),
-            bytes: Mutex::new((String::new(), HashMap::new())),
-            compute: Mutex::new((String::new(), HashMap::new(), HashMap::new())),
+            buckets: moka::sync::Cache::builder()
+                .max_capacity(MAX_BUCKETS)
+                .time_to_idle(Duration::from_secs(24 * 3600))
+                .build(),
+            days: Mutex::new(Days::default()),
         }
+    }
+
+    pub fn config(&self) -> &QuotaConfig {
+        &self.config
+    }
+
+    fn days(&self) -> std::sync::MutexGuard<'_, Days> {
+        self.days.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rate buckets held now (for tests of the bound).
+    pub fn tracked_buckets(&self) -> u64 {
+        self.buckets.run_pending_tasks();
+        self.buckets.entry_count()
     }
 
     /// The entities a principal's requests count against, with their limits.
@@ -88,43 +158,80 @@ impl Quotas {
         }
     }
 
-    /// Admits one request on `day` (`YYYY-MM-DD`), or says which quota is spent.
+    /// Sets today's counters from what an earlier process recorded (`(entity, counters)`).
+    pub fn restore(&self, day: &str, rows: Vec<(String, Daily)>) {
+        let mut days = self.days();
+        days.roll(day);
+        for (entity, d) in rows {
+            let t = days.today.entry(entity).or_default();
+            t.bytes += d.bytes;
+            t.compute_ms += d.compute_ms;
+        }
+    }
+
+    /// The daily counters added since the last call, by (entity, day), for the database.
+    pub fn take_pending(&self) -> Vec<(String, String, Daily)> {
+        self.days().pending.drain().map(|((e, d), n)| (e, d, n)).collect()
+    }
+
+    /// Puts back counters that could not be written.
+    pub fn put_back(&self, rows: Vec<(String, String, Daily)>) {
+        let mut days = self.days();
+        for (e, d, n) in rows {
+            let p = days.pending.entry((e, d)).or_default();
+            p.bytes += n.bytes;
+            p.compute_ms += n.compute_ms;
+        }
+    }
+
+    /// Admits one request on `day` (`YYYY-MM-DD`), or says which quota is spent and for how
+    /// long.
     pub fn admit(&self, who: &Principal, day: &str) -> Result<(), Exceeded> {
         let entities = self.entities(who);
         if entities.is_empty() {
             return Ok(());
         }
         {
-            let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
-            if bytes.0 != day {
-                *bytes = (day.to_string(), HashMap::new());
-            }
+            let mut days = self.days();
+            days.roll(day);
             for (name, limits) in &entities {
                 if let Some(max) = limits.bytes_per_day {
-                    if bytes.1.get(name).copied().unwrap_or(0) >= max {
-                        return Err(Exceeded(format!("bytes per day of {name} ({max} bytes)")));
+                    if days.today.get(name).map_or(0, |d| d.bytes) >= max {
+                        return Err(Exceeded {
+                            what: format!("bytes per day of {name} ({max} bytes)"),
+                            retry_after: seconds_to_midnight(unix_now()),
+                        });
                     }
                 }
             }
         }
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let rated: Vec<(&String, f64, f64)> = entities
             .iter()
             .filter_map(|(name, l)| l.requests_per_second.map(|r| (name, r, l.burst.unwrap_or(r.max(1.0)))))
             .collect();
-        for (name, rate, burst) in &rated {
-            let b = buckets.entry((*name).clone()).or_insert(Bucket { tokens: *burst, last: now });
+        let buckets: Vec<_> = rated
+            .iter()
+            .map(|(name, _, burst)| {
+                self.buckets.get_with((*name).clone(), || Arc::new(Mutex::new(Bucket { tokens: *burst, last: now })))
+            })
+            .collect();
+        // Locked in the order of `rated` (own key before groups), always, so two requests never
+        // wait on each other's locks.
+        let mut locked: Vec<_> = buckets.iter().map(|b| b.lock().unwrap_or_else(|p| p.into_inner())).collect();
+        for (b, (name, rate, burst)) in locked.iter_mut().zip(&rated) {
             b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(*burst);
             b.last = now;
             if b.tokens < 1.0 {
-                return Err(Exceeded(format!("requests per second of {name} ({rate}/s, burst {burst})")));
+                let wait = ((1.0 - b.tokens) / rate).ceil().max(1.0);
+                return Err(Exceeded {
+                    what: format!("requests per second of {name} ({rate}/s, burst {burst})"),
+                    retry_after: wait.min(u64::MAX as f64) as u64,
+                });
             }
         }
-        for (name, _, _) in &rated {
-            if let Some(b) = buckets.get_mut(*name) {
-                b.tokens -= 1.0;
-            }
+        for b in locked.iter_mut() {
+            b.tokens -= 1.0;
         }
         Ok(())
     }
@@ -133,39 +240,41 @@ impl Quotas {
     /// per day, concurrent jobs). Every `Ok` must be paired with [`Quotas::end_compute`].
     pub fn begin_compute(&self, who: &Principal, day: &str) -> Result<(), Exceeded> {
         let entities = self.entities(who);
-        let mut c = self.compute.lock().unwrap_or_else(|p| p.into_inner());
-        if c.0 != day {
-            c.0 = day.to_string();
-            c.1.clear();
-        }
+        let mut days = self.days();
+        days.roll(day);
         for (name, l) in &entities {
             if let Some(max) = l.compute_seconds_per_day {
-                if c.1.get(name).copied().unwrap_or(0) as f64 >= max * 1000.0 {
-                    return Err(Exceeded(format!("compute-seconds per day of {name} ({max} s)")));
+                if days.today.get(name).map_or(0, |d| d.compute_ms) as f64 >= max * 1000.0 {
+                    return Err(Exceeded {
+                        what: format!("compute-seconds per day of {name} ({max} s)"),
+                        retry_after: seconds_to_midnight(unix_now()),
+                    });
                 }
             }
             if let Some(max) = l.concurrent_jobs {
-                if c.2.get(name).copied().unwrap_or(0) >= max {
-                    return Err(Exceeded(format!("concurrent jobs of {name} ({max})")));
+                if days.running.get(name).copied().unwrap_or(0) >= max {
+                    return Err(Exceeded {
+                        what: format!("concurrent jobs of {name} ({max})"),
+                        retry_after: JOB_RETRY_SECONDS,
+                    });
                 }
             }
         }
         for (name, _) in entities {
-            *c.2.entry(name).or_insert(0) += 1;
+            *days.running.entry(name).or_insert(0) += 1;
         }
         Ok(())
     }
 
     /// Ends a computation begun with [`Quotas::begin_compute`], charging its time.
     pub fn end_compute(&self, who: &Principal, day: &str, ms: u64) {
-        let mut c = self.compute.lock().unwrap_or_else(|p| p.into_inner());
-        if c.0 != day {
-            c.0 = day.to_string();
-            c.1.clear();
-        }
-        for (name, _) in self.entities(who) {
-            *c.1.entry(name.clone()).or_insert(0) += ms;
-            if let Some(n) = c.2.get_mut(&name) {
+        let entities = self.entities(who);
+        let mut days = self.days();
+        for (name, l) in entities {
+            if l.compute_seconds_per_day.is_some() {
+                days.add(&name, day, Daily { bytes: 0, compute_ms: ms });
+            }
+            if let Some(n) = days.running.get_mut(&name) {
                 *n = n.saturating_sub(1);
             }
         }
@@ -177,13 +286,10 @@ impl Quotas {
         if entities.iter().all(|(_, l)| l.bytes_per_day.is_none()) {
             return;
         }
-        let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
-        if bytes.0 != day {
-            *bytes = (day.to_string(), HashMap::new());
-        }
+        let mut days = self.days();
         for (name, l) in entities {
             if l.bytes_per_day.is_some() {
-                *bytes.1.entry(name).or_insert(0) += n;
+                days.add(&name, day, Daily { bytes: n, compute_ms: 0 });
             }
         }
     }
@@ -219,7 +325,8 @@ mod tests {
         let admitted = (0..20).filter(|_| q.admit(&k, "d").is_ok()).count();
         assert_eq!(admitted, 5);
         let err = q.admit(&k, "d").unwrap_err();
-        assert!(err.0.contains("requests per second of key A"), "{}", err.0);
+        assert!(err.what.contains("requests per second of key A"), "{}", err.what);
+        assert!((990..=1000).contains(&err.retry_after), "one token comes back in 1000 s: {}", err.retry_after);
         // Another key has its own bucket.
         assert!(q.admit(&key("B", &[]), "d").is_ok());
     }
@@ -233,7 +340,7 @@ mod tests {
         assert!(q.admit(&a, "d").is_ok() && q.admit(&a, "d").is_ok());
         assert!(q.admit(&a, "d").is_err(), "A's own bucket is empty");
         assert!(q.admit(&b, "d").is_ok(), "the group still had a token, A's refusal took none");
-        assert!(q.admit(&b, "d").unwrap_err().0.contains("group class"));
+        assert!(q.admit(&b, "d").unwrap_err().what.contains("group class"));
     }
 
     #[test]
@@ -242,11 +349,11 @@ mod tests {
         let q = Quotas::new(QuotaConfig { default_key: Some(l), ..Default::default() });
         let a = key("A", &[]);
         assert!(q.begin_compute(&a, "d").is_ok());
-        assert!(q.begin_compute(&a, "d").unwrap_err().0.contains("concurrent jobs of key A"));
+        assert!(q.begin_compute(&a, "d").unwrap_err().what.contains("concurrent jobs of key A"));
         q.end_compute(&a, "d", 400);
         assert!(q.begin_compute(&a, "d").is_ok());
         q.end_compute(&a, "d", 700);
-        assert!(q.begin_compute(&a, "d").unwrap_err().0.contains("compute-seconds per day"));
+        assert!(q.begin_compute(&a, "d").unwrap_err().what.contains("compute-seconds per day"));
         assert!(q.begin_compute(&a, "d2").is_ok(), "a new day starts a new budget");
     }
 
@@ -258,8 +365,41 @@ mod tests {
         let ip2 = Principal::Anonymous { ip: "10.0.0.2".parse().unwrap() };
         assert!(q.admit(&ip1, "d1").is_ok());
         q.add_bytes(&ip1, "d1", 100);
-        assert!(q.admit(&ip1, "d1").unwrap_err().0.contains("bytes per day"));
+        assert!(q.admit(&ip1, "d1").unwrap_err().what.contains("bytes per day"));
         assert!(q.admit(&ip2, "d1").is_ok());
         assert!(q.admit(&ip1, "d2").is_ok(), "a new day starts a new budget");
+    }
+
+    #[test]
+    fn daily_counters_are_handed_out_for_storage_and_restored() {
+        let anon = Limits { bytes_per_day: Some(100), ..Default::default() };
+        let q = Quotas::new(QuotaConfig { anonymous: Some(anon.clone()), ..Default::default() });
+        let ip = Principal::Anonymous { ip: "10.0.0.1".parse().unwrap() };
+        q.add_bytes(&ip, "d1", 60);
+        q.add_bytes(&ip, "d1", 50);
+        let pending = q.take_pending();
+        assert_eq!(
+            pending,
+            vec![("anonymous client 10.0.0.1".to_string(), "d1".to_string(), Daily { bytes: 110, compute_ms: 0 })]
+        );
+        assert!(q.take_pending().is_empty());
+
+        // A new process, told what the old one recorded today, keeps the budget spent.
+        let fresh = Quotas::new(QuotaConfig { anonymous: Some(anon), ..Default::default() });
+        fresh.restore("d1", vec![(pending[0].0.clone(), pending[0].2)]);
+        let e = fresh.admit(&ip, "d1").unwrap_err();
+        assert!(e.what.contains("bytes per day") && (1..=86_400).contains(&e.retry_after), "{e:?}");
+        assert!(fresh.admit(&ip, "d2").is_ok());
+    }
+
+    #[test]
+    fn rate_buckets_are_bounded() {
+        let anon = Limits { requests_per_second: Some(1.0), ..Default::default() };
+        let q = Quotas::new(QuotaConfig { anonymous: Some(anon), ..Default::default() });
+        for i in 0..(MAX_BUCKETS + 5_000) {
+            let ip = std::net::Ipv6Addr::from(i as u128);
+            assert!(q.admit(&Principal::Anonymous { ip: ip.into() }, "d").is_ok());
+        }
+        assert!(q.tracked_buckets() <= MAX_BUCKETS + MAX_BUCKETS / 10, "{}", q.tracked_buckets());
     }
 }

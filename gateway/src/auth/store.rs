@@ -30,6 +30,13 @@ CREATE TABLE IF NOT EXISTS usage (
     errors     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key, day)
 );
+CREATE TABLE IF NOT EXISTS quota_usage (
+    entity     TEXT NOT NULL,
+    day        TEXT NOT NULL,
+    bytes      INTEGER NOT NULL DEFAULT 0,
+    compute_ms INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (entity, day)
+);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +245,40 @@ impl Store {
         run(&mut self.conn).map_err(|source| StoreError::Db { path, source })
     }
 
+    /// Adds to the daily quota counters (`(entity, day, bytes, compute ms)`), in one
+    /// transaction.
+    pub fn add_quota_usage(&mut self, rows: &[(String, String, u64, u64)]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let run = |c: &mut Connection| -> rusqlite::Result<()> {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare(
+                    "INSERT INTO quota_usage (entity, day, bytes, compute_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (entity, day) DO UPDATE SET
+                       bytes = bytes + excluded.bytes, compute_ms = compute_ms + excluded.compute_ms",
+                )?;
+                for (entity, day, bytes, ms) in rows {
+                    stmt.execute(params![entity, day, *bytes as i64, *ms as i64])?;
+                }
+            }
+            // Older days are of no use to a quota.
+            tx.execute("DELETE FROM quota_usage WHERE day < (SELECT MAX(day) FROM quota_usage)", [])?;
+            tx.commit()
+        };
+        run(&mut self.conn).map_err(|source| StoreError::Db { path, source })
+    }
+
+    /// The daily quota counters of `day`: `(entity, bytes, compute ms)`.
+    pub fn quota_usage(&self, day: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        self.db(|c| {
+            let mut stmt = c.prepare("SELECT entity, bytes, compute_ms FROM quota_usage WHERE day = ?1")?;
+            let rows = stmt.query_map([day], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64, r.get::<_, i64>(2)?.max(0) as u64))
+            })?;
+            rows.collect()
+        })
+    }
+
     /// Usage rows, optionally for one key and from a day (`YYYY-MM-DD`) on.
     pub fn usage(&self, key: Option<&str>, since: Option<&str>) -> Result<Vec<UsageRow>, StoreError> {
         self.db(|c| {
@@ -323,5 +364,16 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all.iter().find(|r| r.key == "k").unwrap().counts.requests, 7);
         assert_eq!(store.usage(Some("k"), None).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn quota_counters_add_up_and_keep_only_the_newest_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("a.db")).unwrap();
+        let row = |e: &str, d: &str, b: u64| (e.to_string(), d.to_string(), b, 0);
+        store.add_quota_usage(&[row("key A", "2026-11-25", 5)]).unwrap();
+        store.add_quota_usage(&[row("key A", "2026-11-26", 7), row("key A", "2026-11-26", 3)]).unwrap();
+        assert_eq!(store.quota_usage("2026-11-26").unwrap(), vec![("key A".to_string(), 10, 0)]);
+        assert!(store.quota_usage("2026-11-25").unwrap().is_empty());
     }
 }

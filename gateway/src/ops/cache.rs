@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -150,7 +151,9 @@ impl ResultCache {
     /// Opens (creating) `dir` and keeps the files already there, evicting down to `disk_bytes`.
     /// Temporary leftovers of a crash and files with a bad header are deleted.
     pub fn open(dir: &Path, memory_bytes: u64, disk_bytes: u64) -> std::io::Result<ResultCache> {
-        std::fs::create_dir_all(dir).map_err(|e| at(dir, e))?;
+        // Results of restricted collections are as private as the collections' files: only the
+        // service user reads this directory and its files.
+        crate::util::private_dir(dir)?;
         let memory = moka::sync::Cache::builder()
             .max_capacity(memory_bytes)
             .weigher(|_key: &Key, value: &Bytes| u32::try_from(value.len()).unwrap_or(u32::MAX))
@@ -286,7 +289,8 @@ impl ResultCache {
     fn write_temp(&self, key: &Key, hash: &[u8; 32], payload: &[u8], stamp: u64) -> std::io::Result<PathBuf> {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!(".{}.{}.{n}{TMP_SUFFIX}", key.hex(), std::process::id()));
-        let mut file = File::create_new(&tmp).map_err(|e| at(&tmp, e))?;
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| at(&tmp, e))?;
         match write_entry(&mut file, hash, payload, stamp) {
             Ok(()) => Ok(tmp),
             Err(e) => {

@@ -3,7 +3,6 @@
 //!
 //! Every error is an RFC 9457 problem document; nothing here answers S3 XML.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,10 +14,11 @@ use zarrgate_core::ops::{Format, Problem, Process, Raw, Request as OpRequest};
 
 use super::cache::{Key, Lookup};
 use super::jobs::{JobRecord, Status};
-use super::{quota_problem, unpack, unseal, Answer, Ops, Stored};
-use crate::auth::{day_of, unix_now, Policy, Principal, RequestAuth};
-use crate::body::ResponseBody;
-use crate::s3::{App, HttpResponse};
+use super::{exceeded_problem, unpack, unseal, Answer, Ops, Stored};
+use crate::app::App;
+use crate::auth::{AuthError, Principal, Refusal};
+use crate::body::{HttpResponse, ResponseBody};
+use crate::dates::iso8601;
 
 /// Largest execution request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -54,7 +54,9 @@ pub fn problem_response(p: &Problem) -> HttpResponse {
         "application/problem+json",
         Bytes::from(serde_json::to_vec_pretty(&p.to_json()).expect("JSON values serialize")),
     );
-    if p.status == 429 {
+    if let Some(wait) = p.retry_after {
+        set(&mut r, "retry-after", &wait.to_string());
+    } else if p.status == 429 || p.status == 503 {
         r.headers_mut().insert("retry-after", HeaderValue::from_static("5"));
     }
     if p.status == 401 {
@@ -63,28 +65,41 @@ pub fn problem_response(p: &Problem) -> HttpResponse {
     r
 }
 
+/// The problem document of a request the router did not admit.
+pub fn refusal_problem(refusal: &Refusal) -> Problem {
+    match refusal {
+        Refusal::Quota(e) => exceeded_problem(e),
+        Refusal::Auth(e @ AuthError::Throttled { retry_after, .. }) => Problem {
+            retry_after: Some(u32::try_from(*retry_after).unwrap_or(u32::MAX)),
+            ..Problem::new(429, "throttled", "Too many failed authentications", e.to_string())
+        },
+        Refusal::Auth(e @ (AuthError::MalformedHeader(_) | AuthError::MalformedQuery(_) | AuthError::Unsupported)) => {
+            Problem::new(400, "unauthorized", "Not authorized", e.to_string())
+        }
+        Refusal::Auth(e) => Problem::new(403, "unauthorized", "Not authorized", e.to_string()),
+    }
+}
+
 fn set(r: &mut HttpResponse, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         r.headers_mut().insert(name, v);
     }
 }
 
-/// Answers one operations request and records it for usage accounting.
-pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, ip: IpAddr) -> HttpResponse {
+/// Answers one admitted operations request (the router authenticated it and accounts for it).
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<hyper::body::Incoming>,
+    who: Principal,
+    query: Vec<(String, String)>,
+) -> HttpResponse {
     let started = std::time::Instant::now();
-    let mut who = None;
-    let mut resp = match route(&app, req, ip, &mut who).await {
+    let mut resp = match route(&app, req, &who, query).await {
         Ok(r) => r,
         Err(p) => problem_response(&p),
     };
     // The server's own time for this answer (a cache hit is a lookup and a copy).
     set(&mut resp, "server-timing", &format!("total;dur={:.3}", started.elapsed().as_secs_f64() * 1000.0));
-    if let Some(who) = &who {
-        let bytes = hyper::body::Body::size_hint(resp.body()).exact().unwrap_or(0);
-        app.auth.record(who, bytes, resp.status());
-    }
-    let class = format!("{}xx", resp.status().as_u16() / 100);
-    app.metrics.add("zarrgate_requests_total", &[("bucket", "ops"), ("class", &class)], 1);
     resp
 }
 
@@ -95,28 +110,11 @@ fn ops_of(app: &App) -> Result<&Arc<Ops>, Problem> {
 async fn route(
     app: &Arc<App>,
     req: Request<hyper::body::Incoming>,
-    ip: IpAddr,
-    who_out: &mut Option<Principal>,
+    who: &Principal,
+    query: Vec<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
     let ops = ops_of(app)?.clone();
     let path = req.uri().path().to_string();
-    let raw_query = req.uri().query().unwrap_or("").to_string();
-    let query = crate::s3::parse_query(Some(&raw_query))
-        .map_err(|_| Problem::invalid("query", "the query string is not valid UTF-8 once decoded"))?;
-    let who = app
-        .auth
-        .authenticate(&RequestAuth {
-            method: req.method().as_str(),
-            raw_path: req.uri().path(),
-            decoded_path: &path,
-            raw_query: &raw_query,
-            query: &query,
-            headers: req.headers(),
-            ip,
-        })
-        .map_err(|e| Problem::new(e.status.as_u16(), "unauthorized", "Not authorized", e.message.clone()))?;
-    *who_out = Some(who.clone());
-    app.auth.quotas.admit(&who, &day_of(unix_now())).map_err(|e| quota_problem(&e.0))?;
     // The signing parameters of a presigned URL are for authentication, not arguments.
     let query: Vec<(String, String)> = query.into_iter().filter(|(k, _)| !k.starts_with("X-Amz-")).collect();
     let method = req.method().clone();
@@ -138,26 +136,26 @@ async fn route(
                 .cloned()
                 .ok_or_else(|| Problem::invalid("inputs", "the body is {\"inputs\": {...}}"))?;
             let request = OpRequest::parse(process, inputs.iter().map(|(k, v)| (k.as_str(), Raw::Json(v))))?;
-            execute(app, &ops, &who, request, Value::Object(inputs), prefer_async, 201).await
+            execute(app, &ops, who, request, Value::Object(inputs), prefer_async, 201).await
         }
         (&Method::GET, ["ops", "v1", id]) => {
             let process = process(id)?;
             let request = OpRequest::parse(process, query.iter().map(|(k, v)| (k.as_str(), Raw::Text(v))))?;
             let inputs: Map<String, Value> = query.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-            execute(app, &ops, &who, request, Value::Object(inputs), prefer_async, 202).await
+            execute(app, &ops, who, request, Value::Object(inputs), prefer_async, 202).await
         }
         (&Method::GET, ["jobs"]) => {
-            let jobs: Vec<Value> = ops.jobs.list().iter().filter(|j| visible(j, &who)).map(status_doc).collect();
+            let jobs: Vec<Value> = ops.jobs.list().iter().filter(|j| visible(app, j, who)).map(status_doc).collect();
             Ok(json_response(200, &json!({"jobs": jobs, "links": []})))
         }
-        (&Method::GET, ["jobs", id]) => Ok(json_response(200, &status_doc(&own_job(&ops, id, &who)?))),
+        (&Method::GET, ["jobs", id]) => Ok(json_response(200, &status_doc(&own_job(app, &ops, id, who)?))),
         (&Method::DELETE, ["jobs", id]) => {
-            own_job(&ops, id, &who)?;
+            own_job(app, &ops, id, who)?;
             let job = ops.dismiss(id).await.ok_or_else(|| Problem::not_found(format!("there is no job {id}")))?;
             Ok(json_response(200, &status_doc(&job)))
         }
         (&Method::GET, ["jobs", id, "results"]) => {
-            let job = own_job(&ops, id, &who)?;
+            let job = own_job(app, &ops, id, who)?;
             match job.status {
                 Status::Successful => {
                     let key = job
@@ -165,7 +163,7 @@ async fn route(
                         .as_deref()
                         .and_then(Key::from_hex)
                         .ok_or_else(|| Problem::internal("the job has no result key"))?;
-                    let (stored, bytes) = cached(&ops, app, &key, &who)?;
+                    let (stored, bytes) = cached(&ops, app, &key, who)?;
                     let public = is_public(app, &stored.bucket);
                     Ok(result_response(&ops, &key, bytes, stored.format, true, 0, public))
                 }
@@ -182,7 +180,7 @@ async fn route(
             let (hash, ext) =
                 name.split_once('.').ok_or_else(|| Problem::not_found("results are /results/HASH.EXT"))?;
             let key = Key::from_hex(hash).ok_or_else(|| Problem::not_found("no such result"))?;
-            let (stored, bytes) = cached(&ops, app, &key, &who)?;
+            let (stored, bytes) = cached(&ops, app, &key, who)?;
             if stored.format.ext() != ext {
                 return Err(Problem::not_found(format!(
                     "no such result (this one is /results/{hash}.{})",
@@ -226,6 +224,32 @@ fn process(id: &str) -> Result<Process, Problem> {
     })
 }
 
+/// Whether `who` may run operations on, and read what they give of, the collection `bucket`:
+/// an operation reads the collection's data, so it needs the collection's read policy as well
+/// as its compute policy (which defaults to the read policy). Results, jobs and every other
+/// thing derived from the collection are behind the same check. An anonymous caller gets 401
+/// (a key would help), a key 403.
+pub fn may_use(app: &App, bucket: &str, who: &Principal) -> Result<(), Problem> {
+    let collection = app.collections.get(bucket);
+    if collection.is_some_and(|c| c.read.allows(who) && c.compute.allows(who)) {
+        return Ok(());
+    }
+    Err(match who {
+        Principal::Anonymous { .. } => Problem::new(
+            401,
+            "unauthorized",
+            "Not authorized",
+            "operations on this collection need an access key (Authorization: Bearer ACCESS_KEY:SECRET, or a signed request)",
+        ),
+        Principal::Key(_) => Problem::new(
+            403,
+            "forbidden",
+            "Forbidden",
+            "this key may not read or run operations on this collection",
+        ),
+    })
+}
+
 /// Runs a request and shapes the answer: the result, or the status of the job it became.
 async fn execute(
     app: &Arc<App>,
@@ -240,19 +264,7 @@ async fn execute(
         argument: Some("dataset".into()),
         ..Problem::not_found(format!("there is no collection {:?}", request.bucket))
     })?;
-    if !collection.compute.allows(who) {
-        return Err(match who {
-            Principal::Anonymous { .. } => Problem::new(
-                401,
-                "unauthorized",
-                "Not authorized",
-                "operations on this collection need an access key (Authorization: Bearer ACCESS_KEY:SECRET)",
-            ),
-            Principal::Key(_) => {
-                Problem::new(403, "forbidden", "Forbidden", "this key may not run operations on this collection")
-            }
-        });
-    }
+    may_use(app, &collection.bucket, who)?;
     match ops.request(app, who, request, inputs, prefer_async).await? {
         Answer::Result { key, bytes, hit, format, compute_ms } => {
             app.auth.record_compute(who, compute_ms, hit);
@@ -268,12 +280,13 @@ async fn execute(
     }
 }
 
-/// Whether anyone may read a collection (its results may then sit in shared caches).
+/// Whether anyone may read a collection and compute on it (its results may then sit in
+/// shared caches).
 fn is_public(app: &App, bucket: &str) -> bool {
-    app.collections.get(bucket).is_some_and(|c| matches!(c.read, Policy::Public))
+    app.collections.get(bucket).is_some_and(|c| c.read.is_public() && c.compute.is_public())
 }
 
-/// A cached result, if `who` may read the collection it came from; a clear 404 when it was
+/// A cached result, if `who` may use the collection it came from; a clear 404 when it was
 /// evicted.
 fn cached(ops: &Ops, app: &App, key: &Key, who: &Principal) -> Result<(Stored, Bytes), Problem> {
     let blob = match ops.cache.get(key) {
@@ -291,27 +304,8 @@ fn cached(ops: &Ops, app: &App, key: &Key, who: &Principal) -> Result<(Stored, B
         }
     };
     let (stored, bytes) = unseal(&blob).ok_or_else(|| Problem::internal("a cached result has no valid header"))?;
-    readable(app, &stored.bucket, who)?;
+    may_use(app, &stored.bucket, who)?;
     Ok((stored, bytes))
-}
-
-/// Refuses a caller the collection's read policy does not admit.
-fn readable(app: &App, bucket: &str, who: &Principal) -> Result<(), Problem> {
-    match app.collections.get(bucket) {
-        Some(c) if c.read.allows(who) => Ok(()),
-        Some(_) if matches!(who, Principal::Anonymous { .. }) => Err(Problem::new(
-            401,
-            "unauthorized",
-            "Not authorized",
-            "this result comes from a collection that needs an access key",
-        )),
-        _ => Err(Problem::new(
-            403,
-            "forbidden",
-            "Forbidden",
-            "this key may not read the collection this result comes from",
-        )),
-    }
 }
 
 /// A result answer. Zarr results are a document naming their store in the `results` bucket.
@@ -377,15 +371,16 @@ pub fn zarr_listing(ops: &Ops, hash: &str) -> Option<(String, Vec<(String, u64)>
     Some((bucket, files.into_iter().map(|(name, s, e)| (format!("{hash}/{name}"), (e - s) as u64)).collect()))
 }
 
-/// A key sees its own jobs; anonymous callers see anonymous jobs (whose results are as public
-/// as their collections).
-fn visible(job: &JobRecord, who: &Principal) -> bool {
-    job.owner == who.usage_name()
+/// A key sees its own jobs; anonymous callers see anonymous jobs (whose collections are open to
+/// anyone). Either only while it may still use the job's collection: a key taken out of a
+/// group loses sight of the jobs it ran there.
+fn visible(app: &App, job: &JobRecord, who: &Principal) -> bool {
+    job.owner == who.usage_name() && job.bucket().is_some_and(|b| may_use(app, b, who).is_ok())
 }
 
-/// A job, if it exists and `who` may see it.
-fn own_job(ops: &Ops, id: &str, who: &Principal) -> Result<JobRecord, Problem> {
-    ops.job(id).filter(|j| visible(j, who)).ok_or_else(|| Problem::not_found(format!("there is no job {id}")))
+/// A job, if it exists and `who` may see it (an unknown job and another's look the same).
+fn own_job(app: &App, ops: &Ops, id: &str, who: &Principal) -> Result<JobRecord, Problem> {
+    ops.job(id).filter(|j| visible(app, j, who)).ok_or_else(|| Problem::not_found(format!("there is no job {id}")))
 }
 
 fn status_word(s: Status) -> &'static str {
@@ -408,12 +403,6 @@ fn job_error(job: &JobRecord) -> Problem {
     )
 }
 
-fn iso(unix: i64) -> String {
-    let (y, m, d) = crate::s3::civil_from_days(unix.div_euclid(86_400));
-    let s = unix.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s % 3600 / 60, s % 60)
-}
-
 /// An OGC `statusInfo` document.
 fn status_doc(job: &JobRecord) -> Value {
     let mut links = vec![json!({"href": format!("/jobs/{}", job.id), "rel": "self", "type": "application/json"})];
@@ -429,8 +418,8 @@ fn status_doc(job: &JobRecord) -> Value {
         "type": "process",
         "status": status_word(job.status),
         "progress": job.progress,
-        "created": iso(job.created),
-        "updated": iso(job.updated),
+        "created": iso8601(job.created),
+        "updated": iso8601(job.updated),
         "links": links,
     });
     if job.status == Status::Failed {

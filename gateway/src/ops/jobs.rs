@@ -62,6 +62,14 @@ pub struct JobRecord {
     pub error: Option<serde_json::Value>,
 }
 
+impl JobRecord {
+    /// The collection the job reads (from its canonical request, `"dataset": "BUCKET/ID"`).
+    pub fn bucket(&self) -> Option<&str> {
+        let dataset = self.request.get("canonical")?.get("dataset")?.as_str()?;
+        dataset.split_once('/').map(|(bucket, _)| bucket)
+    }
+}
+
 /// Why a file in the job directory was skipped at open.
 #[derive(Debug, thiserror::Error)]
 enum LoadError {

@@ -26,10 +26,12 @@ use serde_json::{json, Value};
 use tokio::sync::{OnceCell, Semaphore};
 use zarrgate_core::ops::{self, ChunkSource, Format, Output, Plan, Problem, Raw, Request, Run, SourceError, StoreView};
 
-use crate::auth::{day_of, unix_now, Principal};
+use crate::app::App;
+use crate::auth::quota::Exceeded;
+use crate::auth::Principal;
 use crate::collection::{Collection, Entry};
 use crate::dataset::{AssembleError, Body, Dataset};
-use crate::s3::App;
+use crate::dates::{day_of, unix_now};
 use crate::source::{ReadError, Sources};
 use cache::{Key, Lookup, ResultCache, Tier};
 use jobs::{JobRecord, JobStore, Status};
@@ -337,7 +339,7 @@ impl Ops {
             ));
         }
         let day = day_of(unix_now());
-        app.auth.quotas.begin_compute(who, &day).map_err(|e| quota_problem(&e.0))?;
+        app.auth.quotas.begin_compute(who, &day).map_err(|e| exceeded_problem(&e))?;
         let run = Arc::new(Run::new(self.config.threads));
         if prefer_async || plan.read_bytes > self.config.sync_limit_bytes {
             let job = self.record_job(app, who, &plan.request, inputs, &day).await?;
@@ -645,8 +647,10 @@ fn source_problem(e: SourceError) -> Problem {
     }
 }
 
-pub fn quota_problem(what: &str) -> Problem {
-    Problem::new(429, "quota", "Quota exceeded", format!("the quota on {what} is used up; retry later"))
+/// A spent quota, with the time until it would admit the request.
+pub fn exceeded_problem(e: &Exceeded) -> Problem {
+    let detail = format!("the quota on {} is used up; retry in {} s", e.what, e.retry_after);
+    Problem { retry_after: Some(u32::try_from(e.retry_after).unwrap_or(u32::MAX)), ..Problem::new(429, "quota", "Quota exceeded", detail) }
 }
 
 /// Encodes a result in the requested format.

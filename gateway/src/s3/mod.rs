@@ -7,23 +7,19 @@ pub mod http_semantics;
 pub mod list;
 pub mod xml;
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use hyper::body::Body as _;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::auth::{Auth, Principal, RequestAuth};
-use crate::body::{FileStream, ResponseBody, PIECE};
+use crate::app::App;
+use crate::auth::{AuthError, Principal, Refusal};
+use crate::body::{FileStream, HttpResponse, ResponseBody, PIECE};
 use crate::collection::{Collection, Entry, Keys};
 use crate::dataset::{AssembleError, Body, Dataset, Object};
-use crate::metrics::Metrics;
+use crate::dates::iso8601_millis;
 use crate::source::{ReadError, Sources, Wait};
 use http_semantics::{parse_range, Conditions, RangeSpec, Resolved, Verdict};
 use list::{ListPage, ListQuery};
@@ -67,47 +63,6 @@ const UNSUPPORTED_SUBRESOURCES: &[&str] = &[
     "select",
 ];
 
-pub type HttpResponse = Response<ResponseBody>;
-
-/// Everything a request can reach.
-pub struct App {
-    pub collections: BTreeMap<String, Arc<Collection>>,
-    pub sources: Sources,
-    pub auth: Arc<Auth>,
-    pub metrics: Metrics,
-    pub shutting_down: AtomicBool,
-    /// Server-side operations, when enabled.
-    pub ops: Option<Arc<crate::ops::Ops>>,
-    next_request: AtomicU64,
-    reads: Arc<tokio::sync::Semaphore>,
-}
-
-/// Object reads (and decodes) in flight at once.
-const MAX_READS: usize = 64;
-
-impl App {
-    pub fn new(collections: Vec<Arc<Collection>>, auth: Arc<Auth>) -> Self {
-        App {
-            collections: collections.into_iter().map(|c| (c.bucket.clone(), c)).collect(),
-            sources: Sources::default(),
-            auth,
-            metrics: Metrics::default(),
-            shutting_down: AtomicBool::new(false),
-            ops: None,
-            next_request: AtomicU64::new(1),
-            reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS)),
-        }
-    }
-}
-
-/// What a request turned out to be, for accounting.
-#[derive(Default)]
-struct Outcome {
-    who: Option<Principal>,
-    /// A configured bucket, or empty.
-    bucket: String,
-}
-
 /// S3 codes of authentication and policy refusals.
 const AUTH_CODES: &[&str] = &[
     "AccessDenied",
@@ -116,7 +71,16 @@ const AUTH_CODES: &[&str] = &[
     "RequestTimeTooSkewed",
     "AuthorizationHeaderMalformed",
     "AuthorizationQueryParametersError",
+    "InvalidRequest",
 ];
+
+/// A request the router admitted: who sent it, its id, and its decoded path and query.
+pub struct S3Call<'a> {
+    pub who: &'a Principal,
+    pub request_id: &'a str,
+    pub path: &'a str,
+    pub query: Vec<(String, String)>,
+}
 
 /// A parsed request, as the handlers need it.
 struct S3Request<'a> {
@@ -150,23 +114,57 @@ impl S3Request<'_> {
     }
 }
 
-/// Percent-decodes a URL component; `plus` also turns `+` into a space (query strings).
-fn decode(text: &str, plus: bool) -> Result<String, S3Error> {
-    let text = if plus { text.replace('+', " ") } else { text.to_string() };
-    percent_encoding::percent_decode_str(&text)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| S3Error::new(StatusCode::BAD_REQUEST, "InvalidURI", "The URI is not valid UTF-8 once decoded."))
+/// The S3 error of a URL whose path or query is not UTF-8 once decoded.
+pub fn invalid_uri() -> S3Error {
+    S3Error::new(StatusCode::BAD_REQUEST, "InvalidURI", "The URI is not valid UTF-8 once decoded.")
 }
 
-/// The pairs of a query string, percent-decoded (`+` is a space).
-pub fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, S3Error> {
-    let mut out = Vec::new();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.push((decode(k, true)?, decode(v, true)?));
+/// The S3 error of a request the router did not admit.
+pub fn refusal_error(refusal: &Refusal) -> S3Error {
+    let forbidden = |code| S3Error::new(StatusCode::FORBIDDEN, code, "");
+    let mut err = match refusal {
+        Refusal::Quota(e) => {
+            return S3Error::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SlowDown",
+                format!("Please reduce your request rate: the quota on {} is used up.", e.what),
+            )
+            .with_header("retry-after", e.retry_after.to_string())
+        }
+        Refusal::Auth(e @ AuthError::Throttled { retry_after, .. }) => {
+            return S3Error::new(StatusCode::SERVICE_UNAVAILABLE, "SlowDown", e.to_string())
+                .with_header("retry-after", retry_after.to_string())
+        }
+        Refusal::Auth(AuthError::MalformedHeader(_)) => {
+            S3Error::new(StatusCode::BAD_REQUEST, "AuthorizationHeaderMalformed", "")
+        }
+        Refusal::Auth(AuthError::MalformedQuery(_)) => {
+            S3Error::new(StatusCode::BAD_REQUEST, "AuthorizationQueryParametersError", "")
+        }
+        Refusal::Auth(AuthError::Unsupported) => S3Error::new(StatusCode::BAD_REQUEST, "InvalidRequest", ""),
+        Refusal::Auth(AuthError::UnknownKey | AuthError::Unusable(_)) => forbidden("InvalidAccessKeyId"),
+        Refusal::Auth(AuthError::BadSignature(_)) => forbidden("SignatureDoesNotMatch"),
+        Refusal::Auth(AuthError::Skewed) => forbidden("RequestTimeTooSkewed"),
+        Refusal::Auth(AuthError::Denied(_)) => forbidden("AccessDenied"),
+    };
+    if let Refusal::Auth(e) = refusal {
+        err.message = e.to_string();
     }
-    Ok(out)
+    err
+}
+
+/// The configured bucket a request addresses, or empty: the label of its metrics.
+pub fn bucket_of(app: &App, path: &str, headers: &HeaderMap) -> String {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let bucket = match virtual_host_bucket(app, headers, rest) {
+        Some(b) => b,
+        None => rest.split('/').next().unwrap_or(""),
+    };
+    if app.collections.contains_key(bucket) {
+        bucket.to_string()
+    } else {
+        String::new()
+    }
 }
 
 fn response(status: StatusCode, content_type: &str, body: Bytes, request_id: &str) -> HttpResponse {
@@ -179,14 +177,32 @@ fn response(status: StatusCode, content_type: &str, body: Bytes, request_id: &st
     r
 }
 
+/// A plain-text answer (health, readiness, metrics), with the request id S3 answers carry.
+pub fn text_response(status: StatusCode, content_type: &str, body: Bytes, request_id: &str) -> HttpResponse {
+    response(status, content_type, body, request_id)
+}
+
 fn xml_response(body: String, request_id: &str) -> HttpResponse {
     let mut text = String::from(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
     text.push_str(&body);
     response(StatusCode::OK, "application/xml", Bytes::from(text), request_id)
 }
 
-/// An S3 error as a response; HEAD gets the status and headers only.
-pub fn error_response(err: &S3Error, resource: &str, request_id: &str, head: bool) -> HttpResponse {
+/// An S3 error as a response; HEAD gets the status and headers only. Refusals are counted
+/// per bucket and code.
+pub fn error_response(
+    app: &App,
+    err: &S3Error,
+    bucket: &str,
+    resource: &str,
+    request_id: &str,
+    head: bool,
+) -> HttpResponse {
+    if AUTH_CODES.contains(&err.code) {
+        app.metrics.add("zarrgate_auth_failures_total", &[("bucket", bucket), ("code", err.code)], 1);
+    } else if err.code == "SlowDown" {
+        app.metrics.add("zarrgate_quota_rejections_total", &[("bucket", bucket)], 1);
+    }
     let body = if head { Bytes::new() } else { Bytes::from(err.to_xml(resource, request_id)) };
     let mut r = response(err.status, "application/xml", body, request_id);
     for (name, value) in &err.headers {
@@ -197,48 +213,23 @@ pub fn error_response(err: &S3Error, resource: &str, request_id: &str, head: boo
     r
 }
 
-/// Answers one request. Never panics on bad input; a bug that panics is caught by the server.
-pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, ip: IpAddr) -> HttpResponse {
-    if crate::ops::http::is_ops_path(req.uri().path()) {
-        return crate::ops::http::handle(app, req, ip).await;
-    }
-    let request_id = format!("{:016X}", app.next_request.fetch_add(1, Ordering::Relaxed));
+/// Answers one admitted S3 request. Never panics on bad input; a bug that panics is caught by
+/// the server.
+pub async fn handle(app: &Arc<App>, req: &Request<hyper::body::Incoming>, call: S3Call<'_>) -> HttpResponse {
     let head = req.method() == Method::HEAD;
-    let raw_path = req.uri().path().to_string();
-    let mut outcome = Outcome::default();
-    let resp = match route(&app, &req, &request_id, ip, &mut outcome).await {
+    match route(app, req, &call).await {
         Ok(r) => r,
         Err(err) => {
-            let bucket = [("bucket", outcome.bucket.as_str())];
-            if AUTH_CODES.contains(&err.code) {
-                app.metrics.add("zarrgate_auth_failures_total", &[bucket[0], ("code", err.code)], 1);
-            } else if err.code == "SlowDown" {
-                app.metrics.add("zarrgate_quota_rejections_total", &bucket, 1);
-            }
-            error_response(&err, &raw_path, &request_id, head)
+            let bucket = bucket_of(app, call.path, req.headers());
+            error_response(app, &err, &bucket, req.uri().path(), call.request_id, head)
         }
-    };
-    let bytes = if head { 0 } else { resp.body().size_hint().exact().unwrap_or(0) };
-    if let Some(who) = &outcome.who {
-        app.auth.record(who, bytes, resp.status());
     }
-    let class = match resp.status().as_u16() {
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    app.metrics.add("zarrgate_requests_total", &[("bucket", &outcome.bucket), ("class", class)], 1);
-    app.metrics.add("zarrgate_response_bytes_total", &[("bucket", &outcome.bucket)], bytes);
-    resp
 }
 
 async fn route(
     app: &Arc<App>,
     req: &Request<hyper::body::Incoming>,
-    request_id: &str,
-    ip: IpAddr,
-    outcome: &mut Outcome,
+    call: &S3Call<'_>,
 ) -> Result<HttpResponse, S3Error> {
     let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if header_bytes > MAX_HEADER_BYTES {
@@ -248,28 +239,7 @@ async fn route(
             format!("Your request header section exceeds the maximum allowed size ({MAX_HEADER_BYTES} bytes)."),
         ));
     }
-    let path = decode(req.uri().path(), false)?;
-    match path.as_str() {
-        "/healthz" => return Ok(response(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"), request_id)),
-        "/readyz" => {
-            return Ok(if app.shutting_down.load(Ordering::Relaxed) {
-                response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    Bytes::from_static(b"shutting down\n"),
-                    request_id,
-                )
-            } else {
-                response(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"), request_id)
-            })
-        }
-        "/metrics" => {
-            let text = app.metrics.render();
-            return Ok(response(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(text), request_id));
-        }
-        _ => {}
-    }
-    let rest = path.strip_prefix('/').unwrap_or(&path);
+    let rest = call.path.strip_prefix('/').unwrap_or(call.path);
     let (bucket, key) = match virtual_host_bucket(app, req.headers(), rest) {
         Some(bucket) => (bucket, rest),
         None => rest.split_once('/').unwrap_or((rest, "")),
@@ -279,8 +249,8 @@ async fn route(
         headers: req.headers(),
         bucket: bucket.to_string(),
         key: key.to_string(),
-        query: parse_query(req.uri().query())?,
-        request_id: request_id.to_string(),
+        query: call.query.clone(),
+        request_id: call.request_id.to_string(),
     };
     if r.method != Method::GET && r.method != Method::HEAD {
         return Err(S3Error::new(
@@ -296,43 +266,26 @@ async fn route(
             format!("The {sub} subresource is not implemented by this read-only store."),
         ));
     }
-    if app.collections.contains_key(&r.bucket) {
-        outcome.bucket = r.bucket.clone();
-    }
-    let who = app.auth.authenticate(&RequestAuth {
-        method: r.method.as_str(),
-        raw_path: req.uri().path(),
-        decoded_path: &path,
-        raw_query: req.uri().query().unwrap_or(""),
-        query: &r.query,
-        headers: r.headers,
-        ip,
-    })?;
-    outcome.who = Some(who.clone());
+    let who = call.who;
     if r.bucket.is_empty() {
-        return Ok(list_buckets(app, &r, &who));
+        return Ok(list_buckets(app, &r, who));
     }
     if r.bucket == RESULTS_BUCKET {
         if let Some(ops) = &app.ops {
-            return results_object(app, ops, &r, &who);
+            return results_object(app, ops, &r, who);
         }
     }
     let collection = app.collections.get(&r.bucket).ok_or_else(S3Error::no_such_bucket)?;
-    if !collection.read.allows(&who) {
-        let message = match who {
-            Principal::Anonymous { .. } => "Access Denied: this collection needs an access key.",
-            Principal::Key(_) => "Access Denied: this key may not read this collection.",
-        };
-        return Err(S3Error::new(StatusCode::FORBIDDEN, "AccessDenied", message));
+    if !collection.read.allows(who) {
+        return Err(access_denied(who));
     }
-    app.auth.admit(&who)?;
     if r.key.is_empty() {
         if r.is_head() {
-            return Ok(response(StatusCode::OK, "application/xml", Bytes::new(), request_id));
+            return Ok(response(StatusCode::OK, "application/xml", Bytes::new(), &r.request_id));
         }
         if r.param("location").is_some() {
             let body = format!(r#"<LocationConstraint xmlns="{NAMESPACE}"></LocationConstraint>"#);
-            return Ok(xml_response(body, request_id));
+            return Ok(xml_response(body, &r.request_id));
         }
         return list_objects(collection, &r);
     }
@@ -343,6 +296,14 @@ async fn route(
         return Err(S3Error::invalid_argument("Object keys must not contain '..' segments."));
     }
     get_object(app, collection, &r).await
+}
+
+fn access_denied(who: &Principal) -> S3Error {
+    let message = match who {
+        Principal::Anonymous { .. } => "Access Denied: this collection needs an access key.",
+        Principal::Key(_) => "Access Denied: this key may not read this collection.",
+    };
+    S3Error::new(StatusCode::FORBIDDEN, "AccessDenied", message)
 }
 
 /// The bucket of a virtual-hosted request (`Host: cmip6.s3.example.org`): the first label of
@@ -371,33 +332,11 @@ fn list_buckets(app: &App, r: &S3Request, who: &Principal) -> HttpResponse {
     for c in app.collections.values().filter(|c| c.read.allows(who)) {
         body.push_str("<Bucket>");
         element(&mut body, "Name", &c.bucket);
-        element(&mut body, "CreationDate", &iso8601(c.created));
+        element(&mut body, "CreationDate", &iso8601_millis(c.created));
         body.push_str("</Bucket>");
     }
     body.push_str("</Buckets></ListAllMyBucketsResult>");
     xml_response(body, &r.request_id)
-}
-
-fn iso8601(t: SystemTime) -> String {
-    // httpdate gives the fields; S3 lists times as ISO 8601 with milliseconds.
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 fn encode_token(last: &str) -> String {
@@ -478,7 +417,7 @@ fn list_objects(collection: &Collection, r: &S3Request) -> Result<HttpResponse, 
     for (key, item) in &page.contents {
         body.push_str("<Contents>");
         element(&mut body, "Key", &enc(key));
-        element(&mut body, "LastModified", &iso8601(item.modified));
+        element(&mut body, "LastModified", &iso8601_millis(item.modified));
         element(&mut body, "ETag", &item.etag);
         element(&mut body, "Size", &item.size.to_string());
         element(&mut body, "StorageClass", "STANDARD");
@@ -496,12 +435,11 @@ fn list_objects(collection: &Collection, r: &S3Request) -> Result<HttpResponse, 
 /// The `results` bucket: each Zarr result of an operation, read-only, immutable, readable by
 /// anyone who knows its hash (like `/results/{hash}`).
 fn results_object(app: &App, ops: &crate::ops::Ops, r: &S3Request, who: &Principal) -> Result<HttpResponse, S3Error> {
-    // A result is readable by whoever may read the collection it was computed from.
+    // A result is readable by whoever may both read and compute on the collection it was
+    // computed from, as the request that made it had to.
     let may_read = |bucket: &str| -> Result<(), S3Error> {
-        match app.collections.get(bucket) {
-            Some(c) if c.read.allows(who) => Ok(()),
-            _ => Err(S3Error::new(StatusCode::FORBIDDEN, "AccessDenied", "Access Denied")),
-        }
+        crate::ops::http::may_use(app, bucket, who)
+            .map_err(|p| S3Error::new(StatusCode::FORBIDDEN, "AccessDenied", format!("Access Denied: {}", p.detail)))
     };
     let (hash, key) = r.key.split_once('/').unwrap_or((&r.key, ""));
     if r.key.is_empty() || key.is_empty() {
@@ -782,17 +720,17 @@ mod tests {
     }
 
     #[test]
-    fn iso_dates() {
-        assert_eq!(iso8601(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_697_766);
-        assert_eq!(iso8601(t), "2026-11-26T12:56:06.000Z");
-    }
-
-    #[test]
-    fn queries_decode_plus_and_percent() {
-        let q = parse_query(Some("prefix=a+b%2Bc&list-type=2&x")).unwrap();
-        assert_eq!(q[0], ("prefix".into(), "a b+c".into()));
-        assert_eq!(q[2], ("x".into(), String::new()));
-        assert!(parse_query(Some("prefix=%FF")).is_err());
+    fn refusals_become_s3_errors_with_their_wait() {
+        let quota = refusal_error(&Refusal::Quota(crate::auth::quota::Exceeded { what: "x".into(), retry_after: 42 }));
+        assert_eq!((quota.status.as_u16(), quota.code), (503, "SlowDown"));
+        assert_eq!(quota.headers, vec![("retry-after", "42".to_string())]);
+        let revoked = refusal_error(&Refusal::Auth(AuthError::Unusable("revoked")));
+        assert_eq!(
+            (revoked.code, revoked.message.as_str()),
+            ("InvalidAccessKeyId", "The AWS Access Key Id you provided is revoked.")
+        );
+        let throttled =
+            refusal_error(&Refusal::Auth(AuthError::Throttled { what: "address ::1".into(), retry_after: 6 }));
+        assert_eq!((throttled.code, throttled.headers[0].1.as_str()), ("SlowDown", "6"));
     }
 }

@@ -1,0 +1,93 @@
+//! The gateway's state: everything a request can reach, built once by [`AppBuilder`] and never
+//! changed after (counters and caches inside it change; its parts do not).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::auth::{Auth, Policy};
+use crate::client::TrustedProxies;
+use crate::collection::Collection;
+use crate::metrics::Metrics;
+use crate::source::Sources;
+
+/// Object reads (and decodes) in flight at once.
+const MAX_READS: usize = 64;
+
+pub struct App {
+    pub collections: BTreeMap<String, Arc<Collection>>,
+    pub sources: Sources,
+    pub auth: Arc<Auth>,
+    pub metrics: Metrics,
+    /// Who may read `/metrics`.
+    pub metrics_policy: Policy,
+    /// Proxies whose `Forwarded`/`X-Forwarded-For` name the client.
+    pub proxies: TrustedProxies,
+    pub shutting_down: AtomicBool,
+    /// Server-side operations, when enabled.
+    pub ops: Option<Arc<crate::ops::Ops>>,
+    next_request: AtomicU64,
+    /// Bounds the reads handed to the blocking pool.
+    pub reads: Arc<tokio::sync::Semaphore>,
+}
+
+impl App {
+    /// A new request id (hexadecimal, for `x-amz-request-id` and error documents).
+    pub fn request_id(&self) -> String {
+        format!("{:016X}", self.next_request.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Whether any collection is restricted (not readable by everyone).
+    pub fn has_restricted(&self) -> bool {
+        self.collections.values().any(|c| !c.read.is_public())
+    }
+}
+
+/// Assembles an [`App`].
+pub struct AppBuilder {
+    collections: Vec<Arc<Collection>>,
+    auth: Arc<Auth>,
+    ops: Option<Arc<crate::ops::Ops>>,
+    metrics_policy: Option<Policy>,
+    proxies: TrustedProxies,
+}
+
+impl AppBuilder {
+    pub fn new(collections: Vec<Arc<Collection>>, auth: Arc<Auth>) -> Self {
+        AppBuilder { collections, auth, ops: None, metrics_policy: None, proxies: TrustedProxies::default() }
+    }
+
+    pub fn ops(mut self, ops: crate::ops::Ops) -> Self {
+        self.ops = Some(Arc::new(ops));
+        self
+    }
+
+    /// Who may read `/metrics`. By default everyone while every collection is public, and
+    /// holders of a key once one is restricted: the counters name the buckets.
+    pub fn metrics_policy(mut self, policy: Option<Policy>) -> Self {
+        self.metrics_policy = policy;
+        self
+    }
+
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.proxies = proxies;
+        self
+    }
+
+    pub fn build(self) -> App {
+        let restricted = self.collections.iter().any(|c| !c.read.is_public());
+        let default_metrics = if restricted { Policy::Authenticated } else { Policy::Public };
+        App {
+            collections: self.collections.into_iter().map(|c| (c.bucket.clone(), c)).collect(),
+            sources: Sources::default(),
+            auth: self.auth,
+            metrics: Metrics::default(),
+            metrics_policy: self.metrics_policy.unwrap_or(default_metrics),
+            proxies: self.proxies,
+            shutting_down: AtomicBool::new(false),
+            ops: self.ops,
+            next_request: AtomicU64::new(1),
+            reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS)),
+        }
+    }
+}

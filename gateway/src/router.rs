@@ -1,0 +1,167 @@
+//! One entry for every request: health and readiness, metrics, operations (OGC API and
+//! `/ops/v1`) and S3.
+//!
+//! In order, for every request but the health probes:
+//! 1. the client's address, from the peer or, behind a trusted proxy, the one it names;
+//! 2. admission ([`crate::auth::Auth::admit`]): credentials and quotas. Nothing is served, and
+//!    nothing about a bucket or key is told, before it;
+//! 3. the handler of the interface the path belongs to;
+//! 4. accounting, once: usage per principal (and the daily quota counters), and the request
+//!    counters per bucket.
+//!
+//! A refusal is answered in the shape of the interface the path belongs to: an S3 XML error,
+//! or an RFC 9457 problem for operations.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::body::Body as _;
+use hyper::{Method, Request, StatusCode};
+
+use crate::app::App;
+use crate::auth::{Principal, RequestAuth};
+use crate::body::HttpResponse;
+use crate::ops::http as ops_http;
+use crate::s3;
+use crate::util::{decode_component, parse_query};
+
+/// The interface a path belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Face {
+    S3,
+    Ops,
+}
+
+/// Answers one request from `peer`.
+pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: IpAddr) -> HttpResponse {
+    let request_id = app.request_id();
+    let text =
+        |status, body: &'static [u8]| s3::text_response(status, "text/plain", Bytes::from_static(body), &request_id);
+    // Probes carry no credentials and are never limited: a kubelet must always reach them.
+    match req.uri().path() {
+        "/healthz" => return text(StatusCode::OK, b"ok\n"),
+        "/readyz" if app.shutting_down.load(Ordering::Relaxed) => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, b"shutting down\n")
+        }
+        "/readyz" => return text(StatusCode::OK, b"ready\n"),
+        _ => {}
+    }
+    let ip = app.proxies.client(peer, req.headers());
+    let raw_path = req.uri().path().to_string();
+    let face = if ops_http::is_ops_path(&raw_path) { Face::Ops } else { Face::S3 };
+    let head = req.method() == Method::HEAD;
+    let label = |path: &str| match face {
+        Face::Ops => "ops".to_string(),
+        Face::S3 => s3::bucket_of(&app, path, req.headers()),
+    };
+
+    let parsed = decode_component(&raw_path, false).zip(parse_query(req.uri().query()));
+    let Some((path, query)) = parsed else {
+        // Not even readable, but still a request of its address.
+        let who = Principal::Anonymous { ip };
+        let resp = match app.auth.admit_anonymous(ip) {
+            Err(refusal) => refused(&app, face, &refusal, "", &raw_path, &request_id, head),
+            Ok(()) => match face {
+                Face::S3 => s3::error_response(&app, &s3::invalid_uri(), "", &raw_path, &request_id, head),
+                Face::Ops => ops_http::problem_response(&zarrgate_core::ops::Problem::invalid(
+                    "query",
+                    "the URL is not valid UTF-8 once decoded",
+                )),
+            },
+        };
+        account(&app, &who, &resp, "", head);
+        return resp;
+    };
+
+    let admitted = app.auth.admit(&RequestAuth {
+        method: req.method().as_str(),
+        raw_path: &raw_path,
+        decoded_path: &path,
+        raw_query: req.uri().query().unwrap_or(""),
+        query: &query,
+        headers: req.headers(),
+        ip,
+    });
+    let who = match admitted {
+        Ok(who) => who,
+        Err(refusal) => {
+            let bucket = label(&path);
+            let resp = refused(&app, face, &refusal, &bucket, &raw_path, &request_id, head);
+            account(&app, &Principal::Anonymous { ip }, &resp, &bucket, head);
+            return resp;
+        }
+    };
+
+    let bucket = label(&path);
+    let resp = if path == "/metrics" {
+        metrics(&app, &who, &raw_path, &request_id, head)
+    } else {
+        match face {
+            Face::Ops => ops_http::handle(app.clone(), req, who.clone(), query).await,
+            Face::S3 => {
+                let call = s3::S3Call { who: &who, request_id: &request_id, path: &path, query };
+                s3::handle(&app, &req, call).await
+            }
+        }
+    };
+    account(&app, &who, &resp, &bucket, head);
+    resp
+}
+
+/// The answer to a request that was not admitted.
+fn refused(
+    app: &App,
+    face: Face,
+    refusal: &crate::auth::Refusal,
+    bucket: &str,
+    resource: &str,
+    request_id: &str,
+    head: bool,
+) -> HttpResponse {
+    match face {
+        Face::S3 => s3::error_response(app, &s3::refusal_error(refusal), bucket, resource, request_id, head),
+        Face::Ops => {
+            let code = match refusal {
+                crate::auth::Refusal::Quota(_) => None,
+                crate::auth::Refusal::Auth(_) => Some(s3::refusal_error(refusal).code),
+            };
+            match code {
+                Some(code) => app.metrics.add("zarrgate_auth_failures_total", &[("bucket", "ops"), ("code", code)], 1),
+                None => app.metrics.add("zarrgate_quota_rejections_total", &[("bucket", "ops")], 1),
+            }
+            ops_http::problem_response(&ops_http::refusal_problem(refusal))
+        }
+    }
+}
+
+/// `/metrics`, for whoever the `metrics` policy admits: the counters name every bucket, so
+/// by default only keys see them once a collection is restricted.
+fn metrics(app: &App, who: &Principal, resource: &str, request_id: &str, head: bool) -> HttpResponse {
+    if !app.metrics_policy.allows(who) {
+        let err = s3::xml::S3Error::new(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "Access Denied: the metrics of this gateway need an access key (see `metrics` in docs/configuration.md).",
+        );
+        return s3::error_response(app, &err, "", resource, request_id, head);
+    }
+    let body = if head { Bytes::new() } else { Bytes::from(app.metrics.render()) };
+    s3::text_response(StatusCode::OK, "text/plain; version=0.0.4", body, request_id)
+}
+
+/// Records an answered request: usage and quota bytes for `who`, counters for `bucket`.
+fn account(app: &App, who: &Principal, resp: &HttpResponse, bucket: &str, head: bool) {
+    let bytes = if head { 0 } else { resp.body().size_hint().exact().unwrap_or(0) };
+    let status = resp.status();
+    app.auth.record(who, bytes, status.is_client_error() || status.is_server_error());
+    let class = match status.as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    app.metrics.add("zarrgate_requests_total", &[("bucket", bucket), ("class", class)], 1);
+    app.metrics.add("zarrgate_response_bytes_total", &[("bucket", bucket)], bytes);
+}

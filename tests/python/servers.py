@@ -1,0 +1,205 @@
+"""Real servers and raw clients for the service tests: nginx in front of a gateway, TLS
+certificates made on the spot, and HTTP from a chosen loopback address.
+
+Every server listens on 127.0.0.1 and is started by the test that needs it. Loopback holds all of
+127.0.0.0/8 on Linux, so a client can bind 127.0.0.2, 127.0.0.3, ... to be another address.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def request(url: str, headers: dict | None = None, *, source: str | None = None, method: str = "GET",
+            context: ssl.SSLContext | None = None, timeout: float = 30) -> Reply:
+    """One request on a new connection, from loopback address `source` if given."""
+    parts = urlsplit(url)
+    address = (source, 0) if source else None
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, source_address=address,
+                                           context=context)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout, source_address=address)
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, target, headers=headers or {})
+        r = conn.getresponse()
+        return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx
+# ---------------------------------------------------------------------------------------------
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if not found:
+        raise AssertionError("nginx is not installed: `./make.sh test` installs it (Debian package nginx)")
+    return found
+
+
+@dataclass
+class Nginx:
+    proc: subprocess.Popen
+    endpoint: str
+    work: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_proxy(upstream: str, work: Path) -> Nginx:
+    """nginx on a free port of 127.0.0.1, proxying everything to `upstream` (http://HOST:PORT)
+    and appending the client's address to `X-Forwarded-For`, as a TLS-terminating proxy does."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    temp = "".join(f"{kind}_temp_path {work}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = work / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    {temp}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass {upstream};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_buffering off;
+        }}
+    }}
+}}
+""")
+    proc = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(work)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return Nginx(proc, f"http://127.0.0.1:{port}", work)
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"nginx did not start: {proc.stderr.read().decode(errors='replace')}")
+            time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pki:
+    """A certificate authority of the test's own and a server certificate for 127.0.0.1."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    serial: int
+
+
+def make_pki(directory: Path, name: str) -> Pki:
+    """A new CA (`{name}-ca.pem`) and a certificate for 127.0.0.1 and localhost signed by it."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"zarrgate test CA {name}")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    serial = x509.random_serial_number()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    out = Pki(directory / f"{name}-ca.pem", directory / f"{name}-cert.pem", directory / f"{name}-key.pem", serial)
+    out.ca.write_bytes(ca.public_bytes(pem))
+    out.cert.write_bytes(cert.public_bytes(pem))
+    out.key.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return out
+
+
+def served_serial(host: str, port: int, ca: Path) -> int | None:
+    """The serial number of the certificate the server shows, if it verifies against `ca`."""
+    from cryptography import x509
+
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        with socket.create_connection((host, port), timeout=5) as raw, context.wrap_socket(raw, server_hostname=host) as s:
+            return x509.load_der_x509_certificate(s.getpeercert(binary_form=True)).serial_number
+    except (ssl.SSLError, OSError):
+        return None

@@ -132,10 +132,15 @@ impl Isolated {
         match worker.frames.recv_timeout(self.timeout) {
             Ok(Some((status, payload))) => {
                 worker.served += 1;
-                self.give_back(worker);
                 if status == b'O' {
+                    self.give_back(worker);
                     Ok(payload)
                 } else {
+                    // After an error (an allocation the memory cap refused, an HDF5 error
+                    // stack half unwound) the libraries' global state is not to be trusted:
+                    // seen failing the next files of the same worker with "Unknown file
+                    // format". The worker is replaced; it costs one process start.
+                    drop(worker);
                     Err(String::from_utf8_lossy(&payload).into_owned())
                 }
             }

@@ -172,6 +172,10 @@ struct ServerArgs {
     /// names the client; repeatable.
     #[arg(long = "trusted-proxy")]
     trusted_proxies: Vec<zarrgate_gateway::client::Cidr>,
+    /// The header trusted proxies write the client into: x-forwarded-for (default) or
+    /// forwarded. The other is ignored (a proxy passes it on from the client).
+    #[arg(long)]
+    trusted_proxy_header: Option<zarrgate_gateway::client::ForwardHeader>,
     /// Threads serving connections, each holding its connections (default: the number of CPUs).
     #[arg(long)]
     workers: Option<std::num::NonZeroUsize>,
@@ -200,6 +204,9 @@ impl ServerArgs {
             config.tls_key = Some(key.clone());
         }
         config.trusted_proxies.extend(self.trusted_proxies.iter().copied());
+        if self.trusted_proxy_header.is_some() {
+            config.trusted_proxy_header = self.trusted_proxy_header;
+        }
     }
 
     fn options(&self, config: &zarrgate_gateway::config::Config) -> anyhow::Result<zarrgate_gateway::ServeOptions> {

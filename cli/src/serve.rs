@@ -97,9 +97,9 @@ pub fn serve(
     }
     let db = config.auth_db.clone().unwrap_or_else(default_auth_db);
     let auth = zarrgate_gateway::auth::Auth::start(db, config.quotas.clone())?;
-    let mut app = AppBuilder::new(collections, auth)
-        .metrics_policy(config.metrics.clone())
-        .trusted_proxies(TrustedProxies::new(config.trusted_proxies.clone()));
+    let mut app = AppBuilder::new(collections, auth).metrics_policy(config.metrics.clone()).trusted_proxies(
+        TrustedProxies::new(config.trusted_proxies.clone(), config.trusted_proxy_header.unwrap_or_default()),
+    );
     if let Some(ops) = config.ops.clone() {
         let dir = ops.dir.clone();
         let ops = zarrgate_gateway::ops::Ops::open(ops, Arc::new(crate::netcdf_out::Writer))

@@ -2,10 +2,14 @@
 //!
 //! A TLS-terminating proxy (nginx, haproxy, an ingress controller) connects from its own
 //! address, so every client would share one anonymous quota and one connection budget. Behind
-//! a proxy listed in `trusted_proxies`, the client is the address the proxy names in
-//! `Forwarded` (RFC 7239) or `X-Forwarded-For`: the right-most address that is not itself a
-//! trusted proxy, since each proxy appends the address it saw. From any other peer these
-//! headers are ignored: a client cannot choose its own address.
+//! a proxy listed in `trusted_proxies`, the client is the address the proxy names in the one
+//! header it writes, `X-Forwarded-For` by default or `Forwarded` (RFC 7239): the right-most
+//! address that is not itself a trusted proxy, since each proxy appends the address it saw.
+//! The other header is never read: a proxy passes it on from the client unchanged. From any
+//! other peer neither is read: a client cannot choose its own address.
+//!
+//! Quotas, the failed-authentication throttle and the per-address connection limit count an
+//! IPv6 client by its /64 ([`accountable`]): one host commonly holds a whole /64.
 
 use std::net::IpAddr;
 
@@ -33,7 +37,47 @@ impl std::str::FromStr for Cidr {
         if prefix > max {
             return Err(bad());
         }
+        // An IPv4-mapped block (::ffff:10.0.0.0/104) is that IPv4 block, as its addresses are.
+        if let IpAddr::V6(v6) = net {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                let prefix = prefix.checked_sub(96).ok_or_else(bad)?;
+                return Ok(Cidr { net: IpAddr::V4(v4), prefix });
+            }
+        }
         Ok(Cidr { net, prefix })
+    }
+}
+
+/// The header trusted proxies name the client in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardHeader {
+    #[default]
+    XForwardedFor,
+    Forwarded,
+}
+
+impl std::str::FromStr for ForwardHeader {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(ForwardHeader::XForwardedFor),
+            "forwarded" => Ok(ForwardHeader::Forwarded),
+            _ => Err(format!("{text:?} is not x-forwarded-for or forwarded")),
+        }
+    }
+}
+
+/// The address block a client is counted under: an IPv4 address itself (an IPv4-mapped IPv6
+/// one as IPv4), an IPv6 address its /64.
+pub fn accountable(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
     }
 }
 
@@ -68,38 +112,40 @@ impl Cidr {
     }
 }
 
-/// The proxies whose forwarding headers are believed.
+/// The proxies whose forwarding header is believed, and which header that is.
 #[derive(Clone, Debug, Default)]
-pub struct TrustedProxies(Vec<Cidr>);
+pub struct TrustedProxies {
+    blocks: Vec<Cidr>,
+    header: ForwardHeader,
+}
 
 impl TrustedProxies {
-    pub fn new(blocks: Vec<Cidr>) -> Self {
-        TrustedProxies(blocks)
+    pub fn new(blocks: Vec<Cidr>, header: ForwardHeader) -> Self {
+        TrustedProxies { blocks, header }
     }
 
     pub fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|c| c.contains(ip))
+        self.blocks.iter().any(|c| c.contains(ip))
     }
 
     /// The client of a request that arrived from `peer`.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        if self.0.is_empty() || !self.trusts(peer) {
+        if self.blocks.is_empty() || !self.trusts(peer) {
             return peer;
         }
-        let chain = forwarded_for(headers);
+        let chain = forwarded_for(headers, self.header);
         // From the proxy nearest us outwards: the first address no trusted proxy has.
         chain.iter().rev().copied().find(|ip| !self.trusts(*ip)).or_else(|| chain.first().copied()).unwrap_or(peer)
     }
 }
 
-/// The client addresses a request names, nearest the client first: `Forwarded: for=` if the
-/// request has that header, else `X-Forwarded-For`. Unparseable entries (`unknown`, obfuscated
-/// identifiers) end the chain there, so nothing before them is believed.
-fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
+/// The client addresses a request names in `header`, nearest the client first. Unparseable
+/// entries (`unknown`, obfuscated identifiers) end the chain there, so nothing before them is
+/// believed.
+fn forwarded_for(headers: &HeaderMap, header: ForwardHeader) -> Vec<IpAddr> {
     let values = |name| headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
-    let forwarded = values("forwarded");
-    let items: Vec<Option<IpAddr>> = if !forwarded.is_empty() {
-        forwarded
+    let items: Vec<Option<IpAddr>> = if header == ForwardHeader::Forwarded {
+        values("forwarded")
             .split(',')
             .map(|element| {
                 element.split(';').find_map(|pair| {
@@ -155,8 +201,41 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_mapped_blocks_are_their_ipv4_blocks() {
+        let one: Cidr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()) && !one.contains("10.1.2.3".parse().unwrap()));
+        let block: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(block.contains("10.200.0.1".parse().unwrap()) && !block.contains("11.0.0.1".parse().unwrap()));
+        assert!("::ffff:10.0.0.0/90".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let a = accountable("2001:db8:1:2:aaaa::1".parse().unwrap());
+        assert_eq!(a, "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_eq!(accountable("2001:db8:1:2:ffff::9".parse().unwrap()), a);
+        assert_eq!(accountable("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(accountable("192.0.2.1".parse().unwrap()), "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn only_the_configured_header_is_read() {
+        let t = TrustedProxies::new(vec!["127.0.0.1".parse().unwrap()], ForwardHeader::XForwardedFor);
+        let proxy = "127.0.0.1".parse().unwrap();
+        // A client's own Forwarded header, passed on by an nginx that writes X-Forwarded-For.
+        let h = headers(&[("forwarded", "for=1.2.3.4"), ("x-forwarded-for", "198.51.100.2")]);
+        assert_eq!(t.client(proxy, &h), "198.51.100.2".parse::<IpAddr>().unwrap());
+        let only_forwarded = headers(&[("forwarded", "for=1.2.3.4")]);
+        assert_eq!(t.client(proxy, &only_forwarded), proxy);
+    }
+
+    #[test]
     fn only_trusted_peers_may_name_the_client() {
-        let t = TrustedProxies::new(vec!["127.0.0.1".parse().unwrap(), "10.0.0.0/8".parse().unwrap()]);
+        let t = TrustedProxies::new(
+            vec!["127.0.0.1".parse().unwrap(), "10.0.0.0/8".parse().unwrap()],
+            ForwardHeader::XForwardedFor,
+        );
+        let fwd_t = TrustedProxies::new(vec!["127.0.0.1".parse().unwrap()], ForwardHeader::Forwarded);
         let (proxy, stranger) = ("127.0.0.1".parse().unwrap(), "192.0.2.7".parse().unwrap());
         let h = headers(&[("x-forwarded-for", "198.51.100.1, 10.0.0.5")]);
         assert_eq!(t.client(proxy, &h), "198.51.100.1".parse::<IpAddr>().unwrap());
@@ -165,7 +244,7 @@ mod tests {
         let forged = headers(&[("x-forwarded-for", "1.2.3.4, 203.0.113.50")]);
         assert_eq!(t.client(proxy, &forged), "203.0.113.50".parse::<IpAddr>().unwrap());
         let fwd = headers(&[("forwarded", "for=198.51.100.9;proto=https, for=\"[2001:db8::7]:4711\"")]);
-        assert_eq!(t.client(proxy, &fwd), "2001:db8::7".parse::<IpAddr>().unwrap());
+        assert_eq!(fwd_t.client(proxy, &fwd), "2001:db8::7".parse::<IpAddr>().unwrap());
         assert_eq!(t.client(proxy, &headers(&[("x-forwarded-for", "unknown")])), proxy);
         assert_eq!(t.client(proxy, &HeaderMap::new()), proxy);
         assert_eq!(TrustedProxies::default().client(proxy, &h), proxy);

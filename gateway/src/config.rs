@@ -62,6 +62,9 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
+    /// The header trusted proxies name the client in: `x-forwarded-for` (the default) or
+    /// `forwarded`. The other one is ignored, since a proxy passes it on from the client.
+    pub trusted_proxy_header: Option<crate::client::ForwardHeader>,
     /// Who may read `/metrics` (default: everyone unless a collection is restricted).
     pub metrics: Option<Policy>,
     pub auth_db: Option<PathBuf>,
@@ -131,9 +134,7 @@ impl Config {
         if self.max_connections_per_client == Some(0) || self.max_connections == Some(0) {
             return Err(ConfigError::Invalid("connection limits must be at least 1".into()));
         }
-        if self.quotas.failed_auth.per_minute < 1.0 {
-            return Err(ConfigError::Invalid("[quotas.failed_auth] per_minute must be at least 1".into()));
-        }
+        self.quotas.check().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

@@ -86,10 +86,10 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
     });
     let who = match admitted {
         Ok(who) => who,
-        Err(refusal) => {
+        Err((charged, refusal)) => {
             let bucket = label(&path);
             let resp = refused(&app, face, &refusal, &bucket, &raw_path, &request_id, head);
-            account(&app, &Principal::Anonymous { ip }, &resp, &bucket, head);
+            account(&app, &charged, &resp, &bucket, head);
             return resp;
         }
     };

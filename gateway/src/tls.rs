@@ -51,7 +51,8 @@ pub struct Certificates {
     key: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
-    loaded: Mutex<Stamp>,
+    /// The files as last loaded, and as last found unusable (tried again only once changed).
+    loaded: Mutex<(Stamp, Option<Stamp>)>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -71,7 +72,7 @@ impl Certificates {
             key: key.to_path_buf(),
             provider,
             current: RwLock::new(Arc::new(certified)),
-            loaded: Mutex::new(before),
+            loaded: Mutex::new((before, None)),
         }))
     }
 
@@ -80,13 +81,20 @@ impl Certificates {
     pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
         let now = stamp(&[&self.cert, &self.key]);
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if !force && *loaded == now {
+        if !force && (loaded.0 == now || loaded.1.as_ref() == Some(&now)) {
             return Ok(false);
         }
-        let certified = load(&self.cert, &self.key, &self.provider)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(certified);
-        *loaded = now;
-        Ok(true)
+        match load(&self.cert, &self.key, &self.provider) {
+            Ok(certified) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(certified);
+                *loaded = (now, None);
+                Ok(true)
+            }
+            Err(e) => {
+                loaded.1 = Some(now);
+                Err(e)
+            }
+        }
     }
 
     /// The rustls configuration of the listener (HTTP/1.1 only, as the server speaks).

@@ -62,6 +62,15 @@ impl Principal {
         }
     }
 
+    /// Who owns what this principal starts (jobs): a key, or an anonymous client's address
+    /// block, so that one anonymous client never sees or dismisses another's jobs.
+    pub fn owner_name(&self) -> String {
+        match self {
+            Principal::Anonymous { ip } => format!("anonymous {}", crate::client::accountable(*ip)),
+            Principal::Key(k) => k.access_key.clone(),
+        }
+    }
+
     pub fn is_anonymous(&self) -> bool {
         matches!(self, Principal::Anonymous { .. })
     }
@@ -187,6 +196,7 @@ enum Credentials<'a> {
 }
 
 impl Credentials<'_> {
+    /// The access key id the credentials name (at most [`throttle::MAX_KEY_ID`] bytes).
     fn access_key(&self) -> Option<&str> {
         match self {
             Credentials::None => None,
@@ -208,7 +218,7 @@ fn credentials<'a>(r: &'a RequestAuth) -> Result<Credentials<'a>, AuthError> {
                 .trim()
                 .split_once(':')
                 .ok_or_else(|| AuthError::MalformedHeader("A bearer token is ACCESS_KEY:SECRET.".into()))?;
-            return Ok(Credentials::Bearer { id, secret });
+            return short_key_id(Credentials::Bearer { id, secret }, AuthError::MalformedHeader);
         }
         let signed =
             sigv4::parse_authorization(auth, header("x-amz-date")).map_err(|e| AuthError::MalformedHeader(e.0))?;
@@ -220,7 +230,7 @@ fn credentials<'a>(r: &'a RequestAuth) -> Result<Credentials<'a>, AuthError> {
         // Without x-amz-content-sha256 (curl 7.x) the hash of the empty body was signed;
         // reads have no body.
         let payload = header("x-amz-content-sha256").unwrap_or(EMPTY_SHA256);
-        return Ok(Credentials::Signed { signed, payload });
+        return short_key_id(Credentials::Signed { signed, payload }, AuthError::MalformedHeader);
     }
     if r.query.iter().any(|(k, _)| k == "AWSAccessKeyId") {
         return Err(AuthError::Unsupported);
@@ -233,9 +243,19 @@ fn credentials<'a>(r: &'a RequestAuth) -> Result<Credentials<'a>, AuthError> {
                 "The date of the credential scope does not match the request date (X-Amz-Date).".into(),
             ));
         }
-        return Ok(Credentials::Signed { signed, payload: "UNSIGNED-PAYLOAD" });
+        return short_key_id(Credentials::Signed { signed, payload: "UNSIGNED-PAYLOAD" }, AuthError::MalformedQuery);
     }
     Ok(Credentials::None)
+}
+
+/// Refuses an access key id longer than any key has, before it is looked up or counted.
+fn short_key_id(c: Credentials<'_>, malformed: fn(String) -> AuthError) -> Result<Credentials<'_>, AuthError> {
+    match c.access_key() {
+        Some(id) if id.len() > throttle::MAX_KEY_ID => {
+            Err(malformed(format!("An access key id is at most {} characters.", throttle::MAX_KEY_ID)))
+        }
+        _ => Ok(c),
+    }
 }
 
 pub struct Auth {
@@ -339,17 +359,22 @@ impl Auth {
 
     /// Authenticates a request and admits it under the quotas. Every request but health
     /// probes passes here. A request whose credentials fail is held to the anonymous quota of
-    /// its address, and gets the quota's refusal once that is spent.
-    pub fn admit(&self, r: &RequestAuth) -> Result<Principal, Refusal> {
+    /// its address, and gets the quota's refusal once that is spent. A refusal comes with the
+    /// principal to charge it to: the key whose quota is spent, or the address whose
+    /// credentials failed.
+    pub fn admit(&self, r: &RequestAuth) -> Result<Principal, (Principal, Refusal)> {
         let day = day_of(unix_now());
         match self.authenticate(r) {
-            Ok(who) => {
-                self.quotas.admit(&who, &day).map_err(Refusal::Quota)?;
-                Ok(who)
-            }
+            Ok(who) => match self.quotas.admit(&who, &day) {
+                Ok(()) => Ok(who),
+                Err(e) => Err((who, Refusal::Quota(e))),
+            },
             Err(e) => {
-                self.quotas.admit(&Principal::Anonymous { ip: r.ip }, &day).map_err(Refusal::Quota)?;
-                Err(Refusal::Auth(e))
+                let anonymous = Principal::Anonymous { ip: r.ip };
+                match self.quotas.admit(&anonymous, &day) {
+                    Ok(()) => Err((anonymous, Refusal::Auth(e))),
+                    Err(q) => Err((anonymous, Refusal::Quota(q))),
+                }
             }
         }
     }
@@ -360,8 +385,9 @@ impl Auth {
     }
 
     /// Identifies the sender of a request. Credentials that fail are counted against the
-    /// address and the key id they name; while either has failed too often, credentials are
-    /// refused unchecked.
+    /// address and the key id they name from it; while either has failed too often,
+    /// credentials are refused unchecked. Only failures that could be guesses count: not an
+    /// expired presigned URL or a skewed clock.
     pub fn authenticate(&self, r: &RequestAuth) -> Result<Principal, AuthError> {
         let throttled = |(what, retry_after)| AuthError::Throttled { what, retry_after };
         let creds = match credentials(r) {
@@ -379,7 +405,11 @@ impl Auth {
             Credentials::Bearer { id, secret } => self.check_bearer(id, secret),
             Credentials::Signed { signed, payload } => self.verify(r, signed, payload, unix_now()),
         };
-        checked.map(Principal::Key).inspect_err(|_| self.failures.record(r.ip, Some(id)))
+        checked.map(Principal::Key).inspect_err(|e| {
+            if !matches!(e, AuthError::Skewed | AuthError::Denied(_)) {
+                self.failures.record(r.ip, Some(id));
+            }
+        })
     }
 
     fn key(&self, access_key: &str) -> Result<Arc<KeyRecord>, AuthError> {

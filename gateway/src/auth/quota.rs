@@ -88,9 +88,54 @@ struct Days {
     running: HashMap<String, u32>,
 }
 
+impl Limits {
+    /// Why these limits cannot work, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(r) = self.requests_per_second {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(format!("requests_per_second must be a positive number, not {r}"));
+            }
+        }
+        if let Some(b) = self.burst {
+            if !(b.is_finite() && b >= 1.0) {
+                return Err(format!("burst must be at least 1, not {b}"));
+            }
+        }
+        if let Some(c) = self.compute_seconds_per_day {
+            if !(c.is_finite() && c >= 0.0) {
+                return Err(format!("compute_seconds_per_day must be a number of seconds, not {c}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl QuotaConfig {
+    /// Checks every table; the error names the table.
+    pub fn check(&self) -> Result<(), String> {
+        let tables = self
+            .anonymous
+            .iter()
+            .map(|l| ("[quotas.anonymous]".to_string(), l))
+            .chain(self.default_key.iter().map(|l| ("[quotas.default_key]".to_string(), l)))
+            .chain(self.group.iter().map(|(g, l)| (format!("[quotas.group.{g}]"), l)))
+            .chain(self.key.iter().map(|(k, l)| (format!("[quotas.key.{k}]"), l)));
+        for (name, limits) in tables {
+            limits.check().map_err(|e| format!("{name}: {e}"))?;
+        }
+        let p = self.failed_auth.per_minute;
+        if !(p.is_finite() && p >= 1.0) {
+            return Err(format!("[quotas.failed_auth] per_minute must be at least 1, not {p}"));
+        }
+        Ok(())
+    }
+}
+
 impl Days {
+    /// Moves on to `day` if it is later (days are `YYYY-MM-DD`, so they sort as text); an
+    /// earlier day, from a request that began before midnight, never clears today's counters.
     fn roll(&mut self, day: &str) {
-        if self.day != day {
+        if day > self.day.as_str() {
             self.day = day.to_string();
             self.today.clear();
         }
@@ -98,9 +143,11 @@ impl Days {
 
     fn add(&mut self, entity: &str, day: &str, delta: Daily) {
         self.roll(day);
-        let t = self.today.entry(entity.to_string()).or_default();
-        t.bytes += delta.bytes;
-        t.compute_ms += delta.compute_ms;
+        if day == self.day {
+            let t = self.today.entry(entity.to_string()).or_default();
+            t.bytes += delta.bytes;
+            t.compute_ms += delta.compute_ms;
+        }
         let p = self.pending.entry((entity.to_string(), day.to_string())).or_default();
         p.bytes += delta.bytes;
         p.compute_ms += delta.compute_ms;
@@ -139,11 +186,13 @@ impl Quotas {
         self.buckets.entry_count()
     }
 
-    /// The entities a principal's requests count against, with their limits.
+    /// The entities a principal's requests count against, with their limits, each once and in
+    /// the order of their names (which is also the order their buckets are locked in).
     fn entities<'a>(&'a self, who: &Principal) -> Vec<(String, &'a Limits)> {
-        match who {
+        let mut out: Vec<(String, &Limits)> = match who {
             Principal::Anonymous { ip } => {
-                self.config.anonymous.iter().map(|l| (format!("anonymous client {ip}"), l)).collect()
+                let block = crate::client::accountable(*ip);
+                self.config.anonymous.iter().map(|l| (format!("anonymous client {block}"), l)).collect()
             }
             Principal::Key(k) => {
                 let own = self.config.key.get(&k.access_key).or(self.config.default_key.as_ref());
@@ -155,7 +204,10 @@ impl Quotas {
                 }
                 out
             }
-        }
+        };
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
     }
 
     /// Sets today's counters from what an earlier process recorded (`(entity, counters)`).
@@ -216,19 +268,26 @@ impl Quotas {
                 self.buckets.get_with((*name).clone(), || Arc::new(Mutex::new(Bucket { tokens: *burst, last: now })))
             })
             .collect();
-        // Locked in the order of `rated` (own key before groups), always, so two requests never
-        // wait on each other's locks.
+        // Locked in the order of their names (`entities` sorts and deduplicates them), the same
+        // for every request, so two requests never wait on each other's locks.
         let mut locked: Vec<_> = buckets.iter().map(|b| b.lock().unwrap_or_else(|p| p.into_inner())).collect();
+        // The longest wait of every empty bucket: the request passes only when all have a token.
+        let mut refusal: Option<Exceeded> = None;
         for (b, (name, rate, burst)) in locked.iter_mut().zip(&rated) {
             b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(*burst);
             b.last = now;
             if b.tokens < 1.0 {
-                let wait = ((1.0 - b.tokens) / rate).ceil().max(1.0);
-                return Err(Exceeded {
-                    what: format!("requests per second of {name} ({rate}/s, burst {burst})"),
-                    retry_after: wait.min(u64::MAX as f64) as u64,
-                });
+                let wait = ((1.0 - b.tokens) / rate).ceil().clamp(1.0, u32::MAX as f64) as u64;
+                if refusal.as_ref().is_none_or(|r| wait > r.retry_after) {
+                    refusal = Some(Exceeded {
+                        what: format!("requests per second of {name} ({rate}/s, burst {burst})"),
+                        retry_after: wait,
+                    });
+                }
             }
+        }
+        if let Some(r) = refusal {
+            return Err(r);
         }
         for b in locked.iter_mut() {
             b.tokens -= 1.0;
@@ -393,11 +452,69 @@ mod tests {
     }
 
     #[test]
+    fn keys_in_the_same_groups_listed_in_other_orders_never_deadlock() {
+        let mut config = QuotaConfig::default();
+        for g in ["x", "y", "z"] {
+            config.group.insert(g.into(), limits(1e9, 1e9));
+        }
+        let q = std::sync::Arc::new(Quotas::new(config));
+        let keys = [key("A", &["x", "y", "z"]), key("B", &["z", "y", "x"]), key("C", &["y", "y", "x"])];
+        let threads: Vec<_> = keys
+            .into_iter()
+            .map(|k| {
+                let q = q.clone();
+                std::thread::spawn(move || (0..20_000).all(|_| q.admit(&k, "d").is_ok()))
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap());
+        }
+    }
+
+    #[test]
+    fn the_wait_is_the_longest_of_the_empty_buckets() {
+        let mut config = QuotaConfig { default_key: Some(limits(1.0, 1.0)), ..Default::default() };
+        config.group.insert("slow".into(), limits(0.1, 1.0));
+        let q = Quotas::new(config);
+        let k = key("A", &["slow"]);
+        assert!(q.admit(&k, "d").is_ok());
+        let e = q.admit(&k, "d").unwrap_err();
+        assert_eq!(e.retry_after, 10, "{e:?}");
+        assert!(e.what.contains("group slow"));
+    }
+
+    #[test]
+    fn a_late_request_of_yesterday_does_not_reset_today() {
+        let anon = Limits { bytes_per_day: Some(100), ..Default::default() };
+        let q = Quotas::new(QuotaConfig { anonymous: Some(anon), ..Default::default() });
+        let ip = Principal::Anonymous { ip: "10.0.0.1".parse().unwrap() };
+        q.add_bytes(&ip, "2026-12-02", 100);
+        q.add_bytes(&ip, "2026-12-01", 5);
+        assert!(q.admit(&ip, "2026-12-02").is_err(), "today's budget is still spent");
+        assert_eq!(q.take_pending().len(), 2, "both days are written");
+    }
+
+    #[test]
+    fn impossible_limits_are_refused() {
+        for bad in [
+            Limits { requests_per_second: Some(0.0), ..Default::default() },
+            Limits { burst: Some(0.5), ..Default::default() },
+            Limits { requests_per_second: Some(f64::NAN), ..Default::default() },
+        ] {
+            let c = QuotaConfig { anonymous: Some(bad), ..Default::default() };
+            assert!(c.check().unwrap_err().contains("[quotas.anonymous]"));
+        }
+        let mut c = QuotaConfig::default();
+        c.failed_auth.per_minute = f64::INFINITY;
+        assert!(c.check().is_err());
+    }
+
+    #[test]
     fn rate_buckets_are_bounded() {
         let anon = Limits { requests_per_second: Some(1.0), ..Default::default() };
         let q = Quotas::new(QuotaConfig { anonymous: Some(anon), ..Default::default() });
         for i in 0..(MAX_BUCKETS + 5_000) {
-            let ip = std::net::Ipv6Addr::from(i as u128);
+            let ip = std::net::Ipv6Addr::from((i as u128) << 64); // one /64 each
             assert!(q.admit(&Principal::Anonymous { ip: ip.into() }, "d").is_ok());
         }
         assert!(q.tracked_buckets() <= MAX_BUCKETS + MAX_BUCKETS / 10, "{}", q.tracked_buckets());

@@ -118,8 +118,11 @@ pub fn canonical_uri(decoded_path: &str) -> String {
 }
 
 /// The canonical query string of a raw query (as sent), without `X-Amz-Signature`.
+///
+/// A `+` is read as a space, as the gateway reads the query's arguments: what is signed is what
+/// is acted on (otherwise a signed `%2B` could be sent as `+` and read as a space).
 pub fn canonical_query(raw_query: &str) -> String {
-    let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let decode = |s: &str| percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
     let mut pairs: Vec<(String, String)> = raw_query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -288,5 +291,11 @@ mod tests {
         );
         assert_eq!(parse_amz_date("20130524T000000Z"), Some(1_369_353_600));
         assert_eq!(parse_amz_date("20130524T000000"), None);
+    }
+
+    #[test]
+    fn a_plus_is_signed_as_the_space_it_is_read_as() {
+        assert_eq!(canonical_query("var=a+b"), canonical_query("var=a%20b"));
+        assert_ne!(canonical_query("var=a+b"), canonical_query("var=a%2Bb"));
     }
 }

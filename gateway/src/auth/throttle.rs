@@ -1,14 +1,19 @@
-//! Failed authentications, throttled per client address and per access key id.
+//! Failed authentications, throttled per client address and per access key id from that
+//! address.
 //!
-//! Each address and each key id has a token bucket of `per_minute` tokens that refills at
-//! `per_minute` a minute. A failed authentication takes a token; while either bucket of a
-//! request is empty, its credentials are not even checked and it gets `SlowDown` with the time
-//! until a token is back. A throttled request takes no token, so the lock lifts at most
-//! `60 / per_minute` seconds after the failures stop: the owner of a key someone else guesses
-//! at is locked out no longer than that.
+//! Each address (an IPv6 client by its /64) has a token bucket of `per_minute` tokens that
+//! refills at `per_minute` a minute, and so has each access key id tried from it. A failed
+//! authentication takes a token from both; while either bucket of a request is empty, its
+//! credentials are not even checked and it gets `SlowDown` with the time until the request
+//! would pass. A throttled request takes no token, so the lock lifts at most `60 / per_minute`
+//! seconds after the failures stop. A key is never locked for every address: access key ids are
+//! not secret (presigned URLs show them), and a key-wide lock would let anyone lock its owner
+//! out for as long as they keep failing with it. Guessing a 40-character secret at
+//! `per_minute` tries a minute per address is hopeless anyway.
 //!
 //! The buckets live in a bounded cache: a flood of invented key ids or addresses evicts old
-//! buckets (which only ever makes the throttle more lenient), never grows memory.
+//! buckets (which only ever makes the throttle more lenient), never grows memory; key ids
+//! longer than [`MAX_KEY_ID`] are refused before they get here.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -32,6 +37,8 @@ impl Default for FailureLimits {
 
 /// Buckets kept at most (addresses and key ids together).
 const MAX_TRACKED: u64 = 100_000;
+/// The longest access key id accepted (ours are 20 characters; AWS's at most 128).
+pub const MAX_KEY_ID: usize = 128;
 
 struct Bucket {
     tokens: f64,
@@ -51,7 +58,8 @@ impl Failures {
     }
 
     fn names(ip: IpAddr, key: Option<&str>) -> impl Iterator<Item = String> {
-        std::iter::once(format!("address {ip}")).chain(key.map(|k| format!("access key id {k}")))
+        let block = crate::client::accountable(ip);
+        std::iter::once(format!("address {block}")).chain(key.map(move |k| format!("access key id {k} from {block}")))
     }
 
     fn refilled(&self, b: &mut Bucket, now: Instant) {
@@ -60,19 +68,23 @@ impl Failures {
         b.last = now;
     }
 
-    /// `Err((what, seconds))` while `ip` or `key` may not try again.
+    /// `Err((what, seconds))` while `ip` (or `key` from it) may not try again: the longest
+    /// wait of its empty buckets.
     pub fn check(&self, ip: IpAddr, key: Option<&str>) -> Result<(), (String, u64)> {
         let now = Instant::now();
+        let mut refusal: Option<(String, u64)> = None;
         for name in Self::names(ip, key) {
             let Some(bucket) = self.buckets.get(&name) else { continue };
             let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
             self.refilled(&mut b, now);
             if b.tokens < 1.0 {
-                let wait = (1.0 - b.tokens) / (self.limits.per_minute / 60.0);
-                return Err((name, wait.ceil().max(1.0) as u64));
+                let wait = ((1.0 - b.tokens) / (self.limits.per_minute / 60.0)).ceil().max(1.0) as u64;
+                if refusal.as_ref().is_none_or(|(_, w)| wait > *w) {
+                    refusal = Some((name, wait));
+                }
             }
         }
-        Ok(())
+        refusal.map_or(Ok(()), Err)
     }
 
     /// Counts one failed authentication of `ip` (claiming `key`, if it named one).
@@ -102,10 +114,27 @@ mod tests {
         }
         let (what, wait) = f.check(a, None).unwrap_err();
         assert!(what.contains("10.0.0.1") && (1..=20).contains(&wait), "{what} {wait}");
-        // Another address is free, but not with the key that was guessed at.
+        assert!(f.check(a, Some("other")).is_err(), "the address is locked for every key");
+        // Another address is free, with the key that was guessed at too: its owner gets in.
         assert!(f.check(b, None).is_ok());
-        assert!(f.check(b, Some("K")).unwrap_err().0.contains("access key id K"));
-        assert!(f.check(b, Some("other")).is_ok());
+        assert!(f.check(b, Some("K")).is_ok());
+    }
+
+    #[test]
+    fn one_address_failing_with_many_keys_and_one_key_from_many_addresses() {
+        let f = Failures::new(FailureLimits { per_minute: 2.0 });
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        // The key's bucket from this address empties with the address's; from elsewhere the key
+        // is free.
+        f.record(a, Some("K"));
+        f.record(a, Some("K"));
+        assert!(f.check(a, Some("K")).is_err());
+        assert!(f.check("10.0.0.2".parse().unwrap(), Some("K")).is_ok());
+        // Addresses of one IPv6 /64 share a bucket.
+        let (v1, v2): (IpAddr, IpAddr) = ("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap());
+        f.record(v1, None);
+        f.record(v1, None);
+        assert!(f.check(v2, None).is_err());
     }
 
     #[test]

@@ -282,7 +282,7 @@ async fn execute(
 
 /// Whether anyone may read a collection and compute on it (its results may then sit in
 /// shared caches).
-fn is_public(app: &App, bucket: &str) -> bool {
+pub fn is_public(app: &App, bucket: &str) -> bool {
     app.collections.get(bucket).is_some_and(|c| c.read.is_public() && c.compute.is_public())
 }
 
@@ -371,11 +371,10 @@ pub fn zarr_listing(ops: &Ops, hash: &str) -> Option<(String, Vec<(String, u64)>
     Some((bucket, files.into_iter().map(|(name, s, e)| (format!("{hash}/{name}"), (e - s) as u64)).collect()))
 }
 
-/// A key sees its own jobs; anonymous callers see anonymous jobs (whose collections are open to
-/// anyone). Either only while it may still use the job's collection: a key taken out of a
-/// group loses sight of the jobs it ran there.
+/// A key sees its own jobs; an anonymous caller the anonymous jobs of its address. Either only
+/// while it may still use the job's collection (policies change with the configuration).
 fn visible(app: &App, job: &JobRecord, who: &Principal) -> bool {
-    job.owner == who.usage_name() && job.bucket().is_some_and(|b| may_use(app, b, who).is_ok())
+    job.owner == who.owner_name() && job.bucket().is_some_and(|b| may_use(app, b, who).is_ok())
 }
 
 /// A job, if it exists and `who` may see it (an unknown job and another's look the same).

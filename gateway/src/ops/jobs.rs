@@ -48,7 +48,7 @@ pub struct JobRecord {
     pub request: serde_json::Value,
     /// `nc`, `zarr`, `json` or `csv`.
     pub format: String,
-    /// Who submitted it (usage name), for quotas.
+    /// Who submitted it ([`crate::auth::Principal::owner_name`]): only they see it.
     pub owner: String,
     pub status: Status,
     /// 0 to 100.

@@ -276,8 +276,7 @@ impl Ops {
         h.update(req.canonical().to_string().as_bytes());
         for s in &dataset.sources {
             h.update(s.path.to_string_lossy().as_bytes());
-            h.update(&s.fingerprint.size.to_le_bytes());
-            h.update(&s.fingerprint.mtime_ns.to_le_bytes());
+            h.update(&s.fingerprint.to_bytes());
         }
         if let Some(meta) = dataset.objects.get(".zmetadata") {
             h.update(meta.etag.as_bytes());
@@ -400,7 +399,7 @@ impl Ops {
             process: request.process.id().to_string(),
             request: json!({"inputs": inputs, "canonical": request.canonical()}),
             format: request.format.ext().to_string(),
-            owner: who.usage_name().to_string(),
+            owner: who.owner_name(),
             status: Status::Accepted,
             progress: 0,
             created: now,
@@ -650,7 +649,10 @@ fn source_problem(e: SourceError) -> Problem {
 /// A spent quota, with the time until it would admit the request.
 pub fn exceeded_problem(e: &Exceeded) -> Problem {
     let detail = format!("the quota on {} is used up; retry in {} s", e.what, e.retry_after);
-    Problem { retry_after: Some(u32::try_from(e.retry_after).unwrap_or(u32::MAX)), ..Problem::new(429, "quota", "Quota exceeded", detail) }
+    Problem {
+        retry_after: Some(u32::try_from(e.retry_after).unwrap_or(u32::MAX)),
+        ..Problem::new(429, "quota", "Quota exceeded", detail)
+    }
 }
 
 /// Encodes a result in the requested format.

@@ -495,7 +495,9 @@ fn results_object(app: &App, ops: &crate::ops::Ops, r: &S3Request, who: &Princip
     let mut resp = response(status, content_type(key), body, &r.request_id);
     let h = resp.headers_mut();
     h.insert("etag", HeaderValue::from_str(&etag).expect("hex etag"));
-    h.insert("cache-control", HeaderValue::from_static("public, max-age=31536000, immutable"));
+    // Only results of open collections may sit in shared caches.
+    let scope = if crate::ops::http::is_public(app, &bucket) { "public" } else { "private" };
+    h.insert("cache-control", HeaderValue::from_str(&format!("{scope}, max-age=31536000, immutable")).expect("ascii"));
     h.insert("content-length", HeaderValue::from(end - start));
     if range {
         let cr = format!("bytes {}-{}/{}", start, end.saturating_sub(1), size);

@@ -9,15 +9,27 @@ use serde::{Deserialize, Serialize};
 
 /// What identifies one version of a source file. A change in either field means the file must
 /// be indexed again and its old references must not be served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fingerprint {
     pub size: u64,
     /// Modification time in nanoseconds since the Unix epoch (negative before it).
     pub mtime_ns: i64,
+    /// Inode and device: a file replaced by another (`mv`, `rsync`, `cp` to a new name) is a
+    /// new inode, whatever size and modification time it was given.
+    #[serde(default)]
+    pub ino: u64,
+    #[serde(default)]
+    pub dev: u64,
+    /// Status-change time in nanoseconds: no user can set it, so a file rewritten in place
+    /// with its size and modification time restored (`cp -p`, `rsync -a`, `touch -r`) still
+    /// shows. The last three are 0 in catalogs written before they were recorded.
+    #[serde(default)]
+    pub ctime_ns: i64,
 }
 
 impl Fingerprint {
     pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
         let mtime_ns = meta
             .modified()
             .ok()
@@ -26,11 +38,53 @@ impl Fingerprint {
                 Err(e) => -(e.duration().as_nanos() as i64),
             })
             .unwrap_or(0);
-        Fingerprint { size: meta.len(), mtime_ns }
+        Fingerprint {
+            size: meta.len(),
+            mtime_ns,
+            ino: meta.ino(),
+            dev: meta.dev(),
+            ctime_ns: meta.ctime().saturating_mul(1_000_000_000).saturating_add(meta.ctime_nsec()),
+        }
     }
 
     pub fn of_path(path: &Path) -> std::io::Result<Self> {
         Ok(Self::of(&std::fs::metadata(path)?))
+    }
+
+    /// Whether inode, device and change time were recorded (not a catalog from before them).
+    pub fn knows_identity(&self) -> bool {
+        self.ino != 0 || self.ctime_ns != 0
+    }
+
+    /// Why the file now fingerprinted `now` is not the one this fingerprint was taken of, if
+    /// it is not. Inode, device and change time are compared when they were recorded.
+    pub fn changed(&self, now: &Fingerprint) -> Option<String> {
+        if now.size != self.size {
+            return Some(format!("size {} is now {}", self.size, now.size));
+        }
+        if now.mtime_ns != self.mtime_ns {
+            return Some("its modification time changed".into());
+        }
+        if self.knows_identity() {
+            if (now.ino, now.dev) != (self.ino, self.dev) {
+                return Some("it was replaced by another file".into());
+            }
+            if now.ctime_ns != self.ctime_ns {
+                return Some("it was changed (its status-change time moved)".into());
+            }
+        }
+        None
+    }
+
+    /// Every field, for cache keys and ETags.
+    pub fn to_bytes(&self) -> [u8; 40] {
+        let mut b = [0; 40];
+        b[..8].copy_from_slice(&self.size.to_le_bytes());
+        b[8..16].copy_from_slice(&self.mtime_ns.to_le_bytes());
+        b[16..24].copy_from_slice(&self.ino.to_le_bytes());
+        b[24..32].copy_from_slice(&self.dev.to_le_bytes());
+        b[32..].copy_from_slice(&self.ctime_ns.to_le_bytes());
+        b
     }
 }
 
@@ -173,7 +227,7 @@ mod tests {
         cat.datasets.insert(
             "a/b.nc".into(),
             CatalogEntry {
-                fingerprint: Fingerprint { size: 10, mtime_ns: -5 },
+                fingerprint: Fingerprint { size: 10, mtime_ns: -5, ..Default::default() },
                 status: EntryStatus::Partial,
                 refs: Some("refs/a/b.nc.json".into()),
                 report: "reports/a/b.nc.json".into(),

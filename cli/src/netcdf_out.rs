@@ -4,6 +4,12 @@
 //! Attribute types follow the data: `_FillValue`, `missing_value` and `valid_*` take the
 //! variable's type (CF requires it); other numbers are int32/int64 or, for floats, float32 when
 //! the value was written from a float32 (its shortest spelling says so), else float64.
+//!
+//! A fill-like value the variable's type cannot hold (a NaN `_FillValue` on an int16, as some
+//! NetCDF-3 writers leave) is never cast, which would turn NaN into 0 and mask every zero.
+//! `missing_value` and `valid_*` are then written in their own type, as the source has them;
+//! `_FillValue` cannot be (netCDF-C requires the variable's type), so it is left out: xarray
+//! ignores such a fill on the source too ("non-conforming _FillValue"), and shows none.
 
 use netcdf::types::{NcTypeDescriptor, NcVariableType};
 use netcdf::AttributeValue;
@@ -69,6 +75,23 @@ fn typed(x: f64, v: &OutVar) -> AttributeValue {
     }
 }
 
+/// Whether `x` is exactly a value of the variable's type.
+fn holds(x: f64, v: &OutVar) -> bool {
+    let range = match (v.dtype.kind, v.dtype.size) {
+        (Kind::Float, _) => return true,
+        (Kind::Int, 1) => (i8::MIN as f64, i8::MAX as f64),
+        (Kind::Int, 2) => (i16::MIN as f64, i16::MAX as f64),
+        (Kind::Int, 4) => (i32::MIN as f64, i32::MAX as f64),
+        (Kind::Int, _) => (i64::MIN as f64, i64::MAX as f64),
+        (Kind::UInt | Kind::Bool, 1) => (0.0, u8::MAX as f64),
+        (Kind::UInt, 2) => (0.0, u16::MAX as f64),
+        (Kind::UInt, 4) => (0.0, u32::MAX as f64),
+        (Kind::UInt, _) => (0.0, u64::MAX as f64),
+        _ => return false,
+    };
+    x.is_finite() && x.fract() == 0.0 && x >= range.0 && x <= range.1
+}
+
 fn numbers(v: &Value) -> Option<Vec<f64>> {
     match v {
         Value::Array(items) => items.iter().map(number).collect(),
@@ -95,7 +118,8 @@ fn attribute(v: &Value, typed_as: Option<&OutVar>) -> Option<AttributeValue> {
         Some((Kind::UInt, 8)) if v.is_u64() => return v.as_u64().map(AttributeValue::Ulonglong),
         _ => {}
     }
-    if let Some(var) = typed_as {
+    // A value the variable's type cannot hold keeps its own type (below).
+    if let Some(var) = typed_as.filter(|var| xs.iter().all(|x| holds(*x, var))) {
         if xs.len() == 1 {
             return Some(typed(xs[0], var));
         }
@@ -184,10 +208,12 @@ trait FromJson: Sized {
 
 macro_rules! from_json_int {
     ($($t:ty),*) => { $(impl FromJson for $t {
+        /// None unless the value is exactly one of the type (a NaN or 1.5 is not).
         fn from_json(v: &Value) -> Option<Self> {
             v.as_i64().and_then(|i| <$t>::try_from(i).ok())
                 .or_else(|| v.as_u64().and_then(|u| <$t>::try_from(u).ok()))
-                .or_else(|| number(v).map(|x| x as $t))
+                .or_else(|| number(v).filter(|x| x.is_finite() && x.fract() == 0.0)
+                    .and_then(|x| <$t>::try_from(x as i128).ok()))
         }
     })* };
 }
@@ -207,7 +233,7 @@ impl FromJson for f64 {
 
 impl FromJson for NcChar {
     fn from_json(v: &Value) -> Option<Self> {
-        number(v).map(|x| NcChar(x as u8))
+        u8::from_json(v).map(NcChar)
     }
 }
 

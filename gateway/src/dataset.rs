@@ -88,13 +88,6 @@ fn etag(parts: &[&[u8]]) -> String {
     format!("\"{}\"", &h.finalize().to_hex()[..32])
 }
 
-fn fingerprint_bytes(f: Fingerprint) -> [u8; 16] {
-    let mut b = [0; 16];
-    b[..8].copy_from_slice(&f.size.to_le_bytes());
-    b[8..].copy_from_slice(&f.mtime_ns.to_le_bytes());
-    b
-}
-
 /// Turns a rendered reference URL into a local path (`file://` or a plain path).
 fn local_path(url: &str) -> Result<PathBuf, String> {
     let path = url.strip_prefix("file://").unwrap_or(url);
@@ -289,15 +282,12 @@ impl Dataset {
 fn object_etag(body: &Body, sources: &[Source], context: &str) -> String {
     match body {
         Body::Inline(b) => etag(&[b"inline", b]),
-        Body::Range { source, offset, length } => etag(&[
-            b"range",
-            &fingerprint_bytes(sources[*source].fingerprint),
-            &offset.to_le_bytes(),
-            &length.to_le_bytes(),
-        ]),
+        Body::Range { source, offset, length } => {
+            etag(&[b"range", &sources[*source].fingerprint.to_bytes(), &offset.to_le_bytes(), &length.to_le_bytes()])
+        }
         Body::Transcoded { source, chunk, .. } => etag(&[
             b"raw",
-            &fingerprint_bytes(sources[*source].fingerprint),
+            &sources[*source].fingerprint.to_bytes(),
             &chunk.offset.to_le_bytes(),
             &chunk.length.to_le_bytes(),
             &chunk.filter_mask.to_le_bytes(),
@@ -308,7 +298,7 @@ fn object_etag(body: &Body, sources: &[Source], context: &str) -> String {
 
 /// The version string of a single-file dataset.
 pub fn version_of(f: Fingerprint) -> String {
-    format!("{}:{}", f.size, f.mtime_ns)
+    format!("{}:{}:{}:{}:{}", f.size, f.mtime_ns, f.ino, f.dev, f.ctime_ns)
 }
 
 fn http_date(t: SystemTime) -> hyper::header::HeaderValue {

@@ -1,8 +1,10 @@
 //! Byte ranges of local source files, through cached open handles, with a staleness check.
 //!
-//! Every read first stats the path and compares size and mtime with the fingerprint taken at
-//! indexing. A changed, truncated, deleted or replaced file is [`ReadError::Stale`]: its bytes
-//! are never served. A handle is reused only while the path still names the same inode.
+//! Every read first stats the path and compares it with the fingerprint taken at indexing:
+//! size, modification time, inode, device and status-change time (see
+//! [`Fingerprint::changed`]). A changed, truncated, deleted or replaced file is
+//! [`ReadError::Stale`], also when it was given its old size and modification time back: its
+//! bytes are never served. A handle is reused only while the path still names the same inode.
 //!
 //! Reads on a server thread use [`Wait::CachedOnly`]: a range that is not all in the page cache
 //! is refused at once instead of stalling every connection of that thread on the disk, and the
@@ -127,14 +129,10 @@ impl Sources {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(stale("it was deleted".into())),
             Err(source) => return Err(ReadError::Io { path: path.to_path_buf(), source }),
         };
-        let now = Fingerprint::of(&meta);
-        if now.size != expected.size {
-            return Err(stale(format!("size {} is now {}", expected.size, now.size)));
+        match expected.changed(&Fingerprint::of(&meta)) {
+            Some(why) => Err(stale(why)),
+            None => Ok(meta),
         }
-        if now.mtime_ns != expected.mtime_ns {
-            return Err(stale("its modification time changed".into()));
-        }
-        Ok(meta)
     }
 
     /// An open handle of `path`, after checking its fingerprint.
@@ -223,13 +221,28 @@ mod tests {
         std::fs::write(&path, b"01234").unwrap();
         assert!(matches!(sources.read(&path, fp, 2, 3), Err(ReadError::Stale { .. })));
 
-        // Replaced by a new file with the old size and mtime: a new handle reads the new bytes.
+        // Replaced by a new file given the old size and mtime (`mv`, `rsync -a`): another inode.
+        std::fs::write(&path, b"0123456789").unwrap();
+        let fp = Fingerprint::of_path(&path).unwrap();
+        assert_eq!(sources.read(&path, fp, 2, 3).unwrap(), b"234");
         let other = dir.path().join("g.bin");
         std::fs::write(&other, b"abcdefghij").unwrap();
         let f = File::options().write(true).open(&other).unwrap();
         f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(fp.mtime_ns as u64)).unwrap();
         std::fs::rename(&other, &path).unwrap();
-        assert_eq!(sources.read(&path, fp, 2, 3).unwrap(), b"cde");
+        let err = sources.read(&path, fp, 2, 3).unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+
+        // Rewritten in place with the old size and mtime restored (`cp -p` onto it): the
+        // status-change time moved, which no user can set back.
+        let fp = Fingerprint::of_path(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"ABCDEFGHIJ").unwrap();
+        let f = File::options().write(true).open(&path).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(fp.mtime_ns as u64)).unwrap();
+        assert_eq!(Fingerprint::of_path(&path).unwrap().mtime_ns, fp.mtime_ns);
+        let err = sources.read(&path, fp, 2, 3).unwrap_err();
+        assert!(err.to_string().contains("changed"), "{err}");
 
         // Deleted.
         std::fs::remove_file(&path).unwrap();

@@ -118,7 +118,7 @@ pub fn index_tree(
                 summary.skipped += 1;
                 progress.file(&rel, Outcome::Skipped);
             }
-            _ => todo.push((rel, fingerprint.unwrap_or(Fingerprint { size: 0, mtime_ns: 0 }))),
+            _ => todo.push((rel, fingerprint.unwrap_or_default())),
         }
     }
     let (tx, rx) = std::sync::mpsc::channel();

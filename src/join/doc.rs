@@ -27,6 +27,7 @@ use crate::zarr::{consolidated_v2, ArrayMetadataV2};
 
 /// Format marker and version.
 pub const FORMAT: &str = "zarrgate-join";
+const VERSION: u32 = 2;
 
 /// A member file as the join saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,8 +106,7 @@ impl JoinDoc {
             let name = s.path.as_bytes();
             names.extend_from_slice(&(name.len() as u16).to_le_bytes());
             names.extend_from_slice(name);
-            names.extend_from_slice(&s.fingerprint.size.to_le_bytes());
-            names.extend_from_slice(&s.fingerprint.mtime_ns.to_le_bytes());
+            names.extend_from_slice(&s.fingerprint.to_bytes());
         }
         let arrays = self
             .arrays
@@ -131,7 +131,7 @@ impl JoinDoc {
             .collect();
         let stored = Stored {
             format: FORMAT.to_string(),
-            version: 1,
+            version: VERSION,
             sources: pack(&names),
             metadata: self.metadata.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect(),
             arrays,
@@ -142,7 +142,9 @@ impl JoinDoc {
 
     pub fn from_json(bytes: &[u8]) -> Result<JoinDoc, String> {
         let stored: Stored = serde_json::from_slice(bytes).map_err(|e| format!("not a join document: {e}"))?;
-        if stored.format != FORMAT || stored.version != 1 {
+        // Version 1 recorded size and modification time of each member; 2 adds inode, device
+        // and change time.
+        if stored.format != FORMAT || !(1..=VERSION).contains(&stored.version) {
             return Err(format!("unsupported join document {} v{}", stored.format, stored.version));
         }
         let names = unpack(&stored.sources)?;
@@ -153,7 +155,9 @@ impl JoinDoc {
             let path = String::from_utf8(r.take(n)?.to_vec()).map_err(|_| "a source path is not UTF-8")?;
             let size = r.u64()?;
             let mtime_ns = r.u64()? as i64;
-            sources.push(SourceFile { path, fingerprint: Fingerprint { size, mtime_ns } });
+            let (ino, dev, ctime_ns) =
+                if stored.version >= 2 { (r.u64()?, r.u64()?, r.u64()? as i64) } else { (0, 0, 0) };
+            sources.push(SourceFile { path, fingerprint: Fingerprint { size, mtime_ns, ino, dev, ctime_ns } });
         }
         let mut arrays = BTreeMap::new();
         for (name, a) in stored.arrays {

@@ -527,14 +527,17 @@ impl<'a> Joiner<'a> {
     }
 
     /// For a variable taken from the first piece: a coordinate must be the same in every piece
-    /// that has it.
+    /// that has it, as xarray compares it once decoded: CF-decoded values, and for times the
+    /// instants in one calendar (so the same instants in other units are the same coordinate,
+    /// and the same numbers in other units are not).
     fn check_same(&self, name: &str, kids: &[VDataset]) -> Result<(), JoinError> {
         let holders: Vec<&VDataset> = kids.iter().filter(|k| k.vars.contains_key(name)).collect();
         if holders.len() < 2 || !(is_coordinate(holders[0], name) || holders[0].joined.contains(name)) {
             return Ok(());
         }
         let a = &holders[0].vars[name];
-        let va = self.values(name, a)?;
+        let time = time_encoding(holders[0], name);
+        let va = self.comparable(name, a, time.as_ref())?;
         for k in &holders[1..] {
             let b = &k.vars[name];
             let differ = |why: String| {
@@ -547,12 +550,48 @@ impl<'a> Joiner<'a> {
             if a.shape != b.shape {
                 return differ(format!("shape {:?} and {:?}", a.shape, b.shape));
             }
-            let vb = self.values(name, b)?;
+            if let Some((_, cal_a)) = &time {
+                let Some((_, cal_b)) = time_encoding(k, name) else {
+                    return differ("times in one and plain numbers in the other".into());
+                };
+                if calendar_of(cal_a) != calendar_of(&cal_b) {
+                    return err(format!(
+                        "different calendars: {name} is {:?} in {} and {:?} in {}",
+                        calendar_name(cal_a),
+                        self.name(holders[0].files[0]),
+                        calendar_name(&cal_b),
+                        self.name(k.files[0])
+                    ));
+                }
+            }
+            let vb = self.comparable(name, b, time.as_ref())?;
             if let Some(i) = (0..va.len()).find(|i| !same_value(&va[*i], &vb[*i])) {
-                return differ(format!("at index {i}: {:?} and {:?}", va[i], vb[i]));
+                let show = |c: &Cell| match (c, &time) {
+                    (Cell::Number(x), Some((units, cal))) => {
+                        match TimeUnits::parse(units, cal).and_then(|u| u.decode(*x)) {
+                            Ok(t) => t.iso(),
+                            Err(_) => x.to_string(),
+                        }
+                    }
+                    _ => format!("{c:?}"),
+                };
+                return differ(format!("at index {i}: {} and {}", show(&va[i]), show(&vb[i])));
             }
         }
         Ok(())
+    }
+
+    /// The values of a coordinate as xarray compares them: times re-encoded in `time` (the
+    /// first piece's units and calendar, so equal instants give equal numbers), else decoded.
+    fn comparable(&self, name: &str, v: &VVar, time: Option<&(String, String)>) -> Result<Vec<Cell>, JoinError> {
+        match time {
+            Some((units, calendar)) => {
+                let mode = Mode::Retime { units: units.clone(), calendar: calendar.clone() };
+                let array = self.array(name, v, mode, None)?;
+                Ok(f64_values(&array, self.reader)?.into_iter().map(Cell::Number).collect())
+            }
+            None => self.values(name, v),
+        }
     }
 
     /// Values of the join coordinate of every piece, comparable across pieces: times in the
@@ -1110,6 +1149,12 @@ fn time_units_of(ds: &VDataset, name: &str) -> Option<(String, String)> {
     if !v.dims.iter().any(|d| ds.joined.contains(d)) {
         return None;
     }
+    time_encoding(ds, name)
+}
+
+/// The CF time units and calendar of a variable (its own, or what its bounds owner lends it).
+fn time_encoding(ds: &VDataset, name: &str) -> Option<(String, String)> {
+    let v = ds.vars.get(name)?;
     let owner = bounds_owner(ds, name).map(|o| &ds.vars[&o]);
     let of = |v: &VVar| {
         let units = v.attrs.get("units").and_then(Value::as_str)?;
@@ -1296,5 +1341,66 @@ mod tests {
         assert_eq!(j.variables["time"].dims, vec!["time"]);
         assert_eq!(j.variables["member"].array.meta.dtype.kind, Kind::VlenString);
         assert_eq!(j.variables["tas"].array.mode, Mode::Direct);
+    }
+
+    fn members_of(a: Member, b: Member) -> (Vec<Member>, Node) {
+        let node = Node::New {
+            dim: "member".into(),
+            values: CoordValue::infer(&["1".into(), "2".into()]),
+            variables: None,
+            children: vec![Node::File(0), Node::File(1)],
+        };
+        (vec![a, b], node)
+    }
+
+    #[test]
+    fn members_compare_their_times_as_instants() {
+        let lat = [1.0, 2.0];
+        // The same numbers a day apart: refused, naming both files and both instants.
+        let (m, node) = members_of(
+            member("r1.nc", &[6.0, 60.0], "hours since 2006-01-01", "", &lat, None),
+            member("r2.nc", &[6.0, 60.0], "hours since 2006-01-02", "", &lat, None),
+        );
+        let e = join(&m, node).unwrap_err().0;
+        assert!(e.contains("different grids") && e.contains("r1.nc") && e.contains("r2.nc"), "{e}");
+        assert!(e.contains("2006-01-01T06:00:00") && e.contains("2006-01-02T06:00:00"), "{e}");
+        // The same instants in other units: joined, served in the first file's units.
+        let (m, node) = members_of(
+            member("r1.nc", &[6.0, 60.0], "hours since 2006-01-01", "", &lat, None),
+            member("r2.nc", &[0.25, 2.5], "days since 2006-01-01", "", &lat, None),
+        );
+        let j = join(&m, node).unwrap();
+        assert_eq!(f64s(&j.variables["time"]), vec![6.0, 60.0]);
+        assert_eq!(j.variables["time"].attrs["units"], "hours since 2006-01-01");
+        let (m, node) = members_of(
+            member("r1.nc", &[6.0, 60.0], "hours since 2006-01-01", "", &lat, None),
+            member("r2.nc", &[3_156_480.0 + 360.0, 3_156_480.0 + 3600.0], "minutes since 2000-01-01", "", &lat, None),
+        );
+        assert!(join(&m, node).is_ok(), "2006-01-01 is 2192 days after 2000-01-01");
+        // Equal numbers in another calendar: refused as different calendars.
+        let (m, node) = members_of(
+            member("r1.nc", &[15.0], "days since 2006-01-01", "noleap", &lat, None),
+            member("r2.nc", &[15.0], "days since 2006-01-01", "360_day", &lat, None),
+        );
+        let e = join(&m, node).unwrap_err().0;
+        assert!(e.contains("different calendars") && e.contains("r1.nc") && e.contains("r2.nc"), "{e}");
+    }
+
+    #[test]
+    fn union_parts_compare_their_times_as_instants() {
+        let lat = [1.0, 2.0];
+        let members = [
+            member("tas.nc", &[0.0, 1.0], "days since 2006-01-01", "", &lat, None),
+            member("pr.nc", &[24.0 * 365.0, 24.0 * 366.0], "hours since 2005-01-01", "", &lat, None),
+        ];
+        let node = Node::Union(vec![Node::File(0), Node::File(1)]);
+        let j = join(&members, node).unwrap();
+        assert_eq!(f64s(&j.variables["time"]), vec![0.0, 1.0]);
+        let shifted = [
+            member("tas.nc", &[0.0, 1.0], "days since 2006-01-01", "", &lat, None),
+            member("pr.nc", &[0.0, 1.0], "days since 2006-01-02", "", &lat, None),
+        ];
+        let e = join(&shifted, Node::Union(vec![Node::File(0), Node::File(1)])).unwrap_err().0;
+        assert!(e.contains("coordinate time of tas.nc differs from pr.nc"), "{e}");
     }
 }

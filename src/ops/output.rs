@@ -289,13 +289,33 @@ pub fn to_zarr(out: &Output) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-/// The Zarr fill value of a result variable: its `_FillValue`, so readers mask what CF masks.
+/// The Zarr fill value of a result variable: its `_FillValue`, so readers mask what CF masks,
+/// and none without one (a NaN fill would show as a `_FillValue` the source has not). A fill
+/// the type cannot hold (a NaN on an int16) is never cast, which would mask every 0: the array
+/// gets none, and the attribute stays in `.zattrs` as the source has it, where xarray reads it
+/// as it reads the source's.
 fn zarr_fill(v: &OutVar) -> Value {
-    match v.attrs.get("_FillValue").and_then(number) {
-        Some(x) if v.dtype.kind == Kind::Float => crate::fill::float_json(x),
-        Some(x) => json!(x as i64),
-        None if v.dtype.kind == Kind::Float => json!("NaN"),
-        None => Value::Null,
+    let Some(fill) = v.attrs.get("_FillValue") else { return Value::Null };
+    match v.dtype.kind {
+        Kind::Float => number(fill).map_or(Value::Null, crate::fill::float_json),
+        Kind::Int | Kind::UInt | Kind::Bool => {
+            let exact = fill
+                .as_i64()
+                .map(|i| i as i128)
+                .or_else(|| fill.as_u64().map(|u| u as i128))
+                .or_else(|| number(fill).filter(|x| x.is_finite() && x.fract() == 0.0).map(|x| x as i128));
+            let bits = 8 * v.dtype.size as u32;
+            let (lo, hi) = match v.dtype.kind {
+                Kind::Int => (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1),
+                _ => (0, (1i128 << bits) - 1),
+            };
+            match exact.filter(|x| (lo..=hi).contains(x)) {
+                Some(x) if x < 0 => json!(x as i64),
+                Some(x) => json!(x as u64),
+                None => Value::Null,
+            }
+        }
+        _ => Value::Null,
     }
 }
 

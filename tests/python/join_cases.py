@@ -23,10 +23,14 @@ refusal the message it must give and the files it must name.
 | members_spec | CCSM4 | new dimension from a path regex (integers), default variables |
 | members_ncml | ERA5 psl | NcML joinNew with coordValue (strings) |
 | time_member | CanESM5 siconc (curvilinear) | spec: time × member |
+| members_units | CCSM4 | spec: members with the same instants in hours, days and minutes since other dates |
+| members_ncml_units | ERA5 psl | NcML joinNew whose members' time units differ |
+| time_member_units | CanESM5 siconc | spec: time × member, units differing between members and within one |
+| union_units | CCSM4 | spec: union of two time joins, one in days and one in hours |
 | union_spec | CCSM4 | spec: variable × time (`union = true`) |
 | union_ncml | CCSM4 | NcML union of a joinExisting and a file |
 | ncml_edit | CCSM4 | NcML rename, remove, attributes over a scanned joinExisting |
-| refuse_* | CCSM4 | one refusal each (docs/joins.md, "Refusals"); `force` |
+| refuse_* | CCSM4 | one refusal each (docs/joins.md, "Refusals"); `force`; members whose equal time numbers are other instants, or in other calendars |
 """
 
 from __future__ import annotations
@@ -350,6 +354,69 @@ def time_member(d: CaseDir) -> JoinCase:
     return JoinCase(d.name, d.id("siconc"), "spec", New("member", labels, ("siconc",), tuple(members)))
 
 
+MEMBER_SPEC = r"""
+    files = "r*i1p1f1/tas_*.nc"
+
+    [new_dim]
+    name = "member"
+    from_path = 'r(\d+)i1p1f1'
+    """
+
+
+def members_units(d: CaseDir) -> JoinCase:
+    """Members that hold the same instants in other units: xr.concat aligns them, so must we."""
+    ds = source("ccsm4").drop_vars(["time_bnds", "lat_bnds", "lon_bnds"])
+    first = ds.isel(time=slice(0, 120))
+    units = ("hours since 1800-01-01 00:00:00", DAYS_1850, "minutes since 1849-12-01 00:00:00")
+    parts = []
+    for k, (window, u) in enumerate(zip(pieces(ds, [0, 120, 240, 360]), units), start=1):
+        rel = f"r{k}i1p1f1/tas_Amon_CCSM4_historical_r{k}i1p1f1_185001-185912.nc"
+        parts.append(d.nc(rel, with_gaps(retimed(window, first), "tas", 17 + k), {"tas": f4((12, 2, 3))}, units=u))
+    d.text("tas.join.toml", MEMBER_SPEC)
+    return JoinCase(d.name, d.id("tas"), "spec", New("member", (1, 2, 3), ("tas",), tuple(parts)))
+
+
+def members_ncml_units(d: CaseDir) -> JoinCase:
+    ds = source("era5")
+    first = ds.isel(time=slice(0, 120))
+    labels = ("r1i1p1f1", "r2i1p1f1", "r3i1p1f1")
+    units = (DAYS_1850, HOURS_1900, "minutes since 1940-01-01 00:00:00")
+    parts = tuple(d.nc(f"psl_{label}.nc", retimed(window, first), {"psl": f4((12, 8, 15))}, units=u)
+                  for label, window, u in zip(labels, pieces(ds, [0, 120, 240, 360]), units))
+    netcdfs = "\n".join(f'    <netcdf location="{Path(p.rel).name}" coordValue="{v}"/>' for p, v in zip(parts, labels))
+    d.text("ensemble.ncml", ncml(f"""
+        <aggregation type="joinNew" dimName="member">
+            <variableAgg name="psl"/>
+        {netcdfs}
+        </aggregation>
+        """))
+    return JoinCase(d.name, d.id("ensemble"), "ncml", New("member", labels, ("psl",), parts))
+
+
+def time_member_units(d: CaseDir) -> JoinCase:
+    ds = source("siconc")
+    first = ds.isel(time=slice(0, 120))
+    labels = ("r1i1p1f1", "r2i1p1f1", "r3i1p1f1")
+    # Per member, the units of its two halves: the same within a member, or not.
+    units = (("days since 1850-01-01 0:0:0.0",) * 2, (HOURS_1900,) * 2, (DAYS_1850, "hours since 1855-01-01 00:00:00"))
+    members = []
+    for label, window, (u1, u2) in zip(labels, pieces(ds, [0, 120, 240, 360]), units):
+        prefix = f"{label}/siconc_SImon_CanESM5_historical_{label}_gn"
+        a, b = pieces(retimed(window, first), [0, 60, 120])
+        data = {"siconc": f4((12, 3, 4), cmor=True)}
+        members.append(Existing("time", (d.nc(drs(prefix, a), a, data, units=u1), d.nc(drs(prefix, b), b, data, units=u2))))
+    d.text("siconc.join.toml", r"""
+        files = ["r*i1p1f1/siconc_*.nc"]
+        join = "time"
+
+        [new_dim]
+        name = "member"
+        from_path = '(r\d+i1p1f1)'
+        variables = ["siconc"]
+        """)
+    return JoinCase(d.name, d.id("siconc"), "spec", New("member", labels, ("siconc",), tuple(members)))
+
+
 def tas_and(ds: xr.Dataset, name: str, offset: float, long_name: str) -> xr.Dataset:
     """A second variable from the same values, as CMIP writes one variable per file."""
     var = (ds["tas"] + np.float32(offset)).astype("f4").assign_attrs(ds["tas"].attrs, long_name=long_name)
@@ -369,6 +436,21 @@ def union_spec(d: CaseDir) -> JoinCase:
         """)
     plan = Union((Existing("time", tas_parts), Existing("time", max_parts)))
     return JoinCase(d.name, d.id("atmos"), "spec", plan)
+
+
+def union_units(d: CaseDir) -> JoinCase:
+    """A union whose parts hold the same times in other units: xr.merge aligns them."""
+    ds = with_gaps(source("ccsm4").isel(time=slice(960, 1200)), "tas", 29)
+    tasmax = tas_and(ds, "tasmax", 4.25, "Daily Maximum Near-Surface Air Temperature")
+    data = {"tas": f4((12, 2, 3), cmor=True), "tasmax": f4((12, 2, 3), cmor=True)}
+    tas_parts = split(d, ds, [0, 120, 240], CCSM4, data)
+    max_parts = split(d, tasmax, [0, 120, 240], "tasmax_Amon_CCSM4_historical_r1i1p1", data, units=HOURS_1900)
+    d.text("atmos.join.toml", """
+        files = "*_Amon_CCSM4_*.nc"
+        join = "time"
+        union = true
+        """)
+    return JoinCase(d.name, d.id("atmos"), "spec", Union((Existing("time", tas_parts), Existing("time", max_parts))))
 
 
 def union_ncml(d: CaseDir) -> JoinCase:
@@ -505,6 +587,33 @@ def refuse_shapes(d: CaseDir) -> JoinCase:
                     members=(a.rel, b.rel))
 
 
+def member_pair(d: CaseDir, first: xr.Dataset, second: xr.Dataset, units: tuple[str, str],
+                calendars: tuple[str, str], message: str) -> JoinCase:
+    """Two members (a spec with a new dimension) that must be refused with `message`."""
+    rels = [f"r{k}i1p1f1/tas_Amon_CCSM4_historical_r{k}i1p1f1_185001-185912.nc" for k in (1, 2)]
+    a, b = (d.nc(rel, x, {"tas": f4()}, units=u, calendar=c) for rel, x, u, c in zip(rels, (first, second), units, calendars))
+    d.text("tas.join.toml", MEMBER_SPEC)
+    return JoinCase(d.name, d.id("tas"), "spec", refusal=message, offenders=(a.rel, b.rel), members=(a.rel, b.rel))
+
+
+def refuse_member_instants(d: CaseDir) -> JoinCase:
+    """The same time numbers in units a day apart are other instants: xr.concat(join="exact")
+    cannot align them, and serving the first member's times would put the second a day early."""
+    first = decade(0).drop_vars(["time_bnds", "lat_bnds", "lon_bnds"])
+    later = first.assign_coords(time=first.indexes["time"].shift(1, "D"))
+    units = (DAYS_1850, "days since 1850-01-02 00:00:00")
+    return member_pair(d, first, later, units, ("noleap", "noleap"), "different grids")
+
+
+def refuse_member_calendar(d: CaseDir) -> JoinCase:
+    """Equal time numbers in noleap and in 360_day: other dates, refused as other calendars."""
+    first = decade(0).drop_vars(["time_bnds", "lat_bnds", "lon_bnds"])
+    numbers = cftime.date2num(first["time"].values, DAYS_1850, "noleap")
+    other = first.assign_coords(time=xr.DataArray(cftime.num2date(numbers, DAYS_1850, "360_day"), dims="time",
+                                                  attrs=first["time"].attrs))
+    return member_pair(d, first, other, (DAYS_1850, DAYS_1850), ("noleap", "360_day"), "different calendars")
+
+
 def refuse_no_files(d: CaseDir) -> JoinCase:
     spec = d.text("empty.join.toml", """
         files = "nomatch_*.nc"
@@ -521,10 +630,12 @@ def refuse_no_files(d: CaseDir) -> JoinCase:
 JOINS = [
     drs_aligned, units, calendar_names, bounds_units, packing_int16, packing_mixed, uneven, levels, nc3,
     members_spec, members_ncml, time_member, union_spec, union_ncml, ncml_edit, forced,
+    members_units, members_ncml_units, time_member_units, union_units,
 ]
 REFUSALS = [
     refuse_grid, refuse_dimension_length, refuse_dtype, refuse_missing, refuse_overlap,
-    refuse_unsorted, refuse_calendar, refuse_shapes, refuse_no_files,
+    refuse_unsorted, refuse_calendar, refuse_shapes, refuse_no_files, refuse_member_instants,
+    refuse_member_calendar,
 ]
 
 

@@ -12,6 +12,7 @@ tests cross chunk boundaries and the last chunk along every dimension is partial
 | `tos_mon_curvilinear.nc` | `tos(time, y, x)` on a 2-D `lat(y, x)`, `lon(y, x)` grid (standard calendar) |
 | `pr_mon_noleap_ens.nc` | `pr(realization, time, lat, lon)` float64 with `missing_value`, June 2001 absent |
 | `probe.nc` | a tiny `tas(time, lat, lon)` that the cache tests rewrite |
+| `erai_nc3_nanfill.nc` | NetCDF-3 as ERA-Interim's are written: packed int16 with `_FillValue = NaN` (a fill the type cannot hold, which xarray drops), raw zeros and -32767s, a byte and a float32 variable without `_FillValue` |
 
 NaNs in `tas`: a "land" box (lat 30–50, lon 60–100) in every step, 1 % scattered values, and
 every value of 2001-03-01, so a spatial mean there has no valid value.
@@ -40,6 +41,7 @@ def generate(out: Path) -> dict[str, Path]:
         "curvilinear": out / "tos_mon_curvilinear.nc",
         "ensemble": out / "pr_mon_noleap_ens.nc",
         "probe": out / "probe.nc",
+        "nc3nan": out / "erai_nc3_nanfill.nc",
     }
     tas = daily_tas()
     write_daily(paths["noleap0360"], tas, np.arange(0.0, 360.0, 10.0))
@@ -49,6 +51,7 @@ def generate(out: Path) -> dict[str, Path]:
     write_curvilinear(paths["curvilinear"])
     write_ensemble(paths["ensemble"])
     write_probe(paths["probe"], offset=0.0)
+    write_nc3_nan_fill(paths["nc3nan"])
     return paths
 
 
@@ -318,6 +321,52 @@ def write_probe(path: Path, offset: float) -> None:
         v = ds.createVariable("tas", "f4", ("time", "lat", "lon"), zlib=True, chunksizes=(16, 4, 8))
         v.units = "K"
         v[:] = field((40, 4, 8), np.random.default_rng(6), 280.0, 5.0) + np.float32(offset)
+
+
+# ---------------------------------------------------------------------------------------------
+# A fill value the type cannot hold
+# ---------------------------------------------------------------------------------------------
+
+
+def write_nc3_nan_fill(path: Path) -> None:
+    """NetCDF-3 with int16 variables whose `_FillValue` is a float NaN. netCDF-C refuses to
+    write such a file, so it is written with scipy's own NetCDF-3 writer, as other tools do."""
+    from scipy.io import netcdf_file
+
+    rng = np.random.default_rng(13)
+    nt, ny, nx = 6, 5, 8
+    with netcdf_file(path, "w", version=1) as f:
+        f.title = b"int16 packed fields with _FillValue = NaN"
+        f.createDimension("time", None)
+        f.createDimension("latitude", ny)
+        f.createDimension("longitude", nx)
+        time = f.createVariable("time", "d", ("time",))
+        time.units, time.calendar = b"hours since 1979-01-01 00:00:00", b"gregorian"
+        lat = f.createVariable("latitude", "f", ("latitude",))
+        lat.units = b"degrees_north"
+        lon = f.createVariable("longitude", "f", ("longitude",))
+        lon.units = b"degrees_east"
+        lat[:] = np.linspace(60.0, -60.0, ny, dtype="f4")
+        lon[:] = np.arange(0.0, 360.0, 45.0, dtype="f4")
+        t2m = f.createVariable("t2m", "h", ("time", "latitude", "longitude"))
+        t2m.scale_factor, t2m.add_offset = np.float64(0.0021), np.float64(258.3)
+        t2m._FillValue = np.float32(np.nan)
+        t2m.units = b"K"
+        sp = f.createVariable("sp", "h", ("time", "latitude", "longitude"))
+        sp._FillValue = np.float64(np.nan)
+        sp.units = b"hPa"
+        lsm = f.createVariable("lsm", "b", ("latitude", "longitude"))  # byte, no _FillValue
+        sst = f.createVariable("sst", "f", ("time", "latitude", "longitude"))  # float32, no _FillValue
+        sst.units = b"K"
+        raw = rng.integers(-32767, 32767, size=(nt, ny, nx), dtype="i2")
+        raw[:, 0, :] = 0  # raw zeros: a fill of 0 would mask these
+        raw[:, 1, ::2] = -32767  # netCDF's default fill for int16: nothing masks it here
+        for step in range(nt):
+            time[step] = 24.0 * step
+            t2m[step] = raw[step]
+            sp[step] = raw[step] // 3
+            sst[step] = 270.0 + rng.random((ny, nx), dtype="f4")
+        lsm[:] = (rng.random((ny, nx)) > 0.5).astype("i1")
 
 
 if __name__ == "__main__":

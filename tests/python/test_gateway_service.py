@@ -161,6 +161,85 @@ def test_replaced_file_serves_the_new_file(gw, data_dir):
         xr.testing.assert_identical(via_s3["time"], original["time"])
 
 
+def restore_times(path: Path, st: os.stat_result) -> None:
+    """Gives `path` the modification time of `st` back, as `cp -p`, `rsync -a` and Globus do,
+    and checks its size is the old one: only inode, device and change time can tell."""
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = path.stat()
+    assert (now.st_size, now.st_mtime_ns) == (st.st_size, st.st_mtime_ns), "the test must keep size and mtime"
+
+
+def with_one_letter_changed(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert len(old) == len(new) and data.count(old) == 1, old
+    return data.replace(old, new)
+
+
+@pytest.mark.parametrize("how", ["moved into place", "rewritten in place"])
+def test_a_file_replaced_with_its_old_size_and_mtime_is_never_served_stale(gw, data_dir, how):
+    """A corrected file given the old size and mtime: 503, re-indexed, then the new content.
+    (NetCDF-3: its header has no checksum, so one letter can be changed in place.)"""
+    path = data_dir / "classic.nc"
+    url = f"{gw.endpoint}/svc/classic.nc/.zmetadata"
+    key = chunk_keys(gw, "classic.nc")[0]
+    status, headers, _ = http(url)
+    assert status == 200
+    etag, st = headers["ETag"], path.stat()
+    with xr.open_dataset(path) as ds:
+        old_name = ds["tas"].attrs["long_name"].encode()
+    new_name = old_name[:-1] + (b"X" if old_name[-1:] != b"X" else b"Y")
+    patched = with_one_letter_changed(path.read_bytes(), old_name, new_name)
+    if how == "moved into place":
+        tmp = data_dir / "classic.nc.part"
+        tmp.write_bytes(patched)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(tmp, path)
+    else:
+        with open(path, "r+b") as f:
+            f.write(patched)
+    restore_times(path, st)
+    status, _, body = http(url)
+    assert status == 503 and error_code(body) == "ServiceUnavailable", body[:300]
+    chunk = http(f"{gw.endpoint}/svc/{key}")
+    assert chunk[0] == 503, "no byte of the new file is served against the old references"
+
+    wait_for(lambda: http(url)[0] == 200 and http(url)[1]["ETag"] != etag)
+    via_s3 = xr.open_dataset("s3://svc/classic.nc", engine="zarr", storage_options=gw_options(gw))
+    with xr.open_dataset(path) as original:
+        assert via_s3["tas"].attrs["long_name"] == new_name.decode()
+        xr.testing.assert_identical(via_s3.load(), original.load())
+
+
+def test_a_joined_member_replaced_with_its_old_size_and_mtime_is_never_served_stale(tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES / "drs", data / "drs")
+    g = start_gateway(data, "svc", tmp_path / "catalog")
+    try:
+        members = sorted((data / "drs").glob("*.nc"))
+        dataset = "drs/tas_Amon_FIXTURE_historical_r1i1p1"
+        url = f"{g.endpoint}/svc/{dataset}/tas/12.0.0"  # a chunk of the second member
+        assert http(url)[0] == 200
+        second, st = members[1], members[1].stat()
+        import netCDF4
+
+        with netCDF4.Dataset(second, "a") as nc:
+            nc["tas"][0, 0, 0] = np.float32(-1000.0)  # an uncompressed chunk: written in place
+        restore_times(second, st)
+        assert http(url)[0] == 503
+
+        def new_values():
+            return http(url)[0] == 200
+
+        wait_for(new_values)
+        so = gw_options(g)
+        got = xr.open_zarr(f"s3://svc/{dataset}", storage_options=so).load()
+        with xr.open_mfdataset(members, combine="nested", concat_dim="time", data_vars="minimal",
+                               coords="minimal", compat="override") as want:
+            np.testing.assert_array_equal(got["tas"].values, want["tas"].values)
+        assert -1000.0 in got["tas"].values
+    finally:
+        g.stop()
+
+
 @pytest.mark.parametrize(
     "path, status, code",
     [

@@ -65,6 +65,35 @@ def test_dateline_gives_the_same_values_on_both_longitude_frames(ops, data):
     assert list(a["lon"].values) == [170.0, 180.0, 190.0]
 
 
+def test_a_fill_value_the_type_cannot_hold_masks_nothing_in_any_format(ops, data):
+    """int16 with `_FillValue = NaN`: xarray masks nothing (it drops the fill), so a result
+    must not mask raw zeros (a NaN cast to an integer is 0) nor add a fill where there is none."""
+    src = original(data["nc3nan"])
+    names = ["t2m", "sp", "lsm", "sst"]
+    for fmt in ("nc", "zarr"):
+        resp = ops.on(data["nc3nan"], "subset", {"var": ",".join(names), "format": fmt})
+        if fmt == "nc":
+            got = ops.open(ok_result(resp).content)
+        else:
+            got = open_zarr_result(ops, ok_result(resp, "application/json").json())
+        for name in names:
+            # NaN positions included: the source has none.
+            np.testing.assert_array_equal(got[name].values, src[name].values, err_msg=f"{fmt} {name}", strict=True)
+            assert "_FillValue" not in got[name].encoding, (
+                f"{fmt} {name}: a _FillValue {got[name].encoding['_FillValue']!r} that the source has not")
+            assert got[name].encoding.get("dtype") == src[name].encoding["dtype"], f"{fmt} {name}: stored type"
+
+
+def open_zarr_result(client: Client, doc: dict) -> xr.Dataset:
+    """A Zarr result, read from the `results` bucket with s3fs as a client would."""
+    import warnings
+
+    so = {"anon": True, "endpoint_url": client.gw.endpoint, "skip_instance_cache": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xr.SerializationWarning)  # xarray's own "dropping _FillValue"
+        return xr.open_zarr(doc["zarr"], storage_options=so).load()
+
+
 # ---------------------------------------------------------------------------------------------
 # Formats
 # ---------------------------------------------------------------------------------------------

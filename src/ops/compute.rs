@@ -74,6 +74,8 @@ pub fn plan(view: StoreView, source: &dyn ChunkSource, request: Request) -> Resu
                 output_bytes = output_bytes.saturating_add(elements.saturating_mul(var.meta.dtype.size() as u64))
             }
             Process::Average => {
+                // Weights the dataset cannot give are refused now, not when the job runs.
+                weight_source(&view, &var, request.weights, &ax)?;
                 let (out, work) = average_sizes(&request, &ax, &var, &positions);
                 output_bytes = output_bytes.saturating_add(out.saturating_mul(8));
                 work_bytes = work_bytes.max(work.saturating_mul(16));
@@ -425,7 +427,8 @@ fn average_var(
     if let Some(t) = &time_dim {
         append_method(&mut attrs, &format!("{t}: mean"));
     }
-    attrs.insert("zarrgate_weights".into(), json!(super::request::Weights::NAMES[req.weights as usize]));
+    let applied = applied_weights(view, var, req, ax, &spatial);
+    attrs.insert("zarrgate_weights".into(), json!(super::request::Weights::NAMES[applied as usize]));
 
     // Coordinates: those of kept dimensions, scalar ones with bounds for averaged dimensions.
     let averaged: Vec<String> =
@@ -547,44 +550,32 @@ fn add_scalar(out: &mut Output, coord: &Variable, value: f64, (lo, hi): (f64, f6
 
 /// The weight of each element, as cells over some of the variable's dimensions. Masked points
 /// of a curvilinear area weigh 0. Without a weighted stage only the mask applies.
-#[allow(clippy::too_many_arguments)]
-fn weight_field(
+/// The variable the weights come from and the dimensions they vary along: the latitude for
+/// `coslat`, the cell areas that `cell_measures` names for `area`; none for `none`. An error
+/// (422) when the dataset cannot give them, whatever the request averages.
+fn weight_source(
     view: &StoreView,
-    source: &dyn ChunkSource,
     var: &Variable,
-    req: &Request,
+    weights: Weights,
     ax: &Axes,
-    sel: &Selection,
-    positions: &[Vec<usize>],
-    weighted_stage: bool,
-) -> Result<(Layout, Vec<f64>), Problem> {
-    let weights = if weighted_stage { req.weights } else { Weights::None };
-    // (dimensions of the field, values over their selected positions)
-    let (fdims, mut values): (Vec<String>, Vec<f64>) = match weights {
-        Weights::None => (Vec::new(), vec![1.0]),
-        Weights::Coslat => {
-            let (lat, dims) = match &ax.curvilinear {
-                Some((lat, _)) => (view.variables[lat].clone(), view.variables[lat].dims.clone()),
-                None => {
-                    let d = ax.dim(Axis::Latitude).ok_or_else(|| {
-                        Problem::unprocessable(
-                            Some("weights"),
-                            format!("coslat weights need a latitude, and {} has none", var.name),
-                        )
-                    })?;
-                    let c = coordinate(view, d).ok_or_else(|| {
-                        Problem::unprocessable(Some("weights"), "the latitude dimension has no coordinate variable")
-                    })?;
-                    (c.clone(), vec![d.to_string()])
-                }
-            };
-            let lats = read_decoded(source, &lat, &sel.for_var(&lat))?;
-            // A missing latitude (land fill of an ocean grid) weighs nothing.
-            (
-                dims,
-                lats.into_iter().map(|x| x.to_radians().cos()).map(|w| if w.is_finite() { w } else { 0.0 }).collect(),
-            )
-        }
+) -> Result<Option<(Variable, Vec<String>)>, Problem> {
+    match weights {
+        Weights::None => Ok(None),
+        Weights::Coslat => match &ax.curvilinear {
+            Some((lat, _)) => Ok(Some((view.variables[lat].clone(), view.variables[lat].dims.clone()))),
+            None => {
+                let d = ax.dim(Axis::Latitude).ok_or_else(|| {
+                    Problem::unprocessable(
+                        Some("weights"),
+                        format!("coslat weights need a latitude, and {} has none", var.name),
+                    )
+                })?;
+                let c = coordinate(view, d).ok_or_else(|| {
+                    Problem::unprocessable(Some("weights"), "the latitude dimension has no coordinate variable")
+                })?;
+                Ok(Some((c.clone(), vec![d.to_string()])))
+            }
+        },
         Weights::Area => {
             let measures = var.attr_str("cell_measures").unwrap_or("");
             let name = measures
@@ -611,8 +602,44 @@ fn weight_field(
                     format!("the cell areas {name} are not on the grid of {}", var.name),
                 ));
             }
-            let areas = read_decoded(source, cell, &sel.for_var(cell))?;
-            (cell.dims.clone(), areas.into_iter().map(|x| if x.is_finite() { x } else { 0.0 }).collect())
+            Ok(Some((cell.clone(), cell.dims.clone())))
+        }
+    }
+}
+
+/// The weighting an average of `var` over `spatial` really applies: the requested one when its
+/// weights vary along an averaged dimension, else none (weights along kept dimensions cancel
+/// out cell by cell, so the result is the unweighted mean and says so).
+fn applied_weights(view: &StoreView, var: &Variable, req: &Request, ax: &Axes, spatial: &[String]) -> Weights {
+    match weight_source(view, var, req.weights, ax) {
+        Ok(Some((_, dims))) if dims.iter().any(|d| spatial.contains(d)) => req.weights,
+        _ => Weights::None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn weight_field(
+    view: &StoreView,
+    source: &dyn ChunkSource,
+    var: &Variable,
+    req: &Request,
+    ax: &Axes,
+    sel: &Selection,
+    positions: &[Vec<usize>],
+    weighted_stage: bool,
+) -> Result<(Layout, Vec<f64>), Problem> {
+    let weights = if weighted_stage { req.weights } else { Weights::None };
+    // (dimensions of the field, values over their selected positions)
+    let (fdims, mut values): (Vec<String>, Vec<f64>) = match weight_source(view, var, weights, ax)? {
+        None => (Vec::new(), vec![1.0]),
+        Some((wvar, dims)) => {
+            let raw = read_decoded(source, &wvar, &sel.for_var(&wvar))?;
+            let values = match weights {
+                // A missing latitude (land fill of an ocean grid) weighs nothing.
+                Weights::Coslat => raw.into_iter().map(|x| x.to_radians().cos()).collect::<Vec<_>>(),
+                _ => raw,
+            };
+            (dims, values.into_iter().map(|w| if w.is_finite() { w } else { 0.0 }).collect())
         }
     };
     let mut fdims = fdims;

@@ -12,6 +12,7 @@ tests cross chunk boundaries and the last chunk along every dimension is partial
 | `tos_mon_curvilinear.nc` | `tos(time, y, x)` on a 2-D `lat(y, x)`, `lon(y, x)` grid (standard calendar) |
 | `pr_mon_noleap_ens.nc` | `pr(realization, time, lat, lon)` float64 with `missing_value`, June 2001 absent |
 | `probe.nc` | a tiny `tas(time, lat, lon)` that the cache tests rewrite |
+| `pr_mon_ens_nocoord.nc` | `pr(ensemble, time, lat, lon)` whose `ensemble` dimension has no coordinate variable, only auxiliary coordinates `realization(ensemble)` and `experiment_id(ensemble)` |
 | `erai_nc3_nanfill.nc` | NetCDF-3 as ERA-Interim's are written: packed int16 with `_FillValue = NaN` (a fill the type cannot hold, which xarray drops), raw zeros and -32767s, a byte and a float32 variable without `_FillValue` |
 
 NaNs in `tas`: a "land" box (lat 30–50, lon 60–100) in every step, 1 % scattered values, and
@@ -42,6 +43,7 @@ def generate(out: Path) -> dict[str, Path]:
         "ensemble": out / "pr_mon_noleap_ens.nc",
         "probe": out / "probe.nc",
         "nc3nan": out / "erai_nc3_nanfill.nc",
+        "ensnocoord": out / "pr_mon_ens_nocoord.nc",
     }
     tas = daily_tas()
     write_daily(paths["noleap0360"], tas, np.arange(0.0, 360.0, 10.0))
@@ -52,6 +54,7 @@ def generate(out: Path) -> dict[str, Path]:
     write_ensemble(paths["ensemble"])
     write_probe(paths["probe"], offset=0.0)
     write_nc3_nan_fill(paths["nc3nan"])
+    write_ensemble_without_coordinate(paths["ensnocoord"])
     return paths
 
 
@@ -321,6 +324,31 @@ def write_probe(path: Path, offset: float) -> None:
         v = ds.createVariable("tas", "f4", ("time", "lat", "lon"), zlib=True, chunksizes=(16, 4, 8))
         v.units = "K"
         v[:] = field((40, 4, 8), np.random.default_rng(6), 280.0, 5.0) + np.float32(offset)
+
+
+def write_ensemble_without_coordinate(path: Path) -> None:
+    """An ensemble axis as CMIP-derived products often have it: a dimension without a
+    coordinate variable, labelled by auxiliary coordinates."""
+    rng = np.random.default_rng(17)
+    mid, _ = monthly_dates("noleap", range(2000, 2001))
+    lat, lon = np.array([-60.0, -20.0, 20.0, 60.0]), np.arange(0.0, 360.0, 60.0)
+    with netCDF4.Dataset(path, "w", format="NETCDF4") as ds:
+        cf_globals(ds, "three members without an ensemble coordinate")
+        time_axis(ds, mid, "noleap", None)
+        ds.createDimension("ensemble", 3)
+        regular_axis(ds, "lat", lat, None)
+        regular_axis(ds, "lon", lon, None)
+        r = ds.createVariable("realization", "i4", ("ensemble",))
+        r.standard_name = "realization"
+        r[:] = [1, 4, 7]
+        e = ds.createVariable("experiment_id", str, ("ensemble",))
+        for i, name in enumerate(("historical", "ssp245", "ssp585")):
+            e[i] = name
+        pr = field((3, len(mid), len(lat), len(lon)), rng, 3e-5, 1e-5)
+        pr[1, 4, 0, :] = np.nan
+        v = ds.createVariable("pr", "f4", ("ensemble", "time", "lat", "lon"), fill_value=np.float32(1e20))
+        v.setncatts({"units": "kg m-2 s-1", "coordinates": "realization experiment_id"})
+        v[:] = pr
 
 
 # ---------------------------------------------------------------------------------------------

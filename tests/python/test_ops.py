@@ -171,6 +171,8 @@ ERRORS = [
     ("empty-time", "subset", {**TAS, "time": "1990/1991"}, 422, None),
     ("empty-area", "subset", {**TAS, "area": "10,86,20,89"}, 422, None),
     ("area-weights-without-cell-measures", "average", {**TAS, "dims": "lat,lon", "weights": "area"}, 422, None),
+    # Refused whatever is averaged: the result would claim weights it could not apply.
+    ("area-weights-for-a-time-mean", "average", {**TAS, "dims": "time", "weights": "area"}, 422, None),
 ]
 ALLOWED = {
     "weights": {"none", "coslat", "area"},
@@ -211,6 +213,44 @@ def test_tabular_formats_refuse_a_three_dimensional_result(ops, data, fmt):
 def test_a_level_value_that_does_not_exist_is_refused(ops, data):
     resp = ops.get("subset", {"dataset": ops.dataset(data[P360].name), "var": "ta", "level": "85000,12345"})
     assert_problem(resp, (400, 422))
+
+
+@pytest.mark.parametrize("process", ["subset", "average"])
+def test_the_menu_accepts_what_the_processes_accept(ops, data, process):
+    """The `time` schema of /processes admits the single-date form that GET and POST take."""
+    import jsonschema
+
+    schema = ops.fetch(f"/processes/{process}").json()["inputs"]["time"]["schema"]
+    for ok in ("2000-01", "2000-01/2000-03", "/1900", "1850/", "2000-02-28T12:00"):
+        jsonschema.validate(ok, schema)
+        args = {"var": "tas", "time": ok, **({"dims": "lat"} if process == "average" else {})}
+        assert ops.on(data[N0], process, args).status_code in (200, 202, 422), ok  # 422: outside the data
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate("2000/2001/2002", schema)
+
+
+def test_weights_that_take_no_part_are_not_claimed(ops, data):
+    """coslat weights with latitude kept cancel out cell by cell: the mean is the unweighted
+    one, and the result says `zarrgate_weights = "none"`."""
+    args = {"var": "ta", "dims": "plev", "time": "2003-01/2003-01"}
+    plain = ops.open(ok_result(ops.on(data[P360], "average", args)).content)
+    weighted = ops.open(ok_result(ops.on(data[P360], "average", {**args, "weights": "coslat"})).content)
+    assert weighted["ta"].attrs["zarrgate_weights"] == "none"
+    np.testing.assert_allclose(weighted["ta"].values, plain["ta"].values, rtol=1e-6)
+    over_lat = ops.open(ok_result(ops.on(data[P360], "average", {**args, "dims": "lat", "weights": "coslat"})).content)
+    assert over_lat["ta"].attrs["zarrgate_weights"] == "coslat"
+
+
+def test_an_averaged_dimension_without_a_coordinate_leaves_none(ops, data):
+    """As xarray's mean: no scalar coordinate for a dimension that has no coordinate variable,
+    and the auxiliary coordinates along it (realization, experiment_id) are dropped."""
+    src = original(data["ensnocoord"])
+    got = ops.open(ok_result(ops.on(data["ensnocoord"], "average", {"var": "pr", "dims": "ensemble"})).content)
+    want = src["pr"].mean("ensemble")
+    assert got["pr"].dims == want.dims and set(got.coords) == set(want.coords), (got.coords, want.coords)
+    assert not {"ensemble", "realization", "experiment_id"} & set(got.variables)
+    np.testing.assert_allclose(got["pr"].values, want.values, rtol=1e-6, equal_nan=True)
+    assert "ensemble: mean" in got["pr"].attrs["cell_methods"]
 
 
 def test_area_weights_need_the_cell_measure_variable(corpus):

@@ -443,7 +443,7 @@ fn inputs(p: Process) -> Map<String, Value> {
         "var".into(),
         input("Variables", "data variable name(s), separated by commas", json!({"type": "string"}), true),
     );
-    m.insert("time".into(), input("Time range", "START/END, inclusive ISO 8601, either end may be empty; partial dates expand; read in the dataset's calendar", json!({"type": "string", "pattern": "^[^/]*/[^/]*$"}), false));
+    m.insert("time".into(), input("Time range", "START/END or one date, inclusive ISO 8601, either end may be empty; partial dates expand (a single date is the whole period it names); read in the dataset's calendar", json!({"type": "string", "pattern": "^[^/]*(/[^/]*)?$"}), false));
     m.insert(
         "area".into(),
         input(

@@ -316,12 +316,13 @@ def members_spec(d: CaseDir) -> JoinCase:
     return JoinCase(d.name, d.id("tas"), "spec", New("member", (1, 2, 3), ("tas",), tuple(parts)))
 
 
-def members_ncml(d: CaseDir) -> JoinCase:
+def members_ncml(d: CaseDir, units: tuple[str, str, str] = (DAYS_1850,) * 3) -> JoinCase:
+    """An NcML joinNew of three ERA5 windows on one time axis, each file in `units`."""
     ds = source("era5")
     first = ds.isel(time=slice(0, 120))
     labels = ("r1i1p1f1", "r2i1p1f1", "r3i1p1f1")
-    parts = tuple(d.nc(f"psl_{label}.nc", retimed(window, first), {"psl": f4((12, 8, 15))})
-                  for label, window in zip(labels, pieces(ds, [0, 120, 240, 360])))
+    parts = tuple(d.nc(f"psl_{label}.nc", retimed(window, first), {"psl": f4((12, 8, 15))}, units=u)
+                  for label, window, u in zip(labels, pieces(ds, [0, 120, 240, 360]), units))
     netcdfs = "\n".join(f'    <netcdf location="{Path(p.rel).name}" coordValue="{v}"/>' for p, v in zip(parts, labels))
     d.text("ensemble.ncml", ncml(f"""
         <aggregation type="joinNew" dimName="member">
@@ -332,16 +333,21 @@ def members_ncml(d: CaseDir) -> JoinCase:
     return JoinCase(d.name, d.id("ensemble"), "ncml", New("member", labels, ("psl",), parts))
 
 
-def time_member(d: CaseDir) -> JoinCase:
+CANESM_DAYS = "days since 1850-01-01 0:0:0.0"  # as CanESM5 writes it
+
+
+def time_member(d: CaseDir, units: tuple[tuple[str, str], ...] = ((CANESM_DAYS,) * 2,) * 3) -> JoinCase:
+    """A spec joining time, then members: three CanESM5 windows on one time axis, each cut into
+    two files, the two halves of each member in `units`."""
     ds = source("siconc")
     first = ds.isel(time=slice(0, 120))
     labels = ("r1i1p1f1", "r2i1p1f1", "r3i1p1f1")
     members = []
-    for label, window in zip(labels, pieces(ds, [0, 120, 240, 360])):
+    for label, window, (u1, u2) in zip(labels, pieces(ds, [0, 120, 240, 360]), units):
         prefix = f"{label}/siconc_SImon_CanESM5_historical_{label}_gn"
-        halves = split(d, retimed(window, first), [0, 60, 120], prefix, {"siconc": f4((12, 3, 4), cmor=True)},
-                       units="days since 1850-01-01 0:0:0.0")  # as CanESM5 writes it
-        members.append(Existing("time", halves))
+        a, b = pieces(retimed(window, first), [0, 60, 120])
+        data = {"siconc": f4((12, 3, 4), cmor=True)}
+        members.append(Existing("time", (d.nc(drs(prefix, a), a, data, units=u1), d.nc(drs(prefix, b), b, data, units=u2))))
     d.text("siconc.join.toml", r"""
         files = ["r*i1p1f1/siconc_*.nc"]
         join = "time"
@@ -377,44 +383,12 @@ def members_units(d: CaseDir) -> JoinCase:
 
 
 def members_ncml_units(d: CaseDir) -> JoinCase:
-    ds = source("era5")
-    first = ds.isel(time=slice(0, 120))
-    labels = ("r1i1p1f1", "r2i1p1f1", "r3i1p1f1")
-    units = (DAYS_1850, HOURS_1900, "minutes since 1940-01-01 00:00:00")
-    parts = tuple(d.nc(f"psl_{label}.nc", retimed(window, first), {"psl": f4((12, 8, 15))}, units=u)
-                  for label, window, u in zip(labels, pieces(ds, [0, 120, 240, 360]), units))
-    netcdfs = "\n".join(f'    <netcdf location="{Path(p.rel).name}" coordValue="{v}"/>' for p, v in zip(parts, labels))
-    d.text("ensemble.ncml", ncml(f"""
-        <aggregation type="joinNew" dimName="member">
-            <variableAgg name="psl"/>
-        {netcdfs}
-        </aggregation>
-        """))
-    return JoinCase(d.name, d.id("ensemble"), "ncml", New("member", labels, ("psl",), parts))
+    return members_ncml(d, (DAYS_1850, HOURS_1900, "minutes since 1940-01-01 00:00:00"))
 
 
 def time_member_units(d: CaseDir) -> JoinCase:
-    ds = source("siconc")
-    first = ds.isel(time=slice(0, 120))
-    labels = ("r1i1p1f1", "r2i1p1f1", "r3i1p1f1")
-    # Per member, the units of its two halves: the same within a member, or not.
-    units = (("days since 1850-01-01 0:0:0.0",) * 2, (HOURS_1900,) * 2, (DAYS_1850, "hours since 1855-01-01 00:00:00"))
-    members = []
-    for label, window, (u1, u2) in zip(labels, pieces(ds, [0, 120, 240, 360]), units):
-        prefix = f"{label}/siconc_SImon_CanESM5_historical_{label}_gn"
-        a, b = pieces(retimed(window, first), [0, 60, 120])
-        data = {"siconc": f4((12, 3, 4), cmor=True)}
-        members.append(Existing("time", (d.nc(drs(prefix, a), a, data, units=u1), d.nc(drs(prefix, b), b, data, units=u2))))
-    d.text("siconc.join.toml", r"""
-        files = ["r*i1p1f1/siconc_*.nc"]
-        join = "time"
-
-        [new_dim]
-        name = "member"
-        from_path = '(r\d+i1p1f1)'
-        variables = ["siconc"]
-        """)
-    return JoinCase(d.name, d.id("siconc"), "spec", New("member", labels, ("siconc",), tuple(members)))
+    """Units that differ between members, and within one."""
+    return time_member(d, ((CANESM_DAYS,) * 2, (HOURS_1900,) * 2, (DAYS_1850, "hours since 1855-01-01 00:00:00")))
 
 
 def tas_and(ds: xr.Dataset, name: str, offset: float, long_name: str) -> xr.Dataset:

@@ -23,11 +23,7 @@ use zarrgate_core::catalog::Fingerprint;
 use crate::sendfile::{Lane, Progress, Sending};
 use crate::source::{OpenFile, Sources};
 
-/// Bytes read per step of a streamed body. Ranges longer than this are streamed, zero-copy
-/// where the connection allows it; shorter ones are read into memory. (Measured with wrk at
-/// 64 KiB, `sendfile` saved the copies but its extra system calls, a second `stat`, the header
-/// write and the tail's read, cost as much.)
-pub const PIECE: u64 = 1024 * 1024;
+pub use crate::sendfile::PIECE;
 
 /// Bytes at the end of a zero-copy body that are read and checked in memory (see
 /// [`crate::sendfile`]).

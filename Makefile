@@ -27,7 +27,13 @@ $(VENV)/.installed: python/requirements.txt
 build: venv
 	$(CARGO) build --workspace --all-targets
 
+# Formatting and lints first (rustup's default profile has both; a minimal toolchain without
+# them says so and goes on to the tests).
 test: build
+	@if $(CARGO) fmt --version >/dev/null 2>&1; then $(CARGO) fmt --all -- --check; \
+	else echo "rustfmt is not installed: formatting not checked"; fi
+	@if $(CARGO) clippy --version >/dev/null 2>&1; then $(CARGO) clippy --workspace --all-targets -- -D warnings; \
+	else echo "clippy is not installed: lints not checked"; fi
 	$(CARGO) test --workspace
 	$(PY) -m pytest tests/python -q -p no:cacheprovider
 

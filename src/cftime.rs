@@ -583,7 +583,7 @@ impl Partial {
 
     fn read(text: &str) -> Option<Partial> {
         let text = text.strip_suffix('Z').or_else(|| text.strip_suffix('z')).unwrap_or(text);
-        let (date, clock) = match text.split_once(|c: char| matches!(c, 'T' | 't' | ' ')) {
+        let (date, clock) = match text.split_once(['T', 't', ' ']) {
             Some((date, clock)) => (date, Some(clock)),
             None => (text, None),
         };

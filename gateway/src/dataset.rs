@@ -171,7 +171,7 @@ impl Dataset {
             object.etag = object_etag(&object.body, &sources, "");
         }
         let version = version_of(primary.fingerprint);
-        let modified = modified(&[primary.clone()]);
+        let modified = modified(std::slice::from_ref(primary));
         Ok(Dataset {
             sources,
             objects,
@@ -362,8 +362,11 @@ fn ancestors(var: &str) -> Vec<String> {
     out
 }
 
+/// A metadata document of an array: its key (`.zarray`, `.zattrs`) and bytes.
+type Document = (&'static str, Bytes);
+
 /// The decoding pipeline and the `.zarray`/`.zattrs` documents of a transcoded variable.
-fn transcoded_objects(var: &str, spec: &TranscodeSpec) -> Result<(Pipeline, Vec<(&'static str, Bytes)>), String> {
+fn transcoded_objects(var: &str, spec: &TranscodeSpec) -> Result<(Pipeline, Vec<Document>), String> {
     // A compound is decoded as opaque elements of its stored size, then its fields are packed.
     let dtype = match (spec.dtype, &spec.compound) {
         (Some(dtype), _) => dtype,

@@ -45,6 +45,9 @@ enum Step {
     ScaleOffset(native::ScaleOffset),
 }
 
+/// A compound's stored element size and each field's (offset, size, byte swap).
+type Repack = (usize, Vec<(usize, usize, bool)>);
+
 /// A variable's decoding pipeline (in HDF5 write order) and its decoded chunk size.
 #[derive(Clone, Debug)]
 pub struct Pipeline {
@@ -52,7 +55,7 @@ pub struct Pipeline {
     chunk_bytes: usize,
     /// For a compound type: the stored element size and each field's (offset, size, swap),
     /// packed in this order after decoding.
-    repack: Option<(usize, Vec<(usize, usize, bool)>)>,
+    repack: Option<Repack>,
 }
 
 impl Pipeline {

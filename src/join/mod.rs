@@ -207,6 +207,9 @@ struct VPart {
     origin: Vec<u64>,
 }
 
+/// A variable's encodings, its parts, and the inline bytes their chunk tables point into.
+type PartsOf = (Vec<Encoding>, Vec<Part>, Vec<u8>);
+
 /// Largest variable written into a join document at index time (bigger ones are assembled
 /// when read).
 const MATERIALIZE_LIMIT: u64 = 64 << 20;
@@ -639,7 +642,8 @@ impl<'a> Joiner<'a> {
             }
         };
         for (k, v) in kids.iter().zip(values) {
-            if let Some(i) = v.windows(2).position(|w| !(w[1] > w[0])) {
+            // Not after, NaN included: `partial_cmp` is not Greater for either.
+            if let Some(i) = v.windows(2).position(|w| w[1].partial_cmp(&w[0]) != Some(std::cmp::Ordering::Greater)) {
                 return err(format!(
                     "overlapping or unsorted {dim}: in {} step {} ({}) is not after step {i} ({})",
                     self.name(k.files[0]),
@@ -705,12 +709,7 @@ impl<'a> Joiner<'a> {
 
     /// The parts of a variable with their chunk tables, and the encodings they use.
     /// `units_from` names the coordinate whose `units`/`calendar` a bounds variable inherits.
-    fn parts(
-        &self,
-        name: &str,
-        vparts: &[VPart],
-        units_from: Option<&str>,
-    ) -> Result<(Vec<Encoding>, Vec<Part>, Vec<u8>), JoinError> {
+    fn parts(&self, name: &str, vparts: &[VPart], units_from: Option<&str>) -> Result<PartsOf, JoinError> {
         let mut encodings: Vec<Encoding> = Vec::new();
         let mut parts = Vec::with_capacity(vparts.len());
         let mut inline = Vec::new();
@@ -969,7 +968,7 @@ fn calendar_name(name: &str) -> &str {
 fn aligned(p: &Part, chunks: &[u64], shape: &[u64]) -> bool {
     (0..shape.len()).all(|d| {
         let c = chunks[d];
-        p.origin[d] % c == 0 && (p.shape[d] % c == 0 || p.origin[d] + p.shape[d] == shape[d])
+        p.origin[d].is_multiple_of(c) && (p.shape[d].is_multiple_of(c) || p.origin[d] + p.shape[d] == shape[d])
     })
 }
 

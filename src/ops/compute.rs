@@ -467,6 +467,9 @@ fn average_var(
 }
 
 /// For each selected time step, its group; and the periods when resampling.
+/// A calendar period: its first instant and the first instant of the next.
+type Period = (cftime::DateTime, cftime::DateTime);
+
 fn time_groups(
     view: &StoreView,
     source: &dyn ChunkSource,
@@ -474,7 +477,7 @@ fn time_groups(
     req: &Request,
     ti: Option<usize>,
     positions: &[Vec<usize>],
-) -> Result<(Vec<usize>, Option<Vec<(cftime::DateTime, cftime::DateTime)>>), Problem> {
+) -> Result<(Vec<usize>, Option<Vec<Period>>), Problem> {
     let Some(ti) = ti else { return Ok((Vec::new(), None)) };
     let n_t = positions[ti].len();
     let Some(freq) = req.freq else { return Ok((vec![0; n_t], None)) };

@@ -120,9 +120,13 @@ impl Decoded {
     }
 }
 
+/// One chunk along a dimension: its index and the (output position, position within the
+/// chunk) pairs that fall in it.
+type ChunkGroup = (u64, Vec<(usize, usize)>);
+
 /// Positions grouped by chunk, per dimension: chunk index → [(output position, position within
 /// the chunk)].
-fn chunk_groups(meta: &ArrayMetadataV2, sel: &[Vec<usize>]) -> Vec<Vec<(u64, Vec<(usize, usize)>)>> {
+fn chunk_groups(meta: &ArrayMetadataV2, sel: &[Vec<usize>]) -> Vec<Vec<ChunkGroup>> {
     sel.iter()
         .zip(&meta.chunks)
         .map(|(positions, &c)| {
@@ -136,7 +140,7 @@ fn chunk_groups(meta: &ArrayMetadataV2, sel: &[Vec<usize>]) -> Vec<Vec<(u64, Vec
 }
 
 /// Every combination of one group per dimension (the chunks to read).
-fn combinations(groups: &[Vec<(u64, Vec<(usize, usize)>)>]) -> Vec<Vec<usize>> {
+fn combinations(groups: &[Vec<ChunkGroup>]) -> Vec<Vec<usize>> {
     let mut out = vec![Vec::new()];
     for g in groups {
         out =

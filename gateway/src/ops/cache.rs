@@ -476,7 +476,8 @@ mod tests {
 
     #[test]
     fn damaged_files_are_corrupt_then_gone() {
-        let damages: [(&str, fn(&mut Vec<u8>)); 4] = [
+        type Damage = (&'static str, fn(&mut Vec<u8>));
+        let damages: [Damage; 4] = [
             ("flipped payload byte", |d| d[HEADER + 50] ^= 1),
             ("one byte short", |d| d.truncate(d.len() - 1)),
             ("shorter than the header", |d| d.truncate(10)),

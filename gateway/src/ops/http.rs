@@ -345,9 +345,12 @@ fn result_response(
     r
 }
 
+/// A file of a packed Zarr result: its key, and where its bytes start and end in the blob.
+type FileSpan = (String, usize, usize);
+
 /// The files of a Zarr result, for the S3 layer's `results` bucket: `(bucket it came from,
 /// blob, [(key, start, end)])`.
-fn zarr_files(ops: &Ops, hash: &str) -> Option<(String, Bytes, Vec<(String, usize, usize)>)> {
+fn zarr_files(ops: &Ops, hash: &str) -> Option<(String, Bytes, Vec<FileSpan>)> {
     let k = Key::from_hex(hash)?;
     let Lookup::Hit(blob, _) = ops.cache.get(&k) else { return None };
     let (stored, bytes) = unseal(&blob)?;

@@ -81,7 +81,7 @@ impl Default for OpsConfig {
 /// What a job runs.
 enum Work {
     /// A planned request, not started yet.
-    Plan(Plan, Key, Arc<Collection>, Arc<Dataset>),
+    Plan(Box<Plan>, Key, Arc<Collection>, Arc<Dataset>),
     /// A computation already running (a synchronous request that took too long).
     Started(tokio::task::JoinHandle<Result<Bytes, Problem>>, Key),
     /// A job of an earlier process: worked out again from its recorded inputs.
@@ -96,7 +96,7 @@ pub trait NetcdfWriter: Send + Sync {
 /// What a request led to.
 pub enum Answer {
     Result { key: Key, bytes: Bytes, hit: bool, format: Format, compute_ms: u64 },
-    Job(JobRecord),
+    Job(Box<JobRecord>),
 }
 
 type Shared = Arc<OnceCell<Result<Bytes, Problem>>>;
@@ -345,11 +345,11 @@ impl Ops {
             self.spawn_job(
                 app.clone(),
                 job.clone(),
-                Work::Plan(plan, key, collection, dataset),
+                Work::Plan(Box::new(plan), key, collection, dataset),
                 Some(who.clone()),
                 run,
             );
-            return Ok(Answer::Job(job));
+            return Ok(Answer::Job(Box::new(job)));
         }
         let started = Instant::now();
         let request = plan.request.clone();
@@ -378,7 +378,7 @@ impl Ops {
                     }
                 };
                 self.spawn_job(app.clone(), job.clone(), Work::Started(task, key), Some(who.clone()), run);
-                Ok(Answer::Job(job))
+                Ok(Answer::Job(Box::new(job)))
             }
         }
     }
@@ -532,7 +532,7 @@ impl Ops {
             let started = Instant::now();
             let outcome = match work {
                 Work::Plan(plan, key, collection, dataset) => {
-                    ops.compute(&app, key, plan, &collection, &dataset, run.clone()).await.map(|_| key)
+                    ops.compute(&app, key, *plan, &collection, &dataset, run.clone()).await.map(|_| key)
                 }
                 Work::Started(task, key) => task
                     .await

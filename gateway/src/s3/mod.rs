@@ -562,6 +562,7 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
     }
     let (range, start, end) = requested_range(r, object.size)?;
     let head = r.is_head();
+    let part = Part { start, end, head };
     // Metadata, HEAD and byte ranges up to one streaming piece are read right here, as nginx
     // does: a pread of the page cache costs less than handing it to another thread. A range
     // that is not in the page cache is not waited for here (it would stall every connection of
@@ -575,8 +576,7 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
         Body::Range { .. } => head || end - start <= PIECE || lane.is_some(),
         Body::Transcoded { .. } | Body::Assembled { .. } => head,
     };
-    let here =
-        small.then(|| read_object(&app.sources, &dataset, &object, start, end, head, lane.clone(), Wait::CachedOnly));
+    let here = small.then(|| read_object(&app.sources, &dataset, &object, part, lane.clone(), Wait::CachedOnly));
     let read = match here {
         Some(Err(ReadOutcome::NotCached)) | None => {
             if here.is_some() {
@@ -586,7 +586,7 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
             let (app, ds, obj) = (app.clone(), dataset.clone(), object.clone());
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                read_object(&app.sources, &ds, &obj, start, end, head, lane, Wait::Block)
+                read_object(&app.sources, &ds, &obj, part, lane, Wait::Block)
             })
             .await
             .map_err(|e| S3Error::internal(format!("reading the object failed: {e}")))?
@@ -626,6 +626,14 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
     Ok(resp)
 }
 
+/// What of an object a request wants: bytes `start..end`, or (HEAD) only the check.
+#[derive(Clone, Copy)]
+struct Part {
+    start: u64,
+    end: u64,
+    head: bool,
+}
+
 enum ReadOutcome {
     Stale(String),
     Failed(String),
@@ -650,12 +658,11 @@ fn read_object(
     sources: &Sources,
     dataset: &Dataset,
     object: &Object,
-    start: u64,
-    end: u64,
-    head: bool,
+    part: Part,
     lane: Option<crate::sendfile::Lane>,
     wait: Wait,
 ) -> Result<ResponseBody, ReadOutcome> {
+    let Part { start, end, head } = part;
     let check = |i: usize| Sources::check(dataset.source(i), dataset.sources[i].fingerprint).map(|_| ());
     match &object.body {
         Body::Inline(bytes) => {

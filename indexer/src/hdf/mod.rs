@@ -65,7 +65,10 @@ pub fn translate(path: &Path, url: &str) -> Result<StoreBuilder, IndexError> {
 
 fn variable(out: &mut StoreBuilder, file: &hdf5::File, path: &Path, var: &NcVar) -> Result<(), IndexError> {
     match &var.elem {
-        ElemType::String => return Ok(inline_strings(out, var)),
+        ElemType::String => {
+            inline_strings(out, var);
+            return Ok(());
+        }
         ElemType::Opaque(what) => {
             let why = format!("{what}: netCDF4-python skips opaque data, so xarray does not show it, and Zarr v2 has no faithful type for it");
             out.status(&var.path, VariableStatus::Refused, Some(why));
@@ -438,7 +441,7 @@ fn zarr_fill_native(dtype: &DType, fill: &Value) -> Vec<u8> {
 /// netCDF-C's default fill values (`NC_FILL_*`), native order.
 fn default_nc_fill(dtype: &DType) -> Vec<u8> {
     match (dtype.kind, dtype.size()) {
-        (Kind::Float, 4) => 9.969_209_968_386_869e36_f32.to_le_bytes().to_vec(),
+        (Kind::Float, 4) => 9.969_21e36_f32.to_le_bytes().to_vec(),
         (Kind::Float, _) => 9.969_209_968_386_869e36_f64.to_le_bytes().to_vec(),
         (Kind::Int, 1) => vec![0x81],
         (Kind::Int, 2) => (-32767i16).to_le_bytes().to_vec(),

@@ -111,11 +111,7 @@ impl Layout {
         let numrecs = h.numrecs.unwrap_or_else(|| {
             // Streaming files: the record count follows from the file size.
             let first = rec_vars.iter().map(|v| v.begin).min().unwrap_or(file_size);
-            if recsize == 0 {
-                0
-            } else {
-                file_size.saturating_sub(first) / recsize
-            }
+            file_size.saturating_sub(first).checked_div(recsize).unwrap_or(0)
         });
         Layout { numrecs, recsize }
     }
@@ -188,7 +184,7 @@ impl VarLayout {
             return 1;
         }
         let max = (RECORD_CHUNK_TARGET / self.slab).clamp(1, self.numrecs);
-        (1..=max).rev().find(|k| self.numrecs % k == 0).unwrap_or(1)
+        (1..=max).rev().find(|k| self.numrecs.is_multiple_of(*k)).unwrap_or(1)
     }
 
     fn gathered(&self) -> bool {

@@ -21,6 +21,16 @@ REPO = Path(__file__).resolve().parents[2]
 CORPUS = Path(os.environ.get("ZARRGATE_CORPUS", REPO.parent / "shared" / "corpus"))
 
 
+def corpus_missing(why: str) -> None:
+    """Skips a test that needs the corpus, or fails it under CI (`CI` set), where a missing
+    corpus must never pass as a run of fewer tests."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{why}; CI must run every suite", pytrace=False)
+    pytest.skip(why)
+
+
 def wait_for(predicate, timeout: float = 120, step: float = 0.3):
     """The first truthy value of `predicate()`, polled every `step` seconds for `timeout`."""
     deadline = time.monotonic() + timeout

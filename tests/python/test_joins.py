@@ -18,7 +18,7 @@ import pytest
 import requests
 import xarray as xr
 
-from gateway import Gateway, start_gateway, zarrgate_bin
+from gateway import Gateway, corpus_missing, start_gateway, zarrgate_bin
 from join_cases import CORPUS, JOINS, REFUSALS, JoinCase, build, missing_corpus
 from join_oracle import differences, new_dims
 
@@ -34,7 +34,7 @@ OPENED_ONCE = ["drs_aligned", "time_member", "union_ncml"]
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     if missing_corpus():
-        pytest.skip(f"corpus files missing under {CORPUS} (set ZARRGATE_CORPUS): {missing_corpus()}")
+        corpus_missing(f"corpus files missing under {CORPUS} (set ZARRGATE_CORPUS): {missing_corpus()}")
     root = tmp_path_factory.mktemp("joins") / "data"
     return root, build(root)
 

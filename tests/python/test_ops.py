@@ -22,7 +22,7 @@ import pytest
 import requests
 import xarray as xr
 
-from gateway import start_gateway
+from gateway import corpus_missing, start_gateway
 from ops_cases import AVERAGES, CORPUS, CORPUS_FILES, CORPUS_OPS, DATELINE, N0, N180, P360, SUBSETS, Op, find
 from ops_cases import expected_selection
 from ops_client import PROBLEM, Client, check, data, ok_result, ops, original, problem  # noqa: F401 (fixtures)
@@ -32,7 +32,7 @@ from ops_oracle import CFTIME, assert_same, average
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     if not CORPUS.is_dir():
-        pytest.skip(f"no corpus at {CORPUS} (set ZARRGATE_CORPUS)")
+        corpus_missing(f"no corpus at {CORPUS} (set ZARRGATE_CORPUS)")
     tmp = tmp_path_factory.mktemp("ops-corpus")
     links = tmp / "links"
     links.mkdir()

@@ -7,6 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CARGO ?= cargo
 export ZARRGATE_CORPUS ?= $(abspath ../shared/corpus)
+# Fails on files of one crate that import each other in a loop (dependencies flow one way).
+MODCYCLES ?= $(abspath ../shared/tools/modcycles.py)
 # The static HDF5/netCDF-C builds find CMake here (.cargo/config.toml says the same for plain
 # `cargo` runs); an absolute path keeps cargo's build cache valid when VENV moves.
 export CMAKE := $(abspath $(VENV))/bin/cmake
@@ -34,6 +36,7 @@ test: build
 	else echo "rustfmt is not installed: formatting not checked"; fi
 	@if $(CARGO) clippy --version >/dev/null 2>&1; then $(CARGO) clippy --workspace --all-targets -- -D warnings; \
 	else echo "clippy is not installed: lints not checked"; fi
+	python3 $(MODCYCLES) src gateway/src indexer/src cli/src
 	$(CARGO) test --workspace
 	$(PY) -m pytest tests/python -q -p no:cacheprovider
 

@@ -115,7 +115,7 @@ pub fn serve(
             let listener = tokio::net::TcpListener::bind(options.listen).await?;
             if let Some(ops) = &app.ops {
                 zarrgate_gateway::ops::Ops::register_metrics(&app);
-                ops.resume_jobs(&app);
+                ops.resume_jobs(&app.state);
             }
             let scheme = if options.tls.is_some() { "https" } else { "http" };
             on_ready(&format!("{scheme}://{}", listener.local_addr()?));

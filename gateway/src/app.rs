@@ -1,7 +1,7 @@
 //! The gateway's state: everything a request can reach, built once by [`AppBuilder`] and never
-//! changed after (counters and caches inside it change; its parts do not).
+//! changed after (counters and caches inside it change; its parts do not). What the S3 layer
+//! and the operations share is its [`State`], which it dereferences to.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -10,15 +10,14 @@ use crate::client::TrustedProxies;
 use crate::collection::Collection;
 use crate::metrics::Metrics;
 use crate::source::Sources;
+use crate::state::State;
 
 /// Object reads (and decodes) in flight at once.
 const MAX_READS: usize = 64;
 
 pub struct App {
-    pub collections: BTreeMap<String, Arc<Collection>>,
-    pub sources: Sources,
-    pub auth: Arc<Auth>,
-    pub metrics: Metrics,
+    /// Collections, sources, auth and counters.
+    pub state: Arc<State>,
     /// Who may read `/metrics`.
     pub metrics_policy: Policy,
     /// Proxies whose `Forwarded`/`X-Forwarded-For` name the client.
@@ -37,9 +36,13 @@ impl App {
         format!("{:016X}", self.next_request.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Whether any collection is restricted (not readable by everyone).
-    pub fn has_restricted(&self) -> bool {
-        self.collections.values().any(|c| !c.read.is_public())
+}
+
+impl std::ops::Deref for App {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.state
     }
 }
 
@@ -77,11 +80,14 @@ impl AppBuilder {
     pub fn build(self) -> App {
         let restricted = self.collections.iter().any(|c| !c.read.is_public());
         let default_metrics = if restricted { Policy::Authenticated } else { Policy::Public };
-        App {
+        let state = State {
             collections: self.collections.into_iter().map(|c| (c.bucket.clone(), c)).collect(),
             sources: Sources::default(),
             auth: self.auth,
             metrics: Metrics::default(),
+        };
+        App {
+            state: Arc::new(state),
             metrics_policy: self.metrics_policy.unwrap_or(default_metrics),
             proxies: self.proxies,
             shutting_down: AtomicBool::new(false),

@@ -1,7 +1,7 @@
 //! `zarrgate-gateway`: a read-only, S3-compatible Zarr v2 store over reference sets.
 //!
 //! # Layout
-//! - [`app`]: the gateway's state, built once.
+//! - [`app`]: the gateway's state, built once; [`state`] the part that operations share.
 //! - [`router`]: one entry for every request: health, metrics, operations and S3; admission
 //!   and accounting happen there, once.
 //! - [`client`]: the client's address, also behind trusted proxies.
@@ -41,6 +41,7 @@ pub mod s3;
 pub mod sendfile;
 pub mod server;
 pub mod source;
+pub mod state;
 pub mod tls;
 pub mod transcode;
 pub mod util;

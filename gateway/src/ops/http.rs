@@ -265,7 +265,7 @@ async fn execute(
         ..Problem::not_found(format!("there is no collection {:?}", request.bucket))
     })?;
     may_use(app, &collection.bucket, who)?;
-    match ops.request(app, who, request, inputs, prefer_async).await? {
+    match ops.request(&app.state, who, request, inputs, prefer_async).await? {
         Answer::Result { key, bytes, hit, format, compute_ms } => {
             app.auth.record_compute(who, compute_ms, hit);
             let public = is_public(app, &collection.bucket);

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use tokio::sync::{OnceCell, Semaphore};
 use zarrgate_core::ops::{self, ChunkSource, Format, Output, Plan, Problem, Raw, Request, Run, SourceError, StoreView};
 
-use crate::app::App;
+use crate::state::State;
 use crate::auth::quota::Exceeded;
 use crate::auth::Principal;
 use crate::collection::{Collection, Entry};
@@ -214,7 +214,7 @@ impl Ops {
     }
 
     /// Shows the operation counters from zero, so that a first increase is visible as one.
-    pub fn register_metrics(app: &App) {
+    pub fn register_metrics(app: &State) {
         for p in ["subset", "average"] {
             app.metrics.add("zarrgate_ops_computations_total", &[("process", p)], 0);
         }
@@ -225,7 +225,7 @@ impl Ops {
     }
 
     /// Runs again the jobs a previous process left accepted or running.
-    pub fn resume_jobs(self: &Arc<Self>, app: &Arc<App>) {
+    pub fn resume_jobs(self: &Arc<Self>, app: &Arc<State>) {
         for job in self.jobs.unfinished() {
             eprintln!("zarrgate: resuming job {} ({})", job.id, job.process);
             let run = Arc::new(Run::new(self.config.threads));
@@ -234,7 +234,7 @@ impl Ops {
     }
 
     /// The collection and dataset a request names.
-    fn resolve(app: &App, req: &Request) -> Result<(Arc<Collection>, Arc<Dataset>), Problem> {
+    fn resolve(app: &State, req: &Request) -> Result<(Arc<Collection>, Arc<Dataset>), Problem> {
         let collection = app.collections.get(&req.bucket).ok_or_else(|| Problem {
             argument: Some("dataset".into()),
             ..Problem::not_found(format!("there is no collection {:?}", req.bucket))
@@ -286,7 +286,7 @@ impl Ops {
 
     /// Looks a key up on the blocking pool (a disk hit reads and hashes the file), counting hits
     /// and corrupt files. Gives the stored result with what it is.
-    async fn lookup(self: &Arc<Self>, app: &App, key: &Key) -> Option<(Stored, Bytes)> {
+    async fn lookup(self: &Arc<Self>, app: &State, key: &Key) -> Option<(Stored, Bytes)> {
         let (ops, k) = (self.clone(), *key);
         let found = tokio::task::spawn_blocking(move || ops.cache.get(&k)).await.unwrap_or(Lookup::Miss);
         match found {
@@ -307,7 +307,7 @@ impl Ops {
     /// Answers a request: from the cache, by computing it now, or as a new job.
     pub async fn request(
         self: &Arc<Self>,
-        app: &Arc<App>,
+        app: &Arc<State>,
         who: &Principal,
         req: Request,
         inputs: Value,
@@ -387,7 +387,7 @@ impl Ops {
     /// for it is given back.
     async fn record_job(
         self: &Arc<Self>,
-        app: &App,
+        app: &State,
         who: &Principal,
         request: &Request,
         inputs: Value,
@@ -423,7 +423,7 @@ impl Ops {
     /// Plans a request on the blocking pool (it reads metadata and coordinates).
     async fn plan(
         &self,
-        app: &Arc<App>,
+        app: &Arc<State>,
         collection: &Arc<Collection>,
         dataset: &Arc<Dataset>,
         req: Request,
@@ -445,7 +445,7 @@ impl Ops {
     /// Computes a planned request once, however many ask for it at the same time.
     async fn compute(
         self: &Arc<Self>,
-        app: &Arc<App>,
+        app: &Arc<State>,
         key: Key,
         plan: Plan,
         collection: &Arc<Collection>,
@@ -484,7 +484,7 @@ impl Ops {
     /// Runs the computation on the compute pool and encodes the result.
     async fn compute_now(
         &self,
-        app: &Arc<App>,
+        app: &Arc<State>,
         plan: Plan,
         dataset: &Arc<Dataset>,
         run: Arc<Run>,
@@ -512,7 +512,7 @@ impl Ops {
 
     /// Starts a job's task: `work` is what the request already worked out, or a replay of a
     /// resumed job. `who` is charged for the compute time.
-    fn spawn_job(self: &Arc<Self>, app: Arc<App>, job: JobRecord, work: Work, who: Option<Principal>, run: Arc<Run>) {
+    fn spawn_job(self: &Arc<Self>, app: Arc<State>, job: JobRecord, work: Work, who: Option<Principal>, run: Arc<Run>) {
         let ops = self.clone();
         self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(job.id.clone(), run.clone());
         tokio::spawn(async move {
@@ -587,7 +587,7 @@ impl Ops {
     }
 
     /// Works out and computes a resumed job from its recorded inputs.
-    async fn replay(self: &Arc<Self>, app: &Arc<App>, job: &JobRecord, run: Arc<Run>) -> Result<Key, Problem> {
+    async fn replay(self: &Arc<Self>, app: &Arc<State>, job: &JobRecord, run: Arc<Run>) -> Result<Key, Problem> {
         let process =
             ops::Process::parse(&job.process).ok_or_else(|| Problem::internal("the job names an unknown process"))?;
         let inputs = job.request.get("inputs").and_then(Value::as_object).cloned().unwrap_or_default();

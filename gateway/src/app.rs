@@ -35,7 +35,6 @@ impl App {
     pub fn request_id(&self) -> String {
         format!("{:016X}", self.next_request.fetch_add(1, Ordering::Relaxed))
     }
-
 }
 
 impl std::ops::Deref for App {

@@ -164,6 +164,23 @@ def test_presigned_urls_work_until_they_expire(gw, member):
     assert xml_code(http(v2)[1]) == "InvalidRequest"
 
 
+def test_signed_gets_set_response_headers_as_s3_does(gw, member):
+    s3 = gw.boto3(credentials=member)
+    params = {"Bucket": "restricted", "Key": CHUNK, "ResponseContentDisposition": 'attachment; filename="tas.bin"',
+              "ResponseContentType": "application/x-zarr-chunk", "ResponseCacheControl": "no-store"}
+    url = s3.generate_presigned_url("get_object", Params=params, ExpiresIn=60)
+    with urllib.request.urlopen(url, timeout=30) as r:
+        assert r.headers["Content-Disposition"] == 'attachment; filename="tas.bin"'
+        assert r.headers["Content-Type"] == "application/x-zarr-chunk"
+        assert r.headers["Cache-Control"] == "no-store"
+        assert r.read() == s3.get_object(Bucket="restricted", Key=CHUNK)["Body"].read()
+    got = s3.get_object(Bucket="restricted", Key=CHUNK, ResponseContentLanguage="en", ResponseExpires=dt.datetime(2030, 1, 1))
+    assert got["ContentLanguage"] == "en" and got["Expires"].year == 2030
+    # Anonymous requests may not, as on S3.
+    status, body = http(f"{gw.endpoint}/open-data/{CHUNK}?response-content-type=text/plain")
+    assert (status, xml_code(body)) == (400, "InvalidRequest")
+
+
 def test_bearer_tokens(gw, member):
     key, secret = member
     assert http(f"{gw.endpoint}/restricted/{CHUNK}", {"Authorization": f"Bearer {key}:{secret}"})[0] == 200

@@ -45,9 +45,17 @@ struct Bucket {
     last: Instant,
 }
 
+/// A bucket's name: an address block, or a key id (by its hash) from one. Checked on every
+/// signed request, so it is built without allocating; the words come only with a refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Name {
+    block: IpAddr,
+    key: Option<u64>,
+}
+
 pub struct Failures {
     limits: FailureLimits,
-    buckets: moka::sync::Cache<String, Arc<Mutex<Bucket>>>,
+    buckets: moka::sync::Cache<Name, Arc<Mutex<Bucket>>>,
 }
 
 impl Failures {
@@ -57,9 +65,25 @@ impl Failures {
         Failures { limits, buckets: moka::sync::Cache::builder().max_capacity(MAX_TRACKED).time_to_idle(idle).build() }
     }
 
-    fn names(ip: IpAddr, key: Option<&str>) -> impl Iterator<Item = String> {
+    fn names(ip: IpAddr, key: Option<&str>) -> impl Iterator<Item = Name> {
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
         let block = crate::client::accountable(ip);
-        std::iter::once(format!("address {block}")).chain(key.map(move |k| format!("access key id {k} from {block}")))
+        let hashed = key.map(|k| {
+            // A fixed-key SipHash: the same id gives the same bucket for the life of the process.
+            let mut h =
+                std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+            k.hash(&mut h);
+            h.finish()
+        });
+        std::iter::once(Name { block, key: None }).chain(hashed.map(|k| Name { block, key: Some(k) }))
+    }
+
+    /// The words of a bucket's name, for a refusal.
+    fn describe(name: Name, key: Option<&str>) -> String {
+        match (name.key, key) {
+            (Some(_), Some(k)) => format!("access key id {k} from {}", name.block),
+            _ => format!("address {}", name.block),
+        }
     }
 
     fn refilled(&self, b: &mut Bucket, now: Instant) {
@@ -80,7 +104,7 @@ impl Failures {
             if b.tokens < 1.0 {
                 let wait = ((1.0 - b.tokens) / (self.limits.per_minute / 60.0)).ceil().max(1.0) as u64;
                 if refusal.as_ref().is_none_or(|(_, w)| wait > *w) {
-                    refusal = Some((name, wait));
+                    refusal = Some((Self::describe(name, key), wait));
                 }
             }
         }

@@ -26,13 +26,13 @@ use serde_json::{json, Value};
 use tokio::sync::{OnceCell, Semaphore};
 use zarrgate_core::ops::{self, ChunkSource, Format, Output, Plan, Problem, Raw, Request, Run, SourceError, StoreView};
 
-use crate::state::State;
 use crate::auth::quota::Exceeded;
 use crate::auth::Principal;
 use crate::collection::{Collection, Entry};
 use crate::dataset::{AssembleError, Body, Dataset};
 use crate::dates::{day_of, unix_now};
 use crate::source::{ReadError, Sources};
+use crate::state::State;
 use cache::{Key, Lookup, ResultCache, Tier};
 use jobs::{JobRecord, JobStore, Status};
 

@@ -295,7 +295,42 @@ async fn route(
     if r.key.split('/').any(|part| part == "..") {
         return Err(S3Error::invalid_argument("Object keys must not contain '..' segments."));
     }
-    get_object(app, collection, &r).await
+    let overrides = response_overrides(&r, who)?;
+    let mut resp = get_object(app, collection, &r).await?;
+    for (name, value) in overrides {
+        resp.headers_mut().insert(name, value);
+    }
+    Ok(resp)
+}
+
+/// Query parameters a signed GET may set response headers with, as S3 allows.
+const RESPONSE_OVERRIDES: [(&str, &str); 6] = [
+    ("response-content-type", "content-type"),
+    ("response-content-language", "content-language"),
+    ("response-expires", "expires"),
+    ("response-cache-control", "cache-control"),
+    ("response-content-disposition", "content-disposition"),
+    ("response-content-encoding", "content-encoding"),
+];
+
+/// The headers a GET's `response-*` parameters ask for. As S3: only for signed requests (an
+/// anonymous one gets `InvalidRequest`), and a value that is not a valid header is refused.
+fn response_overrides(r: &S3Request, who: &Principal) -> Result<Vec<(&'static str, HeaderValue)>, S3Error> {
+    let mut out = Vec::new();
+    for (param, header) in RESPONSE_OVERRIDES {
+        let Some(value) = r.param(param) else { continue };
+        if who.is_anonymous() {
+            return Err(S3Error::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "Request specific response headers cannot be used for anonymous GET requests.",
+            ));
+        }
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| S3Error::invalid_argument(format!("{param} is not a valid header value.")))?;
+        out.push((header, value));
+    }
+    Ok(out)
 }
 
 fn access_denied(who: &Principal) -> S3Error {

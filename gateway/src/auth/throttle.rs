@@ -66,15 +66,11 @@ impl Failures {
     }
 
     fn names(ip: IpAddr, key: Option<&str>) -> impl Iterator<Item = Name> {
-        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        use std::hash::BuildHasher as _;
         let block = crate::client::accountable(ip);
-        let hashed = key.map(|k| {
-            // A fixed-key SipHash: the same id gives the same bucket for the life of the process.
-            let mut h =
-                std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
-            k.hash(&mut h);
-            h.finish()
-        });
+        // A fixed-key SipHash: the same id gives the same bucket for the life of the process.
+        let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        let hashed = key.map(|k| hasher.hash_one(k));
         std::iter::once(Name { block, key: None }).chain(hashed.map(|k| Name { block, key: Some(k) }))
     }
 

@@ -154,18 +154,28 @@ pub fn served_typestr(field: &zarrgate_core::report::CompoundField) -> String {
     }
 }
 
+/// What a step may decode to beyond the chunk's declared size: the checksum and headers other
+/// filters put on top of it (scale-offset's 21 bytes, Fletcher-32's 4).
+const STEP_SLACK: usize = 1024;
+
 impl Step {
+    /// Decodes one step. Every decoder is held to the chunk size the metadata declares (plus
+    /// [`STEP_SLACK`]): a corrupt or hostile chunk that claims, or inflates to, more is an error
+    /// for that chunk, never an allocation that takes the process down.
     fn decode(&self, data: Vec<u8>, chunk_bytes: usize) -> Result<Vec<u8>, String> {
+        let limit = chunk_bytes.saturating_add(STEP_SLACK);
         match self {
-            Step::Deflate => read_all(flate2::read::ZlibDecoder::new(&data[..]), chunk_bytes),
+            Step::Deflate => read_all(flate2::read::ZlibDecoder::new(&data[..]), chunk_bytes, limit),
             Step::Shuffle { elem } => Ok(unshuffle(&data, *elem)),
             Step::Fletcher32 => strip_fletcher32(data),
-            Step::Bzip2 => read_all(bzip2::read::BzDecoder::new(&data[..]), chunk_bytes),
+            Step::Bzip2 => read_all(bzip2::read::BzDecoder::new(&data[..]), chunk_bytes, limit),
             Step::Lzf => lzf_decompress(&data, chunk_bytes),
-            Step::Blosc => blosc_decompress(&data),
-            Step::Lz4 => hdf5_lz4_decompress(&data),
-            Step::Bitshuffle { elem, block, codec } => bitshuffle_decode(&data, *elem, *block, *codec, chunk_bytes),
-            Step::Zstd => zstd_decompress(&data, chunk_bytes),
+            Step::Blosc => blosc_decompress(&data, limit),
+            Step::Lz4 => hdf5_lz4_decompress(&data, limit),
+            Step::Bitshuffle { elem, block, codec } => {
+                bitshuffle_decode(&data, *elem, *block, *codec, chunk_bytes, limit)
+            }
+            Step::Zstd => zstd_decompress(&data, chunk_bytes, limit),
             // Another filter's header may ride on top of the chunk (scale-offset's 21 bytes).
             Step::Szip(szip) => szip.decode(&data, chunk_bytes + 64),
             Step::Nbit(nbit) => nbit.decode(data),
@@ -174,15 +184,29 @@ impl Step {
     }
 }
 
-fn read_all(mut reader: impl std::io::Read, hint: usize) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(hint);
-    reader.read_to_end(&mut out).map_err(|e| e.to_string())?;
+/// Reads a decoder to its end, but no more than `limit` bytes: one that would go on is an error
+/// (a corrupt stream, or a bomb).
+fn read_all(reader: impl std::io::Read, hint: usize, limit: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut out = Vec::with_capacity(hint.min(limit));
+    reader.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| e.to_string())?;
+    if out.len() > limit {
+        return Err(format!("the stream decodes to more than the chunk's {limit} bytes"));
+    }
     Ok(out)
 }
 
-fn zstd_decompress(data: &[u8], hint: usize) -> Result<Vec<u8>, String> {
+fn zstd_decompress(data: &[u8], hint: usize, limit: usize) -> Result<Vec<u8>, String> {
     let decoder = ruzstd::decoding::StreamingDecoder::new(data).map_err(|e| e.to_string())?;
-    read_all(decoder, hint)
+    read_all(decoder, hint, limit)
+}
+
+/// Refuses a size a stream's header declares beyond what the chunk can hold.
+fn within(declared: usize, limit: usize, what: &str) -> Result<usize, String> {
+    if declared > limit {
+        return Err(format!("{what} declares {declared} bytes, more than the chunk's {limit}"));
+    }
+    Ok(declared)
 }
 
 /// Undoes HDF5's byte shuffle; trailing bytes that do not fill an element stay in place.
@@ -263,8 +287,8 @@ fn be_u64(data: &[u8], at: usize) -> Result<usize, String> {
 
 /// The HDF5 LZ4 filter: total size (u64 BE), block size (u32 BE), then blocks, each a u32 BE
 /// stored length and LZ4 block data (stored raw when compression did not help).
-fn hdf5_lz4_decompress(data: &[u8]) -> Result<Vec<u8>, String> {
-    let total = be_u64(data, 0)?;
+fn hdf5_lz4_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let total = within(be_u64(data, 0)?, limit, "the LZ4 header")?;
     let block = be_u32(data, 8)?;
     if block == 0 {
         return Err("zero block size".into());
@@ -296,7 +320,7 @@ fn le_u32(data: &[u8], at: usize) -> Result<usize, String> {
 /// one stream, or one per byte of the type ("splits"), each a u32 LE length and compressed
 /// bytes (stored as they are when that length equals the stream size). Blocks are then
 /// unshuffled by byte or by bit, as the flags say.
-fn blosc_decompress(data: &[u8]) -> Result<Vec<u8>, String> {
+fn blosc_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
     const SHUFFLE_FLAG: u8 = 0x1;
     const MEMCPYED: u8 = 0x2;
     const BITSHUFFLE_FLAG: u8 = 0x4;
@@ -304,7 +328,7 @@ fn blosc_decompress(data: &[u8]) -> Result<Vec<u8>, String> {
     let header = data.get(..16).ok_or("truncated Blosc header")?;
     let flags = header[2];
     let typesize = (header[3] as usize).max(1);
-    let nbytes = le_u32(data, 4)?;
+    let nbytes = within(le_u32(data, 4)?, limit, "the Blosc header")?;
     let blocksize = le_u32(data, 8)?;
     if nbytes == 0 {
         return Ok(Vec::new());
@@ -337,8 +361,8 @@ fn blosc_decompress(data: &[u8]) -> Result<Vec<u8>, String> {
                 match codec {
                     0 => blosclz_decompress(body, stream_size)?,
                     1 => lz4_flex::block::decompress(body, stream_size).map_err(|e| e.to_string())?,
-                    3 => read_all(flate2::read::ZlibDecoder::new(body), stream_size)?,
-                    4 => zstd_decompress(body, stream_size)?,
+                    3 => read_all(flate2::read::ZlibDecoder::new(body), stream_size, stream_size)?,
+                    4 => zstd_decompress(body, stream_size, stream_size)?,
                     other => return Err(format!("Blosc codec {other} (snappy or unknown) is not supported")),
                 }
             };
@@ -435,6 +459,7 @@ fn bitshuffle_decode(
     block: usize,
     codec: u32,
     chunk_bytes: usize,
+    limit: usize,
 ) -> Result<Vec<u8>, String> {
     if elem == 0 {
         return Err("zero element size".into());
@@ -442,7 +467,7 @@ fn bitshuffle_decode(
     let (total, block_elems, mut at) = if codec == 0 {
         (chunk_bytes, if block > 0 { block } else { default_block(elem) }, 0)
     } else {
-        let total = be_u64(data, 0)?;
+        let total = within(be_u64(data, 0)?, limit, "the bitshuffle header")?;
         let block_bytes = be_u32(data, 8)?;
         (total, if block_bytes > 0 { block_bytes / elem } else { default_block(elem) }, 12)
     };
@@ -469,7 +494,7 @@ fn bitshuffle_decode(
                 if codec == 2 {
                     lz4_flex::block::decompress(body, size).map_err(|e| e.to_string())?
                 } else {
-                    zstd_decompress(body, size)?
+                    zstd_decompress(body, size, size)?
                 }
             }
         };
@@ -591,7 +616,7 @@ mod tests {
         stored.extend_from_slice(&(raw.len() as u32).to_be_bytes());
         stored.extend_from_slice(&(block.len() as u32).to_be_bytes());
         stored.extend_from_slice(&block);
-        assert_eq!(hdf5_lz4_decompress(&stored).unwrap(), raw);
+        assert_eq!(hdf5_lz4_decompress(&stored, 1 << 20).unwrap(), raw);
     }
 
     #[test]
@@ -609,7 +634,7 @@ mod tests {
         buf.extend_from_slice(&(raw.len() as u32).to_le_bytes());
         buf.extend_from_slice(&((raw.len() + 16) as u32).to_le_bytes());
         buf.extend_from_slice(&raw);
-        assert_eq!(blosc_decompress(&buf).unwrap(), raw);
+        assert_eq!(blosc_decompress(&buf, 1 << 20).unwrap(), raw);
 
         // One block, one lz4 stream, byte-shuffled with type size 4.
         let shuffled = zarrgate_core::codec::shuffle(&raw, 4);
@@ -621,7 +646,7 @@ mod tests {
         buf.extend_from_slice(&20u32.to_le_bytes());
         buf.extend_from_slice(&(stream.len() as u32).to_le_bytes());
         buf.extend_from_slice(&stream);
-        assert_eq!(blosc_decompress(&buf).unwrap(), raw);
+        assert_eq!(blosc_decompress(&buf, 1 << 20).unwrap(), raw);
     }
 
     #[test]
@@ -641,5 +666,81 @@ mod tests {
             }
         }
         assert_eq!(bitunshuffle(&shuffled, n, elem), raw);
+    }
+
+    /// A small deterministic generator, so failures can be replayed.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            self.0 >> 33
+        }
+
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    #[test]
+    fn corrupt_chunks_are_errors_within_the_chunk_size_never_panics_or_huge_allocations() {
+        let chunk = 4096usize;
+        let limit = chunk + STEP_SLACK;
+        let steps = [
+            Step::Deflate,
+            Step::Bzip2,
+            Step::Lzf,
+            Step::Blosc,
+            Step::Lz4,
+            Step::Zstd,
+            Step::Bitshuffle { elem: 4, block: 0, codec: 2 },
+            Step::Bitshuffle { elem: 4, block: 0, codec: 3 },
+            Step::Bitshuffle { elem: 4, block: 0, codec: 0 },
+            Step::Fletcher32,
+            Step::Shuffle { elem: 4 },
+        ];
+        // Headers that claim terabytes: refused before anything is allocated.
+        let mut lz4 = (1u64 << 40).to_be_bytes().to_vec();
+        lz4.extend_from_slice(&8192u32.to_be_bytes());
+        assert!(Step::Lz4.decode(lz4.clone(), chunk).unwrap_err().contains("declares"));
+        let mut bs = lz4.clone();
+        bs.extend_from_slice(&[0; 8]);
+        assert!(Step::Bitshuffle { elem: 4, block: 0, codec: 2 }.decode(bs, chunk).unwrap_err().contains("declares"));
+        let mut blosc = vec![2, 0, 0, 4];
+        blosc.extend_from_slice(&u32::MAX.to_le_bytes());
+        blosc.extend_from_slice(&[0; 8]);
+        assert!(Step::Blosc.decode(blosc, chunk).unwrap_err().contains("declares"));
+        // A zlib bomb: 1 MiB of zeros in about a kilobyte.
+        let bomb = zarrgate_core::codec::zlib_encode(&vec![0u8; 1 << 20], 9);
+        assert!(Step::Deflate.decode(bomb, chunk).unwrap_err().contains("more than"));
+        // Random bytes, and valid-looking frames with random bytes flipped.
+        let mut rng = Lcg(7);
+        let valid: Vec<Vec<u8>> = vec![zarrgate_core::codec::zlib_encode(&rng.bytes(chunk), 1), {
+            let mut v = (chunk as u64).to_be_bytes().to_vec();
+            v.extend_from_slice(&(chunk as u32).to_be_bytes());
+            v.extend_from_slice(&(chunk as u32).to_be_bytes());
+            v.extend(rng.bytes(chunk));
+            v
+        }];
+        for round in 0..3000 {
+            let data = if round % 2 == 0 {
+                let n = (rng.next() % 600) as usize;
+                rng.bytes(n)
+            } else {
+                let mut v = valid[round / 2 % valid.len()].clone();
+                for _ in 0..1 + rng.next() % 4 {
+                    let at = (rng.next() as usize) % v.len();
+                    v[at] = rng.next() as u8;
+                }
+                v
+            };
+            for step in &steps {
+                let outcome = std::panic::catch_unwind(|| step.decode(data.clone(), chunk));
+                let decoded = outcome.unwrap_or_else(|_| panic!("{step:?} panicked on round {round}"));
+                if let Ok(out) = decoded {
+                    assert!(out.len() <= limit.max(data.len()), "{step:?} gave {} bytes on round {round}", out.len());
+                }
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::app::App;
 use crate::body::HttpResponse;
 use crate::router::handle;
-use crate::s3::error_response;
+use crate::s3::error_document;
 use crate::sendfile::{Conn, LANE};
 use crate::tls::Certificates;
 
@@ -341,7 +341,6 @@ async fn serve_handed(
 async fn isolated(app: Arc<App>, req: hyper::Request<hyper::body::Incoming>, ip: std::net::IpAddr) -> HttpResponse {
     let head = req.method() == hyper::Method::HEAD;
     let path = req.uri().path().to_string();
-    let app_for_error = app.clone();
     let outcome = if crate::ops::http::is_ops_path(&path) {
         tokio::spawn(handle(app, req, ip)).await.map_err(|e| e.to_string())
     } else {
@@ -350,7 +349,7 @@ async fn isolated(app: Arc<App>, req: hyper::Request<hyper::body::Incoming>, ip:
     outcome.unwrap_or_else(|e| {
         eprintln!("zarrgate: request for {path} failed: {e}");
         let err = crate::s3::xml::S3Error::internal("The server hit an internal error; it keeps serving.");
-        error_response(&app_for_error, &err, "", &path, "0", head)
+        error_document(&err, &path, "0", head)
     })
 }
 

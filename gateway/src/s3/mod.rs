@@ -203,6 +203,11 @@ pub fn error_response(
     } else if err.code == "SlowDown" {
         app.metrics.add("zarrgate_quota_rejections_total", &[("bucket", bucket)], 1);
     }
+    error_document(err, resource, request_id, head)
+}
+
+/// An S3 error as a response, uncounted (what the server answers when a request panicked).
+pub fn error_document(err: &S3Error, resource: &str, request_id: &str, head: bool) -> HttpResponse {
     let body = if head { Bytes::new() } else { Bytes::from(err.to_xml(resource, request_id)) };
     let mut r = response(err.status, "application/xml", body, request_id);
     for (name, value) in &err.headers {

@@ -16,6 +16,8 @@ pub enum AttrValue {
     Floats(Vec<f64>),
     /// Values of a 32-bit float attribute (xarray picks decoded dtypes from this type).
     Floats32(Vec<f64>),
+    /// HDF5 booleans (h5py's enum `{FALSE: 0, TRUE: 1}`), shown by h5netcdf as `np.bool_`.
+    Bools(Vec<bool>),
 }
 
 /// Attributes in source order.
@@ -68,6 +70,7 @@ impl AttrValue {
             AttrValue::Ints(v) => write_numbers(out, v, |o, x| write!(o, "{x}")),
             AttrValue::UInts(v) => write_numbers(out, v, |o, x| write!(o, "{x}")),
             AttrValue::Floats(v) | AttrValue::Floats32(v) => write_numbers(out, v, write_float),
+            AttrValue::Bools(v) => write_numbers(out, v, |o, x| write!(o, "{x}")),
         }
     }
 }

@@ -28,11 +28,32 @@ pub fn fill_json(dtype: &DType, raw: &[u8]) -> Result<Value, FillSizeError> {
         (Kind::Bool, _) => Value::from(le[0] != 0),
         (Kind::Int, _) => Value::from(sign_extend(&le)),
         (Kind::UInt, _) => Value::from(zero_extend(&le)),
-        (Kind::Float, 4) => float_json(f32::from_le_bytes(le.try_into().expect("size 4")) as f64),
-        (Kind::Float, _) => float_json(f64::from_le_bytes(le.try_into().expect("size 8"))),
-        (Kind::Bytes, _) => Value::from(base64::engine::general_purpose::STANDARD.encode(raw)),
+        (Kind::Float, _) => float_json(float_le(&le)),
+        (Kind::Complex, n) => {
+            // each half is one float in the same byte order
+            let (re, im) = raw.split_at(n / 2);
+            let part = |b: &[u8]| {
+                let mut b = b.to_vec();
+                if dtype.endian == Endian::Big {
+                    b.reverse();
+                }
+                float_json(float_le(&b))
+            };
+            Value::Array(vec![part(re), part(im)])
+        }
+        (Kind::Bytes | Kind::Void, _) => Value::from(base64::engine::general_purpose::STANDARD.encode(raw)),
         (Kind::VlenString, _) => unreachable!("rejected above"),
     })
+}
+
+/// A little-endian IEEE float of 2, 4 or 8 bytes, widened exactly to f64.
+pub fn float_le(le: &[u8]) -> f64 {
+    match le.len() {
+        2 => half::f16::from_le_bytes([le[0], le[1]]).to_f64(),
+        4 => f32::from_le_bytes(le.try_into().expect("size 4")) as f64,
+        8 => f64::from_le_bytes(le.try_into().expect("size 8")),
+        n => panic!("no float of {n} bytes"),
+    }
 }
 
 /// A float as Zarr v2 writes it. f32 values widen exactly to f64, and serde_json's shortest

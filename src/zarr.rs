@@ -147,6 +147,10 @@ pub enum Kind {
     Bytes,
     /// Variable-length UTF-8 strings (`|O` with the vlen-utf8 codec).
     VlenString,
+    /// Complex numbers (`<c8`, `<c16`): a real and an imaginary float of half the size each.
+    Complex,
+    /// Raw bytes of a fixed size (`|V{n}`): HDF5 opaque types.
+    Void,
 }
 
 /// A Zarr v2 data type (numpy typestring).
@@ -160,8 +164,11 @@ pub struct DType {
 
 impl DType {
     pub fn new(kind: Kind, size: usize, endian: Endian) -> Self {
-        let endian =
-            if size <= 1 || matches!(kind, Kind::Bytes | Kind::VlenString) { Endian::NotApplicable } else { endian };
+        let endian = if size <= 1 || matches!(kind, Kind::Bytes | Kind::VlenString | Kind::Void) {
+            Endian::NotApplicable
+        } else {
+            endian
+        };
         DType { kind, size, endian }
     }
 
@@ -183,6 +190,8 @@ impl DType {
             Kind::Float => format!("{e}f{}", self.size),
             Kind::Bytes => format!("|S{}", self.size),
             Kind::VlenString => "|O".to_string(),
+            Kind::Complex => format!("{e}c{}", self.size),
+            Kind::Void => format!("|V{}", self.size),
         }
     }
 
@@ -204,10 +213,20 @@ impl DType {
             'u' => Kind::UInt,
             'f' => Kind::Float,
             'S' => Kind::Bytes,
+            'c' => Kind::Complex,
+            'V' => Kind::Void,
             _ => return None,
         };
         let size: usize = chars.as_str().parse().ok()?;
-        Some(DType::new(kind, size, endian))
+        let valid = match kind {
+            Kind::Bool => size == 1,
+            Kind::Int | Kind::UInt => matches!(size, 1 | 2 | 4 | 8),
+            Kind::Float => matches!(size, 2 | 4 | 8),
+            Kind::Complex => matches!(size, 8 | 16),
+            Kind::Bytes | Kind::Void => size >= 1,
+            Kind::VlenString => false,
+        };
+        valid.then(|| DType::new(kind, size, endian))
     }
 }
 
@@ -272,10 +291,10 @@ mod tests {
 
     #[test]
     fn typestrings_round_trip() {
-        for s in ["<f4", ">f8", "<i2", ">i2", "|i1", "|u1", "<u8", "|S1", "|S12", "|O", "|b1"] {
+        for s in ["<f4", ">f8", "<i2", ">i2", "|i1", "|u1", "<u8", "|S1", "|S12", "|O", "|b1", "<c8", ">c16", "|V8"] {
             assert_eq!(DType::parse(s).unwrap().typestr(), s, "{s}");
         }
-        for bad in ["", "f4", "<x4", "<f", "<fz", "O"] {
+        for bad in ["", "f4", "<x4", "<f", "<fz", "O", "<f3", "<i3", "<c4", "|V0", "|b2"] {
             assert!(DType::parse(bad).is_none(), "{bad}");
         }
     }

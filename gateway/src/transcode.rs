@@ -7,9 +7,11 @@
 //!
 //! Supported: deflate (1), shuffle (2), fletcher32 (3), lzf (32000), blosc 1 (32001, with
 //! blosclz, lz4, zlib or zstd inside), lz4 (32004), bitshuffle (32008, plain, lz4 or zstd),
-//! zstd (32015), bzip2 (307), and HDF5's own szip (4), n-bit (5) and scale-offset (6) (see
-//! [`native`]). Anything else (zfp, jpeg, …) leaves the variable unserved, with the reason.
+//! zstd (32015), bzip2 (307), HDF5's own szip (4), n-bit (5) and scale-offset (6) (see
+//! [`native`]), and the lossy zfp (32013) and JPEG (32019) (see [`lossy`]). Anything else
+//! (mafisc, sz, …) leaves the variable unserved, with the reason.
 
+mod lossy;
 mod native;
 
 use zarrgate_core::report::{Compound, Hdf5Filter};
@@ -26,7 +28,9 @@ const LZF: i32 = 32000;
 const BLOSC: i32 = 32001;
 const LZ4: i32 = 32004;
 const BITSHUFFLE: i32 = 32008;
+const ZFP: i32 = 32013;
 const ZSTD: i32 = 32015;
+const JPEG: i32 = 32019;
 
 /// One decoding step.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +47,8 @@ enum Step {
     Szip(native::Szip),
     Nbit(native::Nbit),
     ScaleOffset(native::ScaleOffset),
+    Zfp(lossy::Zfp),
+    Jpeg,
 }
 
 /// A compound's stored element size and each field's (offset, size, byte swap).
@@ -85,6 +91,11 @@ impl Pipeline {
                     SZIP => Step::Szip(native::Szip::new(&f.cd_values)?),
                     NBIT => Step::Nbit(native::Nbit::new(&f.cd_values, dtype)?),
                     SCALEOFFSET => Step::ScaleOffset(native::ScaleOffset::new(&f.cd_values)?),
+                    ZFP => Step::Zfp(lossy::Zfp::new(&f.cd_values, dtype)?),
+                    JPEG => {
+                        lossy::jpeg_accepts(dtype)?;
+                        Step::Jpeg
+                    }
                     _ => return Err(format!("the gateway cannot decode HDF5 filter {} (id {})", f.name, f.id)),
                 })
             })
@@ -180,6 +191,8 @@ impl Step {
             Step::Szip(szip) => szip.decode(&data, chunk_bytes + 64),
             Step::Nbit(nbit) => nbit.decode(data),
             Step::ScaleOffset(so) => so.decode(data),
+            Step::Zfp(zfp) => zfp.decode(&data, chunk_bytes),
+            Step::Jpeg => lossy::jpeg_decode(&data, chunk_bytes),
         }
     }
 }
@@ -596,8 +609,8 @@ mod tests {
 
     #[test]
     fn unknown_filters_are_named() {
-        let err = Pipeline::new(&[filter(32013, vec![])], u32le(), 16).unwrap_err();
-        assert!(err.contains("id 32013"), "{err}");
+        let err = Pipeline::new(&[filter(32002, vec![])], u32le(), 16).unwrap_err();
+        assert!(err.contains("id 32002"), "{err}");
     }
 
     #[test]
@@ -669,36 +682,9 @@ mod tests {
     }
 
     /// A small deterministic generator, so failures can be replayed.
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            self.0 >> 33
-        }
-
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
-
     #[test]
-    fn corrupt_chunks_are_errors_within_the_chunk_size_never_panics_or_huge_allocations() {
+    fn headers_claiming_more_than_the_chunk_are_refused_before_allocating() {
         let chunk = 4096usize;
-        let limit = chunk + STEP_SLACK;
-        let steps = [
-            Step::Deflate,
-            Step::Bzip2,
-            Step::Lzf,
-            Step::Blosc,
-            Step::Lz4,
-            Step::Zstd,
-            Step::Bitshuffle { elem: 4, block: 0, codec: 2 },
-            Step::Bitshuffle { elem: 4, block: 0, codec: 3 },
-            Step::Bitshuffle { elem: 4, block: 0, codec: 0 },
-            Step::Fletcher32,
-            Step::Shuffle { elem: 4 },
-        ];
         // Headers that claim terabytes: refused before anything is allocated.
         let mut lz4 = (1u64 << 40).to_be_bytes().to_vec();
         lz4.extend_from_slice(&8192u32.to_be_bytes());
@@ -713,34 +699,85 @@ mod tests {
         // A zlib bomb: 1 MiB of zeros in about a kilobyte.
         let bomb = zarrgate_core::codec::zlib_encode(&vec![0u8; 1 << 20], 9);
         assert!(Step::Deflate.decode(bomb, chunk).unwrap_err().contains("more than"));
-        // Random bytes, and valid-looking frames with random bytes flipped.
-        let mut rng = Lcg(7);
-        let valid: Vec<Vec<u8>> = vec![zarrgate_core::codec::zlib_encode(&rng.bytes(chunk), 1), {
-            let mut v = (chunk as u64).to_be_bytes().to_vec();
-            v.extend_from_slice(&(chunk as u32).to_be_bytes());
-            v.extend_from_slice(&(chunk as u32).to_be_bytes());
-            v.extend(rng.bytes(chunk));
-            v
-        }];
-        for round in 0..3000 {
-            let data = if round % 2 == 0 {
-                let n = (rng.next() % 600) as usize;
-                rng.bytes(n)
-            } else {
-                let mut v = valid[round / 2 % valid.len()].clone();
-                for _ in 0..1 + rng.next() % 4 {
-                    let at = (rng.next() as usize) % v.len();
-                    v[at] = rng.next() as u8;
-                }
-                v
-            };
-            for step in &steps {
-                let outcome = std::panic::catch_unwind(|| step.decode(data.clone(), chunk));
-                let decoded = outcome.unwrap_or_else(|_| panic!("{step:?} panicked on round {round}"));
-                if let Ok(out) = decoded {
-                    assert!(out.len() <= limit.max(data.len()), "{step:?} gave {} bytes on round {round}", out.len());
-                }
+    }
+
+    /// Every decoding step, with the chunk size the tests declare.
+    fn all_steps() -> Vec<Step> {
+        let f8 = DType::new(zarrgate_core::zarr::Kind::Float, 8, zarrgate_core::zarr::Endian::Little);
+        // an H5Z-ZFP header: fixed precision, a 2-D double field of 32 x 16 (4096 bytes)
+        let meta = zfp_rs::field::ZfpFieldMetadata { scalar_type: zfp_rs::ZfpScalarType::F64, dims: [32, 16, 0, 0] };
+        let mut bits = zfp_rs::ZfpBitStream::new(64).unwrap();
+        bits.write_header(&zfp_rs::ZfpConfig::fixed_precision(20), &meta, zfp_rs::ZfpHeaderMask::FULL).unwrap();
+        bits.flush();
+        let cd: Vec<u32> = std::iter::once(0x1010_5111)
+            .chain(bits.as_bytes().chunks(4).map(|w| u32::from_le_bytes(w.try_into().unwrap())))
+            .collect();
+        let mut steps = vec![
+            Step::Deflate,
+            Step::Bzip2,
+            Step::Lzf,
+            Step::Blosc,
+            Step::Lz4,
+            Step::Zstd,
+            Step::Bitshuffle { elem: 4, block: 0, codec: 2 },
+            Step::Bitshuffle { elem: 4, block: 0, codec: 3 },
+            Step::Bitshuffle { elem: 4, block: 0, codec: 0 },
+            Step::Fletcher32,
+            Step::Shuffle { elem: 4 },
+            Step::Jpeg,
+        ];
+        steps.push(Step::Zfp(lossy::Zfp::new(&cd, f8).unwrap()));
+        steps
+    }
+
+    /// Frames that decode, for mutation: a zlib stream, an HDF5 LZ4 frame, an LZF literal run.
+    fn valid_frames() -> Vec<Vec<u8>> {
+        let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut lz4 = 4096u64.to_be_bytes().to_vec();
+        lz4.extend_from_slice(&4096u32.to_be_bytes());
+        lz4.extend_from_slice(&4096u32.to_be_bytes());
+        lz4.extend_from_slice(&data);
+        let lzf: Vec<u8> =
+            data.chunks(32).flat_map(|c| std::iter::once(c.len() as u8 - 1).chain(c.iter().copied())).collect();
+        vec![zarrgate_core::codec::zlib_encode(&data, 1), lz4, lzf]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// Random bytes through every decoder: an error or a chunk within the bound, never a
+        /// panic or an allocation past the chunk size.
+        #[test]
+        fn random_chunks_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700)) {
+            check_steps(&data)?;
+        }
+
+        /// Frames that decode, with a few bytes changed.
+        #[test]
+        fn mutated_frames_never_panic(
+            which in 0usize..3,
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..5),
+        ) {
+            let mut data = valid_frames().swap_remove(which);
+            for (at, byte) in edits {
+                let n = data.len();
+                data[at % n] = byte;
+            }
+            check_steps(&data)?;
+        }
+    }
+
+    fn check_steps(data: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+        let chunk = 4096usize;
+        let limit = chunk + STEP_SLACK;
+        for step in all_steps() {
+            let outcome = std::panic::catch_unwind(|| step.decode(data.to_vec(), chunk));
+            let decoded =
+                outcome.map_err(|_| proptest::test_runner::TestCaseError::fail(format!("{step:?} panicked")))?;
+            if let Ok(out) = decoded {
+                proptest::prop_assert!(out.len() <= limit.max(data.len()), "{step:?} gave {} bytes", out.len());
             }
         }
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use super::request::{Axis, Problem, Process, Request, Weights};
 use super::select::{axes, coordinate, read_coordinate, read_decoded, select, Axes, Selection};
 use super::store::{looks_f32, ChunkSource, StoreView, Variable, NAN};
 use crate::cftime;
-use crate::zarr::Kind;
+use crate::zarr::{DType, Kind};
 
 /// A request checked against a dataset, ready to run.
 #[derive(Debug)]
@@ -38,6 +38,16 @@ fn unknown_variable(view: &StoreView, name: &str) -> Problem {
     }
 }
 
+/// Element types the operations read and write: float16, complex and opaque values are served
+/// by the S3 gateway but never computed on.
+fn computable(dtype: &DType) -> bool {
+    match dtype.kind {
+        Kind::Float => matches!(dtype.size, 4 | 8),
+        Kind::Complex | Kind::Void => false,
+        _ => true,
+    }
+}
+
 /// Checks `request` against the dataset and works out what it will read and write.
 pub fn plan(view: StoreView, source: &dyn ChunkSource, request: Request) -> Result<Plan, Problem> {
     let mut vars = Vec::new();
@@ -52,6 +62,15 @@ pub fn plan(view: StoreView, source: &dyn ChunkSource, request: Request) -> Resu
             return Err(Problem::unprocessable(
                 Some("var"),
                 format!("{name} holds strings, which cannot be {}d", request.process.id()),
+            ));
+        }
+        if !computable(&var.meta.dtype) {
+            return Err(Problem::unprocessable(
+                Some("var"),
+                format!(
+                    "{name} holds {} values; the operations compute on integers, float32 and float64",
+                    var.meta.dtype.typestr()
+                ),
             ));
         }
         let ax = axes(&view, &var);
@@ -142,7 +161,7 @@ fn copy_var(
         return Ok(());
     }
     let Some(v) = view.variables.get(name) else { return Ok(()) };
-    if v.meta.dtype.kind == Kind::VlenString {
+    if v.meta.dtype.kind == Kind::VlenString || !computable(&v.meta.dtype) {
         return Ok(());
     }
     let positions = sel.for_var(v);

@@ -71,11 +71,11 @@ class Settings:
     probe_attempts: int
     probe_cache: bool
 
-    def compare(self, path: Path, other: "fidelity.ZarrView | Path") -> fidelity.FileResult:
+    def compare(self, path: Path, other: "fidelity.ZarrView | Path", engine: str | None = None) -> fidelity.FileResult:
         """:func:`fidelity.compare` of *other* against *path*, in a child process unless in_process."""
         if self.in_process:
-            return fidelity.compare(path, other)
-        return fidelity.compare_isolated(path, other, timeout=self.compare_timeout)
+            return fidelity.compare(path, other, engine)
+        return fidelity.compare_isolated(path, other, timeout=self.compare_timeout, engine=engine)
 
 
 def _resolve_cmd(raw: str) -> tuple[str, ...]:
@@ -110,6 +110,9 @@ class Case:
     source: str  # "fixtures" | "corpus"
     root: Path
     path: Path
+    #: xarray's engine for the oracle: None for the default engine; "h5netcdf" for fixtures the
+    #: default engine crashes on (``expect="h5netcdf"`` in fixtures/generate.py)
+    engine: str | None = None
 
     @property
     def rel(self) -> str:
@@ -126,10 +129,21 @@ def collect_cases(s: Settings | None = None) -> list[Case]:
         # Without it the fidelity suites would pass on the fixtures alone.
         raise pytest.UsageError(f"the corpus is missing at {s.corpus_dir} (ZARRGATE_CORPUS); CI must run every suite")
     cases = []
+    engines = _fixture_engines(s.fixtures_dir)
     for source, root in (("fixtures", s.fixtures_dir), ("corpus", s.corpus_dir)):
         for p in fidelity.find_candidates(root):
-            cases.append(Case(source, root, Path(p)))
+            engine = engines.get(Path(p).resolve()) if source == "fixtures" else None
+            cases.append(Case(source, root, Path(p), engine))
     return cases
+
+
+def _fixture_engines(fixtures_dir: Path) -> dict[Path, str]:
+    """The fixtures whose oracle is ``engine="h5netcdf"``, from the generator's manifest."""
+    manifest = fixtures_dir.parent / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    entries = json.loads(manifest.read_text())
+    return {(fixtures_dir.parent / e["path"]).resolve(): "h5netcdf" for e in entries if e.get("expect") == "h5netcdf"}
 
 
 # --------------------------------------------------------------------------

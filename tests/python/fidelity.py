@@ -154,15 +154,19 @@ def _group_label(group: str) -> str:
     return "/" + _norm_group(group)
 
 
-def list_groups(path: str | os.PathLike) -> list[str]:
+def list_groups(path: str | os.PathLike, engine: str | None = None) -> list[str]:
     """All group paths in *path*: ``""`` for the root, then ``"a"``, ``"a/b"``...
 
     Uses netCDF4; falls back to h5py for plain HDF5 that netCDF4 cannot open
     (such a file is not :func:`readable`).  Raises if neither can open it.
+    With ``engine="h5netcdf"``, h5py only.
     """
     path = os.fspath(path)
     try:
         import netCDF4
+
+        if engine == "h5netcdf":
+            raise RuntimeError("the h5netcdf view lists groups with h5py")
 
         out = [""]
         with netCDF4.Dataset(path) as ds:
@@ -194,8 +198,79 @@ def list_groups(path: str | os.PathLike) -> list[str]:
             raise nc_err from None
 
 
-def open_original(path: str | os.PathLike, group: str | None, decode_cf: bool) -> xr.Dataset:
-    return xr.open_dataset(os.fspath(path), group=_norm_group(group) or None, decode_cf=decode_cf)
+def open_original(path: str | os.PathLike, group: str | None, decode_cf: bool,
+                  engine: str | None = None) -> xr.Dataset:
+    return xr.open_dataset(os.fspath(path), group=_norm_group(group) or None, decode_cf=decode_cf,
+                           **_engine_kwargs(engine))
+
+
+def _engine_kwargs(engine: str | None) -> dict:
+    # "access": h5netcdf names dimensions without a scale phony_dim_N in the order it meets them
+    return {} if engine is None else {"engine": engine, "phony_dims": "access"}
+
+
+def _beyond_netcdf(dt: np.dtype) -> bool:
+    """Types that netCDF's model lacks and that h5netcdf shows: complex, opaque bytes, float16."""
+    return dt.kind == "c" or (dt.kind == "V" and dt.names is None) or dt == np.float16
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, (bool, np.bool_)) or (isinstance(v, np.ndarray) and v.dtype == bool) or (
+        isinstance(v, list) and bool(v) and all(isinstance(x, bool) for x in v))
+
+
+def with_h5netcdf_view(path: str, g: str, decode_cf: bool, o: xr.Dataset, r: xr.Dataset,
+                       col: "_Collector") -> xr.Dataset:
+    """The oracle where the default engine shows less than h5netcdf.
+
+    The default engine shows complex numbers as a structured ``{r, i}`` dtype, skips opaque
+    data, crashes on float16 and drops boolean attributes; h5netcdf shows them all. Where the
+    view serves such a variable or attribute, the expected value is h5netcdf's (dimension names
+    stay the default engine's where it shows the variable's dimensions). Everything else is
+    still compared against the default engine.
+    """
+    names = [n for n, v in r.variables.items() if _beyond_netcdf(v.dtype)]
+    bools = any(_is_bool(v) for v in r.attrs.values()) or any(
+        _is_bool(a) for v in r.variables.values() for a in v.attrs.values())
+    if not names and not bools and not _is_hdf5(path):
+        return o
+    try:
+        h = open_original(path, g, decode_cf, engine="h5netcdf")
+    except Exception as e:  # noqa: BLE001 - then the default engine alone is the oracle
+        col.note(f"group {_group_label(g)}: engine='h5netcdf' cannot open the original ({_exc(e)})")
+        return o
+    with h:
+        out = o.copy()
+        for n in names:
+            if n not in h.variables:
+                continue
+            hv = h.variables[n]
+            dims = o.variables[n].dims if n in o.variables else hv.dims
+            out[n] = xr.Variable(dims, hv.values, dict(hv.attrs), dict(hv.encoding))
+            col.note(f"{_join(g, n)}: {hv.dtype} compared against engine='h5netcdf'")
+        _add_bools(h.attrs, out.attrs)
+        for n, v in out.variables.items():
+            if n in h.variables:
+                _add_bools(h.variables[n].attrs, v.attrs)
+    return out
+
+
+def _is_complex_attr(v: Any) -> bool:
+    """A complex number as h5netcdf (complex) or the default engine (``np.void`` of ``r, i``)
+    shows it."""
+    dt = getattr(v, "dtype", None)
+    return dt is not None and (dt.kind == "c" or (dt.names is not None and tuple(dt.names) == ("r", "i")))
+
+
+def _is_hdf5(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def _add_bools(source: dict, target: dict) -> None:
+    for k, v in source.items():
+        if k not in target and _is_bool(v):
+            target[k] = v
 
 
 def readable(path: str | os.PathLike) -> bool:
@@ -534,6 +609,13 @@ def values_equal(a: np.ndarray, b: np.ndarray, label: str = "refs") -> tuple[boo
             if not ok:
                 return False, f"field {name!r}: {detail}"
         return True, ""
+    if ka == "V" and kb == "V":  # opaque bytes
+        n = a.dtype.itemsize
+        if n != b.dtype.itemsize:
+            return False, f"opaque sizes {a.dtype} vs {b.dtype}"
+        eq = (np.frombuffer(a.tobytes(), "u1").reshape(a.size, n)
+              == np.frombuffer(b.tobytes(), "u1").reshape(b.size, n)).all(axis=1)
+        return _report(eq.reshape(a.shape), a, b, label)
     if ka in "mM" or kb in "mM":
         if ka != kb:
             return False, f"kind {ka} vs {kb}"
@@ -751,6 +833,8 @@ class _Collector:
         self.result = FileResult(path=path)
         #: the view's label, naming the Zarr side in messages
         self.side = side
+        #: xarray's engine for the original (None: the default engine)
+        self.engine: str | None = None
         self._seen: set = set()
 
     def fail(self, msg: str, key: tuple | None = None) -> None:
@@ -782,14 +866,17 @@ class _Collector:
         return self.result
 
 
-def compare(path: str | os.PathLike, other: ZarrView | str | os.PathLike) -> FileResult:
+def compare(path: str | os.PathLike, other: ZarrView | str | os.PathLike,
+            engine: str | None = None) -> FileResult:
     """Compare *other* (a view, or the path of a reference JSON) against *path*.
 
-    See the module docstring for what is compared.
+    See the module docstring for what is compared. *engine* picks xarray's engine for the
+    original (``"h5netcdf"`` for files the default engine cannot read).
     """
     path = os.fspath(path)
     view = as_view(other)
     col = _Collector(path, view.label)
+    col.engine = engine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -806,7 +893,7 @@ def _compare(path: str, view: ZarrView, col: _Collector) -> None:
     rgroups, zvars = found
 
     try:
-        groups = list_groups(path)
+        groups = list_groups(path, col.engine)
     except Exception as e:  # noqa: BLE001
         col.fail(f"original: cannot list groups: {_exc(e)}")
         return
@@ -849,7 +936,7 @@ def _compare_group(
 ) -> None:
     where = f"group {_group_label(g)} [decode_cf={decode_cf}]"
     try:
-        o = open_original(path, g, decode_cf)
+        o = open_original(path, g, decode_cf, col.engine)
     except Exception as e:  # noqa: BLE001
         col.fail(f"{where}: original failed to open: {_exc(e)}")
         return
@@ -859,9 +946,11 @@ def _compare_group(
         o.close()
         col.fail(f"{where}: {col.side} failed to open: {_exc(e)}")
         return
-    reread = _Rereader(path, g, decode_cf)
+    reread = _Rereader(path, g, decode_cf, col.engine)
     with o, r, reread:
-        _compare_datasets(o, r, g, decode_cf, where, meta, raw_orig_attrs, col, reread, view.serves_transcode)
+        expected = o if col.engine else with_h5netcdf_view(path, g, decode_cf, o, r, col)
+        _compare_datasets(expected, r, g, decode_cf, where, meta, raw_orig_attrs, col, reread,
+                          view.serves_transcode)
 
 
 def _compare_datasets(
@@ -1080,14 +1169,15 @@ class _Rereader:
     Opened on first use only (after a mismatch) and once per group and mode.
     """
 
-    def __init__(self, path: str, g: str, decode_cf: bool) -> None:
+    def __init__(self, path: str, g: str, decode_cf: bool, engine: str | None = None) -> None:
         self.args = (path, g, decode_cf)
+        self.engine = engine
         self.ds: xr.Dataset | None = None
 
     def __call__(self, name: str, sl: slice | None) -> np.ndarray:
         if self.ds is None:
             path, g, decode_cf = self.args
-            self.ds = _open_original_uncached(path, g, decode_cf)
+            self.ds = _open_original_uncached(path, g, decode_cf, **_engine_kwargs(self.engine))
         v = self.ds.variables[name]
         return np.asarray((v if sl is None else v[sl]).values)
 
@@ -1126,8 +1216,8 @@ def h5py_stored(path: str, g: str, name: str, sl: slice | None = None) -> np.nda
         return np.asarray(ds[()] if sl is None else ds[sl])
 
 
-def _open_original_uncached(path: str, g: str, decode_cf: bool) -> xr.Dataset:
-    return xr.open_dataset(path, group=_norm_group(g) or None, decode_cf=decode_cf, cache=False)
+def _open_original_uncached(path: str, g: str, decode_cf: bool, **kw: Any) -> xr.Dataset:
+    return xr.open_dataset(path, group=_norm_group(g) or None, decode_cf=decode_cf, cache=False, **kw)
 
 
 def _original_via_h5py(h5: Callable[[slice | None], np.ndarray], sl: slice | None, err: Exception,
@@ -1193,6 +1283,9 @@ def _compare_attrs(oattrs: dict, rattrs: dict, g: str, var: str | None, where: s
         # reported once (keyed by group/variable/attribute)
         key = ("attr", vp, k)
         if k not in rattrs:
+            if _is_complex_attr(oattrs[k]):
+                col.allow("attr_type", (vp, k), f"{vp} @{k}: a complex number, which JSON cannot hold")
+                continue
             col.fail(f"{where}: attribute {k!r} missing from {col.side} (original {_fmt_attr(oattrs[k])})", key)
             continue
         if k not in oattrs:
@@ -1391,7 +1484,7 @@ def _load_alone(v: xr.Variable, vwhere: str, h5: Callable[[slice | None], np.nda
 
 
 def compare_isolated(path: str | os.PathLike, other: ZarrView | str | os.PathLike,
-                     timeout: float = 600.0) -> FileResult:
+                     timeout: float = 600.0, engine: str | None = None) -> FileResult:
     """:func:`compare` in a child process; a crash or timeout is a failure.
 
     When the comparison crashes, the view is loaded alone in another child:
@@ -1401,7 +1494,7 @@ def compare_isolated(path: str | os.PathLike, other: ZarrView | str | os.PathLik
     """
     path, view = os.fspath(path), as_view(other)
     try:
-        return run_isolated(compare, path, view, timeout=timeout)
+        return run_isolated(compare, path, view, engine, timeout=timeout)
     except IsolationError as e:
         first = str(e).splitlines()[0] if str(e) else "?"
         if "timed out" in first:

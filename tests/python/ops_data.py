@@ -44,6 +44,7 @@ def generate(out: Path) -> dict[str, Path]:
         "probe": out / "probe.nc",
         "nc3nan": out / "erai_nc3_nanfill.nc",
         "ensnocoord": out / "pr_mon_ens_nocoord.nc",
+        "h5types": out / "complex_half.h5",
     }
     tas = daily_tas()
     write_daily(paths["noleap0360"], tas, np.arange(0.0, 360.0, 10.0))
@@ -55,6 +56,7 @@ def generate(out: Path) -> dict[str, Path]:
     write_probe(paths["probe"], offset=0.0)
     write_nc3_nan_fill(paths["nc3nan"])
     write_ensemble_without_coordinate(paths["ensnocoord"])
+    write_complex_and_half(paths["h5types"])
     return paths
 
 
@@ -402,3 +404,16 @@ if __name__ == "__main__":
 
     for name, p in generate(Path(sys.argv[1] if len(sys.argv) > 1 else "ops-data")).items():
         print(f"{name:12s} {p.stat().st_size / 1e6:6.2f} MB  {p}")
+
+
+def write_complex_and_half(path: Path) -> None:
+    """complex64 and float16 variables (h5netcdf's types outside netCDF): served through S3, never
+    computed on."""
+    import h5netcdf
+
+    with h5netcdf.File(path, "w", invalid_netcdf=True) as f:
+        f.dimensions = {"x": 4}
+        x = f.create_variable("x", ("x",), dtype="f8")
+        x[:] = np.arange(4.0)
+        f.create_variable("field", ("x",), dtype="c8")[:] = np.arange(4) + 1j
+        f.create_variable("half", ("x",), dtype="f2")[:] = np.arange(4, dtype="f2")

@@ -53,7 +53,8 @@ def _assert_indexes_or_fails_cleanly(cmd, case, out, s) -> None:
 # ``case`` is parametrized by conftest.pytest_generate_tests (one per file).
 def test_fidelity(case, zarrgate_cmd, fidelity_settings, recorder, readability, tmp_path) -> None:
     s = fidelity_settings
-    info = readability(case)
+    # a fixture the default engine crashes on is compared against engine="h5netcdf"
+    info = {"readable": True} if case.engine else readability(case)
     if not info["readable"]:
         recorder.record(case, "unreadable", reason=info["reason"])
         _assert_indexes_or_fails_cleanly(zarrgate_cmd, case, tmp_path / "refs.json", s)
@@ -67,5 +68,5 @@ def test_fidelity(case, zarrgate_cmd, fidelity_settings, recorder, readability, 
         pytest.fail(f"{case.id}: {err}", pytrace=False)
 
     t0 = time.monotonic()
-    result = s.compare(case.path, out)
+    result = s.compare(case.path, out, case.engine)
     recorder.finish(case, result, index_seconds=seconds, compare_seconds=time.monotonic() - t0)

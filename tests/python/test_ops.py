@@ -253,6 +253,16 @@ def test_an_averaged_dimension_without_a_coordinate_leaves_none(ops, data):
     assert "ensemble: mean" in got["pr"].attrs["cell_methods"]
 
 
+@pytest.mark.parametrize("var", ["field", "half"])
+@pytest.mark.parametrize("process", ["subset", "average"])
+def test_complex_and_float16_variables_are_refused(ops, data, process, var):
+    """The gateway serves complex and float16 variables through S3, but the operations compute
+    on integers, float32 and float64 only: 422, naming the variable's type."""
+    args = {"var": var, **({"dims": "x"} if process == "average" else {})}
+    doc = assert_problem(ops.on(data["h5types"], process, args), 422)
+    assert doc.get("argument") == "var" and ("<c8" in doc["detail"] or "<f2" in doc["detail"]), doc
+
+
 def test_area_weights_need_the_cell_measure_variable(corpus):
     client, paths = corpus  # HadGEM names areacella in cell_measures but the file does not hold it
     resp = client.on(paths["hadgem"], "average", {"var": "tas", "dims": "lat,lon", "weights": "area"})

@@ -29,6 +29,8 @@ FILES = [
     FIXTURES / "filters_plugins.h5",
     FIXTURES / "filters_hdf5_builtin.h5",
     FIXTURES / "compound_enum.h5",
+    FIXTURES / "filters_zfp.h5",
+    FIXTURES / "filters_jpeg.h5",
     *sorted((CORPUS / "hdf5-examples/C/H5FLT/tfiles").glob("*.h5")),
     CORPUS / "kerchunk/tests/hdf5_compression_lz4.h5",
     CORPUS / "kerchunk/tests/hdf5_compression_zstd.h5",
@@ -37,7 +39,8 @@ FILES = [
     CORPUS / "jhdf/jhdf/src/test/resources/hdf5/test_compressed_chunked_datasets_latest.hdf5",
     CORPUS / "netcdf-c/nc_test4/ref_szip.h5",
 ]
-DECODED = {1, 2, 3, 4, 5, 6, 307, 32000, 32001, 32004, 32008, 32015}
+DECODED = {1, 2, 3, 4, 5, 6, 307, 32000, 32001, 32004, 32008, 32013, 32015, 32019}
+JPEG = 32019
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +113,52 @@ def test_decodable_variables_equal_h5py_and_the_rest_are_absent(served):
             verified.append(member)
     # Every plugin filter family the gateway decodes is exercised on real files.
     assert len(verified) >= 20, verified
-    for family in ("bshuf", "blosc", "bzip2", "lz4", "lzf", "zstd", "szip", "nbit", "scaleoffset"):
+    for family in ("bshuf", "blosc", "bzip2", "lz4", "lzf", "zstd", "szip", "nbit", "scaleoffset", "zfp"):
         assert any(family in m for m in verified), f"no verified variable for {family}: {verified}"
     assert any("ref_szip.h5/dset_szip" in m for m in verified), verified
-    assert any("zfp" in m for m in absent) and any("jpeg" in m for m in absent), absent
+    for mode in ("rate_f8", "precision_f4", "accuracy_f8", "reversible_i4", "expert_i8", "unity_f4"):
+        assert f"fixture-filters_zfp.h5/{mode}" in verified, verified
+    assert any("mafisc" in m for m in absent), absent
+    # no installed plugin reads JPEG: test_jpeg_chunks_decode_like_libjpeg checks those
+    assert {m for m in unverifiable if "jpeg" not in m} == set(), unverifiable
     assert any("compound_enum.h5/stations" in m for m in verified), verified
     print(f"verified {len(verified)}, absent {len(absent)}, unverifiable {len(unverifiable)}: {unverifiable}")
+
+
+def test_jpeg_chunks_decode_like_libjpeg(served):
+    """JPEG (filter 32019) is served decoded. No HDF5 plugin in the venv reads it, so the oracle
+    is Pillow (libjpeg-turbo) on each stored chunk. JPEG decoders may differ by rounding in the
+    inverse DCT and in chroma upsampling (ISO/IEC 10918-1 sets an accuracy bound, not exact
+    values), so grey pixels must agree within 1 and colour pixels within 3 (docs/fidelity.md)."""
+    import io
+
+    from PIL import Image
+
+    gw, data = served
+    checked = []
+    for link in sorted(data.iterdir()):
+        for var, spec in transcode_marks(gw.catalog_dir, link.name).items():
+            if [f["id"] for f in spec["hdf5_filters"]] != [JPEG]:
+                continue
+            store = FsspecStore.from_url(f"s3://tcode/{link.name}",
+                                         storage_options={"anon": True, "endpoint_url": gw.endpoint}, read_only=True)
+            got = zarr.open_group(store=store, mode="r", zarr_format=2)[var][...]
+            with h5py.File(link, "r") as h:
+                ds = h[var]
+                want = np.empty(ds.shape, ds.dtype)
+                for info in (ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())):
+                    raw = ds.id.read_direct_chunk(info.chunk_offset)[1]
+                    image = np.asarray(Image.open(io.BytesIO(raw)))
+                    at = tuple(slice(o, o + c) for o, c in zip(info.chunk_offset, ds.chunks))
+                    want[at] = image.reshape(ds.chunks)
+            assert got.dtype == want.dtype and got.shape == want.shape, var
+            diff = np.abs(got.astype(int) - want.astype(int))
+            colour = want.ndim == 4 and want.shape[-1] == 3
+            assert diff.max() <= (3 if colour else 1), f"{link.name}/{var}: max difference {diff.max()}"
+            assert diff.mean() < 0.5, f"{link.name}/{var}: mean difference {diff.mean()}"
+            checked.append(f"{link.name}/{var}")
+            print(f"{link.name}/{var}: max {diff.max()} mean {diff.mean():.4f}")
+    assert {"fixture-filters_jpeg.h5/grey", "fixture-filters_jpeg.h5/rgb", "corpus-h5ex_d_jpeg.h5/DS1"} <= set(checked), checked
 
 
 def test_a_corrupt_chunk_is_an_error_not_data(served, tmp_path):

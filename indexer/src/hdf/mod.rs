@@ -12,6 +12,7 @@
 //!   to transcode;
 //! - unwritten chunks whose fill differs from what Zarr would produce are synthesized.
 
+mod h5attrs;
 pub mod model;
 mod raw_attr;
 pub mod storage;
@@ -40,12 +41,13 @@ pub const UNDEFINED: &str =
 const MAX_SYNTHESIZED: usize = 4 << 20;
 
 pub fn translate(path: &Path, url: &str) -> Result<StoreBuilder, IndexError> {
-    let model = model::read(path)?;
+    let mut model = model::read(path)?;
     let file = hdf5::File::open(path).map_err(|source| IndexError::Hdf5 {
         path: path.into(),
         object: "the file".into(),
         source,
     })?;
+    h5attrs::extend(&file, &mut model);
     let mut out = StoreBuilder::new(url);
     for g in &model.groups {
         out.group(&g.path, &g.attrs);
@@ -64,17 +66,9 @@ pub fn translate(path: &Path, url: &str) -> Result<StoreBuilder, IndexError> {
 }
 
 fn variable(out: &mut StoreBuilder, file: &hdf5::File, path: &Path, var: &NcVar) -> Result<(), IndexError> {
-    match &var.elem {
-        ElemType::String => {
-            inline_strings(out, var);
-            return Ok(());
-        }
-        ElemType::Opaque(what) => {
-            let why = format!("{what}: netCDF4-python skips opaque data, so xarray does not show it, and Zarr v2 has no faithful type for it");
-            out.status(&var.path, VariableStatus::Refused, Some(why));
-            return Ok(());
-        }
-        _ => {}
+    if var.elem == ElemType::String {
+        inline_strings(out, var);
+        return Ok(());
     }
     let Some(ds) = storage::find(file, &var.group, &var.name) else {
         out.status(&var.path, VariableStatus::Refused, Some("no HDF5 dataset found for this netCDF variable".into()));
@@ -117,7 +111,7 @@ struct Plan<'a> {
 
 impl<'a> Plan<'a> {
     fn new(var: &'a NcVar, st: &'a Storage) -> Self {
-        let dtype = zarr_dtype(&var.elem, st.byte_order);
+        let dtype = beyond_netcdf(var, st).or_else(|| zarr_dtype(&var.elem, st.byte_order));
         let chunks = match &st.layout {
             StorageLayout::Chunked { chunk, .. } if chunk.len() == var.shape.len() => chunk.clone(),
             _ => full_chunks(&var.shape),
@@ -333,6 +327,7 @@ impl<'a> Plan<'a> {
         let whole = matches!(self.st.layout, StorageLayout::Chunked { .. } | StorageLayout::Contiguous { .. })
             && stored.len() as u64 == grid;
         let (spec, why) = match &self.st.compound {
+            Some(Ok(_)) if self.dtype.is_some() => (spec, why),
             Some(Ok(c)) if whole => (TranscodeSpec { compound: Some(c.clone()), ..spec }, why),
             Some(Ok(_)) => (spec, format!("{why}: compact, or with chunks that were never written")),
             Some(Err(problem)) => (spec, format!("{why}: {problem}")),
@@ -381,6 +376,30 @@ fn pipeline(
 
 const FLETCHER32: i32 = 3;
 
+/// The types netCDF's model lacks but HDF5 holds and h5netcdf shows (`docs/fidelity.md`):
+/// float16 (which netCDF-C presents as float32), complex numbers (h5py's compound `{r, i}`)
+/// and opaque data (raw bytes).
+fn beyond_netcdf(var: &NcVar, st: &Storage) -> Option<DType> {
+    match &var.elem {
+        ElemType::Float { .. } if st.float && st.elem_size == 2 => Some(DType::new(Kind::Float, 2, st.byte_order)),
+        ElemType::UserDefined(_) => match &st.compound {
+            Some(Ok(c)) => complex(c),
+            _ => None,
+        },
+        ElemType::Opaque(_) => Some(DType::new(Kind::Void, st.elem_size, Endian::NotApplicable)),
+        _ => None,
+    }
+}
+
+/// h5py's complex numbers: a compound of exactly two floats of one type named `r` and `i`,
+/// packed in that order.
+fn complex(c: &zarrgate_core::report::Compound) -> Option<DType> {
+    let [r, i] = c.fields.as_slice() else { return None };
+    let float = DType::parse(&r.typestr).filter(|t| t.kind == Kind::Float && matches!(t.size, 4 | 8))?;
+    let packed = r.name == "r" && i.name == "i" && r.typestr == i.typestr && r.offset == 0 && i.offset == r.size;
+    (packed && c.size == 2 * r.size).then(|| DType::new(Kind::Complex, 2 * float.size, float.endian))
+}
+
 fn zarr_dtype(elem: &ElemType, order: Endian) -> Option<DType> {
     match elem {
         ElemType::Int { signed, size } => Some(DType::new(if *signed { Kind::Int } else { Kind::UInt }, *size, order)),
@@ -423,7 +442,11 @@ fn fill_from_attr(dtype: &DType, v: &AttrValue) -> Value {
 /// The native-order element bytes Zarr produces for a missing chunk with this fill value.
 fn zarr_fill_native(dtype: &DType, fill: &Value) -> Vec<u8> {
     let n = dtype.size();
-    let f = |x: f64| if n == 4 { (x as f32).to_le_bytes().to_vec() } else { x.to_le_bytes().to_vec() };
+    let f = |x: f64| match n {
+        2 => half::f16::from_f64(x).to_le_bytes().to_vec(),
+        4 => (x as f32).to_le_bytes().to_vec(),
+        _ => x.to_le_bytes().to_vec(),
+    };
     match (dtype.kind, fill) {
         (_, Value::Null) => vec![0; n],
         (Kind::Float, Value::String(s)) => f(match s.as_str() {
@@ -441,6 +464,8 @@ fn zarr_fill_native(dtype: &DType, fill: &Value) -> Vec<u8> {
 /// netCDF-C's default fill values (`NC_FILL_*`), native order.
 fn default_nc_fill(dtype: &DType) -> Vec<u8> {
     match (dtype.kind, dtype.size()) {
+        // netCDF has no float16 (nor complex or opaque types), so no default fill either
+        (Kind::Float, 2) | (Kind::Complex | Kind::Void, _) => vec![0; dtype.size()],
         (Kind::Float, 4) => 9.969_21e36_f32.to_le_bytes().to_vec(),
         (Kind::Float, _) => 9.969_209_968_386_869e36_f64.to_le_bytes().to_vec(),
         (Kind::Int, 1) => vec![0x81],
@@ -459,6 +484,7 @@ fn default_nc_fill(dtype: &DType) -> Vec<u8> {
 /// Equal element values, with every NaN equal to every other NaN.
 fn same_element(dtype: &DType, a: &[u8], b: &[u8]) -> bool {
     let nan = |x: &[u8]| match x.len() {
+        2 => half::f16::from_le_bytes([x[0], x[1]]).is_nan(),
         4 => f32::from_le_bytes(x.try_into().expect("4")).is_nan(),
         8 => f64::from_le_bytes(x.try_into().expect("8")).is_nan(),
         _ => false,

@@ -25,7 +25,7 @@ pub enum ElemType {
     String,
     /// Compound, enum and non-string vlen types, described for the report.
     UserDefined(String),
-    /// Opaque blobs: netCDF4-python skips them, so xarray never shows them.
+    /// Opaque blobs: netCDF4-python skips them; h5netcdf shows them as raw bytes (`|V<n>`).
     Opaque(String),
 }
 

@@ -51,6 +51,8 @@ pub struct Storage {
     pub fill_never: bool,
     /// For a compound type: its stored layout, or why it cannot be served.
     pub compound: Option<Result<Compound, String>>,
+    /// The stored type is an IEEE float (of `elem_size` bytes: 2 for float16).
+    pub float: bool,
 }
 
 /// Finds the HDF5 dataset behind a netCDF variable. netCDF-C stores a variable that has the
@@ -122,7 +124,23 @@ pub fn describe(ds: &hdf5::Dataset, numeric: bool) -> hdf5::Result<Storage> {
     let fill_never = dcpl.fill_time() == hdf5::dataset::FillTime::Never;
     let filters = filters(&dcpl)?;
     let compound = compound_layout(ds);
-    Ok(Storage { extent, byte_order, elem_size: dtype.size(), layout, filters, fill, fill_never, compound })
+    let float = is_float(ds);
+    Ok(Storage { extent, byte_order, elem_size: dtype.size(), layout, filters, fill, fill_never, compound, float })
+}
+
+fn is_float(ds: &hdf5::Dataset) -> bool {
+    use hdf5_sys::h5t::{self, H5T_class_t as C};
+    let _guard = hdf5_sys::LOCK.lock();
+    // SAFETY: the type id is closed after use.
+    unsafe {
+        let tid = hdf5_sys::h5d::H5Dget_type(ds.id());
+        if tid < 0 {
+            return false;
+        }
+        let float = h5t::H5Tget_class(tid) == C::H5T_FLOAT;
+        h5t::H5Tclose(tid);
+        float
+    }
 }
 
 fn chunked(ds: &hdf5::Dataset) -> hdf5::Result<StorageLayout> {

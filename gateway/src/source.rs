@@ -10,16 +10,15 @@
 //! is refused at once instead of stalling every connection of that thread on the disk, and the
 //! caller reads it again on the blocking pool.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use zarrgate_core::catalog::Fingerprint;
 
 /// At most this many files stay open.
-const MAX_OPEN: usize = 256;
+const MAX_OPEN: u64 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -115,9 +114,16 @@ impl OpenFile {
     }
 }
 
-#[derive(Default)]
+/// Open handles of source files, most recently used kept (a bounded cache: an archive of
+/// millions of files never holds more than [`MAX_OPEN`] descriptors).
 pub struct Sources {
-    open: Mutex<HashMap<PathBuf, Arc<OpenFile>>>,
+    open: moka::sync::Cache<PathBuf, Arc<OpenFile>>,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Sources { open: moka::sync::Cache::new(MAX_OPEN) }
+    }
 }
 
 impl Sources {
@@ -158,7 +164,7 @@ impl Sources {
         length: u64,
         wait: Wait,
     ) -> Result<Vec<u8>, ReadError> {
-        let cached = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(path).cloned();
+        let cached = self.open.get(path);
         let handle = match cached {
             Some(h) => h,
             None => self.open(path, expected)?,
@@ -187,19 +193,15 @@ impl Sources {
     }
 
     fn handle(&self, path: &Path, meta: &std::fs::Metadata) -> std::io::Result<Arc<OpenFile>> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = open.get(path) {
+        if let Some(h) = self.open.get(path) {
             if h.dev == meta.dev() && h.ino == meta.ino() {
-                return Ok(h.clone());
+                return Ok(h);
             }
         }
         let file = File::open(path)?;
         let fmeta = file.metadata()?;
         let handle = Arc::new(OpenFile { file, dev: fmeta.dev(), ino: fmeta.ino() });
-        if open.len() >= MAX_OPEN {
-            open.clear();
-        }
-        open.insert(path.to_path_buf(), handle.clone());
+        self.open.insert(path.to_path_buf(), handle.clone());
         Ok(handle)
     }
 }

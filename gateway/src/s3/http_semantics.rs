@@ -229,4 +229,29 @@ mod tests {
         // Invalid dates are ignored.
         assert_eq!(c(None, None, Some("yesterday"), Some("soon")).evaluate(etag, t), Verdict::Proceed);
     }
+
+    proptest::proptest! {
+        /// Any header text parses or is ignored, never panics; a parsed range resolves, against
+        /// any object size, to bytes inside the object or to 416.
+        #[test]
+        fn any_range_header_resolves_inside_the_object(header in ".{0,40}", size in proptest::prelude::any::<u64>()) {
+            if let Some(spec) = parse_range(&header) {
+                match spec.resolve(size) {
+                    Resolved::Part { start, end } => proptest::prop_assert!(start < end && end <= size),
+                    Resolved::Unsatisfiable => {}
+                }
+            }
+        }
+
+        /// The three forms read back as written, with any spacing S3 clients send.
+        #[test]
+        fn written_ranges_read_back(a in proptest::prelude::any::<u64>(), b in proptest::prelude::any::<u64>(), form in 0u8..3) {
+            let (text, want) = match form {
+                0 => (format!("bytes={a}-{b}"), (a <= b).then_some(RangeSpec::FromTo(a, b))),
+                1 => (format!("bytes= {a}-"), Some(RangeSpec::From(a))),
+                _ => (format!("bytes=-{b} "), Some(RangeSpec::Suffix(b))),
+            };
+            proptest::prop_assert_eq!(parse_range(&text), want);
+        }
+    }
 }

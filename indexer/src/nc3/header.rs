@@ -388,4 +388,39 @@ pub(crate) mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Random bytes behind a valid magic: an error or a header, never a panic, and nothing
+        /// that claims more names, values or dimensions than the bytes could hold.
+        #[test]
+        fn random_headers_never_panic(
+            variant in 1u8..=5,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+        ) {
+            let mut b = b"CDF".to_vec();
+            b.push(variant);
+            b.extend(body);
+            if let Ok(h) = parse(&b) {
+                let held = h.dims.len() + h.attrs.len() + h.vars.len();
+                proptest::prop_assert!(held <= b.len(), "{held} entries from {} bytes", b.len());
+            }
+        }
+
+        /// A valid header with a few words overwritten (counts, lengths, tags, offsets).
+        #[test]
+        fn mutated_headers_never_panic(
+            edits in proptest::collection::vec((0usize..200, proptest::prelude::any::<u32>()), 1..4),
+            file_size in proptest::prelude::any::<u64>(),
+        ) {
+            let mut b = classic_sample();
+            for (at, word) in edits {
+                let at = (at % (b.len() / 4)) * 4;
+                b[at..at + 4].copy_from_slice(&word.to_be_bytes());
+            }
+            let _ = parse(&b);
+            let _ = parse_prefix(&b, file_size);
+        }
+    }
 }

@@ -181,6 +181,37 @@ def test_signed_gets_set_response_headers_as_s3_does(gw, member):
     assert (status, xml_code(body)) == (400, "InvalidRequest")
 
 
+@pytest.mark.parametrize("key", ["{d}/../{c}", "{d}/./{c}", "./{d}/{c}", "{d}/{c}/.."])
+def test_keys_with_dot_segments_are_signed_and_looked_up_verbatim(gw, member, key):
+    """As S3: `.` and `..` are ordinary key characters. A signed GET of such a key is checked
+    against the path as sent and answers NoSuchKey, never SignatureDoesNotMatch, and never the
+    object the normalised path would name."""
+    dataset, chunk = CHUNK.split("/", 1)
+    key = key.format(d=dataset, c=chunk)
+    s3 = gw.boto3(credentials=member)
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket="restricted", Key=key)
+    assert code_of(err.value) == "NoSuchKey", err.value.response
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": "restricted", "Key": key}, ExpiresIn=60)
+    status, body = raw_get(url)
+    assert (status, xml_code(body)) == (404, "NoSuchKey")
+
+
+def raw_get(url: str) -> tuple[int, bytes]:
+    """GET with the path exactly as given (urllib and requests would remove dot segments)."""
+    import http.client
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request("GET", u.path + (f"?{u.query}" if u.query else ""))
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
 def test_bearer_tokens(gw, member):
     key, secret = member
     assert http(f"{gw.endpoint}/restricted/{CHUNK}", {"Authorization": f"Bearer {key}:{secret}"})[0] == 200

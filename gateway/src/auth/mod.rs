@@ -525,4 +525,58 @@ mod tests {
         assert!(allow.allows(&key("ZGA", &[])) && allow.allows(&key("Q", &["esgf"])));
         assert!(!allow.allows(&key("Q", &["other"])) && !allow.allows(&anon));
     }
+
+    fn rss_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    /// However many clients come, memory stays bounded: rounds of 100,000 new addresses (half
+    /// of them sending an access key id that fails) fill the quota buckets and the failure
+    /// throttle once; later rounds evict, and the process does not grow with them.
+    #[test]
+    fn a_hundred_thousand_identities_at_a_time_leave_memory_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let anonymous = quota::Limits { requests_per_second: Some(10.0), ..Default::default() };
+        let auth =
+            Auth::start(dir.path().join("keys.db"), QuotaConfig { anonymous: Some(anonymous), ..Default::default() })
+                .unwrap();
+        let round = |k: u32| {
+            for i in 0..100_000u32 {
+                let n = k * 100_000 + i;
+                let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+                let mut headers = HeaderMap::new();
+                if i % 2 == 1 {
+                    headers.insert("authorization", format!("Bearer ZGA{n:09}:wrong").parse().unwrap());
+                }
+                let r = RequestAuth {
+                    method: "GET",
+                    raw_path: "/b/k",
+                    decoded_path: "/b/k",
+                    raw_query: "",
+                    query: &[],
+                    headers: &headers,
+                    ip,
+                };
+                let _ = auth.admit(&r);
+            }
+        };
+        let start = rss_bytes();
+        round(0);
+        let first = rss_bytes();
+        for k in 1..4 {
+            round(k);
+        }
+        let last = rss_bytes();
+        eprintln!(
+            "RSS: {} MB at start, {} MB after 100,000 identities, {} MB after 400,000",
+            start >> 20,
+            first >> 20,
+            last >> 20
+        );
+        assert!(auth.quotas.tracked_buckets() <= 110_000, "{}", auth.quotas.tracked_buckets());
+        // three more rounds, each as large as the first: growth is a fraction of one round's
+        assert!(last < first + (first - start).max(8 << 20) / 2, "RSS grew from {first} to {last} bytes");
+    }
 }

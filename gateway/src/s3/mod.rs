@@ -297,9 +297,8 @@ async fn route(
     if r.key.len() > MAX_KEY {
         return Err(S3Error::new(StatusCode::BAD_REQUEST, "KeyTooLongError", "Your key is too long."));
     }
-    if r.key.split('/').any(|part| part == "..") {
-        return Err(S3Error::invalid_argument("Object keys must not contain '..' segments."));
-    }
+    // A key with `.` or `..` segments is looked up verbatim, as S3 does: keys name catalog
+    // entries, never paths on disk, so such a key is simply not found.
     let overrides = response_overrides(&r, who)?;
     let mut resp = get_object(app, collection, &r).await?;
     for (name, value) in overrides {

@@ -14,6 +14,7 @@
 mod lossy;
 mod native;
 
+use zarrgate_core::codec;
 use zarrgate_core::report::{Compound, Hdf5Filter};
 use zarrgate_core::zarr::DType;
 
@@ -176,9 +177,9 @@ impl Step {
     fn decode(&self, data: Vec<u8>, chunk_bytes: usize) -> Result<Vec<u8>, String> {
         let limit = chunk_bytes.saturating_add(STEP_SLACK);
         match self {
-            Step::Deflate => read_all(flate2::read::ZlibDecoder::new(&data[..]), chunk_bytes, limit),
-            Step::Shuffle { elem } => Ok(unshuffle(&data, *elem)),
-            Step::Fletcher32 => strip_fletcher32(data),
+            Step::Deflate => codec::zlib_decode(&data, chunk_bytes, limit).map_err(|e| e.to_string()),
+            Step::Shuffle { elem } => Ok(codec::unshuffle(&data, *elem)),
+            Step::Fletcher32 => codec::strip_fletcher32(data).map_err(|e| e.to_string()),
             Step::Bzip2 => read_all(bzip2::read::BzDecoder::new(&data[..]), chunk_bytes, limit),
             Step::Lzf => lzf_decompress(&data, chunk_bytes),
             Step::Blosc => blosc_decompress(&data, limit),
@@ -197,16 +198,9 @@ impl Step {
     }
 }
 
-/// Reads a decoder to its end, but no more than `limit` bytes: one that would go on is an error
-/// (a corrupt stream, or a bomb).
+/// Reads a decoder to its end, but no more than `limit` bytes.
 fn read_all(reader: impl std::io::Read, hint: usize, limit: usize) -> Result<Vec<u8>, String> {
-    use std::io::Read as _;
-    let mut out = Vec::with_capacity(hint.min(limit));
-    reader.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| e.to_string())?;
-    if out.len() > limit {
-        return Err(format!("the stream decodes to more than the chunk's {limit} bytes"));
-    }
-    Ok(out)
+    codec::read_capped(reader, hint, limit).map_err(|e| e.to_string())
 }
 
 fn zstd_decompress(data: &[u8], hint: usize, limit: usize) -> Result<Vec<u8>, String> {
@@ -220,38 +214,6 @@ fn within(declared: usize, limit: usize, what: &str) -> Result<usize, String> {
         return Err(format!("{what} declares {declared} bytes, more than the chunk's {limit}"));
     }
     Ok(declared)
-}
-
-/// Undoes HDF5's byte shuffle; trailing bytes that do not fill an element stay in place.
-pub fn unshuffle(data: &[u8], elem: usize) -> Vec<u8> {
-    if elem <= 1 || data.len() < elem {
-        return data.to_vec();
-    }
-    let n = data.len() / elem;
-    let mut out = vec![0; data.len()];
-    for byte in 0..elem {
-        for i in 0..n {
-            out[i * elem + byte] = data[byte * n + i];
-        }
-    }
-    out[n * elem..].copy_from_slice(&data[n * elem..]);
-    out
-}
-
-/// Checks and removes the trailing Fletcher-32 checksum. HDF5 has written it in both byte
-/// orders over its history, so either is accepted.
-fn strip_fletcher32(mut data: Vec<u8>) -> Result<Vec<u8>, String> {
-    if data.len() < 4 {
-        return Err("chunk is shorter than its checksum".into());
-    }
-    let at = data.len() - 4;
-    let stored: [u8; 4] = data[at..].try_into().expect("four bytes");
-    let sum = zarrgate_core::codec::fletcher32(&data[..at]);
-    if sum.to_le_bytes() != stored && sum.to_be_bytes() != stored && sum.swap_bytes().to_le_bytes() != stored {
-        return Err("Fletcher-32 checksum does not match: the stored chunk is corrupt".into());
-    }
-    data.truncate(at);
-    Ok(data)
 }
 
 /// LZF (liblzf) decompression.
@@ -385,7 +347,7 @@ fn blosc_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
             block.extend_from_slice(&part);
         }
         if flags & SHUFFLE_FLAG != 0 && typesize > 1 {
-            block = unshuffle(&block, typesize);
+            block = codec::unshuffle(&block, typesize);
         } else if flags & BITSHUFFLE_FLAG != 0 && bsize >= typesize {
             let whole = bsize / typesize / 8 * 8;
             let mut unshuffled = bitunshuffle(&block[..whole * typesize], whole, typesize);
@@ -560,7 +522,7 @@ mod tests {
     #[test]
     fn shuffle_round_trips_with_a_tail() {
         let data: Vec<u8> = (0..23).collect();
-        assert_eq!(unshuffle(&zarrgate_core::codec::shuffle(&data, 4), 4), data);
+        assert_eq!(codec::unshuffle(&codec::shuffle(&data, 4), 4), data);
     }
 
     #[test]

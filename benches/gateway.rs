@@ -6,7 +6,7 @@ use std::ops::Bound;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use zarrgate_gateway::auth::sigv4::{self, Canonical};
-use zarrgate_gateway::s3::list::{list, KeySpace, ListQuery};
+use zarrgate_gateway::store::list::{list, KeySpace, ListQuery};
 
 struct Keys(BTreeMap<String, u64>);
 

@@ -23,7 +23,8 @@ use zarrgate_core::refs::ReferenceSet;
 
 use crate::auth::Policy;
 use crate::dataset::{version_of, Dataset, Object, Source};
-use crate::s3::list::KeySpace;
+use crate::store::list::{self, KeySpace, ListPage, ListQuery};
+use crate::store::{Bucket, Found, Listed, Lookup};
 use zarrgate_core::join::doc::JoinDoc;
 
 /// Brings a catalog up to date with its data directory (the CLI runs the indexer).
@@ -209,12 +210,30 @@ fn load_refs(path: &Path) -> Result<ReferenceSet, String> {
     ReferenceSet::from_json(&doc).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// What a listing shows of one object.
-#[derive(Clone, Debug)]
-pub struct Listed {
-    pub size: u64,
-    pub etag: String,
-    pub modified: SystemTime,
+/// A collection is a bucket: its keys are `{dataset id}/{key inside the dataset}`.
+impl Bucket for Arc<Collection> {
+    fn lookup(&self, key: &str) -> Lookup {
+        let snapshot = self.snapshot();
+        let Some((entry, inner)) = Collection::find(&snapshot, key) else { return Lookup::Missing };
+        match &*entry {
+            Entry::Unavailable(why) => Lookup::Unavailable(why.clone()),
+            Entry::Ready { dataset, .. } => match dataset.object(inner) {
+                Some(object) => {
+                    let id = key[..key.len() - inner.len()].trim_end_matches('/');
+                    Lookup::Found(Found::of_dataset(id, dataset.clone(), object))
+                }
+                None => Lookup::Missing,
+            },
+        }
+    }
+
+    fn list(&self, query: &ListQuery) -> ListPage<Listed> {
+        list::list(&Keys(self.snapshot()), query)
+    }
+
+    fn source_changed(&self) {
+        Collection::source_changed(self)
+    }
 }
 
 fn listed(object: &Object, dataset: &Dataset) -> Listed {

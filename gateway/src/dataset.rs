@@ -11,13 +11,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use zarrgate_core::catalog::Fingerprint;
+use zarrgate_core::join::array::ReadFailure;
 use zarrgate_core::join::doc::JoinDoc;
-use zarrgate_core::join::{ByteReader, JoinedArray, Mode, INLINE};
+use zarrgate_core::join::{self as join, ByteReader, JoinedArray, Mode, INLINE};
 
 use crate::source::{ReadError, Sources};
 use zarrgate_core::refs::{Reference, ReferenceSet};
@@ -245,12 +246,13 @@ impl Dataset {
 
     /// The bytes of an assembled chunk, read from the member files (each checked unchanged).
     pub fn assemble(&self, sources: &Sources, array: &JoinedArray, idx: &[u64]) -> Result<Vec<u8>, AssembleError> {
-        let reader = MemberReader { sources, dataset: self, failure: Mutex::new(None) };
-        array.assemble(idx, &reader).map_err(|why| {
-            match reader.failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-                Some(e) => AssembleError::Read(e),
-                None => AssembleError::Decode(why),
-            }
+        let reader = MemberReader { sources, dataset: self };
+        array.assemble(idx, &reader).map_err(|e| match e {
+            join::array::AssembleError::Read { error, .. } => match error.downcast::<ReadError>() {
+                Ok(read) => AssembleError::Read(*read),
+                Err(other) => AssembleError::Decode(other.to_string()),
+            },
+            join::array::AssembleError::Decode(why) => AssembleError::Decode(why),
         })
     }
 
@@ -338,17 +340,12 @@ pub enum AssembleError {
 struct MemberReader<'a> {
     sources: &'a Sources,
     dataset: &'a Dataset,
-    failure: Mutex<Option<ReadError>>,
 }
 
 impl ByteReader for MemberReader<'_> {
-    fn read(&self, source: u32, offset: u64, length: u64) -> Result<Vec<u8>, String> {
+    fn read(&self, source: u32, offset: u64, length: u64) -> Result<Vec<u8>, ReadFailure> {
         let s = self.dataset.sources.get(source as usize).ok_or("a part names a missing source")?;
-        self.sources.read(&s.path, s.fingerprint, offset, length).map_err(|e| {
-            let why = e.to_string();
-            self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
-            why
-        })
+        Ok(self.sources.read(&s.path, s.fingerprint, offset, length)?)
     }
 }
 

@@ -42,6 +42,7 @@ pub mod sendfile;
 pub mod server;
 pub mod source;
 pub mod state;
+pub mod store;
 pub mod tls;
 pub mod transcode;
 pub mod util;

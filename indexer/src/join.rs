@@ -282,7 +282,7 @@ struct Files {
 }
 
 impl ByteReader for Files {
-    fn read(&self, source: u32, offset: u64, length: u64) -> Result<Vec<u8>, String> {
+    fn read(&self, source: u32, offset: u64, length: u64) -> Result<Vec<u8>, zarrgate_core::join::array::ReadFailure> {
         use std::os::unix::fs::FileExt as _;
         let i = source as usize;
         let path = &self.paths[i];

@@ -91,7 +91,22 @@ pub struct JoinedArray {
 
 /// Reads bytes of the join's member files.
 pub trait ByteReader: Sync {
-    fn read(&self, source: u32, offset: u64, length: u64) -> Result<Vec<u8>, String>;
+    fn read(&self, source: u32, offset: u64, length: u64) -> Result<Vec<u8>, ReadFailure>;
+}
+
+/// A reader's own error (the gateway's names the file and tells a changed source from an I/O
+/// error; callers downcast it).
+pub type ReadFailure = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a joined chunk could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    /// Reading member file `member` (its index in the document) failed.
+    #[error("{error}")]
+    Read { member: u32, error: ReadFailure },
+    /// A member chunk did not decode, or cannot be converted to the joined type.
+    #[error("{0}")]
+    Decode(String),
 }
 
 impl Part {
@@ -147,7 +162,7 @@ impl JoinedArray {
 
     /// The served (uncompressed) bytes of the chunk at grid position `idx`, assembled from the
     /// member chunks it overlaps.
-    pub fn assemble(&self, idx: &[u64], reader: &dyn ByteReader) -> Result<Vec<u8>, String> {
+    pub fn assemble(&self, idx: &[u64], reader: &dyn ByteReader) -> Result<Vec<u8>, AssembleError> {
         let out_dtype = self.meta.dtype;
         let at: Vec<u64> = idx.iter().zip(&self.meta.chunks).map(|(i, c)| i * c).collect();
         let shape = self.meta.chunks.clone();
@@ -161,7 +176,7 @@ impl JoinedArray {
         for part in &self.parts {
             let Some((lo, hi)) = overlap(&block, &part.origin, &part.shape) else { continue };
             let enc = &self.encodings[part.encoding as usize];
-            let convert = Convert::new(&self.mode, enc, out_dtype)?;
+            let convert = Convert::new(&self.mode, enc, out_dtype).map_err(AssembleError::Decode)?;
             let lead = part.lead as usize;
             let mchunks = &enc.meta.chunks;
             // Member chunk grid positions overlapping [lo, hi).
@@ -169,7 +184,7 @@ impl JoinedArray {
                 lo[lead..].iter().zip(&part.origin[lead..]).zip(mchunks).map(|((l, o), c)| (l - o) / c).collect();
             let last: Vec<u64> =
                 hi[lead..].iter().zip(&part.origin[lead..]).zip(mchunks).map(|((h, o), c)| (h - o - 1) / c).collect();
-            for_each_index(&first, &last, |m| -> Result<(), String> {
+            for_each_index(&first, &last, |m| -> Result<(), AssembleError> {
                 let stored = self.stored(part, enc, m, reader)?;
                 let mut src_at = part.origin[..lead].to_vec();
                 let mut src_shape = vec![1; lead];
@@ -191,7 +206,13 @@ impl JoinedArray {
     }
 
     /// The decoded (raw element) bytes of one member chunk; fill when it is not stored.
-    fn stored(&self, part: &Part, enc: &Encoding, idx: &[u64], reader: &dyn ByteReader) -> Result<Vec<u8>, String> {
+    fn stored(
+        &self,
+        part: &Part,
+        enc: &Encoding,
+        idx: &[u64],
+        reader: &dyn ByteReader,
+    ) -> Result<Vec<u8>, AssembleError> {
         let r = part.chunk(enc, idx);
         let bytes = if r.length == MISSING {
             let fill = fill_bytes(&enc.meta.dtype, &enc.meta.fill_value);
@@ -199,9 +220,11 @@ impl JoinedArray {
         } else if r.offset & INLINE != 0 {
             self.inline_bytes(r).to_vec()
         } else {
-            reader.read(part.source, r.offset, u64::from(r.length))?
+            reader
+                .read(part.source, r.offset, u64::from(r.length))
+                .map_err(|error| AssembleError::Read { member: part.source, error })?
         };
-        decode_chunk(&enc.meta, bytes)
+        decode_chunk(&enc.meta, bytes).map_err(|e| AssembleError::Decode(e.to_string()))
     }
 }
 
@@ -235,7 +258,7 @@ fn overlap(block: &Block, origin: &[u64], shape: &[u64]) -> Option<(Vec<u64>, Ve
 }
 
 /// Calls `f` for every index between `first` and `last` (inclusive), row-major.
-fn for_each_index(first: &[u64], last: &[u64], mut f: impl FnMut(&[u64]) -> Result<(), String>) -> Result<(), String> {
+fn for_each_index<E>(first: &[u64], last: &[u64], mut f: impl FnMut(&[u64]) -> Result<(), E>) -> Result<(), E> {
     let mut idx = first.to_vec();
     loop {
         f(&idx)?;
@@ -327,7 +350,7 @@ fn copy_box(
     last.iter_mut().for_each(|h| *h -= 1);
     let mut row_last = last.clone();
     row_last[nd - 1] = lo[nd - 1];
-    let _ = for_each_index(lo, &row_last, |idx| {
+    let _ = for_each_index(lo, &row_last, |idx| -> Result<(), ()> {
         let s = offset(src_at, src_shape, idx) * ssize;
         let d = offset(dst_at, dst_shape, idx) * dsize;
         convert_run(&src[s..s + run * ssize], &mut dst[d..d + run * dsize], convert);
@@ -412,7 +435,7 @@ mod tests {
 
     struct NoFiles;
     impl ByteReader for NoFiles {
-        fn read(&self, _: u32, _: u64, _: u64) -> Result<Vec<u8>, String> {
+        fn read(&self, _: u32, _: u64, _: u64) -> Result<Vec<u8>, ReadFailure> {
             Err("no files".into())
         }
     }

@@ -140,13 +140,17 @@ impl JoinDoc {
         serde_json::to_vec(&stored).expect("a join document serializes")
     }
 
-    pub fn from_json(bytes: &[u8]) -> Result<JoinDoc, String> {
-        let stored: Stored = serde_json::from_slice(bytes).map_err(|e| format!("not a join document: {e}"))?;
+    pub fn from_json(bytes: &[u8]) -> Result<JoinDoc, DocError> {
+        let stored: Stored = serde_json::from_slice(bytes).map_err(DocError::NotJson)?;
         // Version 1 recorded size and modification time of each member; 2 adds inode, device
         // and change time.
         if stored.format != FORMAT || !(1..=VERSION).contains(&stored.version) {
-            return Err(format!("unsupported join document {} v{}", stored.format, stored.version));
+            return Err(DocError::Unsupported { format: stored.format, version: stored.version });
         }
+        Self::from_stored(stored).map_err(DocError::Corrupt)
+    }
+
+    fn from_stored(stored: Stored) -> Result<JoinDoc, String> {
         let names = unpack(&stored.sources)?;
         let mut r = Reader(&names);
         let mut sources = Vec::new();
@@ -186,6 +190,18 @@ impl JoinDoc {
         let metadata = stored.metadata.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
         Ok(JoinDoc { sources, metadata, arrays, notes: stored.notes })
     }
+}
+
+/// A join document that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("not a join document: {0}")]
+    NotJson(serde_json::Error),
+    #[error("unsupported join document {format} v{version}")]
+    Unsupported { format: String, version: u32 },
+    /// The document parses but its tables do not hold together.
+    #[error("corrupt join document: {0}")]
+    Corrupt(String),
 }
 
 fn parts_bytes(parts: &[Part]) -> Vec<u8> {

@@ -46,7 +46,7 @@ pub enum KernelError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("chunk {key}: {why}")]
-    Decode { key: String, why: String },
+    Decode { key: String, why: super::store::ChunkError },
     #[error("the job was dismissed")]
     Cancelled,
 }

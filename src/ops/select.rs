@@ -273,7 +273,7 @@ pub fn read_coordinate(source: &dyn ChunkSource, coord: &Variable) -> Result<Vec
 pub fn read_decoded(source: &dyn ChunkSource, var: &Variable, sel: &[Vec<usize>]) -> Result<Vec<f64>, Problem> {
     let raw = read_all(source, var, sel).map_err(|e| e.problem())?;
     let mut values = Vec::new();
-    super::store::to_f64(&var.meta.dtype, &raw, &mut values).map_err(Problem::internal)?;
+    super::store::to_f64(&var.meta.dtype, &raw, &mut values).map_err(|e| Problem::internal(e.to_string()))?;
     let decoded = Decoded::of(var);
     Ok(values.into_iter().map(|v| decoded.apply(v)).collect())
 }

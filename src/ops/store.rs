@@ -190,8 +190,21 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     serde_json::from_str(&out)
 }
 
+/// Why a chunk cannot be read as numbers.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChunkError {
+    #[error("{codec}: {error}")]
+    Codec { codec: &'static str, error: codec::DecodeError },
+    #[error("variable-length strings cannot be computed on")]
+    Strings,
+    #[error("a decoded chunk has {got} bytes, expected {expected}")]
+    Size { got: usize, expected: usize },
+    #[error("cannot compute on values of type {0}")]
+    Type(String),
+}
+
 /// Decodes a served chunk to the raw elements of a full chunk, in the dtype's byte order.
-pub fn decode_chunk(meta: &ArrayMetadataV2, stored: Vec<u8>) -> Result<Vec<u8>, String> {
+pub fn decode_chunk(meta: &ArrayMetadataV2, stored: Vec<u8>) -> Result<Vec<u8>, ChunkError> {
     const CHECKSUM: usize = 4;
     let expected = meta.chunk_nbytes() as usize;
     let mut bytes = stored;
@@ -200,14 +213,16 @@ pub fn decode_chunk(meta: &ArrayMetadataV2, stored: Vec<u8>) -> Result<Vec<u8>, 
         bytes = match codec {
             // held to the chunk's size (and a checksum): a bomb is an error, not an allocation
             Codec::Zlib { .. } => codec::zlib_decode(&bytes, expected, expected.saturating_add(CHECKSUM))
-                .map_err(|e| format!("zlib: {e}"))?,
+                .map_err(|error| ChunkError::Codec { codec: "zlib", error })?,
             Codec::Shuffle { elementsize } => codec::unshuffle(&bytes, *elementsize),
-            Codec::Fletcher32 {} => codec::strip_fletcher32(bytes).map_err(|e| e.to_string())?,
-            Codec::VlenUtf8 {} => return Err("variable-length strings cannot be computed on".into()),
+            Codec::Fletcher32 {} => {
+                codec::strip_fletcher32(bytes).map_err(|error| ChunkError::Codec { codec: "fletcher32", error })?
+            }
+            Codec::VlenUtf8 {} => return Err(ChunkError::Strings),
         };
     }
     if bytes.len() != expected {
-        return Err(format!("a decoded chunk has {} bytes, expected {expected}", bytes.len()));
+        return Err(ChunkError::Size { got: bytes.len(), expected });
     }
     Ok(bytes)
 }
@@ -253,7 +268,7 @@ pub fn element_bytes(dtype: &DType, x: f64) -> Vec<u8> {
 }
 
 /// Raw elements as f64, in bulk (the hot loop of averaging).
-pub fn to_f64(dtype: &DType, raw: &[u8], out: &mut Vec<f64>) -> Result<(), String> {
+pub fn to_f64(dtype: &DType, raw: &[u8], out: &mut Vec<f64>) -> Result<(), ChunkError> {
     out.clear();
     let big = dtype.endian == Endian::Big;
     macro_rules! conv {
@@ -275,7 +290,7 @@ pub fn to_f64(dtype: &DType, raw: &[u8], out: &mut Vec<f64>) -> Result<(), Strin
         (Kind::UInt, 2) => conv!(u16, 2),
         (Kind::UInt, 4) => conv!(u32, 4),
         (Kind::UInt, 8) => conv!(u64, 8),
-        _ => return Err(format!("cannot average values of type {}", dtype.typestr())),
+        _ => return Err(ChunkError::Type(dtype.typestr())),
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ use crate::app::App;
 use crate::auth::{AuthError, Principal, Refusal};
 use crate::body::{HttpResponse, ResponseBody};
 use crate::dates::iso8601;
+use crate::store::{self, Bucket, Found, ListPage, ListQuery, Listed};
 
 /// Largest execution request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -368,10 +369,48 @@ pub fn zarr_object(ops: &Ops, hash: &str, key: &str) -> Option<(String, Bytes)> 
     Some((bucket, blob.slice(start..end)))
 }
 
-/// The keys and sizes of a Zarr result, with the collection it came from.
-pub fn zarr_listing(ops: &Ops, hash: &str) -> Option<(String, Vec<(String, u64)>)> {
-    let (bucket, _, files) = zarr_files(ops, hash)?;
-    Some((bucket, files.into_iter().map(|(name, s, e)| (format!("{hash}/{name}"), (e - s) as u64)).collect()))
+/// The collection a Zarr result was computed from (who may read it may read the result).
+pub fn result_collection(ops: &Ops, hash: &str) -> Option<String> {
+    zarr_files(ops, hash).map(|(bucket, _, _)| bucket)
+}
+
+/// Results carry no time of their own: they are immutable and content-addressed.
+const RESULT_TIME: std::time::SystemTime = std::time::SystemTime::UNIX_EPOCH;
+
+fn result_etag(bytes: &[u8]) -> String {
+    format!("\"{}\"", &blake3::hash(bytes).to_hex()[..32])
+}
+
+/// The `results` bucket: the files of each Zarr result, as `HASH/...`. It is listed one
+/// result at a time (the prefix names the hash): the hashes of other results are not shown.
+pub struct ResultsBucket<'a>(pub &'a Ops);
+
+impl Bucket for ResultsBucket<'_> {
+    fn lookup(&self, key: &str) -> store::Lookup {
+        let (hash, inner) = key.split_once('/').unwrap_or((key, ""));
+        match zarr_object(self.0, hash, inner) {
+            Some((_, bytes)) => {
+                let etag = result_etag(&bytes);
+                store::Lookup::Found(Found::in_memory(bytes, etag, RESULT_TIME))
+            }
+            None => store::Lookup::Missing,
+        }
+    }
+
+    fn list(&self, query: &ListQuery) -> ListPage<Listed> {
+        let hash = query.prefix.split('/').next().unwrap_or("");
+        let files: std::collections::BTreeMap<String, Listed> = match zarr_files(self.0, hash) {
+            Some((_, blob, files)) => files
+                .into_iter()
+                .map(|(name, s, e)| {
+                    let listed = Listed { size: (e - s) as u64, etag: result_etag(&blob[s..e]), modified: RESULT_TIME };
+                    (format!("{hash}/{name}"), listed)
+                })
+                .collect(),
+            None => Default::default(),
+        };
+        store::list::list(&files, query)
+    }
 }
 
 /// A key sees its own jobs; an anonymous caller the anonymous jobs of its address. Either only

@@ -29,10 +29,11 @@ use zarrgate_core::ops::{self, ChunkSource, Format, Output, Plan, Problem, Raw, 
 use crate::auth::quota::Exceeded;
 use crate::auth::Principal;
 use crate::collection::{Collection, Entry};
-use crate::dataset::{AssembleError, Body, Dataset};
+use crate::dataset::Dataset;
 use crate::dates::{day_of, unix_now};
 use crate::source::{ReadError, Sources};
 use crate::state::State;
+use crate::store::{self, ReadOutcome};
 use cache::{Key, Lookup, ResultCache, Tier};
 use jobs::{JobRecord, JobStore, Status};
 
@@ -153,37 +154,22 @@ struct DatasetSource<'a> {
 impl ChunkSource for DatasetSource<'_> {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
         let Some(object) = self.dataset.object(key) else { return Ok(None) };
-        let fail = |e: ReadError| {
-            eprintln!("zarrgate: {e}");
-            stale_or_failed(&e)
-        };
-        let ds = self.dataset;
-        match &object.body {
-            Body::Inline(b) => {
-                Sources::check(ds.source(0), ds.sources[0].fingerprint).map_err(fail)?;
-                Ok(Some(b.to_vec()))
+        store::object_bytes(self.sources, self.dataset, &object).map(Some).map_err(|outcome| match outcome {
+            ReadOutcome::Stale(why) => {
+                eprintln!("zarrgate: {why}");
+                SourceError::Stale(
+                    "the source of this dataset changed since it was indexed; it is being re-indexed, retry shortly"
+                        .into(),
+                )
             }
-            Body::Range { source, offset, length } => self
-                .sources
-                .read(ds.source(*source), ds.sources[*source].fingerprint, *offset, *length)
-                .map(Some)
-                .map_err(fail),
-            Body::Assembled { array, idx } => match ds.assemble(self.sources, array, idx) {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(AssembleError::Read(e)) => Err(fail(e)),
-                Err(AssembleError::Decode(why)) => Err(SourceError::Failed(format!("{key}: {why}"))),
-            },
-            Body::Transcoded { source, pipeline, chunk } => {
-                let stored = self
-                    .sources
-                    .read(ds.source(*source), ds.sources[*source].fingerprint, chunk.offset, chunk.length)
-                    .map_err(fail)?;
-                pipeline
-                    .decode(stored, chunk.filter_mask)
-                    .map(Some)
-                    .map_err(|e| SourceError::Failed(format!("{key}: {e}")))
+            ReadOutcome::Failed(why) => {
+                eprintln!("zarrgate: {key}: {why}");
+                SourceError::Failed(format!(
+                    "{key}: could not be read or decoded from this dataset's sources; the server log has the details"
+                ))
             }
-        }
+            ReadOutcome::NotCached => unreachable!("object_bytes waits for the disk"),
+        })
     }
 }
 

@@ -4,7 +4,6 @@
 //! (bodiless for HEAD). See `docs/architecture.md` for the behaviours real clients rely on.
 
 pub mod http_semantics;
-pub mod list;
 pub mod xml;
 
 use std::sync::Arc;
@@ -16,13 +15,11 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
 use crate::auth::{AuthError, Principal, Refusal};
-use crate::body::{FileStream, HttpResponse, ResponseBody, PIECE};
-use crate::collection::{Collection, Entry, Keys};
-use crate::dataset::{AssembleError, Body, Dataset, Object};
+use crate::body::{HttpResponse, ResponseBody};
 use crate::dates::iso8601_millis;
-use crate::source::{ReadError, Sources, Wait};
+use crate::source::Wait;
+use crate::store::{Bucket, ListQuery, Lookup, Part, ReadOutcome};
 use http_semantics::{parse_range, Conditions, RangeSpec, Resolved, Verdict};
-use list::{ListPage, ListQuery};
 use xml::{element, url_encode, S3Error, NAMESPACE};
 
 /// The bucket that shows Zarr results of operations (`s3://results/{hash}/`).
@@ -277,13 +274,24 @@ async fn route(
     }
     if r.bucket == RESULTS_BUCKET {
         if let Some(ops) = &app.ops {
-            return results_object(app, ops, &r, who);
+            return results(app, ops, &r, who).await;
         }
     }
     let collection = app.collections.get(&r.bucket).ok_or_else(S3Error::no_such_bucket)?;
     if !collection.read.allows(who) {
         return Err(access_denied(who));
     }
+    serve(app, collection, &r, who).await
+}
+
+/// A request to one bucket, past its access check: the bucket itself (HEAD, location,
+/// listing) or one of its objects.
+async fn serve(
+    app: &Arc<App>,
+    bucket: &dyn Bucket,
+    r: &S3Request<'_>,
+    who: &Principal,
+) -> Result<HttpResponse, S3Error> {
     if r.key.is_empty() {
         if r.is_head() {
             return Ok(response(StatusCode::OK, "application/xml", Bytes::new(), &r.request_id));
@@ -292,15 +300,15 @@ async fn route(
             let body = format!(r#"<LocationConstraint xmlns="{NAMESPACE}"></LocationConstraint>"#);
             return Ok(xml_response(body, &r.request_id));
         }
-        return list_objects(collection, &r);
+        return list_objects(bucket, r);
     }
     if r.key.len() > MAX_KEY {
         return Err(S3Error::new(StatusCode::BAD_REQUEST, "KeyTooLongError", "Your key is too long."));
     }
     // A key with `.` or `..` segments is looked up verbatim, as S3 does: keys name catalog
-    // entries, never paths on disk, so such a key is simply not found.
-    let overrides = response_overrides(&r, who)?;
-    let mut resp = get_object(app, collection, &r).await?;
+    // entries and result files, never paths on disk, so such a key is simply not found.
+    let overrides = response_overrides(r, who)?;
+    let mut resp = get_object(app, bucket, r).await?;
     for (name, value) in overrides {
         resp.headers_mut().insert(name, value);
     }
@@ -389,7 +397,7 @@ fn decode_token(token: &str) -> Result<String, S3Error> {
     text.strip_prefix("zg1:").map(str::to_string).ok_or_else(bad)
 }
 
-fn list_objects(collection: &Collection, r: &S3Request) -> Result<HttpResponse, S3Error> {
+fn list_objects(bucket: &dyn Bucket, r: &S3Request) -> Result<HttpResponse, S3Error> {
     let v2 = r.param("list-type") == Some("2");
     let encode = match r.param("encoding-type") {
         None => false,
@@ -417,12 +425,11 @@ fn list_objects(collection: &Collection, r: &S3Request) -> Result<HttpResponse, 
         r.param("marker").map(str::to_string)
     };
     let query = ListQuery { prefix: prefix.clone(), delimiter: delimiter.clone(), max_keys, after };
-    let keys = Keys(collection.snapshot());
-    let page: ListPage<_> = list::list(&keys, &query);
+    let page = bucket.list(&query);
     let enc = |s: &str| if encode { url_encode(s) } else { s.to_string() };
 
     let mut body = format!(r#"<ListBucketResult xmlns="{NAMESPACE}">"#);
-    element(&mut body, "Name", &collection.bucket);
+    element(&mut body, "Name", &r.bucket);
     element(&mut body, "Prefix", &enc(&prefix));
     if let Some(d) = &delimiter {
         element(&mut body, "Delimiter", &enc(d));
@@ -472,75 +479,27 @@ fn list_objects(collection: &Collection, r: &S3Request) -> Result<HttpResponse, 
 }
 
 /// The `results` bucket: each Zarr result of an operation, read-only, immutable, readable by
-/// anyone who knows its hash (like `/results/{hash}`).
-fn results_object(app: &App, ops: &crate::ops::Ops, r: &S3Request, who: &Principal) -> Result<HttpResponse, S3Error> {
-    // A result is readable by whoever may both read and compute on the collection it was
-    // computed from, as the request that made it had to.
-    let may_read = |bucket: &str| -> Result<(), S3Error> {
+/// whoever may both read and compute on the collection it was computed from, as the request
+/// that made it had to. It is listed one result at a time (`prefix=HASH/...`).
+async fn results(
+    app: &Arc<App>,
+    ops: &crate::ops::Ops,
+    r: &S3Request<'_>,
+    who: &Principal,
+) -> Result<HttpResponse, S3Error> {
+    let named = if r.key.is_empty() { r.param("prefix").unwrap_or("") } else { r.key.as_str() };
+    let hash = named.split('/').next().unwrap_or("");
+    let source = crate::ops::http::result_collection(ops, hash);
+    if let Some(bucket) = &source {
         crate::ops::http::may_use(app, bucket, who)
-            .map_err(|p| S3Error::new(StatusCode::FORBIDDEN, "AccessDenied", format!("Access Denied: {}", p.detail)))
-    };
-    let (hash, key) = r.key.split_once('/').unwrap_or((&r.key, ""));
-    if r.key.is_empty() || key.is_empty() {
-        if r.key.is_empty() && r.is_head() {
-            return Ok(response(StatusCode::OK, "application/xml", Bytes::new(), &r.request_id));
-        }
-        // Listing: only within one result (`prefix=HASH/...`).
-        let prefix = r.param("prefix").unwrap_or("");
-        let hash = prefix.split('/').next().unwrap_or("");
-        let files = match crate::ops::http::zarr_listing(ops, hash) {
-            Some((bucket, files)) => {
-                may_read(&bucket)?;
-                files
-            }
-            None => Vec::new(),
-        };
-        let mut body = format!(r#"<ListBucketResult xmlns="{NAMESPACE}">"#);
-        element(&mut body, "Name", RESULTS_BUCKET);
-        element(&mut body, "Prefix", prefix);
-        element(&mut body, "KeyCount", &files.len().to_string());
-        element(&mut body, "MaxKeys", "1000");
-        element(&mut body, "IsTruncated", "false");
-        let delimiter = r.param("delimiter").filter(|d| !d.is_empty());
-        let mut prefixes = std::collections::BTreeSet::new();
-        for (k, size) in files.iter().filter(|(k, _)| k.starts_with(prefix)) {
-            if let Some(d) = delimiter {
-                if let Some(i) = k[prefix.len()..].find(d) {
-                    prefixes.insert(k[..prefix.len() + i + d.len()].to_string());
-                    continue;
-                }
-            }
-            body.push_str("<Contents>");
-            element(&mut body, "Key", k);
-            element(&mut body, "Size", &size.to_string());
-            element(&mut body, "StorageClass", "STANDARD");
-            body.push_str("</Contents>");
-        }
-        for p in prefixes {
-            body.push_str("<CommonPrefixes>");
-            element(&mut body, "Prefix", &p);
-            body.push_str("</CommonPrefixes>");
-        }
-        body.push_str("</ListBucketResult>");
-        return Ok(xml_response(body, &r.request_id));
+            .map_err(|p| S3Error::new(StatusCode::FORBIDDEN, "AccessDenied", format!("Access Denied: {}", p.detail)))?;
     }
-    let (bucket, bytes) = crate::ops::http::zarr_object(ops, hash, key).ok_or_else(S3Error::no_such_key)?;
-    may_read(&bucket)?;
-    let etag = format!("\"{}\"", &blake3::hash(&bytes).to_hex()[..32]);
-    let size = bytes.len() as u64;
-    let (range, start, end) = requested_range(r, size)?;
-    let status = if range { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-    let body = if r.is_head() { Bytes::new() } else { bytes.slice(start as usize..end as usize) };
-    let mut resp = response(status, content_type(key), body, &r.request_id);
-    let h = resp.headers_mut();
-    h.insert("etag", HeaderValue::from_str(&etag).expect("hex etag"));
-    // Only results of open collections may sit in shared caches.
-    let scope = if crate::ops::http::is_public(app, &bucket) { "public" } else { "private" };
-    h.insert("cache-control", HeaderValue::from_str(&format!("{scope}, max-age=31536000, immutable")).expect("ascii"));
-    h.insert("content-length", HeaderValue::from(end - start));
-    if range {
-        let cr = format!("bytes {}-{}/{}", start, end.saturating_sub(1), size);
-        h.insert("content-range", HeaderValue::from_str(&cr).expect("ascii"));
+    let mut resp = serve(app, &crate::ops::http::ResultsBucket(ops), r, who).await?;
+    if let (Some(bucket), false) = (source, r.key.is_empty()) {
+        // Only results of open collections may sit in shared caches.
+        let scope = if crate::ops::http::is_public(app, &bucket) { "public" } else { "private" };
+        let value = format!("{scope}, max-age=31536000, immutable");
+        resp.headers_mut().insert("cache-control", HeaderValue::from_str(&value).expect("ascii"));
     }
     Ok(resp)
 }
@@ -569,26 +528,25 @@ fn content_type(key: &str) -> &'static str {
     }
 }
 
-async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<'_>) -> Result<HttpResponse, S3Error> {
-    let snapshot = collection.snapshot();
-    let (entry, inner) = Collection::find(&snapshot, &r.key).ok_or_else(S3Error::no_such_key)?;
-    let dataset = match &*entry {
-        Entry::Unavailable(why) => return Err(S3Error::unavailable(why.clone())),
-        Entry::Ready { dataset, .. } => dataset.clone(),
+async fn get_object(app: &Arc<App>, bucket: &dyn Bucket, r: &S3Request<'_>) -> Result<HttpResponse, S3Error> {
+    let found = match bucket.lookup(&r.key) {
+        Lookup::Found(found) => found,
+        Lookup::Missing => return Err(S3Error::no_such_key()),
+        Lookup::Unavailable(why) => return Err(S3Error::unavailable(why)),
     };
-    let object = dataset.object(inner).ok_or_else(S3Error::no_such_key)?;
+    let etag = HeaderValue::from_str(&found.meta.etag).expect("hex etag");
     let conditions = Conditions {
         if_match: r.header("if-match"),
         if_none_match: r.header("if-none-match"),
         if_modified_since: r.header("if-modified-since"),
         if_unmodified_since: r.header("if-unmodified-since"),
     };
-    match conditions.evaluate(&object.etag, dataset.modified) {
+    match conditions.evaluate(&found.meta.etag, found.meta.modified) {
         Verdict::Proceed => {}
         Verdict::NotModified => {
-            let mut resp = response(StatusCode::NOT_MODIFIED, content_type(inner), Bytes::new(), &r.request_id);
-            resp.headers_mut().insert("etag", HeaderValue::from_str(&object.etag).expect("hex etag"));
-            resp.headers_mut().insert("last-modified", dataset.last_modified.clone());
+            let mut resp = response(StatusCode::NOT_MODIFIED, content_type(&r.key), Bytes::new(), &r.request_id);
+            resp.headers_mut().insert("etag", etag);
+            resp.headers_mut().insert("last-modified", found.last_modified.clone());
             return Ok(resp);
         }
         Verdict::PreconditionFailed => {
@@ -599,33 +557,29 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
             ))
         }
     }
-    let (range, start, end) = requested_range(r, object.size)?;
-    let head = r.is_head();
-    let part = Part { start, end, head };
-    // Metadata, HEAD and byte ranges up to one streaming piece are read right here, as nginx
-    // does: a pread of the page cache costs less than handing it to another thread. A range
-    // that is not in the page cache is not waited for here (it would stall every connection of
-    // this thread); it goes to the blocking pool, like large ranges (streamed) and transcoded
-    // chunks (decoded), a bounded number at a time, so a burst cannot take all memory or starve
-    // the runtime. On the gateway's own connections a range is sent zero-copy (see
-    // crate::sendfile) and holds no piece in memory, so it starts right here too.
+    let size = found.meta.size;
+    let (range, start, end) = requested_range(r, size)?;
+    let part = Part { start, end, head: r.is_head() };
+    // Quick reads (metadata, HEAD, byte ranges up to one streaming piece) are done right here,
+    // as nginx does: a pread of the page cache costs less than handing it to another thread. A
+    // range that is not in the page cache is not waited for here (it would stall every
+    // connection of this thread); it goes to the blocking pool, like large ranges (streamed)
+    // and transcoded chunks (decoded), a bounded number at a time, so a burst cannot take all
+    // memory or starve the runtime. On the gateway's own connections a range is sent zero-copy
+    // (see crate::sendfile) and holds no piece in memory, so it starts right here too.
     let lane = crate::sendfile::current_lane();
-    let small = match &object.body {
-        Body::Inline(_) => true,
-        Body::Range { .. } => head || end - start <= PIECE || lane.is_some(),
-        Body::Transcoded { .. } | Body::Assembled { .. } => head,
-    };
-    let here = small.then(|| read_object(&app.sources, &dataset, &object, part, lane.clone(), Wait::CachedOnly));
+    let here =
+        found.quick(part, lane.is_some()).then(|| found.read(&app.sources, part, lane.clone(), Wait::CachedOnly));
     let read = match here {
         Some(Err(ReadOutcome::NotCached)) | None => {
             if here.is_some() {
-                app.metrics.add("zarrgate_reads_offloaded_total", &[("bucket", &collection.bucket)], 1);
+                app.metrics.add("zarrgate_reads_offloaded_total", &[("bucket", &r.bucket)], 1);
             }
             let permit = app.reads.clone().acquire_owned().await.expect("the read semaphore is never closed");
-            let (app, ds, obj) = (app.clone(), dataset.clone(), object.clone());
+            let (app, found) = (app.clone(), found.clone());
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                read_object(&app.sources, &ds, &obj, part, lane, Wait::Block)
+                found.read(&app.sources, part, lane, Wait::Block)
             })
             .await
             .map_err(|e| S3Error::internal(format!("reading the object failed: {e}")))?
@@ -636,9 +590,9 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
         Ok(b) => b,
         Err(ReadOutcome::Stale(why)) => {
             eprintln!("zarrgate: {why}");
-            collection.source_changed();
-            app.metrics.add("zarrgate_stale_sources_total", &[("bucket", &collection.bucket)], 1);
-            let id = r.key[..r.key.len() - inner.len()].trim_end_matches('/');
+            bucket.source_changed();
+            app.metrics.add("zarrgate_stale_sources_total", &[("bucket", &r.bucket)], 1);
+            let id = found.dataset.as_deref().unwrap_or(&r.key);
             return Err(S3Error::unavailable(format!(
                 "The source file of dataset {id} changed since it was indexed; it is being re-indexed, retry shortly."
             )));
@@ -651,107 +605,18 @@ async fn get_object(app: &Arc<App>, collection: &Arc<Collection>, r: &S3Request<
         Err(ReadOutcome::NotCached) => return Err(S3Error::internal("The object could not be read.")),
     };
     let status = if range { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-    let mut resp = response(status, content_type(inner), Bytes::new(), &r.request_id);
+    let mut resp = response(status, content_type(&r.key), Bytes::new(), &r.request_id);
     *resp.body_mut() = body;
     let h = resp.headers_mut();
-    h.insert("etag", HeaderValue::from_str(&object.etag).expect("hex etag"));
-    h.insert("last-modified", dataset.last_modified.clone());
+    h.insert("etag", etag);
+    h.insert("last-modified", found.last_modified.clone());
     h.insert("accept-ranges", HeaderValue::from_static("bytes"));
     h.insert("content-length", HeaderValue::from(end - start));
     if range {
-        let cr = format!("bytes {}-{}/{}", start, end.saturating_sub(1), object.size);
+        let cr = format!("bytes {}-{}/{}", start, end.saturating_sub(1), size);
         h.insert("content-range", HeaderValue::from_str(&cr).expect("ascii"));
     }
     Ok(resp)
-}
-
-/// What of an object a request wants: bytes `start..end`, or (HEAD) only the check.
-#[derive(Clone, Copy)]
-struct Part {
-    start: u64,
-    end: u64,
-    head: bool,
-}
-
-enum ReadOutcome {
-    Stale(String),
-    Failed(String),
-    /// Not in the page cache, and the read was not to wait for the disk.
-    NotCached,
-}
-
-impl From<ReadError> for ReadOutcome {
-    fn from(e: ReadError) -> Self {
-        match e {
-            ReadError::Stale { .. } => ReadOutcome::Stale(e.to_string()),
-            ReadError::Io { .. } => ReadOutcome::Failed(e.to_string()),
-            ReadError::NotCached { .. } => ReadOutcome::NotCached,
-        }
-    }
-}
-
-/// Bytes `start..end` of an object, after checking that every source is unchanged. HEAD only
-/// checks. Large ranges of a source file are streamed, with `sendfile` through `lane` if the
-/// connection has one.
-fn read_object(
-    sources: &Sources,
-    dataset: &Dataset,
-    object: &Object,
-    part: Part,
-    lane: Option<crate::sendfile::Lane>,
-    wait: Wait,
-) -> Result<ResponseBody, ReadOutcome> {
-    let Part { start, end, head } = part;
-    let check = |i: usize| Sources::check(dataset.source(i), dataset.sources[i].fingerprint).map(|_| ());
-    match &object.body {
-        Body::Inline(bytes) => {
-            check(0)?;
-            Ok(ResponseBody::from(bytes.slice(start as usize..end as usize)))
-        }
-        Body::Range { source, .. } | Body::Transcoded { source, .. } if head => {
-            check(*source)?;
-            Ok(ResponseBody::empty())
-        }
-        Body::Assembled { .. } if head => {
-            check(0)?;
-            Ok(ResponseBody::empty())
-        }
-        Body::Assembled { array, idx } => {
-            let bytes = dataset.assemble(sources, array, idx).map_err(|e| match e {
-                AssembleError::Read(e) => ReadOutcome::from(e),
-                AssembleError::Decode(why) => ReadOutcome::Failed(format!("cannot assemble a joined chunk: {why}")),
-            })?;
-            Ok(ResponseBody::from(Bytes::from(bytes).slice(start as usize..end as usize)))
-        }
-        Body::Range { source, offset, .. } => {
-            let (path, fp) = (dataset.source(*source), dataset.sources[*source].fingerprint);
-            if end - start > PIECE {
-                let file = sources.open(path, fp)?;
-                return Ok(ResponseBody::File(FileStream::new(
-                    file,
-                    path.to_path_buf(),
-                    fp,
-                    offset + start,
-                    end - start,
-                    lane,
-                )));
-            }
-            let bytes = sources.read_waiting(path, fp, offset + start, end - start, wait)?;
-            Ok(ResponseBody::from(Bytes::from(bytes)))
-        }
-        Body::Transcoded { source, pipeline, chunk } => {
-            let fp = dataset.sources[*source].fingerprint;
-            let stored = sources.read(dataset.source(*source), fp, chunk.offset, chunk.length)?;
-            let decoded = pipeline.decode(stored, chunk.filter_mask).map_err(|e| {
-                ReadOutcome::Failed(format!(
-                    "cannot decode the chunk at offset {} of {}: {e}",
-                    chunk.offset,
-                    dataset.source(*source).display()
-                ))
-            })?;
-            Ok(ResponseBody::from(Bytes::from(decoded).slice(start as usize..end as usize)))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,15 @@ pub trait KeySpace {
     fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = (String, Self::Entry)> + 'a>;
 }
 
+/// Any sorted map is a key space (a small bucket, or one result's files).
+impl<E: Clone> KeySpace for std::collections::BTreeMap<String, E> {
+    type Entry = E;
+
+    fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = (String, E)> + 'a> {
+        Box::new(self.range::<str, _>((from, Bound::Unbounded)).map(|(k, v)| (k.clone(), v.clone())))
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
     pub prefix: String,
@@ -100,17 +109,10 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    struct Keys(BTreeMap<String, ()>);
-
-    impl KeySpace for Keys {
-        type Entry = ();
-        fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = (String, ())> + 'a> {
-            Box::new(self.0.range::<str, _>((from, Bound::Unbounded)).map(|(k, v)| (k.clone(), *v)))
-        }
-    }
+    type Keys = BTreeMap<String, ()>;
 
     fn keys(list: &[&str]) -> Keys {
-        Keys(list.iter().map(|k| (k.to_string(), ())).collect())
+        list.iter().map(|k| (k.to_string(), ())).collect()
     }
 
     fn run(

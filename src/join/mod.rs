@@ -320,7 +320,10 @@ impl<'a> Joiner<'a> {
         Ok(VDataset { attrs: view.attrs.clone(), vars, joined: BTreeSet::new(), files: vec![i] })
     }
 
-    fn existing(&mut self, dim: &str, mut kids: Vec<VDataset>) -> Result<VDataset, JoinError> {
+    /// Joins pieces along an existing dimension (time when `dim` is empty): in the order of
+    /// their coordinate, on one grid, each variable along `dim` concatenated and the others
+    /// taken from the first piece once checked the same in all.
+    fn existing(&mut self, dim: &str, kids: Vec<VDataset>) -> Result<VDataset, JoinError> {
         if kids.is_empty() {
             return err(format!("nothing to join along {dim}"));
         }
@@ -333,25 +336,52 @@ impl<'a> Joiner<'a> {
         } else {
             dim
         };
-        // Order the pieces by their coordinate, then check it increases throughout.
-        if kids[0].vars.get(dim).is_some_and(|v| v.dims.len() == 1 && v.dims[0] == dim) {
-            let values = self.coordinate_values(dim, &kids)?;
-            let mut order: Vec<usize> = (0..kids.len()).collect();
-            order.sort_by(|a, b| first(&values[*a]).total_cmp(&first(&values[*b])));
-            let mut sorted: Vec<VDataset> = Vec::with_capacity(kids.len());
-            let mut sorted_values = Vec::with_capacity(kids.len());
-            for i in order {
-                sorted.push(kids[i].clone());
-                sorted_values.push(values[i].clone());
-            }
-            kids = sorted;
-            self.check_increasing(dim, &kids, &sorted_values)?;
+        let kids = self.in_coordinate_order(dim, kids)?;
+        self.check_one_grid(dim, &kids)?;
+        let base = &kids[0];
+        let mut out =
+            VDataset { attrs: base.attrs.clone(), vars: BTreeMap::new(), joined: base.joined.clone(), files: vec![] };
+        out.joined.insert(dim.to_string());
+        for k in &kids {
+            out.files.extend(&k.files);
+            out.joined.extend(k.joined.iter().cloned());
         }
-        let base = kids[0].clone();
-        let dims_of = |k: &VDataset| dim_lengths(k);
-        let base_dims = dims_of(&base);
+        for name in union_names(&kids) {
+            let holder = kids.iter().position(|k| k.vars.contains_key(&name)).expect("a name comes from a piece");
+            let first_var = &kids[holder].vars[&name];
+            let Some(axis) = first_var.dims.iter().position(|d| d == dim) else {
+                self.check_same(&name, &kids)?;
+                out.vars.insert(name.clone(), first_var.clone());
+                continue;
+            };
+            if let Some(joined) = self.concatenate(&name, dim, axis, holder, &kids)? {
+                out.vars.insert(name, joined);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pieces in the order of their coordinate along `dim` (when they have one), checked to
+    /// increase throughout.
+    fn in_coordinate_order(&self, dim: &str, kids: Vec<VDataset>) -> Result<Vec<VDataset>, JoinError> {
+        if !kids[0].vars.get(dim).is_some_and(|v| v.dims.len() == 1 && v.dims[0] == dim) {
+            return Ok(kids);
+        }
+        let values = self.coordinate_values(dim, &kids)?;
+        let mut order: Vec<usize> = (0..kids.len()).collect();
+        order.sort_by(|a, b| first(&values[*a]).total_cmp(&first(&values[*b])));
+        let sorted: Vec<VDataset> = order.iter().map(|&i| kids[i].clone()).collect();
+        let sorted_values: Vec<Vec<f64>> = order.iter().map(|&i| values[i].clone()).collect();
+        self.check_increasing(dim, &sorted, &sorted_values)?;
+        Ok(sorted)
+    }
+
+    /// Every dimension but `dim` has one length in all pieces.
+    fn check_one_grid(&self, dim: &str, kids: &[VDataset]) -> Result<(), JoinError> {
+        let base = &kids[0];
+        let base_dims = dim_lengths(base);
         for k in &kids[1..] {
-            for (d, n) in dims_of(k) {
+            for (d, n) in dim_lengths(k) {
                 if d != dim && base_dims.get(&d).is_some_and(|m| *m != n) {
                     return err(format!(
                         "different grids: dimension {d} has length {} in {} and {n} in {}",
@@ -362,73 +392,65 @@ impl<'a> Joiner<'a> {
                 }
             }
         }
-        let mut out =
-            VDataset { attrs: base.attrs.clone(), vars: BTreeMap::new(), joined: base.joined.clone(), files: vec![] };
-        out.joined.insert(dim.to_string());
-        for k in &kids {
-            out.files.extend(&k.files);
-            out.joined.extend(k.joined.iter().cloned());
+        Ok(())
+    }
+
+    /// Variable `name` of every piece, end to end along `axis` (dimension `dim`); `None` when
+    /// it is left out because a piece lacks it (with `drop_missing_variables`).
+    fn concatenate(
+        &self,
+        name: &str,
+        dim: &str,
+        axis: usize,
+        holder: usize,
+        kids: &[VDataset],
+    ) -> Result<Option<VVar>, JoinError> {
+        let first_var = &kids[holder].vars[name];
+        if let Some(k) = kids.iter().find(|k| !k.vars.contains_key(name)) {
+            if self.force.drop_missing_variables {
+                self.note_once(format!(
+                    "{name} is left out (drop-missing-variables): it is missing from {}",
+                    self.name(k.files[0])
+                ));
+                return Ok(None);
+            }
+            return err(format!(
+                "variable {name} is missing from {} (it is in {})",
+                self.name(k.files[0]),
+                self.name(kids[holder].files[0])
+            ));
         }
-        let names: Vec<String> = union_names(&kids);
-        for name in names {
-            let holder = kids.iter().position(|k| k.vars.contains_key(&name)).expect("a name comes from a piece");
-            let first_var = &kids[holder].vars[&name];
-            let Some(axis) = first_var.dims.iter().position(|d| d == dim) else {
-                self.check_same(&name, &kids)?;
-                out.vars.insert(name.clone(), first_var.clone());
-                continue;
-            };
-            let missing: Vec<&VDataset> = kids.iter().filter(|k| !k.vars.contains_key(&name)).collect();
-            if let Some(k) = missing.first() {
-                if self.force.drop_missing_variables {
-                    self.note_once(format!(
-                        "{name} is left out (drop-missing-variables): it is missing from {}",
-                        self.name(k.files[0])
-                    ));
-                    continue;
-                }
+        let mut parts = Vec::new();
+        let mut at = 0u64;
+        for k in kids {
+            let v = &k.vars[name];
+            if v.dims != first_var.dims {
                 return err(format!(
-                    "variable {name} is missing from {} (it is in {})",
-                    self.name(k.files[0]),
-                    self.name(kids[holder].files[0])
+                    "different grids: {name} has dimensions {:?} in {} and {:?} in {}",
+                    first_var.dims,
+                    self.name(kids[0].files[0]),
+                    v.dims,
+                    self.name(k.files[0])
                 ));
             }
-            let mut parts = Vec::new();
-            let mut at = 0u64;
-            for k in &kids {
-                let v = &k.vars[&name];
-                if v.dims != first_var.dims {
-                    return err(format!(
-                        "different grids: {name} has dimensions {:?} in {} and {:?} in {}",
-                        first_var.dims,
-                        self.name(kids[0].files[0]),
-                        v.dims,
-                        self.name(k.files[0])
-                    ));
-                }
-                let Content::Parts(ps) = &v.content else {
-                    return err(format!("{name}: a generated coordinate cannot be joined along {dim}"));
-                };
-                for p in ps {
-                    let mut p = p.clone();
-                    p.origin[axis] += at;
-                    parts.push(p);
-                }
-                at += v.shape[axis];
+            let Content::Parts(ps) = &v.content else {
+                return err(format!("{name}: a generated coordinate cannot be joined along {dim}"));
+            };
+            for p in ps {
+                let mut p = p.clone();
+                p.origin[axis] += at;
+                parts.push(p);
             }
-            let mut shape = first_var.shape.clone();
-            shape[axis] = at;
-            out.vars.insert(
-                name.clone(),
-                VVar {
-                    dims: first_var.dims.clone(),
-                    shape,
-                    attrs: first_var.attrs.clone(),
-                    content: Content::Parts(parts),
-                },
-            );
+            at += v.shape[axis];
         }
-        Ok(out)
+        let mut shape = first_var.shape.clone();
+        shape[axis] = at;
+        Ok(Some(VVar {
+            dims: first_var.dims.clone(),
+            shape,
+            attrs: first_var.attrs.clone(),
+            content: Content::Parts(parts),
+        }))
     }
 
     fn new_dim(

@@ -6,7 +6,7 @@ use super::kernel::{gather, strides, Decoded, KernelError, Layout, Run, Weighted
 use super::output::{OutVar, Output};
 use super::request::{Axis, Problem, Process, Request, Weights};
 use super::select::{axes, coordinate, read_coordinate, read_decoded, select, Axes, Selection};
-use super::store::{looks_f32, ChunkSource, StoreView, Variable, NAN};
+use super::store::{looks_f32, Attrs, ChunkSource, StoreView, Variable, NAN};
 use crate::cftime;
 use crate::zarr::{DType, Kind};
 
@@ -334,6 +334,22 @@ fn append_method(attrs: &mut super::store::Attrs, entry: &str) {
     attrs.insert("cell_methods".into(), json!(text));
 }
 
+/// What averaging one variable works with: the dataset, the request, and the variable's axes
+/// and selection.
+struct Averaging<'a> {
+    view: &'a StoreView,
+    source: &'a dyn ChunkSource,
+    run: &'a Run,
+    req: &'a Request,
+    var: &'a Variable,
+    ax: &'a Axes,
+    sel: &'a Selection,
+}
+
+/// Averages one variable into `out`, in stages: which dimensions are averaged; the time groups
+/// (one, or one per calendar period); the weighted spatial mean (per time step when time is
+/// averaged too); the plain mean over each time group; then the result's dimensions,
+/// attributes and coordinates.
 #[allow(clippy::too_many_arguments)]
 fn average_var(
     out: &mut Output,
@@ -345,144 +361,182 @@ fn average_var(
     ax: &Axes,
     sel: &Selection,
 ) -> Result<(), Problem> {
-    let need = |axis: Axis| {
-        ax.dim(axis).map(str::to_string).ok_or_else(|| {
-            Problem::unprocessable(Some("dims"), format!("{} has no {} axis to average over", var.name, axis.name()))
-        })
-    };
-    let mut spatial: Vec<String> = Vec::new();
-    for a in req.dims.iter().filter(|a| **a != Axis::Time) {
-        spatial.push(need(*a)?);
-    }
-    let time_dim = if req.dims.contains(&Axis::Time) || req.freq.is_some() {
-        Some(ax.dim(Axis::Time).map(str::to_string).ok_or_else(|| {
-            Problem::unprocessable(
-                Some(if req.freq.is_some() { "freq" } else { "dims" }),
-                format!("{} has no time axis", var.name),
-            )
-        })?)
-    } else {
-        None
-    };
-    let positions = sel.for_var(var);
-    let ti =
-        time_dim.as_ref().map(|t| var.dims.iter().position(|d| d == t).expect("axes are dimensions of the variable"));
+    Averaging { view, source, run, req, var, ax, sel }.write(out)
+}
 
-    // Time groups: every selected step in one group, or one group per calendar period.
-    let (groups, periods) = time_groups(view, source, var, req, ti, &positions)?;
-    let n_groups = periods.as_ref().map_or(1, Vec::len);
+impl Averaging<'_> {
+    fn write(&self, out: &mut Output) -> Result<(), Problem> {
+        let (var, req) = (self.var, self.req);
+        let (spatial, time_dim) = self.averaged_dims()?;
+        let positions = self.sel.for_var(var);
+        let ti = time_dim
+            .as_ref()
+            .map(|t| var.dims.iter().position(|d| d == t).expect("axes are dimensions of the variable"));
 
-    // Intermediate array: the variable's dimensions without the spatially reduced ones; time
-    // has one cell per selected step (weighted stage first) or per group (time-only average).
-    let weighted_stage = !spatial.is_empty();
-    let kept: Vec<usize> = (0..var.dims.len()).filter(|i| !spatial.contains(&var.dims[*i])).collect();
-    let cell_len = |i: usize| if Some(i) == ti && !weighted_stage { n_groups } else { positions[i].len() };
-    let inter_shape: Vec<usize> = kept.iter().map(|&i| cell_len(i)).collect();
-    let inter_strides = strides(&inter_shape);
-    let mut tables = vec![Vec::new(); var.dims.len()];
-    for (k, &i) in kept.iter().enumerate() {
-        tables[i] = if Some(i) == ti && !weighted_stage {
-            groups.iter().map(|g| g * inter_strides[k]).collect()
-        } else {
-            (0..positions[i].len()).map(|p| p * inter_strides[k]).collect()
-        };
-    }
-    for (i, t) in tables.iter_mut().enumerate() {
-        if t.is_empty() {
-            *t = vec![0; positions[i].len()];
+        // Time groups: every selected step in one group, or one group per calendar period.
+        let (groups, periods) = time_groups(self.view, self.source, var, req, ti, &positions)?;
+        let n_groups = periods.as_ref().map_or(1, Vec::len);
+
+        // Intermediate array: the variable's dimensions without the spatially reduced ones;
+        // time has one cell per selected step (weighted stage first) or per group (time-only
+        // average).
+        let weighted_stage = !spatial.is_empty();
+        let kept: Vec<usize> = (0..var.dims.len()).filter(|i| !spatial.contains(&var.dims[*i])).collect();
+        let cell_len = |i: usize| if Some(i) == ti && !weighted_stage { n_groups } else { positions[i].len() };
+        let inter_shape: Vec<usize> = kept.iter().map(|&i| cell_len(i)).collect();
+        let inter_strides = strides(&inter_shape);
+        let mut tables = vec![Vec::new(); var.dims.len()];
+        for (k, &i) in kept.iter().enumerate() {
+            tables[i] = if Some(i) == ti && !weighted_stage {
+                groups.iter().map(|g| g * inter_strides[k]).collect()
+            } else {
+                (0..positions[i].len()).map(|p| p * inter_strides[k]).collect()
+            };
         }
-    }
-    let acc = Layout { tables, len: inter_shape.iter().product() };
-    let (cells, weights) = weight_field(view, source, var, req, ax, sel, &positions, weighted_stage)?;
-    let (num, den) = WeightedSum { acc: &acc, weight_cells: &cells, weights: &weights }
-        .run(run, source, var, &positions)
-        .map_err(kernel)?;
-    let mut values: Vec<f64> = num.iter().zip(&den).map(|(n, d)| if *d > 0.0 { n / d } else { f64::NAN }).collect();
+        for (i, t) in tables.iter_mut().enumerate() {
+            if t.is_empty() {
+                *t = vec![0; positions[i].len()];
+            }
+        }
+        let acc = Layout { tables, len: inter_shape.iter().product() };
+        let (cells, weights) =
+            weight_field(self.view, self.source, var, req, self.ax, self.sel, &positions, weighted_stage)?;
+        let (num, den) = WeightedSum { acc: &acc, weight_cells: &cells, weights: &weights }
+            .run(self.run, self.source, var, &positions)
+            .map_err(kernel)?;
+        let mut values: Vec<f64> = num.iter().zip(&den).map(|(n, d)| if *d > 0.0 { n / d } else { f64::NAN }).collect();
 
-    // Time stage after a weighted stage: plain mean of the steps of each group, skipping NaN.
-    let mut out_shape = inter_shape.clone();
-    if let (true, Some(ti)) = (weighted_stage, ti) {
-        let k = kept.iter().position(|&i| i == ti).expect("time is kept by the weighted stage");
-        let (outer, n_t, inner) = (
-            inter_shape[..k].iter().product::<usize>(),
-            inter_shape[k],
-            inter_shape[k + 1..].iter().product::<usize>(),
-        );
-        let mut sums = vec![0.0; outer * n_groups * inner];
-        let mut counts = vec![0usize; outer * n_groups * inner];
-        for o in 0..outer {
-            for t in 0..n_t {
-                for i in 0..inner {
-                    let x = values[(o * n_t + t) * inner + i];
-                    if !x.is_nan() {
-                        let c = (o * n_groups + groups[t]) * inner + i;
-                        sums[c] += x;
-                        counts[c] += 1;
-                    }
+        // Time stage after a weighted stage: plain mean of the steps of each group.
+        let mut out_shape = inter_shape.clone();
+        if let (true, Some(ti)) = (weighted_stage, ti) {
+            let k = kept.iter().position(|&i| i == ti).expect("time is kept by the weighted stage");
+            values = group_means(&values, &inter_shape, k, &groups, n_groups);
+            out_shape[k] = n_groups;
+        }
+
+        // Dimensions of the result: kept ones, and time when resampled.
+        let mut dims = Vec::new();
+        for (k, &i) in kept.iter().enumerate() {
+            if Some(i) == ti && periods.is_none() {
+                continue;
+            }
+            dims.push(var.dims[i].clone());
+            out.add_dim(&var.dims[i], out_shape[k]);
+        }
+        let mut attrs = self.result_attrs(&spatial, time_dim.as_deref(), weighted_stage);
+        let averaged: Vec<String> =
+            spatial.iter().cloned().chain(time_dim.iter().filter(|_| periods.is_none()).cloned()).collect();
+        let resampled = time_dim.clone().filter(|_| periods.is_some());
+        let coords = self.add_coordinates(out, &averaged, &positions, &dims, resampled.as_deref())?;
+        if let (Some(periods), Some(t)) = (&periods, &time_dim) {
+            add_periods(out, self.view, t, periods)?;
+        }
+        let two_d = var.attr_str("coordinates").unwrap_or("").split_whitespace().filter(|n| out.var(n).is_some());
+        let coords: Vec<String> = coords.into_iter().chain(two_d.map(str::to_string)).collect();
+        if !coords.is_empty() {
+            attrs.insert("coordinates".into(), json!(coords.join(" ")));
+        }
+        out.vars.push(OutVar::from_f64(&var.name, dims, &values, decodes_to_f32(var), attrs));
+        Ok(())
+    }
+
+    /// The dimensions averaged in space (`dims` other than time), and the time dimension when
+    /// time is averaged or resampled.
+    fn averaged_dims(&self) -> Result<(Vec<String>, Option<String>), Problem> {
+        let (var, req, ax) = (self.var, self.req, self.ax);
+        let need = |axis: Axis| {
+            ax.dim(axis).map(str::to_string).ok_or_else(|| {
+                Problem::unprocessable(
+                    Some("dims"),
+                    format!("{} has no {} axis to average over", var.name, axis.name()),
+                )
+            })
+        };
+        let mut spatial: Vec<String> = Vec::new();
+        for a in req.dims.iter().filter(|a| **a != Axis::Time) {
+            spatial.push(need(*a)?);
+        }
+        let time_dim = if req.dims.contains(&Axis::Time) || req.freq.is_some() {
+            Some(ax.dim(Axis::Time).map(str::to_string).ok_or_else(|| {
+                Problem::unprocessable(
+                    Some(if req.freq.is_some() { "freq" } else { "dims" }),
+                    format!("{} has no time axis", var.name),
+                )
+            })?)
+        } else {
+            None
+        };
+        Ok((spatial, time_dim))
+    }
+
+    /// The variable's attributes, less its encoding, with the cell methods and the weights that
+    /// were applied.
+    fn result_attrs(&self, spatial: &[String], time_dim: Option<&str>, weighted_stage: bool) -> Attrs {
+        let mut attrs = self.var.attrs.clone();
+        for a in ENCODING_ATTRS.iter().chain(["coordinates"].iter()) {
+            attrs.remove(*a);
+        }
+        attrs.insert("_FillValue".into(), json!(NAN));
+        if weighted_stage {
+            append_method(&mut attrs, &format!("{}: mean", spatial.join(": ")));
+        }
+        if let Some(t) = time_dim {
+            append_method(&mut attrs, &format!("{t}: mean"));
+        }
+        let applied = applied_weights(self.view, self.var, self.req, self.ax, spatial);
+        attrs.insert("zarrgate_weights".into(), json!(super::request::Weights::NAMES[applied as usize]));
+        attrs
+    }
+
+    /// Coordinates of the result: a scalar one with bounds for each averaged dimension that has
+    /// a coordinate variable, and the companions along kept dimensions (not the resampled time,
+    /// which gets its periods). Gives the scalar coordinates' names.
+    fn add_coordinates(
+        &self,
+        out: &mut Output,
+        averaged: &[String],
+        positions: &[Vec<usize>],
+        kept: &[String],
+        resampled: Option<&str>,
+    ) -> Result<Vec<String>, Problem> {
+        let (view, var) = (self.view, self.var);
+        let mut scalar_coords = Vec::new();
+        for d in averaged {
+            if let Some(c) = coordinate(view, d) {
+                let i = var.dims.iter().position(|x| x == d).expect("averaged dims are the variable's");
+                let longitude = self.ax.by_dim.get(d) == Some(&Axis::Longitude);
+                let (lo, hi) = covered(view, self.source, c, &positions[i], longitude)?;
+                add_scalar(out, c, (lo + hi) / 2.0, (lo, hi));
+                scalar_coords.push(c.name.clone());
+            }
+        }
+        for name in companions(view, var, &|d| kept.iter().any(|k| k == d) && resampled != Some(d)) {
+            copy_var(out, view, self.source, self.run, &name, self.sel)?;
+        }
+        Ok(scalar_coords)
+    }
+}
+
+/// The plain mean, skipping NaN, of the time steps of each group: `values` has `shape`, time on
+/// axis `k`; each step's group is `groups[t]`.
+fn group_means(values: &[f64], shape: &[usize], k: usize, groups: &[usize], n_groups: usize) -> Vec<f64> {
+    let (outer, n_t, inner) =
+        (shape[..k].iter().product::<usize>(), shape[k], shape[k + 1..].iter().product::<usize>());
+    let mut sums = vec![0.0; outer * n_groups * inner];
+    let mut counts = vec![0usize; outer * n_groups * inner];
+    for o in 0..outer {
+        for t in 0..n_t {
+            for i in 0..inner {
+                let x = values[(o * n_t + t) * inner + i];
+                if !x.is_nan() {
+                    let c = (o * n_groups + groups[t]) * inner + i;
+                    sums[c] += x;
+                    counts[c] += 1;
                 }
             }
         }
-        values = sums.iter().zip(&counts).map(|(s, c)| if *c > 0 { s / *c as f64 } else { f64::NAN }).collect();
-        out_shape[k] = n_groups;
     }
-
-    // Dimensions of the result: kept ones, and time when resampled.
-    let mut dims = Vec::new();
-    for (k, &i) in kept.iter().enumerate() {
-        if Some(i) == ti && periods.is_none() {
-            continue;
-        }
-        dims.push(var.dims[i].clone());
-        out.add_dim(&var.dims[i], out_shape[k]);
-    }
-    let mut attrs = var.attrs.clone();
-    for a in ENCODING_ATTRS.iter().chain(["coordinates"].iter()) {
-        attrs.remove(*a);
-    }
-    attrs.insert("_FillValue".into(), json!(NAN));
-    if weighted_stage {
-        append_method(&mut attrs, &format!("{}: mean", spatial.join(": ")));
-    }
-    if let Some(t) = &time_dim {
-        append_method(&mut attrs, &format!("{t}: mean"));
-    }
-    let applied = applied_weights(view, var, req, ax, &spatial);
-    attrs.insert("zarrgate_weights".into(), json!(super::request::Weights::NAMES[applied as usize]));
-
-    // Coordinates: those of kept dimensions, scalar ones with bounds for averaged dimensions.
-    let averaged: Vec<String> =
-        spatial.iter().cloned().chain(time_dim.iter().filter(|_| periods.is_none()).cloned()).collect();
-    let mut scalar_coords = Vec::new();
-    for d in &averaged {
-        if let Some(c) = coordinate(view, d) {
-            let i = var.dims.iter().position(|x| x == d).expect("averaged dims are the variable's");
-            let longitude = ax.by_dim.get(d) == Some(&Axis::Longitude);
-            let (lo, hi) = covered(view, source, c, &positions[i], longitude)?;
-            add_scalar(out, c, (lo + hi) / 2.0, (lo, hi));
-            scalar_coords.push(c.name.clone());
-        }
-    }
-    let kept_names: Vec<String> = dims.clone();
-    let time_name = time_dim.clone().filter(|_| periods.is_some());
-    for name in companions(view, var, &|d| kept_names.iter().any(|k| k == d) && time_name.as_deref() != Some(d)) {
-        copy_var(out, view, source, run, &name, sel)?;
-    }
-    if let (Some(periods), Some(t)) = (&periods, &time_dim) {
-        add_periods(out, view, t, periods)?;
-    }
-    let two_d: Vec<String> = var
-        .attr_str("coordinates")
-        .unwrap_or("")
-        .split_whitespace()
-        .filter(|n| out.var(n).is_some())
-        .map(str::to_string)
-        .collect();
-    let coords: Vec<String> = scalar_coords.into_iter().chain(two_d).collect();
-    if !coords.is_empty() {
-        attrs.insert("coordinates".into(), json!(coords.join(" ")));
-    }
-    out.vars.push(OutVar::from_f64(&var.name, dims, &values, decodes_to_f32(var), attrs));
-    Ok(())
+    sums.iter().zip(&counts).map(|(s, c)| if *c > 0 { s / *c as f64 } else { f64::NAN }).collect()
 }
 
 /// For each selected time step, its group; and the periods when resampling.

@@ -108,6 +108,9 @@ fn ops_of(app: &App) -> Result<&Arc<Ops>, Problem> {
     app.ops.as_ref().ok_or_else(|| Problem::not_found("operations are not enabled on this gateway"))
 }
 
+/// An operations request by path: the menu (`/processes`), execution (`POST
+/// /processes/ID/execution`, `GET /ops/v1/ID`), jobs and results. Each handler parses, then
+/// runs the pipeline (`execute`), then shapes the answer.
 async fn route(
     app: &Arc<App>,
     req: Request<hyper::body::Incoming>,
@@ -116,34 +119,20 @@ async fn route(
 ) -> Result<HttpResponse, Problem> {
     let ops = ops_of(app)?.clone();
     let path = req.uri().path().to_string();
-    // The signing parameters of a presigned URL are for authentication, not arguments.
-    let query: Vec<(String, String)> = query.into_iter().filter(|(k, _)| !k.starts_with("X-Amz-")).collect();
     let method = req.method().clone();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let prefer_async =
         req.headers().get("prefer").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("respond-async"));
-    let if_none_match = req.headers().get("if-none-match").and_then(|v| v.to_str().ok()).map(str::to_string);
     match (&method, parts.as_slice()) {
         (&Method::GET, ["processes"]) => Ok(json_response(200, &process_list())),
         (&Method::GET, ["processes", id]) => Ok(json_response(200, &describe(process(id)?))),
         (&Method::POST, ["processes", id, "execution"]) => {
-            let process = process(id)?;
-            let body = read_body(req).await?;
-            let doc: Value = serde_json::from_slice(&body)
-                .map_err(|e| Problem::invalid("inputs", format!("the body is not JSON: {e}")))?;
-            let inputs = doc
-                .get("inputs")
-                .and_then(Value::as_object)
-                .cloned()
-                .ok_or_else(|| Problem::invalid("inputs", "the body is {\"inputs\": {...}}"))?;
-            let request = OpRequest::parse(process, inputs.iter().map(|(k, v)| (k.as_str(), Raw::Json(v))))?;
-            execute(app, &ops, who, request, Value::Object(inputs), prefer_async, 201).await
+            let (request, inputs) = parse_post(id, req).await?;
+            execute(app, &ops, who, request, inputs, prefer_async, 201).await
         }
         (&Method::GET, ["ops", "v1", id]) => {
-            let process = process(id)?;
-            let request = OpRequest::parse(process, query.iter().map(|(k, v)| (k.as_str(), Raw::Text(v))))?;
-            let inputs: Map<String, Value> = query.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-            execute(app, &ops, who, request, Value::Object(inputs), prefer_async, 202).await
+            let (request, inputs) = parse_get(id, query)?;
+            execute(app, &ops, who, request, inputs, prefer_async, 202).await
         }
         (&Method::GET, ["jobs"]) => {
             let jobs: Vec<Value> = ops.jobs.list().iter().filter(|j| visible(app, j, who)).map(status_doc).collect();
@@ -155,51 +144,10 @@ async fn route(
             let job = ops.dismiss(id).await.ok_or_else(|| Problem::not_found(format!("there is no job {id}")))?;
             Ok(json_response(200, &status_doc(&job)))
         }
-        (&Method::GET, ["jobs", id, "results"]) => {
-            let job = own_job(app, &ops, id, who)?;
-            match job.status {
-                Status::Successful => {
-                    let key = job
-                        .result_key
-                        .as_deref()
-                        .and_then(Key::from_hex)
-                        .ok_or_else(|| Problem::internal("the job has no result key"))?;
-                    let (stored, bytes) = cached(&ops, app, &key, who)?;
-                    let public = is_public(app, &stored.bucket);
-                    Ok(result_response(&ops, &key, bytes, stored.format, true, 0, public))
-                }
-                Status::Failed => Ok(problem_response(&job_error(&job))),
-                status => Err(Problem::new(
-                    404,
-                    "result-not-ready",
-                    "Result not ready",
-                    format!("job {id} is {}", status_word(status)),
-                )),
-            }
-        }
+        (&Method::GET, ["jobs", id, "results"]) => job_results(app, &ops, id, who),
         (&Method::GET | &Method::HEAD, ["results", name]) => {
-            let (hash, ext) =
-                name.split_once('.').ok_or_else(|| Problem::not_found("results are /results/HASH.EXT"))?;
-            let key = Key::from_hex(hash).ok_or_else(|| Problem::not_found("no such result"))?;
-            let (stored, bytes) = cached(&ops, app, &key, who)?;
-            if stored.format.ext() != ext {
-                return Err(Problem::not_found(format!(
-                    "no such result (this one is /results/{hash}.{})",
-                    stored.format.ext()
-                )));
-            }
-            let format = stored.format;
-            let etag = format!("\"{}\"", ops.cache.etag(&key).unwrap_or_else(|| key.hex()));
-            if if_none_match.as_deref().is_some_and(|t| t.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
-                let mut r = respond(304, format.content_type(), Bytes::new());
-                set(&mut r, "etag", &etag);
-                return Ok(r);
-            }
-            let mut r = result_response(&ops, &key, bytes, format, true, 0, is_public(app, &stored.bucket));
-            if method == Method::HEAD {
-                *r.body_mut() = ResponseBody::empty();
-            }
-            Ok(r)
+            let if_none_match = req.headers().get("if-none-match").and_then(|v| v.to_str().ok());
+            result_file(app, &ops, name, who, if_none_match, method == Method::HEAD)
         }
         (_, ["processes" | "jobs" | "ops" | "results", ..]) if method != Method::GET => Err(Problem::new(
             405,
@@ -209,6 +157,87 @@ async fn route(
         )),
         _ => Err(Problem::not_found(format!("there is nothing at {path}"))),
     }
+}
+
+/// `POST /processes/ID/execution` with `{"inputs": {...}}`: the request and its inputs as sent.
+async fn parse_post(id: &str, req: Request<hyper::body::Incoming>) -> Result<(OpRequest, Value), Problem> {
+    let process = process(id)?;
+    let body = read_body(req).await?;
+    let doc: Value =
+        serde_json::from_slice(&body).map_err(|e| Problem::invalid("inputs", format!("the body is not JSON: {e}")))?;
+    let inputs = doc
+        .get("inputs")
+        .and_then(Value::as_object)
+        .cloned()
+        .ok_or_else(|| Problem::invalid("inputs", "the body is {\"inputs\": {...}}"))?;
+    let request = OpRequest::parse(process, inputs.iter().map(|(k, v)| (k.as_str(), Raw::Json(v))))?;
+    Ok((request, Value::Object(inputs)))
+}
+
+/// `GET /ops/v1/ID?...`: the request and its arguments. The signing parameters of a presigned
+/// URL are for authentication, not arguments.
+fn parse_get(id: &str, query: Vec<(String, String)>) -> Result<(OpRequest, Value), Problem> {
+    let process = process(id)?;
+    let query: Vec<(String, String)> = query.into_iter().filter(|(k, _)| !k.starts_with("X-Amz-")).collect();
+    let request = OpRequest::parse(process, query.iter().map(|(k, v)| (k.as_str(), Raw::Text(v))))?;
+    let inputs: Map<String, Value> = query.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    Ok((request, Value::Object(inputs)))
+}
+
+/// `GET /jobs/ID/results`: the result of a job of the caller's that succeeded.
+fn job_results(app: &App, ops: &Ops, id: &str, who: &Principal) -> Result<HttpResponse, Problem> {
+    let job = own_job(app, ops, id, who)?;
+    match job.status {
+        Status::Successful => {
+            let key = job
+                .result_key
+                .as_deref()
+                .and_then(Key::from_hex)
+                .ok_or_else(|| Problem::internal("the job has no result key"))?;
+            let (stored, bytes) = cached(ops, app, &key, who)?;
+            let public = is_public(app, &stored.bucket);
+            Ok(result_response(ops, &key, bytes, stored.format, true, 0, public))
+        }
+        Status::Failed => Ok(problem_response(&job_error(&job))),
+        status => Err(Problem::new(
+            404,
+            "result-not-ready",
+            "Result not ready",
+            format!("job {id} is {}", status_word(status)),
+        )),
+    }
+}
+
+/// `GET|HEAD /results/HASH.EXT`: a cached result, immutable, revalidated by its ETag.
+fn result_file(
+    app: &App,
+    ops: &Ops,
+    name: &str,
+    who: &Principal,
+    if_none_match: Option<&str>,
+    head: bool,
+) -> Result<HttpResponse, Problem> {
+    let (hash, ext) = name.split_once('.').ok_or_else(|| Problem::not_found("results are /results/HASH.EXT"))?;
+    let key = Key::from_hex(hash).ok_or_else(|| Problem::not_found("no such result"))?;
+    let (stored, bytes) = cached(ops, app, &key, who)?;
+    if stored.format.ext() != ext {
+        return Err(Problem::not_found(format!(
+            "no such result (this one is /results/{hash}.{})",
+            stored.format.ext()
+        )));
+    }
+    let format = stored.format;
+    let etag = format!("\"{}\"", ops.cache.etag(&key).unwrap_or_else(|| key.hex()));
+    if if_none_match.is_some_and(|t| t.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+        let mut r = respond(304, format.content_type(), Bytes::new());
+        set(&mut r, "etag", &etag);
+        return Ok(r);
+    }
+    let mut r = result_response(ops, &key, bytes, format, true, 0, is_public(app, &stored.bucket));
+    if head {
+        *r.body_mut() = ResponseBody::empty();
+    }
+    Ok(r)
 }
 
 async fn read_body(req: Request<hyper::body::Incoming>) -> Result<Bytes, Problem> {

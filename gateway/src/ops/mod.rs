@@ -135,6 +135,16 @@ pub fn unseal(blob: &Bytes) -> Option<(Stored, Bytes)> {
     Some((stored, blob.slice(4 + n..)))
 }
 
+/// What a computation about to start works on (see [`Ops::compute_in_time`]).
+struct Computing {
+    key: Key,
+    collection: Arc<Collection>,
+    dataset: Arc<Dataset>,
+    run: Arc<Run>,
+    /// The day its compute time is charged to.
+    day: String,
+}
+
 pub struct Ops {
     pub config: OpsConfig,
     pub cache: ResultCache,
@@ -290,7 +300,12 @@ impl Ops {
         }
     }
 
-    /// Answers a request: from the cache, by computing it now, or as a new job.
+    /// Answers a request: from the cache, by computing it now, or as a new job. The pipeline,
+    /// top to bottom (the HTTP layer has parsed the request and checked the caller may use the
+    /// collection): resolve the dataset and check its sources; look the result up by its
+    /// content address; plan (what to read, how large the result); refuse what is too large;
+    /// take a compute slot under the caller's quota; then enqueue a job, or compute and answer
+    /// in time (else the answer becomes a job that waits for the same computation).
     pub async fn request(
         self: &Arc<Self>,
         app: &Arc<State>,
@@ -307,66 +322,79 @@ impl Ops {
             return Ok(Answer::Result { key, bytes, hit: true, format, compute_ms: 0 });
         }
         let plan = self.plan(app, &collection, &dataset, req).await?;
-        let memory = plan.work_bytes.saturating_mul(self.config.threads as u64);
-        let limit = self.config.max_output_bytes;
-        if plan.output_bytes > limit || memory > limit {
-            return Err(Problem::new(
-                413,
-                "too-large",
-                "Result too large",
-                format!(
-                    "the result would need about {} MB (result {} MB, working memory {} MB), above this server's limit of {} MB (ops.max_output_bytes); select less",
-                    plan.output_bytes.max(memory) >> 20,
-                    plan.output_bytes >> 20,
-                    memory >> 20,
-                    limit >> 20
-                ),
-            ));
-        }
+        self.refuse_too_large(&plan)?;
         let day = day_of(unix_now());
         app.auth.quotas.begin_compute(who, &day).map_err(|e| exceeded_problem(&e))?;
         let run = Arc::new(Run::new(self.config.threads));
         if prefer_async || plan.read_bytes > self.config.sync_limit_bytes {
             let job = self.record_job(app, who, &plan.request, inputs, &day).await?;
-            self.spawn_job(
-                app.clone(),
-                job.clone(),
-                Work::Plan(Box::new(plan), key, collection, dataset),
-                Some(who.clone()),
-                run,
-            );
+            let work = Work::Plan(Box::new(plan), key, collection, dataset);
+            self.spawn_job(app.clone(), job.clone(), work, Some(who.clone()), run);
             return Ok(Answer::Job(Box::new(job)));
         }
+        let computing = Computing { key, collection, dataset, run, day };
+        self.compute_in_time(app, who, plan, inputs, computing).await
+    }
+
+    /// A result larger than `ops.max_output_bytes`, or a computation that would need more
+    /// working memory, is refused (413) before anything is read.
+    fn refuse_too_large(&self, plan: &Plan) -> Result<(), Problem> {
+        let memory = plan.work_bytes.saturating_mul(self.config.threads as u64);
+        let limit = self.config.max_output_bytes;
+        if plan.output_bytes <= limit && memory <= limit {
+            return Ok(());
+        }
+        Err(Problem::new(
+            413,
+            "too-large",
+            "Result too large",
+            format!(
+                "the result would need about {} MB (result {} MB, working memory {} MB), above this server's limit of {} MB (ops.max_output_bytes); select less",
+                plan.output_bytes.max(memory) >> 20,
+                plan.output_bytes >> 20,
+                memory >> 20,
+                limit >> 20
+            ),
+        ))
+    }
+
+    /// Computes now and answers with the result, unless that takes longer than
+    /// `ops.sync_wait`: then the answer is a job that waits for this same computation.
+    async fn compute_in_time(
+        self: &Arc<Self>,
+        app: &Arc<State>,
+        who: &Principal,
+        plan: Plan,
+        inputs: Value,
+        c: Computing,
+    ) -> Result<Answer, Problem> {
+        let Computing { key, collection, dataset, run, day } = c;
         let started = Instant::now();
-        let request = plan.request.clone();
+        let (request, format) = (plan.request.clone(), plan.request.format);
         let mut task = {
             let (ops, app, run) = (self.clone(), app.clone(), run.clone());
             tokio::spawn(async move { ops.compute(&app, key, plan, &collection, &dataset, run).await })
         };
-        match tokio::time::timeout(self.config.sync_wait, &mut task).await {
-            Ok(joined) => {
-                let result = joined.unwrap_or_else(|e| Err(Problem::internal(format!("the computation failed: {e}"))));
-                let compute_ms = started.elapsed().as_millis() as u64;
-                app.auth.quotas.end_compute(who, &day, compute_ms);
-                Ok(Answer::Result { key, bytes: result?, hit: false, format, compute_ms })
-            }
-            Err(_) => {
-                // Still computing: the answer becomes a job that waits for this computation.
-                let job = match self.record_job(app, who, &request, inputs, &day).await {
-                    Ok(job) => job,
-                    Err(p) => {
-                        let (app, who) = (app.clone(), who.clone());
-                        tokio::spawn(async move {
-                            let _ = task.await;
-                            app.auth.quotas.end_compute(&who, &day, started.elapsed().as_millis() as u64);
-                        });
-                        return Err(p);
-                    }
-                };
-                self.spawn_job(app.clone(), job.clone(), Work::Started(task, key), Some(who.clone()), run);
-                Ok(Answer::Job(Box::new(job)))
-            }
+        if let Ok(joined) = tokio::time::timeout(self.config.sync_wait, &mut task).await {
+            let result = joined.unwrap_or_else(|e| Err(Problem::internal(format!("the computation failed: {e}"))));
+            let compute_ms = started.elapsed().as_millis() as u64;
+            app.auth.quotas.end_compute(who, &day, compute_ms);
+            return Ok(Answer::Result { key, bytes: result?, hit: false, format, compute_ms });
         }
+        // Still computing: the answer becomes a job that waits for this computation.
+        let job = match self.record_job(app, who, &request, inputs, &day).await {
+            Ok(job) => job,
+            Err(p) => {
+                let (app, who) = (app.clone(), who.clone());
+                tokio::spawn(async move {
+                    let _ = task.await;
+                    app.auth.quotas.end_compute(&who, &day, started.elapsed().as_millis() as u64);
+                });
+                return Err(p);
+            }
+        };
+        self.spawn_job(app.clone(), job.clone(), Work::Started(task, key), Some(who.clone()), run);
+        Ok(Answer::Job(Box::new(job)))
     }
 
     /// Writes a new job record (before its 201/202 goes out). On failure the compute slot taken

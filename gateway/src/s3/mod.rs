@@ -18,7 +18,7 @@ use crate::auth::{AuthError, Principal, Refusal};
 use crate::body::{HttpResponse, ResponseBody};
 use crate::dates::iso8601_millis;
 use crate::source::Wait;
-use crate::store::{Bucket, ListQuery, Lookup, Part, ReadOutcome};
+use crate::store::{Bucket, Found, ListQuery, Lookup, Part, ReadOutcome};
 use http_semantics::{parse_range, Conditions, RangeSpec, Resolved, Verdict};
 use xml::{element, url_encode, S3Error, NAMESPACE};
 
@@ -528,13 +528,9 @@ fn content_type(key: &str) -> &'static str {
     }
 }
 
-async fn get_object(app: &Arc<App>, bucket: &dyn Bucket, r: &S3Request<'_>) -> Result<HttpResponse, S3Error> {
-    let found = match bucket.lookup(&r.key) {
-        Lookup::Found(found) => found,
-        Lookup::Missing => return Err(S3Error::no_such_key()),
-        Lookup::Unavailable(why) => return Err(S3Error::unavailable(why)),
-    };
-    let etag = HeaderValue::from_str(&found.meta.etag).expect("hex etag");
+/// RFC 9110 preconditions: `Some(304)` when the client's copy is current, an error when a
+/// precondition fails, `None` to go on.
+fn preconditions(r: &S3Request, found: &Found, etag: &HeaderValue) -> Result<Option<HttpResponse>, S3Error> {
     let conditions = Conditions {
         if_match: r.header("if-match"),
         if_none_match: r.header("if-none-match"),
@@ -542,38 +538,42 @@ async fn get_object(app: &Arc<App>, bucket: &dyn Bucket, r: &S3Request<'_>) -> R
         if_unmodified_since: r.header("if-unmodified-since"),
     };
     match conditions.evaluate(&found.meta.etag, found.meta.modified) {
-        Verdict::Proceed => {}
+        Verdict::Proceed => Ok(None),
         Verdict::NotModified => {
             let mut resp = response(StatusCode::NOT_MODIFIED, content_type(&r.key), Bytes::new(), &r.request_id);
-            resp.headers_mut().insert("etag", etag);
+            resp.headers_mut().insert("etag", etag.clone());
             resp.headers_mut().insert("last-modified", found.last_modified.clone());
-            return Ok(resp);
+            Ok(Some(resp))
         }
-        Verdict::PreconditionFailed => {
-            return Err(S3Error::new(
-                StatusCode::PRECONDITION_FAILED,
-                "PreconditionFailed",
-                "At least one of the preconditions you specified did not hold.",
-            ))
-        }
+        Verdict::PreconditionFailed => Err(S3Error::new(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            "At least one of the preconditions you specified did not hold.",
+        )),
     }
-    let size = found.meta.size;
-    let (range, start, end) = requested_range(r, size)?;
-    let part = Part { start, end, head: r.is_head() };
-    // Quick reads (metadata, HEAD, byte ranges up to one streaming piece) are done right here,
-    // as nginx does: a pread of the page cache costs less than handing it to another thread. A
-    // range that is not in the page cache is not waited for here (it would stall every
-    // connection of this thread); it goes to the blocking pool, like large ranges (streamed)
-    // and transcoded chunks (decoded), a bounded number at a time, so a burst cannot take all
-    // memory or starve the runtime. On the gateway's own connections a range is sent zero-copy
-    // (see crate::sendfile) and holds no piece in memory, so it starts right here too.
+}
+
+/// Reads `part` of a found object. Quick reads (metadata, HEAD, byte ranges up to one
+/// streaming piece) are done right here, as nginx does: a pread of the page cache costs less
+/// than handing it to another thread. A range that is not in the page cache is not waited for
+/// here (it would stall every connection of this thread); it goes to the blocking pool, like
+/// large ranges (streamed) and transcoded chunks (decoded), a bounded number at a time, so a
+/// burst cannot take all memory or starve the runtime. On the gateway's own connections a
+/// range is sent zero-copy (see crate::sendfile) and holds no piece in memory, so it starts
+/// right here too.
+async fn read_found(
+    app: &Arc<App>,
+    found: &Found,
+    part: Part,
+    bucket: &str,
+) -> Result<Result<ResponseBody, ReadOutcome>, S3Error> {
     let lane = crate::sendfile::current_lane();
     let here =
         found.quick(part, lane.is_some()).then(|| found.read(&app.sources, part, lane.clone(), Wait::CachedOnly));
-    let read = match here {
+    match here {
         Some(Err(ReadOutcome::NotCached)) | None => {
             if here.is_some() {
-                app.metrics.add("zarrgate_reads_offloaded_total", &[("bucket", &r.bucket)], 1);
+                app.metrics.add("zarrgate_reads_offloaded_total", &[("bucket", bucket)], 1);
             }
             let permit = app.reads.clone().acquire_owned().await.expect("the read semaphore is never closed");
             let (app, found) = (app.clone(), found.clone());
@@ -582,10 +582,26 @@ async fn get_object(app: &Arc<App>, bucket: &dyn Bucket, r: &S3Request<'_>) -> R
                 found.read(&app.sources, part, lane, Wait::Block)
             })
             .await
-            .map_err(|e| S3Error::internal(format!("reading the object failed: {e}")))?
+            .map_err(|e| S3Error::internal(format!("reading the object failed: {e}")))
         }
-        Some(read) => read,
+        Some(read) => Ok(read),
+    }
+}
+
+async fn get_object(app: &Arc<App>, bucket: &dyn Bucket, r: &S3Request<'_>) -> Result<HttpResponse, S3Error> {
+    let found = match bucket.lookup(&r.key) {
+        Lookup::Found(found) => found,
+        Lookup::Missing => return Err(S3Error::no_such_key()),
+        Lookup::Unavailable(why) => return Err(S3Error::unavailable(why)),
     };
+    let etag = HeaderValue::from_str(&found.meta.etag).expect("hex etag");
+    if let Some(not_modified) = preconditions(r, &found, &etag)? {
+        return Ok(not_modified);
+    }
+    let size = found.meta.size;
+    let (range, start, end) = requested_range(r, size)?;
+    let part = Part { start, end, head: r.is_head() };
+    let read = read_found(app, &found, part, &r.bucket).await?;
     let body = match read {
         Ok(b) => b,
         Err(ReadOutcome::Stale(why)) => {

@@ -157,6 +157,7 @@ pub fn select(
     req: &Request,
     axes: &Axes,
 ) -> Result<Selection, Problem> {
+    let s = Selecting { view, source, var, axes };
     let mut sel = Selection::default();
     for r in &req.isel {
         let i = var.dims.iter().position(|d| *d == r.dim).ok_or_else(|| {
@@ -165,18 +166,47 @@ pub fn select(
         let positions: Vec<usize> = r.positions(var.meta.shape[i] as usize).collect();
         sel.positions.insert(r.dim.clone(), nonempty(positions, "isel")?);
     }
-    let candidates = |sel: &Selection, dim: &str| -> Vec<usize> {
+    if let Some((start, end)) = &req.time {
+        s.by_time(&mut sel, start, end)?;
+    }
+    if let Some(level) = &req.level {
+        s.by_level(&mut sel, level)?;
+    }
+    if let Some(area) = req.area {
+        s.by_area(&mut sel, area)?;
+    }
+    Ok(sel)
+}
+
+/// What selecting on one variable works with. Each criterion narrows the positions the ones
+/// before it left (`isel`, then time, level, area).
+struct Selecting<'a> {
+    view: &'a StoreView,
+    source: &'a dyn ChunkSource,
+    var: &'a Variable,
+    axes: &'a Axes,
+}
+
+impl Selecting<'_> {
+    /// The positions of `dim` still selected (all of them, if nothing selected on it yet).
+    fn candidates(&self, sel: &Selection, dim: &str) -> Vec<usize> {
+        let var = self.var;
         let n = var.dims.iter().position(|d| d == dim).map_or(0, |i| var.meta.shape[i] as usize);
         sel.positions.get(dim).cloned().unwrap_or_else(|| (0..n).collect())
-    };
-    let need = |axis: Axis, arg: &str| -> Result<String, Problem> {
-        axes.dim(axis).map(str::to_string).ok_or_else(|| {
-            Problem::unprocessable(Some(arg), format!("{} has no {} axis to select on", var.name, axis.name()))
+    }
+
+    /// The dimension of `axis`, or 422 naming the argument that needs it.
+    fn need(&self, axis: Axis, arg: &str) -> Result<String, Problem> {
+        self.axes.dim(axis).map(str::to_string).ok_or_else(|| {
+            Problem::unprocessable(Some(arg), format!("{} has no {} axis to select on", self.var.name, axis.name()))
         })
-    };
-    if let Some((start, end)) = &req.time {
-        let dim = need(Axis::Time, "time")?;
-        let coord = coordinate(view, &dim)
+    }
+
+    /// `time=start/end`: steps at or after `start`, before `end` (bounds in the calendar of
+    /// the time coordinate; an empty bound is open).
+    fn by_time(&self, sel: &mut Selection, start: &str, end: &str) -> Result<(), Problem> {
+        let dim = self.need(Axis::Time, "time")?;
+        let coord = coordinate(self.view, &dim)
             .ok_or_else(|| Problem::unprocessable(Some("time"), "the time dimension has no coordinate variable"))?;
         let units =
             cftime::TimeUnits::parse(coord.attr_str("units").unwrap_or(""), coord.attr_str("calendar").unwrap_or(""))
@@ -189,20 +219,24 @@ pub fn select(
             units.encode(&t).map(Some).map_err(|e| Problem::invalid("time", e))
         };
         let (lo, hi) = (bound(start, false)?, bound(end, true)?);
-        let values = read_coordinate(source, coord)?;
-        let keep: Vec<usize> = candidates(&sel, &dim)
+        let values = read_coordinate(self.source, coord)?;
+        let keep: Vec<usize> = self
+            .candidates(sel, &dim)
             .into_iter()
             .filter(|&i| lo.is_none_or(|lo| values[i] >= lo) && hi.is_none_or(|hi| values[i] < hi))
             .collect();
         sel.positions.insert(dim, nonempty(keep, "time")?);
+        Ok(())
     }
-    if let Some(level) = &req.level {
-        let dim = need(Axis::Level, "level")?;
-        let coord = coordinate(view, &dim).ok_or_else(|| {
+
+    /// `level=a/b` (an inclusive range) or `level=v1,v2` (exact values, in the order given).
+    fn by_level(&self, sel: &mut Selection, level: &Level) -> Result<(), Problem> {
+        let dim = self.need(Axis::Level, "level")?;
+        let coord = coordinate(self.view, &dim).ok_or_else(|| {
             Problem::unprocessable(Some("level"), "the vertical dimension has no coordinate variable")
         })?;
-        let values = read_coordinate(source, coord)?;
-        let cands = candidates(&sel, &dim);
+        let values = read_coordinate(self.source, coord)?;
+        let cands = self.candidates(sel, &dim);
         let keep: Vec<usize> = match level {
             Level::Range(a, b) => cands.into_iter().filter(|&i| values[i] >= *a && values[i] <= *b).collect(),
             Level::Values(wanted) => {
@@ -218,31 +252,36 @@ pub fn select(
             }
         };
         sel.positions.insert(dim, nonempty(keep, "level")?);
+        Ok(())
     }
-    if let Some(area) = req.area {
-        match &axes.curvilinear {
-            Some((lat, lon)) => select_curvilinear(view, source, &mut sel, area, lat, lon, &candidates)?,
-            None => {
-                let [west, south, east, north] = area;
-                let dim = need(Axis::Latitude, "area")?;
-                let values = read_coordinate(source, coordinate_of(view, &dim, "area")?)?;
-                let keep =
-                    candidates(&sel, &dim).into_iter().filter(|&i| values[i] >= south && values[i] <= north).collect();
-                sel.positions.insert(dim, nonempty(keep, "area")?);
-                let dim = need(Axis::Longitude, "area")?;
-                let values = read_coordinate(source, coordinate_of(view, &dim, "area")?)?;
-                let mut keep: Vec<(f64, usize)> = candidates(&sel, &dim)
-                    .into_iter()
-                    .filter_map(|i| east_of(values[i], west, east).map(|o| (o, i)))
-                    .collect();
-                if (east - west).abs() < 360.0 {
-                    keep.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                }
-                sel.positions.insert(dim, nonempty(keep.into_iter().map(|(_, i)| i).collect(), "area")?);
-            }
+
+    /// `area=west,south,east,north`, bounds included; longitudes in the order east of `west`
+    /// (across the dateline when it lies inside).
+    fn by_area(&self, sel: &mut Selection, area: [f64; 4]) -> Result<(), Problem> {
+        let (view, source) = (self.view, self.source);
+        if let Some((lat, lon)) = &self.axes.curvilinear {
+            let candidates = |sel: &Selection, dim: &str| self.candidates(sel, dim);
+            return select_curvilinear(view, source, sel, area, lat, lon, &candidates);
         }
+        let [west, south, east, north] = area;
+        let dim = self.need(Axis::Latitude, "area")?;
+        let values = read_coordinate(source, coordinate_of(view, &dim, "area")?)?;
+        let keep =
+            self.candidates(sel, &dim).into_iter().filter(|&i| values[i] >= south && values[i] <= north).collect();
+        sel.positions.insert(dim, nonempty(keep, "area")?);
+        let dim = self.need(Axis::Longitude, "area")?;
+        let values = read_coordinate(source, coordinate_of(view, &dim, "area")?)?;
+        let mut keep: Vec<(f64, usize)> = self
+            .candidates(sel, &dim)
+            .into_iter()
+            .filter_map(|i| east_of(values[i], west, east).map(|o| (o, i)))
+            .collect();
+        if (east - west).abs() < 360.0 {
+            keep.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        }
+        sel.positions.insert(dim, nonempty(keep.into_iter().map(|(_, i)| i).collect(), "area")?);
+        Ok(())
     }
-    Ok(sel)
 }
 
 fn nonempty(keep: Vec<usize>, argument: &str) -> Result<Vec<usize>, Problem> {

@@ -397,7 +397,8 @@ fn decode_token(token: &str) -> Result<String, S3Error> {
     text.strip_prefix("zg1:").map(str::to_string).ok_or_else(bad)
 }
 
-fn list_objects(bucket: &dyn Bucket, r: &S3Request) -> Result<HttpResponse, S3Error> {
+/// The listing a ListObjects (V1 or V2) request asks for, and whether keys are URL-encoded.
+fn list_query(r: &S3Request) -> Result<(ListQuery, bool), S3Error> {
     let v2 = r.param("list-type") == Some("2");
     let encode = match r.param("encoding-type") {
         None => false,
@@ -415,17 +416,23 @@ fn list_objects(bucket: &dyn Bucket, r: &S3Request) -> Result<HttpResponse, S3Er
     };
     let prefix = r.param("prefix").unwrap_or("").to_string();
     let delimiter = r.param("delimiter").filter(|d| !d.is_empty()).map(str::to_string);
-    let token = r.param("continuation-token");
     let after = if v2 {
-        match token {
+        match r.param("continuation-token") {
             Some(t) => Some(decode_token(t)?),
             None => r.param("start-after").map(str::to_string),
         }
     } else {
         r.param("marker").map(str::to_string)
     };
-    let query = ListQuery { prefix: prefix.clone(), delimiter: delimiter.clone(), max_keys, after };
+    Ok((ListQuery { prefix, delimiter, max_keys, after }, encode))
+}
+
+fn list_objects(bucket: &dyn Bucket, r: &S3Request) -> Result<HttpResponse, S3Error> {
+    let (query, encode) = list_query(r)?;
     let page = bucket.list(&query);
+    let v2 = r.param("list-type") == Some("2");
+    let token = r.param("continuation-token");
+    let ListQuery { prefix, delimiter, max_keys, .. } = query;
     let enc = |s: &str| if encode { url_encode(s) } else { s.to_string() };
 
     let mut body = format!(r#"<ListBucketResult xmlns="{NAMESPACE}">"#);

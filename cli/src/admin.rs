@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context as _};
 use zarrgate_gateway::auth::sigv4;
 use zarrgate_gateway::auth::store::{KeyRecord, Store};
-use zarrgate_gateway::dates::{day_of, unix_now};
+use zarrgate_gateway::dates::{minute_of, unix_now};
 
 /// `30d`, `12h`, `90m`, `3600s`, or a date `YYYY-MM-DD` (midnight UTC), as Unix seconds.
 pub fn parse_expiry(text: &str, now: i64) -> anyhow::Result<i64> {
@@ -22,8 +22,7 @@ pub fn parse_expiry(text: &str, now: i64) -> anyhow::Result<i64> {
 }
 
 fn iso(t: Option<i64>) -> String {
-    t.map(|t| format!("{} {:02}:{:02}", day_of(t), t.rem_euclid(86_400) / 3600, t.rem_euclid(3600) / 60))
-        .unwrap_or_else(|| "-".into())
+    t.map(minute_of).unwrap_or_else(|| "-".into())
 }
 
 fn status(k: &KeyRecord, now: i64) -> &'static str {

@@ -29,6 +29,11 @@ pub fn day_of(unix: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// `YYYY-MM-DD HH:MM` (UTC), for people reading a table.
+pub fn minute_of(unix: i64) -> String {
+    format!("{} {:02}:{:02}", day_of(unix), unix.rem_euclid(86_400) / 3600, unix.rem_euclid(3600) / 60)
+}
+
 /// Seconds from `unix` to the next UTC midnight (when daily budgets start again), at least 1.
 pub fn seconds_to_midnight(unix: i64) -> u64 {
     (86_400 - unix.rem_euclid(86_400)).max(1) as u64

@@ -161,8 +161,9 @@ impl Joiner<'_> {
             let view = &self.views[parts[0].member].variables[&parts[0].var];
             if matches!(view.meta.dtype.kind, Kind::Bytes | Kind::VlenString) {
                 let array = self.array(name, v, Mode::Assemble, None)?;
-                let bytes =
-                    array.assemble(&vec![0; v.shape.len()], self.reader).map_err(|e| JoinError(e.to_string()))?;
+                let bytes = array
+                    .assemble(&vec![0; v.shape.len()], self.reader)
+                    .map_err(|e| JoinError::Unreadable(e.to_string()))?;
                 return Ok(bytes.into_iter().map(Cell::Byte).collect());
             }
         }

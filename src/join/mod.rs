@@ -80,11 +80,20 @@ pub struct Member {
 
 /// Why a join was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct JoinError(pub String);
+pub enum JoinError {
+    /// The members cannot be joined faithfully; the message names the files.
+    #[error("{0}")]
+    Refused(String),
+    /// A member could not be opened, read or decoded; the message names it.
+    #[error("{0}")]
+    Unreadable(String),
+    /// An edit (NcML `variable`/`attribute`/`remove`) names what the join does not have.
+    #[error("{0}")]
+    Edit(String),
+}
 
 fn err<T>(msg: impl Into<String>) -> Result<T, JoinError> {
-    Err(JoinError(msg.into()))
+    Err(JoinError::Refused(msg.into()))
 }
 
 /// A planned joined dataset.
@@ -131,12 +140,16 @@ impl Joined {
         for e in edits {
             match e {
                 Edit::RenameVariable { from, to } => {
-                    let v =
-                        self.variables.remove(from).ok_or_else(|| JoinError(format!("rename: no variable {from}")))?;
+                    let v = self
+                        .variables
+                        .remove(from)
+                        .ok_or_else(|| JoinError::Edit(format!("rename: no variable {from}")))?;
                     self.variables.insert(to.clone(), v);
                 }
                 Edit::RemoveVariable(name) => {
-                    self.variables.remove(name).ok_or_else(|| JoinError(format!("remove: no variable {name}")))?;
+                    self.variables
+                        .remove(name)
+                        .ok_or_else(|| JoinError::Edit(format!("remove: no variable {name}")))?;
                 }
                 Edit::RemoveAttribute { variable, name } => {
                     self.attrs_of(variable.as_deref())?.remove(name);
@@ -156,7 +169,7 @@ impl Joined {
                 .variables
                 .get_mut(v)
                 .map(|v| &mut v.attrs)
-                .ok_or_else(|| JoinError(format!("no variable {v} to change attributes of"))),
+                .ok_or_else(|| JoinError::Edit(format!("no variable {v} to change attributes of"))),
         }
     }
 }
@@ -247,7 +260,7 @@ impl<'a> Joiner<'a> {
     pub fn new(members: &'a [Member], reader: &'a dyn ByteReader, force: Force) -> Result<Self, JoinError> {
         let views = parallel_map(members, |i, m| {
             let source = RefSource { refs: &m.refs, reader, source: i as u32 };
-            StoreView::open(&source).map_err(|e| JoinError(format!("{}: {e}", m.name)))
+            StoreView::open(&source).map_err(|e| JoinError::Unreadable(format!("{}: {e}", m.name)))
         })?;
         Ok(Joiner { members, views, reader, force, notes: Default::default() })
     }
@@ -268,7 +281,7 @@ impl<'a> Joiner<'a> {
                 // instead of assembling it from every file.
                 let bytes = array
                     .assemble(&vec![0; array.meta.shape.len()], self.reader)
-                    .map_err(|e| JoinError(e.to_string()))?;
+                    .map_err(|e| JoinError::Unreadable(e.to_string()))?;
                 array = values_array(&array.meta, &bytes);
             }
             variables.insert(name.clone(), JoinedVariable { dims: v.dims.clone(), attrs, array });
@@ -330,7 +343,7 @@ impl<'a> Joiner<'a> {
         let found;
         let dim = if dim.is_empty() {
             found = time_dimension(&kids[0]).ok_or_else(|| {
-                JoinError(format!("{} has no time coordinate to join along", self.name(kids[0].files[0])))
+                JoinError::Refused(format!("{} has no time coordinate to join along", self.name(kids[0].files[0])))
             })?;
             found.as_str()
         } else {
@@ -634,9 +647,9 @@ fn coordinate_var(dim: &str, values: &[CoordValue]) -> VVar {
 /// Assembles the single chunk of `array` and reads it as f64.
 fn f64_values(array: &JoinedArray, reader: &dyn ByteReader) -> Result<Vec<f64>, JoinError> {
     let idx = vec![0; array.meta.shape.len()];
-    let bytes = array.assemble(&idx, reader).map_err(|e| JoinError(e.to_string()))?;
+    let bytes = array.assemble(&idx, reader).map_err(|e| JoinError::Unreadable(e.to_string()))?;
     let mut out = Vec::new();
-    to_f64(&array.meta.dtype, &bytes, &mut out).map_err(|e| JoinError(e.to_string()))?;
+    to_f64(&array.meta.dtype, &bytes, &mut out).map_err(|e| JoinError::Unreadable(e.to_string()))?;
     out.truncate(array.meta.shape.iter().product::<u64>() as usize);
     Ok(out)
 }
@@ -841,7 +854,7 @@ mod tests {
         ];
         for (b, want) in cases {
             let members = [member("a.nc", &[0.0, 0.75], d, "", &[1.0, 2.0], None), b];
-            let e = join(&members, along_time(2)).unwrap_err().0;
+            let e = join(&members, along_time(2)).unwrap_err().to_string();
             assert!(e.contains(want) && e.contains("a.nc") && e.contains("b.nc"), "{want}: {e}");
         }
         let mut b = member("b.nc", &[1.0], d, "", &[1.0], None);
@@ -855,7 +868,7 @@ mod tests {
         );
         b.refs.refs.insert(".zmetadata".into(), Reference::Inline(zmeta));
         let members = [member("a.nc", &[0.0], d, "", &[1.0], None), b];
-        let e = join(&members, along_time(2)).unwrap_err().0;
+        let e = join(&members, along_time(2)).unwrap_err().to_string();
         assert!(e.contains("tas is missing from b.nc"), "{e}");
         let forced =
             Joiner::new(&members, &NoFiles, Force { drop_missing_variables: true }).unwrap().join(&along_time(2));
@@ -901,7 +914,7 @@ mod tests {
             member("r1.nc", &[6.0, 60.0], "hours since 2006-01-01", "", &lat, None),
             member("r2.nc", &[6.0, 60.0], "hours since 2006-01-02", "", &lat, None),
         );
-        let e = join(&m, node).unwrap_err().0;
+        let e = join(&m, node).unwrap_err().to_string();
         assert!(e.contains("different grids") && e.contains("r1.nc") && e.contains("r2.nc"), "{e}");
         assert!(e.contains("2006-01-01T06:00:00") && e.contains("2006-01-02T06:00:00"), "{e}");
         // The same instants in other units: joined, served in the first file's units.
@@ -922,7 +935,7 @@ mod tests {
             member("r1.nc", &[15.0], "days since 2006-01-01", "noleap", &lat, None),
             member("r2.nc", &[15.0], "days since 2006-01-01", "360_day", &lat, None),
         );
-        let e = join(&m, node).unwrap_err().0;
+        let e = join(&m, node).unwrap_err().to_string();
         assert!(e.contains("different calendars") && e.contains("r1.nc") && e.contains("r2.nc"), "{e}");
     }
 
@@ -940,7 +953,7 @@ mod tests {
             member("tas.nc", &[0.0, 1.0], "days since 2006-01-01", "", &lat, None),
             member("pr.nc", &[0.0, 1.0], "days since 2006-01-02", "", &lat, None),
         ];
-        let e = join(&shifted, Node::Union(vec![Node::File(0), Node::File(1)])).unwrap_err().0;
+        let e = join(&shifted, Node::Union(vec![Node::File(0), Node::File(1)])).unwrap_err().to_string();
         assert!(e.contains("coordinate time of tas.nc differs from pr.nc"), "{e}");
     }
 }

@@ -65,12 +65,14 @@ impl Joiner<'_> {
                     encodings.len() - 1
                 }
             };
-            let chunks = self.chunk_table(vp, var, &mut inline).map_err(|why| JoinError(format!("{name}: {why}")))?;
+            let chunks =
+                self.chunk_table(vp, var, &mut inline).map_err(|why| JoinError::Refused(format!("{name}: {why}")))?;
             let mut shape = vec![1; vp.lead];
             shape.extend(&var.meta.shape);
             parts.push(Part {
                 source: vp.member as u32,
-                encoding: u16::try_from(e).map_err(|_| JoinError(format!("{name}: too many different encodings")))?,
+                encoding: u16::try_from(e)
+                    .map_err(|_| JoinError::Refused(format!("{name}: too many different encodings")))?,
                 lead: vp.lead as u8,
                 origin: vp.origin.clone(),
                 shape,
@@ -175,7 +177,7 @@ impl Joiner<'_> {
         for e in &encodings[1..] {
             dtype = promote(dtype, e.meta.dtype).ok_or_else(|| {
                 let (a, b) = self.files_with(&parts, &encodings, |x| x.meta.dtype == first.meta.dtype);
-                JoinError(format!(
+                JoinError::Refused(format!(
                     "{name} cannot be promoted to one type: {} in {a} and {} in {b}",
                     first.meta.dtype.typestr(),
                     e.meta.dtype.typestr()

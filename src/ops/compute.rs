@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use super::kernel::{gather, strides, Decoded, KernelError, Layout, Run, WeightedSum};
 use super::output::{OutVar, Output};
 use super::request::{Axis, Problem, Process, Request, Weights};
-use super::select::{axes, coordinate, read_coordinate, read_decoded, select, Axes, Selection};
+use super::select::{axes, coordinate, read_coordinate, read_decoded, select, Axes, Mask, Selection};
 use super::store::{looks_f32, Attrs, ChunkSource, StoreView, Variable, NAN};
 use crate::cftime;
 use crate::zarr::{DType, Kind};
@@ -400,7 +400,7 @@ impl Averaging<'_> {
         }
         let acc = Layout { tables, len: inter_shape.iter().product() };
         let (cells, weights) =
-            weight_field(self.view, self.source, var, req, self.ax, self.sel, &positions, weighted_stage)?;
+            self.weight_field(&positions, weighted_stage)?;
         let (num, den) = WeightedSum { acc: &acc, weight_cells: &cells, weights: &weights }
             .run(self.run, self.source, var, &positions)
             .map_err(kernel)?;
@@ -693,72 +693,74 @@ fn applied_weights(view: &StoreView, var: &Variable, req: &Request, ax: &Axes, s
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn weight_field(
-    view: &StoreView,
-    source: &dyn ChunkSource,
-    var: &Variable,
-    req: &Request,
-    ax: &Axes,
-    sel: &Selection,
-    positions: &[Vec<usize>],
-    weighted_stage: bool,
-) -> Result<(Layout, Vec<f64>), Problem> {
-    let weights = if weighted_stage { req.weights } else { Weights::None };
-    // (dimensions of the field, values over their selected positions)
-    let (fdims, mut values): (Vec<String>, Vec<f64>) = match weight_source(view, var, weights, ax)? {
-        None => (Vec::new(), vec![1.0]),
-        Some((wvar, dims)) => {
-            let raw = read_decoded(source, &wvar, &sel.for_var(&wvar))?;
-            let values = match weights {
-                // A missing latitude (land fill of an ocean grid) weighs nothing.
-                Weights::Coslat => raw.into_iter().map(|x| x.to_radians().cos()).collect::<Vec<_>>(),
-                _ => raw,
-            };
-            (dims, values.into_iter().map(|w| if w.is_finite() { w } else { 0.0 }).collect())
-        }
-    };
-    let mut fdims = fdims;
-    let field_shape = |fdims: &[String]| -> Vec<usize> {
-        fdims
-            .iter()
-            .map(|d| positions[var.dims.iter().position(|x| x == d).expect("field dims are the variable's")].len())
-            .collect()
-    };
-    if let Some(mask) = sel.mask.as_ref().filter(|m| var.dims.contains(&m.y) && var.dims.contains(&m.x)) {
-        if fdims.is_empty() {
-            fdims = vec![mask.y.clone(), mask.x.clone()];
-            values = vec![1.0; mask.outside.len()];
-        }
-        // Points outside the area weigh nothing, whatever the order of the field's dimensions.
-        let (Some(yk), Some(xk)) = (fdims.iter().position(|d| *d == mask.y), fdims.iter().position(|d| *d == mask.x))
-        else {
-            return Err(Problem::unprocessable(
-                Some("weights"),
-                "the weights do not cover the curvilinear grid the area selects on",
-            ));
+impl Averaging<'_> {
+    /// The weight of every cell the weighted stage sums: the field's layout over the
+    /// variable's selected positions, and its values (1 everywhere without weights). Points
+    /// outside a curvilinear area weigh nothing.
+    fn weight_field(&self, positions: &[Vec<usize>], weighted_stage: bool) -> Result<(Layout, Vec<f64>), Problem> {
+        let var = self.var;
+        let (mut fdims, mut values) = self.weight_values(weighted_stage)?;
+        let field_shape = |fdims: &[String]| -> Vec<usize> {
+            fdims
+                .iter()
+                .map(|d| positions[var.dims.iter().position(|x| x == d).expect("field dims are the variable's")].len())
+                .collect()
         };
-        let shape = field_shape(&fdims);
-        let st = strides(&shape);
-        let nx = shape[xk];
-        for (i, w) in values.iter_mut().enumerate() {
-            if mask.outside[(i / st[yk] % shape[yk]) * nx + i / st[xk] % shape[xk]] {
-                *w = 0.0;
+        if let Some(mask) = self.sel.mask.as_ref().filter(|m| var.dims.contains(&m.y) && var.dims.contains(&m.x)) {
+            if fdims.is_empty() {
+                fdims = vec![mask.y.clone(), mask.x.clone()];
+                values = vec![1.0; mask.outside.len()];
             }
+            mask_outside(&fdims, &field_shape(&fdims), mask, &mut values)?;
+        }
+        let fstrides = strides(&field_shape(&fdims));
+        let tables = var
+            .dims
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match fdims.iter().position(|f| f == d) {
+                Some(k) => (0..positions[i].len()).map(|p| p * fstrides[k]).collect(),
+                None => vec![0; positions[i].len()],
+            })
+            .collect();
+        Ok((Layout { tables, len: values.len() }, values))
+    }
+
+    /// The weights the request asks for, over their dimensions' selected positions: cos(lat),
+    /// or the cell measure; no dimensions and one value when there are none. A missing value
+    /// (land fill of an ocean grid) weighs nothing.
+    fn weight_values(&self, weighted_stage: bool) -> Result<(Vec<String>, Vec<f64>), Problem> {
+        let weights = if weighted_stage { self.req.weights } else { Weights::None };
+        let Some((wvar, dims)) = weight_source(self.view, self.var, weights, self.ax)? else {
+            return Ok((Vec::new(), vec![1.0]));
+        };
+        let raw = read_decoded(self.source, &wvar, &self.sel.for_var(&wvar))?;
+        let values = match weights {
+            Weights::Coslat => raw.into_iter().map(|x| x.to_radians().cos()).collect::<Vec<_>>(),
+            _ => raw,
+        };
+        Ok((dims, values.into_iter().map(|w| if w.is_finite() { w } else { 0.0 }).collect()))
+    }
+}
+
+/// Zeroes the weights of points outside a curvilinear area, whatever the order of the field's
+/// dimensions (`fdims`, of `shape`).
+fn mask_outside(fdims: &[String], shape: &[usize], mask: &Mask, values: &mut [f64]) -> Result<(), Problem> {
+    let (Some(yk), Some(xk)) = (fdims.iter().position(|d| *d == mask.y), fdims.iter().position(|d| *d == mask.x))
+    else {
+        return Err(Problem::unprocessable(
+            Some("weights"),
+            "the weights do not cover the curvilinear grid the area selects on",
+        ));
+    };
+    let st = strides(shape);
+    let nx = shape[xk];
+    for (i, w) in values.iter_mut().enumerate() {
+        if mask.outside[(i / st[yk] % shape[yk]) * nx + i / st[xk] % shape[xk]] {
+            *w = 0.0;
         }
     }
-    let fshape = field_shape(&fdims);
-    let fstrides = strides(&fshape);
-    let tables = var
-        .dims
-        .iter()
-        .enumerate()
-        .map(|(i, d)| match fdims.iter().position(|f| f == d) {
-            Some(k) => (0..positions[i].len()).map(|p| p * fstrides[k]).collect(),
-            None => vec![0; positions[i].len()],
-        })
-        .collect();
-    Ok((Layout { tables, len: values.len() }, values))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -399,8 +399,7 @@ impl Averaging<'_> {
             }
         }
         let acc = Layout { tables, len: inter_shape.iter().product() };
-        let (cells, weights) =
-            self.weight_field(&positions, weighted_stage)?;
+        let (cells, weights) = self.weight_field(&positions, weighted_stage)?;
         let (num, den) = WeightedSum { acc: &acc, weight_cells: &cells, weights: &weights }
             .run(self.run, self.source, var, &positions)
             .map_err(kernel)?;

@@ -391,18 +391,6 @@ fn zarr_files(ops: &Ops, hash: &str) -> Option<(String, Bytes, Vec<FileSpan>)> {
     Some((stored.bucket, bytes, files))
 }
 
-/// One file of a Zarr result, with the collection it came from.
-pub fn zarr_object(ops: &Ops, hash: &str, key: &str) -> Option<(String, Bytes)> {
-    let (bucket, blob, files) = zarr_files(ops, hash)?;
-    let (_, start, end) = files.into_iter().find(|(name, _, _)| name == key)?;
-    Some((bucket, blob.slice(start..end)))
-}
-
-/// The collection a Zarr result was computed from (who may read it may read the result).
-pub fn result_collection(ops: &Ops, hash: &str) -> Option<String> {
-    zarr_files(ops, hash).map(|(bucket, _, _)| bucket)
-}
-
 /// Results carry no time of their own: they are immutable and content-addressed.
 const RESULT_TIME: std::time::SystemTime = std::time::SystemTime::UNIX_EPOCH;
 
@@ -410,15 +398,37 @@ fn result_etag(bytes: &[u8]) -> String {
     format!("\"{}\"", &blake3::hash(bytes).to_hex()[..32])
 }
 
-/// The `results` bucket: the files of each Zarr result, as `HASH/...`. It is listed one
-/// result at a time (the prefix names the hash): the hashes of other results are not shown.
-pub struct ResultsBucket<'a>(pub &'a Ops);
+/// The `results` bucket as one request sees it: the files of the one Zarr result its key or
+/// prefix names (`HASH/...`), read from the cache once. It shows nothing of other results, so
+/// nobody learns their hashes.
+pub struct ResultsBucket {
+    hash: String,
+    result: Option<(Bytes, Vec<FileSpan>)>,
+}
 
-impl Bucket for ResultsBucket<'_> {
+impl ResultsBucket {
+    /// Opens the result `hash` names, with the collection it was computed from (who may read
+    /// and compute on that may read the result); `None` when there is no such Zarr result.
+    pub fn open(ops: &Ops, hash: &str) -> (Self, Option<String>) {
+        let (source, result) = match zarr_files(ops, hash) {
+            Some((bucket, blob, files)) => (Some(bucket), Some((blob, files))),
+            None => (None, None),
+        };
+        (ResultsBucket { hash: hash.to_string(), result }, source)
+    }
+
+    fn files(&self, hash: &str) -> Option<&(Bytes, Vec<FileSpan>)> {
+        self.result.as_ref().filter(|_| hash == self.hash)
+    }
+}
+
+impl Bucket for ResultsBucket {
     fn lookup(&self, key: &str) -> store::Lookup {
         let (hash, inner) = key.split_once('/').unwrap_or((key, ""));
-        match zarr_object(self.0, hash, inner) {
-            Some((_, bytes)) => {
+        let Some((blob, files)) = self.files(hash) else { return store::Lookup::Missing };
+        match files.iter().find(|(name, _, _)| name == inner) {
+            Some(&(_, start, end)) => {
+                let bytes = blob.slice(start..end);
                 let etag = result_etag(&bytes);
                 store::Lookup::Found(Found::in_memory(bytes, etag, RESULT_TIME))
             }
@@ -428,11 +438,12 @@ impl Bucket for ResultsBucket<'_> {
 
     fn list(&self, query: &ListQuery) -> ListPage<Listed> {
         let hash = query.prefix.split('/').next().unwrap_or("");
-        let files: std::collections::BTreeMap<String, Listed> = match zarr_files(self.0, hash) {
-            Some((_, blob, files)) => files
-                .into_iter()
+        let files: std::collections::BTreeMap<String, Listed> = match self.files(hash) {
+            Some((blob, files)) => files
+                .iter()
                 .map(|(name, s, e)| {
-                    let listed = Listed { size: (e - s) as u64, etag: result_etag(&blob[s..e]), modified: RESULT_TIME };
+                    let listed =
+                        Listed { size: (e - s) as u64, etag: result_etag(&blob[*s..*e]), modified: RESULT_TIME };
                     (format!("{hash}/{name}"), listed)
                 })
                 .collect(),

@@ -496,12 +496,12 @@ async fn results(
 ) -> Result<HttpResponse, S3Error> {
     let named = if r.key.is_empty() { r.param("prefix").unwrap_or("") } else { r.key.as_str() };
     let hash = named.split('/').next().unwrap_or("");
-    let source = crate::ops::http::result_collection(ops, hash);
+    let (results, source) = crate::ops::http::ResultsBucket::open(ops, hash);
     if let Some(bucket) = &source {
         crate::ops::http::may_use(app, bucket, who)
             .map_err(|p| S3Error::new(StatusCode::FORBIDDEN, "AccessDenied", format!("Access Denied: {}", p.detail)))?;
     }
-    let mut resp = serve(app, &crate::ops::http::ResultsBucket(ops), r, who).await?;
+    let mut resp = serve(app, &results, r, who).await?;
     if let (Some(bucket), false) = (source, r.key.is_empty()) {
         // Only results of open collections may sit in shared caches.
         let scope = if crate::ops::http::is_public(app, &bucket) { "public" } else { "private" };

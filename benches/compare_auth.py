@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "benches"))
 sys.path.insert(0, str(REPO / "tests" / "python"))
 
 import compare_gateway as cg  # noqa: E402
-from gateway import sigv4_headers, start_gateway  # noqa: E402
+from gateway import export_catalog, sigv4_headers, start_gateway  # noqa: E402
 
 
 def measure(binary: str, duration: int, rounds: int) -> tuple[float, float]:
@@ -37,7 +37,8 @@ def measure(binary: str, duration: int, rounds: int) -> tuple[float, float]:
         try:
             key, secret = gw.create_key("bench")
             time.sleep(0.6)
-            chunks = cg.chunk_ranges(work / "catalog" / "refs" / "chunks.nc.json", "small")
+            refs = export_catalog(work / "catalog", "chunks.nc") / "refs" / "chunks.nc.json"
+            chunks = cg.chunk_ranges(refs, "small")
             anon = [f"/bench/chunks.nc/{k}" for k, _, _ in chunks]
             signed = ["\t".join([p, *(f"{n}: {v}" for n, v in sigv4_headers(p, "127.0.0.1", key, secret).items())])
                       for p in anon]

@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "python"))
 
-from gateway import sigv4_headers, start_gateway  # noqa: E402
+from gateway import export_catalog, sigv4_headers, start_gateway  # noqa: E402
 
 CORPUS = Path(os.environ.get("ZARRGATE_CORPUS", REPO.parent / "shared" / "corpus"))
 READ_DATASET = (
@@ -235,7 +235,7 @@ def main() -> None:
         nginx, nginx_url = start_nginx(data, work)
         try:
             results = {}
-            refs = catalog / "refs" / "chunks.nc.json"
+            refs = export_catalog(catalog, "chunks.nc") / "refs" / "chunks.nc.json"
             for var, size in (("small", SMALL), ("large", LARGE)):
                 chunks = chunk_ranges(refs, var)
                 assert chunks and all(length == size for _, _, length in chunks), f"{var}: chunks are not {size} bytes"
@@ -264,7 +264,7 @@ def main() -> None:
                 runs["anonymous"].append(run_wrk(gw.endpoint, anon_lines, args.duration, work, "anon"))
                 runs["signed"].append(run_wrk(gw.endpoint, signed_lines, args.duration, work, "signed"))
             results["auth"] = {side: median_run(r) for side, r in runs.items()}
-            refs = work / "corpus-catalog" / "refs" / f"{corpus_file.name}.json"
+            refs = export_catalog(work / "corpus-catalog", corpus_file.name) / "refs" / f"{corpus_file.name}.json"
             reads = xarray_reads(reader.endpoint, refs, corpus_file.name, args.repeat)
             rss = max(vm_hwm_mb(gw.proc.pid), vm_hwm_mb(reader.proc.pid))
         finally:

@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "python"))
 
 from compare_ops import fmt, warm_page_cache  # noqa: E402
-from gateway import start_gateway  # noqa: E402
+from gateway import export_catalog, start_gateway  # noqa: E402
 
 PREFIX = "tas_day_BENCH_historical_r1i1p1f1_gn"
 UNITS = "days since 1850-01-01"
@@ -222,14 +222,15 @@ def index_zarrgate(exe: str, data: Path, catalog: Path) -> dict:
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited with {done.returncode}:\n{done.stderr[-4000:]}")
-    joins = json.loads((catalog / "catalog.json").read_text()).get("joins") or {}
+    exported = export_catalog(catalog)
+    joins = json.loads((exported / "catalog.json").read_text()).get("joins") or {}
     if len(joins) != 1:
         raise SystemExit(f"expected one joined dataset in {catalog}/catalog.json, found {sorted(joins)} "
                          f"(does {exe} join DRS directories? docs/joins.md)")
     (dataset, entry), = joins.items()
     if entry.get("error") or not entry.get("refs"):
         raise SystemExit(f"join {dataset} failed: status {entry.get('status')!r}, error {entry.get('error')!r}")
-    refs = catalog / entry["refs"]
+    refs = exported / entry["refs"]
     # The join document holds the member list and the chunk tables (src/join/doc.rs); anything
     # stored beside it under the same name would count too.
     files = sorted(p for p in refs.parent.iterdir() if p == refs or p.name.startswith(refs.stem + "."))

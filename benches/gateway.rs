@@ -6,14 +6,14 @@ use std::ops::Bound;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use zarrgate_gateway::auth::sigv4::{self, Canonical};
-use zarrgate_gateway::store::list::{list, KeySpace, ListQuery};
+use zarrgate_gateway::store::list::{list, Item, KeySpace, ListQuery};
 
 struct Keys(BTreeMap<String, u64>);
 
 impl KeySpace for Keys {
     type Entry = u64;
-    fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = (String, u64)> + 'a> {
-        Box::new(self.0.range::<str, _>((from, Bound::Unbounded)).map(|(k, v)| (k.clone(), *v)))
+    fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = Item<u64>> + 'a> {
+        Box::new(self.0.range::<str, _>((from, Bound::Unbounded)).map(|(k, v)| Item::Key(k.clone(), *v)))
     }
 }
 

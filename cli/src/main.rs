@@ -97,6 +97,18 @@ enum Command {
         #[arg(long)]
         db: Option<PathBuf>,
     },
+    /// Write what a catalog holds as files: `OUT/refs/<dataset>.json` (Kerchunk v1 JSON, as the
+    /// gateway serves it), `OUT/reports/<dataset>.json`, `OUT/joins/<id>.json` and
+    /// `OUT/catalog.json` (the catalog directory layout before zarrgate 0.2).
+    Export {
+        /// Catalog directory.
+        catalog: PathBuf,
+        /// Datasets (ids, the paths relative to the indexed tree) to export; default: all.
+        datasets: Vec<String>,
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Index the bundled fixtures and serve them as bucket `demo`, printing client snippets.
     Demo {
         /// Fixture directory (default: fixtures/data/good of this checkout).
@@ -194,6 +206,10 @@ struct ServerArgs {
     /// Do not join ESGF/DRS datasets (`PREFIX_START-END.nc` files of one directory).
     #[arg(long)]
     no_drs_join: bool,
+    /// Memory for loaded datasets, shared by the collections (`256MiB`, `2GiB`, bytes);
+    /// datasets beyond it are dropped and loaded again when asked for. Default 256MiB.
+    #[arg(long)]
+    cache_memory: Option<String>,
 }
 
 impl ServerArgs {
@@ -204,6 +220,9 @@ impl ServerArgs {
             config.tls_key = Some(key.clone());
         }
         config.trusted_proxies.extend(self.trusted_proxies.iter().copied());
+        if self.cache_memory.is_some() {
+            config.cache_memory = self.cache_memory.clone();
+        }
         if self.trusted_proxy_header.is_some() {
             config.trusted_proxy_header = self.trusted_proxy_header;
         }
@@ -357,6 +376,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::serve(config, options, &server.index_settings(), announce)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Export { catalog, datasets, out } => {
+            let db = zarrgate_core::catalog::CatalogDb::open_existing(&catalog)?
+                .with_context(|| format!("{} holds no catalog", catalog.display()))?;
+            let done = zarrgate_core::catalog::legacy::export(&db, &datasets, &out)?;
+            eprintln!("exported {} datasets and {} joined datasets to {}", done.datasets, done.joins, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { data, catalog, server } => {
             let data = match data {
                 Some(d) => d,
@@ -445,7 +471,7 @@ pub(crate) fn index_dir(
         summary.ok, summary.partial, summary.failed, summary.skipped, summary.removed, summary.joins_ok, summary.joins_failed
     );
     if summary.failed > 0 {
-        eprintln!("some files failed: see {}/reports", out.display());
+        eprintln!("some files failed: see why with `zarrgate export {} --out DIR` (DIR/reports)", out.display());
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

@@ -92,8 +92,9 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let mut collections = Vec::new();
+    let cache = config.cache_bytes()? / config.collections.len().max(1) as u64;
     for c in &config.collections {
-        collections.push(Arc::new(open_collection(c, settings)?));
+        collections.push(Arc::new(open_collection(c, settings)?.with_cache_memory(cache)));
     }
     let db = config.auth_db.clone().unwrap_or_else(default_auth_db);
     let auth = zarrgate_gateway::auth::Auth::start(db, config.quotas.clone())?;

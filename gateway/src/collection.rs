@@ -1,31 +1,47 @@
-//! A collection: one bucket, served from one catalog directory.
+//! A collection: one bucket, served from one catalog database.
 //!
 //! # Lifecycle
-//! - Datasets are loaded from `catalog.json` at start. A failed entry is kept as
-//!   [`Entry::Unavailable`], so its keys answer 503 with the indexing error rather than 404,
-//!   which Zarr would read as fill values.
+//! - Opening reads no reference set: a dataset is loaded from the catalog on its first
+//!   request and kept in a cache bounded in bytes (`--cache-memory`); an evicted dataset is
+//!   loaded again on its next request. Listings read the catalog's index of dataset prefixes
+//!   page by page, and load a dataset only when the listing shows keys inside it.
+//! - Every committed write to the catalog increments its generation, which a background
+//!   thread polls (every [`POLL`]). A cached dataset is checked against its row once per
+//!   generation: unchanged, it is kept; changed, it is loaded again; removed, it becomes a
+//!   tombstone. So a running gateway sees new, changed and removed datasets within a second
+//!   of the index run that wrote them.
+//! - A failed row is kept as [`Entry::Unavailable`], so its keys answer 503 with the indexing
+//!   error rather than 404, which Zarr would read as fill values.
 //! - When a read finds a source changed ([`crate::source::ReadError::Stale`]), the collection
 //!   asks its [`Reindex`] hook (if any) to bring the catalog up to date, in the background and
-//!   one run at a time, then reloads the catalog. Until then the dataset answers 503.
-//! - A dataset whose file disappears while serving stays as a tombstone (503), for the same
-//!   reason: a client that opened it must not read fill values for its chunks.
+//!   one run at a time. Until then the dataset answers 503.
+//! - A dataset removed from the catalog while this gateway holds it stays as a tombstone (503,
+//!   "removed") for as long as it is cached, so a client that opened it does not read fill
+//!   values for its chunks; a removed dataset the gateway does not hold answers 404.
 
-use std::collections::BTreeMap;
-use std::error::Error as _;
+use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
-use zarrgate_core::catalog::{Catalog, EntryStatus};
-use zarrgate_core::refs::ReferenceSet;
+use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, EntryStatus, Kind};
+use zarrgate_core::join::doc::JoinDoc;
 
 use crate::auth::Policy;
-use crate::dataset::{version_of, Dataset, Object, Source};
-use crate::store::list::{self, KeySpace, ListPage, ListQuery};
+use crate::dataset::{version_of, Body, Dataset, Object, Source};
+use crate::store::list::{self, Item, KeySpace, ListPage, ListQuery};
 use crate::store::{Bucket, Found, Listed, Lookup};
-use zarrgate_core::join::doc::JoinDoc;
+
+/// How often the catalog's generation is read.
+pub const POLL: Duration = Duration::from_millis(500);
+/// Bytes of loaded datasets kept by default.
+pub const DEFAULT_CACHE_MEMORY: u64 = 256 << 20;
+/// Idle catalog connections kept for reuse.
+const POOL: usize = 8;
+/// Dataset prefixes read from the catalog per query while listing.
+const PAGE: usize = 64;
 
 /// Brings a catalog up to date with its data directory (the CLI runs the indexer).
 pub trait Reindex: Send + Sync {
@@ -43,9 +59,28 @@ pub enum Entry {
     Unavailable(String),
 }
 
-/// Datasets by `id + "/"`: every key of a dataset starts with it, and (ids being file paths)
-/// no such prefix is a prefix of another, so the concatenated keys are in sorted order.
-pub type Datasets = BTreeMap<String, Arc<Entry>>;
+/// A dataset as loaded, and the catalog generation it was last checked against.
+#[derive(Debug)]
+pub struct Cached {
+    pub entry: Entry,
+    kind: Kind,
+    /// The row's version: what decides whether the cached dataset is current.
+    row: Option<String>,
+    checked: AtomicU64,
+    weight: u32,
+}
+
+/// What the poller keeps up to date.
+struct Shared {
+    generation: AtomicU64,
+    view: RwLock<Arc<View>>,
+}
+
+/// The catalog's settings and joins at one generation.
+struct View {
+    root: PathBuf,
+    joins: BTreeSet<String>,
+}
 
 pub struct Collection {
     pub bucket: String,
@@ -55,26 +90,58 @@ pub struct Collection {
     pub compute: Policy,
     pub catalog_dir: PathBuf,
     pub created: SystemTime,
-    datasets: RwLock<Arc<Datasets>>,
+    shared: Arc<Shared>,
+    pool: Mutex<Vec<CatalogDb>>,
+    cache: moka::sync::Cache<String, Arc<Cached>>,
     reindex: Option<Arc<dyn Reindex>>,
     reindexing: AtomicBool,
+    /// Datasets loaded from the catalog (first requests, and again after eviction or change).
+    loads: AtomicU64,
+}
+
+fn new_cache(bytes: u64) -> moka::sync::Cache<String, Arc<Cached>> {
+    moka::sync::Cache::builder()
+        .max_capacity(bytes)
+        .weigher(|k: &String, v: &Arc<Cached>| (k.len() as u32).saturating_add(v.weight))
+        .build()
+}
+
+fn read_view(db: &CatalogDb) -> Result<View, CatalogError> {
+    let settings = db.settings()?.ok_or(CatalogError::Empty)?;
+    Ok(View { root: settings.root, joins: db.join_prefixes()?.into_iter().collect() })
+}
+
+/// The prefixes of `key` that end with `/`, longest first (with `key` itself if it does).
+fn slash_prefixes(key: &str) -> impl Iterator<Item = &str> {
+    key.char_indices().rev().filter(|(_, c)| *c == '/').map(move |(i, _)| &key[..=i])
 }
 
 impl Collection {
     pub fn open(bucket: String, catalog_dir: PathBuf, reindex: Option<Arc<dyn Reindex>>) -> Result<Self, String> {
-        let datasets = load(&catalog_dir, &Datasets::new())?;
-        let created = std::fs::metadata(catalog_dir.join(zarrgate_core::catalog::CATALOG_FILE))
-            .and_then(|m| m.modified())
-            .unwrap_or_else(|_| SystemTime::now());
+        let db = CatalogDb::open_existing(&catalog_dir).map_err(|e| chain(&e))?.ok_or_else(|| {
+            format!("{} holds no catalog: index a tree into it with `zarrgate index`", catalog_dir.display())
+        })?;
+        let view = read_view(&db).map_err(|e| chain(&e))?;
+        let generation = db.generation().map_err(|e| chain(&e))?;
+        let created = db
+            .created()
+            .ok()
+            .flatten()
+            .map_or_else(SystemTime::now, |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64));
+        let shared = Arc::new(Shared { generation: AtomicU64::new(generation), view: RwLock::new(Arc::new(view)) });
+        spawn_poller(shared.clone(), &catalog_dir)?;
         Ok(Collection {
             bucket,
             read: Policy::Public,
             compute: Policy::Public,
             catalog_dir,
             created,
-            datasets: RwLock::new(Arc::new(datasets)),
+            shared,
+            pool: Mutex::new(vec![db]),
+            cache: new_cache(DEFAULT_CACHE_MEMORY),
             reindex,
             reindexing: AtomicBool::new(false),
+            loads: AtomicU64::new(0),
         })
     }
 
@@ -84,14 +151,49 @@ impl Collection {
         self
     }
 
-    pub fn snapshot(&self) -> Arc<Datasets> {
-        self.datasets.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Bounds the bytes of loaded datasets kept in memory.
+    pub fn with_cache_memory(mut self, bytes: u64) -> Self {
+        self.cache = new_cache(bytes);
+        self
     }
 
-    /// The dataset holding `key`, and the key inside it.
-    pub fn find<'k>(datasets: &Datasets, key: &'k str) -> Option<(Arc<Entry>, &'k str)> {
-        let (prefix, entry) = datasets.range::<str, _>((Bound::Unbounded, Bound::Included(key))).next_back()?;
-        key.strip_prefix(prefix.as_str()).map(|rest| (entry.clone(), rest))
+    /// Bytes of loaded datasets held now (an estimate), and how many.
+    pub fn cached(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.weighted_size(), self.cache.entry_count())
+    }
+
+    fn view(&self) -> Arc<View> {
+        self.shared.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `f` on a pooled connection to the catalog.
+    fn with_db<T>(&self, f: impl FnOnce(&CatalogDb) -> Result<T, CatalogError>) -> Result<T, String> {
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let db = match pooled {
+            Some(db) => db,
+            None => CatalogDb::reader(&self.catalog_dir).map_err(|e| self.db_failed(&e))?,
+        };
+        let out = f(&db).map_err(|e| self.db_failed(&e));
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL {
+            pool.push(db);
+        }
+        out
+    }
+
+    /// Logs a catalog error in full and returns what a client may read of it.
+    fn db_failed(&self, e: &CatalogError) -> String {
+        eprintln!("zarrgate: bucket {}: {}", self.bucket, chain(e));
+        format!("the catalog of bucket {} cannot be read now", self.bucket)
+    }
+
+    /// Reads the catalog's generation now (the poller does so every [`POLL`]).
+    pub fn refresh(&self) -> Result<(), String> {
+        let (generation, view) = self.with_db(|db| Ok((db.generation()?, read_view(db)?)))?;
+        *self.shared.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
+        self.shared.generation.fetch_max(generation, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Starts a background refresh unless one is running. Returns at once.
@@ -102,7 +204,7 @@ impl Collection {
         }
         let me = self.clone();
         std::thread::spawn(move || {
-            let result = reindex.refresh().and_then(|()| me.reload());
+            let result = reindex.refresh().and_then(|()| me.refresh());
             if let Err(e) = result {
                 eprintln!("zarrgate: re-indexing bucket {} failed: {e}", me.bucket);
             }
@@ -110,125 +212,268 @@ impl Collection {
         });
     }
 
-    /// Reloads the catalog, reusing datasets whose fingerprint did not change.
-    pub fn reload(&self) -> Result<(), String> {
-        let old = self.snapshot();
-        let mut new = load(&self.catalog_dir, &old)?;
-        for (prefix, entry) in old.iter() {
-            if !new.contains_key(prefix) && matches!(**entry, Entry::Ready { .. }) {
-                let why = "the source file of this dataset was removed".to_string();
-                new.insert(prefix.clone(), Arc::new(Entry::Unavailable(why)));
+    /// The dataset `id`, if the catalog has it (loaded, or why it cannot be served).
+    pub fn dataset(&self, id: &str) -> Result<Option<Arc<Cached>>, String> {
+        let prefix = format!("{id}/");
+        if let Some(cached) = self.cache.get(&prefix) {
+            return self.current(&prefix, cached);
+        }
+        match self.with_db(|db| db.kind_of(&prefix))? {
+            Some(kind) => self.load(&prefix, kind),
+            None => Ok(None),
+        }
+    }
+
+    /// The dataset holding `key` and its prefix.
+    fn holding(&self, key: &str) -> Result<Option<(String, Arc<Cached>)>, String> {
+        let view = self.view();
+        let longest_join = slash_prefixes(key).find(|p| view.joins.contains(*p)).map(str::len).unwrap_or(0);
+        // Files never nest, so a cached file is the only file that can hold the key; only a
+        // longer join could (and then the catalog decides).
+        for p in slash_prefixes(key) {
+            if p.len() < longest_join {
+                break;
+            }
+            if let Some(cached) = self.cache.get(p) {
+                if cached.kind == Kind::File {
+                    return Ok(self.current(p, cached)?.map(|c| (p.to_string(), c)));
+                }
+                break;
             }
         }
-        *self.datasets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
-        Ok(())
+        let Some((prefix, kind)) = self.with_db(|db| db.holding(key))? else { return Ok(None) };
+        let cached = match self.cache.get(&prefix).filter(|c| c.kind == kind) {
+            Some(cached) => self.current(&prefix, cached)?,
+            None => self.load(&prefix, kind)?,
+        };
+        Ok(cached.map(|c| (prefix, c)))
+    }
+
+    /// `cached` if its row did not change since, else the row as it is now.
+    fn current(&self, prefix: &str, cached: Arc<Cached>) -> Result<Option<Arc<Cached>>, String> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if cached.checked.load(Ordering::Acquire) >= generation {
+            return Ok(Some(cached));
+        }
+        let id = &prefix[..prefix.len() - 1];
+        let row = self.with_db(|db| match cached.kind {
+            Kind::File => Ok(db.dataset_state(id)?.map(|(fp, status)| row_version(&version_of(fp), status))),
+            Kind::Join => Ok(db.join_state(id)?.map(|(inputs, status)| row_version(&join_version(&inputs), status))),
+        })?;
+        match row {
+            Some(row) if Some(&row) == cached.row.as_ref() => {
+                cached.checked.fetch_max(generation, Ordering::AcqRel);
+                Ok(Some(cached))
+            }
+            Some(_) => self.load(prefix, cached.kind),
+            None if matches!(cached.entry, Entry::Ready { .. }) => {
+                let why = "the source file of this dataset was removed".to_string();
+                let tomb = Arc::new(Cached {
+                    entry: Entry::Unavailable(why),
+                    kind: cached.kind,
+                    row: None,
+                    checked: AtomicU64::new(generation),
+                    weight: 64,
+                });
+                self.cache.insert(prefix.to_string(), tomb.clone());
+                Ok(Some(tomb))
+            }
+            None => {
+                cached.checked.fetch_max(generation, Ordering::AcqRel);
+                Ok(Some(cached))
+            }
+        }
+    }
+
+    /// Loads a dataset from its row and caches it; `None` if the row is gone.
+    fn load(&self, prefix: &str, kind: Kind) -> Result<Option<Arc<Cached>>, String> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        let id = &prefix[..prefix.len() - 1];
+        let view = self.view();
+        // Messages reach anonymous clients: name datasets, not the server's paths.
+        let root = format!("{}/", view.root.display());
+        let public = |msg: String| msg.replace(&root, "");
+        let loaded = match kind {
+            Kind::File => {
+                let Some(row) = self.with_db(|db| db.dataset(id))? else { return Ok(None) };
+                let version = row_version(&version_of(row.fingerprint), row.status);
+                let entry = match (&row.status, &row.refs) {
+                    (EntryStatus::Failed, _) | (_, None) => Entry::Unavailable(public(format!(
+                        "{id} could not be indexed: {}",
+                        row.error.as_deref().unwrap_or("no reason")
+                    ))),
+                    (_, Some(refs)) => {
+                        let primary = Source { path: view.root.join(id), fingerprint: row.fingerprint };
+                        let built = packed::unpack(refs)
+                            .map_err(|e| e.to_string())
+                            .and_then(|set| Dataset::build(&set, &primary));
+                        ready(id, built, version_of(row.fingerprint), &public)
+                    }
+                };
+                (entry, version)
+            }
+            Kind::Join => {
+                let Some(row) = self.with_db(|db| db.join(id))? else { return Ok(None) };
+                let version = join_version(&row.entry.inputs);
+                let entry = match (&row.entry.status, &row.doc) {
+                    (EntryStatus::Failed, _) | (_, None) => Entry::Unavailable(public(format!(
+                        "{id} cannot be joined: {}",
+                        row.entry.error.as_deref().unwrap_or("no reason")
+                    ))),
+                    (_, Some(doc)) => {
+                        let built = packed::inflate(doc)
+                            .map_err(|e| e.to_string())
+                            .and_then(|b| JoinDoc::from_json(&b).map_err(|e| e.to_string()))
+                            .and_then(|doc| Dataset::from_join(doc, &view.root, version.clone()));
+                        ready(id, built, version.clone(), &public)
+                    }
+                };
+                (entry, row_version(&version, row.entry.status))
+            }
+        };
+        let (entry, row) = loaded;
+        let weight = match &entry {
+            Entry::Ready { dataset, .. } => weight(dataset),
+            Entry::Unavailable(why) => 64 + why.len() as u32,
+        };
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        let cached = Arc::new(Cached { entry, kind, row: Some(row), checked: AtomicU64::new(generation), weight });
+        self.cache.insert(prefix.to_string(), cached.clone());
+        Ok(Some(cached))
     }
 }
 
-fn load(dir: &Path, old: &Datasets) -> Result<Datasets, String> {
-    let catalog = Catalog::load(dir)
-        .map_err(|e| format!("{e}: {}", e.source().map(|s| s.to_string()).unwrap_or_default()))?
-        .ok_or_else(|| format!("{} has no catalog.json", dir.display()))?;
-    // Messages reach anonymous clients: name datasets, not the server's paths.
-    let root = format!("{}/", catalog.root.display());
-    let public = |msg: String| msg.replace(&root, "");
-    let mut out = Datasets::new();
-    for (id, entry) in &catalog.datasets {
-        let prefix = format!("{id}/");
-        let version = version_of(entry.fingerprint);
-        if let Some(prev) = old.get(&prefix) {
-            if let Entry::Ready { version: v, .. } = &**prev {
-                if *v == version && entry.status != EntryStatus::Failed {
-                    out.insert(prefix, prev.clone());
+/// The dataset cache of each collection, in the Prometheus text format.
+pub fn render_metrics<'a>(collections: impl Iterator<Item = &'a Arc<Collection>>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let collections: Vec<&Arc<Collection>> = collections.collect();
+    type Series = (&'static str, &'static str, &'static str, fn(&Collection) -> u64);
+    let series: [Series; 3] = [
+        ("zarrgate_datasets_loaded", "gauge", "Datasets held in memory, by bucket.", |c| c.cached().1),
+        (
+            "zarrgate_datasets_loaded_bytes",
+            "gauge",
+            "Estimated bytes of the datasets held in memory, by bucket.",
+            |c| c.cached().0,
+        ),
+        ("zarrgate_dataset_loads_total", "counter", "Datasets loaded from the catalog, by bucket.", |c| {
+            c.loads.load(Ordering::Relaxed)
+        }),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for c in &collections {
+            let _ = writeln!(out, "{name}{{bucket=\"{}\"}} {}", c.bucket, value(c));
+        }
+    }
+    out
+}
+
+fn ready(id: &str, built: Result<Dataset, String>, version: String, public: &dyn Fn(String) -> String) -> Entry {
+    match built {
+        Ok(dataset) => {
+            for note in &dataset.notes {
+                eprintln!("zarrgate: {id}: not served: {note}");
+            }
+            Entry::Ready { version, dataset: Arc::new(dataset) }
+        }
+        Err(e) => {
+            eprintln!("zarrgate: {id} cannot be served: {e}");
+            Entry::Unavailable(public(format!("{id} cannot be served: {e}")))
+        }
+    }
+}
+
+fn join_version(inputs: &str) -> String {
+    format!("join:{inputs}")
+}
+
+fn row_version(version: &str, status: EntryStatus) -> String {
+    format!("{version}:{status:?}")
+}
+
+/// Bytes a loaded dataset holds, roughly: what the cache is bounded by.
+fn weight(dataset: &Dataset) -> u32 {
+    let objects: usize = dataset
+        .objects
+        .iter()
+        .map(|(k, o)| {
+            let inline = match &o.body {
+                Body::Inline(b) => b.len(),
+                _ => 0,
+            };
+            k.len() + o.etag.len() + inline + 160
+        })
+        .sum();
+    let arrays: usize = dataset.arrays.values().map(|a| a.parts.len() * 96 + a.inline.len() + 512).sum();
+    (objects + arrays + 1024).min(u32::MAX as usize) as u32
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
+    }
+    msg
+}
+
+/// Reads the generation of the catalog every [`POLL`], until the collection is dropped.
+fn spawn_poller(shared: Arc<Shared>, dir: &Path) -> Result<(), String> {
+    let db = CatalogDb::reader(dir).map_err(|e| chain(&e))?;
+    std::thread::Builder::new()
+        .name("catalog-poll".into())
+        .spawn(move || {
+            while Arc::strong_count(&shared) > 1 {
+                std::thread::sleep(POLL);
+                let now = match db.generation() {
+                    Ok(g) => g,
+                    Err(e) => {
+                        eprintln!("zarrgate: reading the catalog generation: {}", chain(&e));
+                        continue;
+                    }
+                };
+                if now == shared.generation.load(Ordering::Acquire) {
                     continue;
                 }
-            }
-        }
-        let loaded = match (&entry.status, &entry.refs) {
-            (EntryStatus::Failed, _) | (_, None) => Entry::Unavailable(format!(
-                "{id} could not be indexed: {}",
-                entry.error.as_deref().unwrap_or("no reason")
-            )),
-            (_, Some(refs)) => {
-                let primary = Source { path: catalog.root.join(id), fingerprint: entry.fingerprint };
-                match load_refs(&dir.join(refs)).and_then(|set| Dataset::build(&set, &primary)) {
-                    Ok(dataset) => {
-                        for note in &dataset.notes {
-                            eprintln!("zarrgate: {id}: not served: {note}");
-                        }
-                        Entry::Ready { version, dataset: Arc::new(dataset) }
-                    }
-                    Err(e) => {
-                        eprintln!("zarrgate: {id} cannot be served: {e}");
-                        Entry::Unavailable(public(format!("{id} cannot be served: {e}")))
-                    }
+                match read_view(&db) {
+                    Ok(view) => *shared.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view),
+                    Err(e) => eprintln!("zarrgate: reading the catalog: {}", chain(&e)),
                 }
+                shared.generation.fetch_max(now, Ordering::AcqRel);
             }
-        };
-        out.insert(prefix, Arc::new(loaded));
-    }
-    for (id, entry) in &catalog.joins {
-        let prefix = format!("{id}/");
-        if out.contains_key(&prefix) {
-            eprintln!("zarrgate: joined dataset {id} has the id of a file; the file is served");
-            continue;
-        }
-        let version = format!("join:{}", entry.inputs);
-        if let Some(prev) = old.get(&prefix) {
-            if matches!(&**prev, Entry::Ready { version: v, .. } if *v == version) {
-                out.insert(prefix, prev.clone());
-                continue;
-            }
-        }
-        let loaded = match (&entry.status, &entry.refs) {
-            (EntryStatus::Failed, _) | (_, None) => Entry::Unavailable(public(format!(
-                "{id} cannot be joined: {}",
-                entry.error.as_deref().unwrap_or("no reason")
-            ))),
-            (_, Some(refs)) => {
-                let path = dir.join(refs);
-                let doc = std::fs::read(&path)
-                    .map_err(|e| format!("{}: {e}", path.display()))
-                    .and_then(|b| JoinDoc::from_json(&b).map_err(|e| format!("{}: {e}", path.display())));
-                match doc.and_then(|doc| Dataset::from_join(doc, &catalog.root, version.clone())) {
-                    Ok(dataset) => Entry::Ready { version, dataset: Arc::new(dataset) },
-                    Err(e) => {
-                        eprintln!("zarrgate: {id} cannot be served: {e}");
-                        Entry::Unavailable(public(format!("{id} cannot be served: {e}")))
-                    }
-                }
-            }
-        };
-        out.insert(prefix, Arc::new(loaded));
-    }
-    Ok(out)
-}
-
-fn load_refs(path: &Path) -> Result<ReferenceSet, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    ReferenceSet::from_json(&doc).map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// A collection is a bucket: its keys are `{dataset id}/{key inside the dataset}`.
 impl Bucket for Arc<Collection> {
     fn lookup(&self, key: &str) -> Lookup {
-        let snapshot = self.snapshot();
-        let Some((entry, inner)) = Collection::find(&snapshot, key) else { return Lookup::Missing };
-        match &*entry {
+        let (prefix, cached) = match self.holding(key) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Lookup::Missing,
+            Err(why) => return Lookup::Unavailable(why),
+        };
+        match &cached.entry {
             Entry::Unavailable(why) => Lookup::Unavailable(why.clone()),
-            Entry::Ready { dataset, .. } => match dataset.object(inner) {
-                Some(object) => {
-                    let id = key[..key.len() - inner.len()].trim_end_matches('/');
-                    Lookup::Found(Found::of_dataset(id, dataset.clone(), object))
-                }
+            Entry::Ready { dataset, .. } => match dataset.object(&key[prefix.len()..]) {
+                Some(object) => Lookup::Found(Found::of_dataset(&prefix[..prefix.len() - 1], dataset.clone(), object)),
                 None => Lookup::Missing,
             },
         }
     }
 
-    fn list(&self, query: &ListQuery) -> ListPage<Listed> {
-        list::list(&Keys(self.snapshot()), query)
+    fn list(&self, query: &ListQuery) -> Result<ListPage<Listed>, String> {
+        let keys = Keys { collection: self, error: Mutex::new(None) };
+        let page = list::list(&keys, query);
+        match keys.error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => Err(why),
+            None => Ok(page),
+        }
     }
 
     fn source_changed(&self) {
@@ -240,54 +485,96 @@ fn listed(object: &Object, dataset: &Dataset) -> Listed {
     Listed { size: object.size, etag: object.etag.clone(), modified: dataset.modified }
 }
 
-/// The keys of a collection snapshot, for listing.
-pub struct Keys(pub Arc<Datasets>);
+/// The keys of a collection, read from the catalog as a listing needs them. A catalog error
+/// ends the scan and is kept, so the listing fails instead of coming back short.
+struct Keys<'c> {
+    collection: &'c Collection,
+    error: Mutex<Option<String>>,
+}
 
-impl KeySpace for Keys {
+impl Keys<'_> {
+    fn fail(&self, why: String) {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(why);
+    }
+
+    /// The keys of a loaded dataset in `(from, ∞)` or `[from, ∞)` of its own key space.
+    fn dataset_keys(prefix: &str, cached: &Cached, from: Bound<&str>) -> Vec<(String, Listed)> {
+        let Entry::Ready { dataset, .. } = &cached.entry else { return Vec::new() };
+        let (from, inclusive) = match from {
+            Bound::Included(s) => (s, true),
+            Bound::Excluded(s) => (s, false),
+            Bound::Unbounded => ("", true),
+        };
+        if !dataset.arrays.is_empty() {
+            let keys = dataset.keys_from(from, inclusive);
+            return keys.into_iter().map(|(k, o)| (format!("{prefix}{k}"), listed(&o, dataset))).collect();
+        }
+        let bound = if inclusive { Bound::Included(from) } else { Bound::Excluded(from) };
+        dataset
+            .objects
+            .range::<str, _>((bound, Bound::Unbounded))
+            .map(|(k, o)| (format!("{prefix}{k}"), listed(o, dataset)))
+            .collect()
+    }
+}
+
+impl KeySpace for Keys<'_> {
     type Entry = Listed;
 
-    fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = (String, Listed)> + 'a> {
+    fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = Item<Listed>> + 'a> {
         let (text, inclusive) = match from {
             Bound::Included(s) => (s.to_string(), true),
             Bound::Excluded(s) => (s.to_string(), false),
             Bound::Unbounded => (String::new(), true),
         };
-        // The dataset that may hold `text`, then every later one.
-        let first = self
-            .0
-            .range::<str, _>((Bound::Unbounded, Bound::Included(text.as_str())))
-            .next_back()
-            .filter(|(p, _)| text.starts_with(p.as_str()))
-            .map(|(p, _)| p.clone());
-        let datasets: Box<dyn Iterator<Item = (&String, &Arc<Entry>)>> = match first {
-            Some(p) => Box::new(self.0.range::<String, _>(p..)),
-            None => Box::new(self.0.range::<String, _>((Bound::Excluded(text.clone()), Bound::Unbounded))),
-        };
-        Box::new(datasets.flat_map(move |(prefix, entry)| {
-            let Entry::Ready { dataset, .. } = &**entry else {
-                return Box::new(std::iter::empty()) as Box<dyn Iterator<Item = (String, Listed)> + 'a>;
-            };
-            let inner = match text.strip_prefix(prefix.as_str()) {
-                Some(rest) if inclusive => Bound::Included(rest.to_string()),
-                Some(rest) => Bound::Excluded(rest.to_string()),
-                None => Bound::Unbounded,
-            };
-            let dataset: &'a Dataset = dataset;
-            if !dataset.arrays.is_empty() {
-                let (from, inclusive) = match &inner {
-                    Bound::Included(s) => (s.as_str(), true),
-                    Bound::Excluded(s) => (s.as_str(), false),
-                    Bound::Unbounded => ("", true),
-                };
-                let keys = dataset.keys_from(from, inclusive);
-                return Box::new(keys.into_iter().map(move |(k, o)| (format!("{prefix}{k}"), listed(&o, dataset))));
+        // The dataset that may hold `text` lists from inside; later ones come as groups.
+        let mut first = Vec::new();
+        let mut next = (text.clone(), inclusive);
+        match self.collection.holding(&text) {
+            Ok(Some((prefix, cached))) => {
+                let inner = &text[prefix.len()..];
+                let bound = if inclusive { Bound::Included(inner) } else { Bound::Excluded(inner) };
+                first = Self::dataset_keys(&prefix, &cached, bound);
+                next = (prefix, false);
             }
-            Box::new(
-                dataset
-                    .objects
-                    .range::<String, _>((inner, Bound::Unbounded))
-                    .map(move |(k, o)| (format!("{prefix}{k}"), listed(o, dataset))),
-            )
-        }))
+            Ok(None) => {}
+            Err(why) => {
+                self.fail(why);
+                return Box::new(std::iter::empty());
+            }
+        }
+        let mut page: std::collections::VecDeque<String> = Default::default();
+        let mut done = false;
+        let groups = std::iter::from_fn(move || {
+            if page.is_empty() && !done {
+                match self.collection.with_db(|db| db.prefixes(&next.0, next.1, PAGE)) {
+                    Ok(rows) => {
+                        done = rows.len() < PAGE;
+                        if let Some((last, _)) = rows.last() {
+                            next = (last.clone(), false);
+                        }
+                        page.extend(rows.into_iter().map(|(p, _)| p));
+                    }
+                    Err(why) => {
+                        self.fail(why);
+                        done = true;
+                    }
+                }
+            }
+            page.pop_front().map(Item::Group)
+        });
+        Box::new(first.into_iter().map(|(k, l)| Item::Key(k, l)).chain(groups))
+    }
+
+    fn expand<'a>(&'a self, group: &str) -> Box<dyn Iterator<Item = (String, Listed)> + 'a> {
+        let id = &group[..group.len() - 1];
+        match self.collection.dataset(id) {
+            Ok(Some(cached)) => Box::new(Self::dataset_keys(group, &cached, Bound::Unbounded).into_iter()),
+            Ok(None) => Box::new(std::iter::empty()),
+            Err(why) => {
+                self.fail(why);
+                Box::new(std::iter::empty())
+            }
+        }
     }
 }

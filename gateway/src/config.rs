@@ -68,6 +68,9 @@ pub struct Config {
     /// Who may read `/metrics` (default: everyone unless a collection is restricted).
     pub metrics: Option<Policy>,
     pub auth_db: Option<PathBuf>,
+    /// Memory for loaded datasets, shared by the collections (`"256MiB"`); see
+    /// [`Config::cache_bytes`].
+    pub cache_memory: Option<String>,
     #[serde(default)]
     pub quotas: QuotaConfig,
     #[serde(default)]
@@ -114,6 +117,19 @@ impl Config {
         Ok(config)
     }
 
+    /// Bytes of loaded datasets to keep (all collections together): `cache_memory`, else
+    /// [`crate::collection::DEFAULT_CACHE_MEMORY`].
+    pub fn cache_bytes(&self) -> Result<u64, ConfigError> {
+        match &self.cache_memory {
+            None => Ok(crate::collection::DEFAULT_CACHE_MEMORY),
+            Some(text) => parse_bytes(text).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "cache_memory {text:?} is not a size (write bytes, or a number with KiB, MiB or GiB)"
+                ))
+            }),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.collections.is_empty() {
             return Err(ConfigError::Invalid("no collections are configured".into()));
@@ -128,6 +144,7 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("bucket {:?} needs `data` or `catalog`", c.bucket)));
             }
         }
+        self.cache_bytes()?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid("TLS needs both `tls_cert` and `tls_key`".into()));
         }
@@ -199,5 +216,36 @@ mod tests {
         for bad in ["ab", "Upper", "under_score", "-dash", "healthz"] {
             assert!(check_bucket_name(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// `1048576`, `512KiB`, `16MiB`, `2GiB` (also `KB`/`MB`/`GB`, taken as powers of 1024).
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
+#[cfg(test)]
+mod bytes_tests {
+    #[test]
+    fn sizes_parse() {
+        use super::parse_bytes;
+        assert_eq!(parse_bytes("16MiB"), Some(16 << 20));
+        assert_eq!(parse_bytes("2GiB"), Some(2 << 30));
+        assert_eq!(parse_bytes("4096"), Some(4096));
+        assert_eq!(parse_bytes("12 kb"), Some(12 << 10));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("-5MiB"), None);
+        assert_eq!(parse_bytes("99999999999999GiB"), None);
     }
 }

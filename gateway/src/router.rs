@@ -147,7 +147,13 @@ fn metrics(app: &App, who: &Principal, resource: &str, request_id: &str, head: b
         );
         return s3::error_response(app, &err, "", resource, request_id, head);
     }
-    let body = if head { Bytes::new() } else { Bytes::from(app.metrics.render()) };
+    let body = if head {
+        Bytes::new()
+    } else {
+        let mut text = app.metrics.render();
+        text.push_str(&crate::collection::render_metrics(app.collections.values()));
+        Bytes::from(text)
+    };
     s3::text_response(StatusCode::OK, "text/plain; version=0.0.4", body, request_id)
 }
 

@@ -1,6 +1,6 @@
 //! Joined datasets of a data tree: found from DRS file names, `NAME.join.toml` specs and
-//! `NAME.ncml` files, checked and planned by [`zarrgate_core::join`], and stored as
-//! `CATALOG/joins/<id>.json`. The contract is `docs/joins.md`.
+//! `NAME.ncml` files, checked and planned by [`zarrgate_core::join`], and stored as rows of
+//! the catalog database (`zarrgate export` writes them as `joins/<id>.json`). The contract is `docs/joins.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
-use zarrgate_core::catalog::{Catalog, EntryStatus, JoinEntry};
+use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, EntryStatus, Fingerprint, JoinEntry, JoinRow};
 use zarrgate_core::join::doc::{JoinDoc, SourceFile};
 use zarrgate_core::join::{parallel_map, ByteReader, CoordValue, Edit, Force, Joiner, Member, Node};
 use zarrgate_core::ops::store::{parse_json, Attrs};
@@ -294,114 +294,151 @@ impl ByteReader for Files {
     }
 }
 
+/// A joined dataset as it should now be in the catalog.
+pub struct Built {
+    pub row: JoinRow,
+    /// False when the stored row is current (its inputs did not change).
+    pub changed: bool,
+}
+
 /// Builds (or keeps, when its inputs are unchanged) every joined dataset of a catalog whose
-/// member files are indexed. Returns the new `joins` table.
+/// member files are indexed. `files` are the data files of the tree, sorted.
 pub fn build_all(
     root: &Path,
-    out: &Path,
-    catalog: &Catalog,
-    previous: Option<&Catalog>,
+    files: &[String],
+    db: &CatalogDb,
+    reuse: bool,
     definitions: Vec<Result<Definition, (String, String)>>,
-) -> BTreeMap<String, JoinEntry> {
-    let mut joins = BTreeMap::new();
+) -> Result<Vec<Built>, CatalogError> {
+    let mut joins = Vec::new();
     for def in definitions {
         let def = match def {
             Ok(d) => d,
             Err((id, error)) => {
-                joins.insert(id, JoinEntry::failed(vec![], error, String::new()));
+                let row = JoinRow { id, entry: JoinEntry::failed(vec![], error, String::new()), doc: None };
+                joins.push(Built { row, changed: true });
                 continue;
             }
         };
-        let entry = build_one(root, out, catalog, previous, &def);
-        if let Some(e) = &entry.error {
+        let built = build_one(root, files, db, reuse, &def)?;
+        if let Some(e) = &built.row.entry.error {
             eprintln!("zarrgate: join {}: {e}", def.id);
         }
-        joins.insert(def.id.clone(), entry);
+        joins.push(built);
     }
-    joins
+    Ok(joins)
 }
 
-fn build_one(root: &Path, out: &Path, catalog: &Catalog, previous: Option<&Catalog>, def: &Definition) -> JoinEntry {
-    let members = match resolve_members(def, catalog) {
-        Ok(m) => m,
-        Err(e) => return JoinEntry::failed(def.members(), e, String::new()),
+fn build_one(
+    root: &Path,
+    files: &[String],
+    db: &CatalogDb,
+    reuse: bool,
+    def: &Definition,
+) -> Result<Built, CatalogError> {
+    let failed = |members, error, inputs| Built {
+        row: JoinRow { id: def.id.clone(), entry: JoinEntry::failed(members, error, inputs), doc: None },
+        changed: true,
     };
-    let inputs = inputs_key(def, &members, catalog);
-    if let Some(old) = previous.and_then(|p| p.joins.get(&def.id)) {
-        if old.inputs == inputs && old.refs.as_ref().is_none_or(|r| out.join(r).exists()) {
-            return old.clone();
+    let members = match resolve_members(def, files, db)? {
+        Ok(m) => m,
+        Err(e) => return Ok(failed(def.members(), e, String::new())),
+    };
+    let inputs = inputs_key(def, &members)?;
+    if reuse {
+        if let Some(old) = db.join(&def.id)? {
+            if old.entry.inputs == inputs {
+                return Ok(Built { row: old, changed: false });
+            }
         }
     }
-    match build(root, out, catalog, def, &members) {
-        Ok((refs, notes)) => {
-            JoinEntry { status: EntryStatus::Ok, members, refs: Some(refs), error: None, notes, inputs }
+    Ok(match build(root, db, def, &members) {
+        Ok((doc, notes)) => {
+            let members = members.into_iter().map(|(m, _)| m).collect();
+            let entry = JoinEntry {
+                status: EntryStatus::Ok,
+                members,
+                refs: Some(format!("joins/{}.json", def.id)),
+                error: None,
+                notes,
+                inputs,
+            };
+            Built { row: JoinRow { id: def.id.clone(), entry, doc: Some(doc) }, changed: true }
         }
-        Err(e) => JoinEntry::failed(members, e, inputs),
-    }
+        Err(e) => failed(members.into_iter().map(|(m, _)| m).collect(), e, inputs),
+    })
 }
 
-/// The member files of a definition, each of which must be indexed.
-fn resolve_members(def: &Definition, catalog: &Catalog) -> Result<Vec<String>, String> {
+/// The member files of a definition with their fingerprints (each must be indexed), or why
+/// the definition cannot be built.
+#[allow(clippy::type_complexity)]
+fn resolve_members(
+    def: &Definition,
+    files: &[String],
+    db: &CatalogDb,
+) -> Result<Result<Vec<(String, Fingerprint)>, String>, CatalogError> {
     let members = match &def.plan {
         Plan::Spec { dir, spec } => {
             let globs = match &spec.files {
                 OneOrMany::One(g) => vec![g.clone()],
                 OneOrMany::Many(g) => g.clone(),
             };
-            let files: Vec<String> = catalog.datasets.keys().cloned().collect();
             let mut found = BTreeSet::new();
             for g in &globs {
-                found.extend(matching(dir, g, &files)?);
+                match matching(dir, g, files) {
+                    Ok(m) => found.extend(m),
+                    Err(e) => return Ok(Err(e)),
+                }
             }
             if found.is_empty() {
-                return Err(format!("{}: no files match {globs:?}", def.origin));
+                return Ok(Err(format!("{}: no files match {globs:?}", def.origin)));
             }
             found.into_iter().collect()
         }
         _ => def.members(),
     };
     if members.is_empty() {
-        return Err(format!("{}: no files", def.origin));
+        return Ok(Err(format!("{}: no files", def.origin)));
     }
-    for m in &members {
-        match catalog.datasets.get(m) {
-            None => return Err(format!("{}: {m} is not a data file of this tree", def.origin)),
+    let mut out = Vec::new();
+    for m in members {
+        match db.dataset(&m)? {
+            None => return Ok(Err(format!("{}: {m} is not a data file of this tree", def.origin))),
             Some(e) if e.status == EntryStatus::Failed || e.refs.is_none() => {
-                return Err(format!("{m} could not be indexed: {}", e.error.as_deref().unwrap_or("no reason")))
+                return Ok(Err(format!("{m} could not be indexed: {}", e.error.as_deref().unwrap_or("no reason"))))
             }
-            Some(_) => {}
+            Some(e) => out.push((m, e.fingerprint)),
         }
     }
-    Ok(members)
+    Ok(Ok(out))
 }
 
 /// What decides whether a stored join is current: the definition and its members' versions.
-fn inputs_key(def: &Definition, members: &[String], catalog: &Catalog) -> String {
+fn inputs_key(def: &Definition, members: &[(String, Fingerprint)]) -> Result<String, CatalogError> {
     use std::hash::{Hash as _, Hasher as _};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     def.text.hash(&mut h);
-    for m in members {
+    for (m, fingerprint) in members {
         m.hash(&mut h);
-        if let Some(e) = catalog.datasets.get(m) {
-            e.fingerprint.hash(&mut h);
-        }
+        fingerprint.hash(&mut h);
     }
-    format!("{:016x}-{}", h.finish(), members.len())
+    Ok(format!("{:016x}-{}", h.finish(), members.len()))
 }
 
+/// The deflated join document and the join's notes.
 fn build(
     root: &Path,
-    out: &Path,
-    catalog: &Catalog,
+    db: &CatalogDb,
     def: &Definition,
-    members: &[String],
-) -> Result<(String, Vec<String>), String> {
-    let loaded = parallel_map(members, |_, m| {
-        let entry = &catalog.datasets[m];
-        let path = out.join(entry.refs.as_ref().expect("checked by resolve_members"));
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut refs = ReferenceSet::from_json(&doc).map_err(|e| format!("{}: {e}", path.display()))?;
+    members: &[(String, Fingerprint)],
+) -> Result<(Vec<u8>, Vec<String>), String> {
+    let mut packed = Vec::with_capacity(members.len());
+    for (m, _) in members {
+        let row = db.dataset(m).map_err(|e| e.to_string())?;
+        packed.push(row.and_then(|r| r.refs).ok_or_else(|| format!("{m} is no longer in the catalog"))?);
+    }
+    let loaded = parallel_map(members, |i, (m, _)| {
+        let mut refs = packed::unpack(&packed[i]).map_err(|e| format!("{m}: {e}"))?;
         // The join reads metadata from `.zmetadata` only; the loose documents repeat it.
         refs.refs.retain(|k, _| !(k.ends_with(".zarray") || k.ends_with(".zattrs") || k.ends_with(".zgroup")));
         refs.meta = refs.meta.map(|mut m| {
@@ -410,10 +447,10 @@ fn build(
         });
         Ok::<_, String>(Member { name: m.clone(), refs })
     })?;
-    let index: BTreeMap<&str, usize> = members.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
+    let index: BTreeMap<&str, usize> = members.iter().enumerate().map(|(i, (m, _))| (m.as_str(), i)).collect();
     let (node, force, edits) = node_of(def, &loaded, &index)?;
     let reader = Files {
-        paths: members.iter().map(|m| root.join(m)).collect(),
+        paths: members.iter().map(|(m, _)| root.join(m)).collect(),
         open: members.iter().map(|_| OnceLock::new()).collect(),
     };
     let joiner = Joiner::new(&loaded, &reader, force).map_err(|e| e.to_string())?;
@@ -421,11 +458,9 @@ fn build(
     joined.apply(&edits).map_err(|e| e.to_string())?;
     let notes = joined.notes.clone();
     let sources =
-        members.iter().map(|m| SourceFile { path: m.clone(), fingerprint: catalog.datasets[m].fingerprint }).collect();
+        members.iter().map(|(m, fingerprint)| SourceFile { path: m.clone(), fingerprint: *fingerprint }).collect();
     let doc = JoinDoc::new(joined, sources);
-    let rel = format!("joins/{}.json", def.id);
-    zarrgate_core::catalog::write_atomic(&out.join(&rel), &doc.to_json_bytes()).map_err(|e| e.to_string())?;
-    Ok((rel, notes))
+    Ok((packed::deflate(&doc.to_json_bytes()), notes))
 }
 
 /// The join tree of a definition over its loaded members.

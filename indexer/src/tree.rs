@@ -1,18 +1,17 @@
-//! Indexes a directory tree into a catalog directory:
+//! Indexes a directory tree into a catalog database (`CATALOG/catalog.db`, see
+//! [`zarrgate_core::catalog::db`]): one row per file with its fingerprint, status and packed
+//! reference set (or why it failed), and one row per joined dataset.
 //!
-//! ```text
-//! CATALOG/catalog.json            datasets, fingerprints, status
-//! CATALOG/refs/<relpath>.json     one Kerchunk reference set per file
-//! CATALOG/reports/<relpath>.json  what happened to every variable, or why the file failed
-//! ```
-//!
-//! A re-run skips files whose fingerprint (size, mtime) is unchanged and drops entries of
-//! files that are gone. One bad file never stops the rest.
+//! - A re-run skips files whose fingerprint is unchanged, writes only the rows that changed
+//!   and drops the rows of files that are gone. One bad file never stops the rest.
+//! - Results are committed in transactions of at most [`BATCH_ROWS`] rows or one second, so a
+//!   run killed at any point leaves a consistent catalog (each row is a file's old or new
+//!   state) and the next run completes it. Memory holds the directory walk and one batch.
 
 use std::path::{Path, PathBuf};
 
-use zarrgate_core::catalog::{write_atomic, Catalog, CatalogEntry, CatalogError, EntryStatus, Fingerprint};
-use zarrgate_core::report::{FileReport, VariableStatus};
+use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, DatasetRow, EntryStatus, Fingerprint, Settings};
+use zarrgate_core::report::VariableStatus;
 
 use zarrgate_core::refs::ReferenceSet;
 
@@ -91,6 +90,10 @@ pub trait Progress {
     fn file(&mut self, rel: &str, outcome: Outcome);
 }
 
+/// Rows written per transaction at most; a transaction also ends after [`COMMIT_EVERY`].
+const BATCH_ROWS: usize = 500;
+const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn index_tree(
     root: &Path,
     out: &Path,
@@ -101,76 +104,114 @@ pub fn index_tree(
     let root = std::path::absolute(root).map_err(|e| CatalogError::Read { path: root.into(), source: e })?;
     let files = data_files(&root)?;
     let definitions = crate::join::find(&root, &files, !options.no_drs_join);
-    let previous = Catalog::load(out)?;
-    let reuse = previous.filter(|c| c.url_prefix == options.url_prefix && c.root == root && !options.force);
-    let mut catalog = Catalog::new(root.clone(), options.url_prefix.clone());
+    let mut db = CatalogDb::open(out)?;
+    let settings = Settings { root: root.clone(), url_prefix: options.url_prefix.clone() };
+    let same_tree = db.settings()?.as_ref() == Some(&settings);
+    if !same_tree {
+        // Rows of another root or URL prefix are not this tree's: start again.
+        db.write(|w| {
+            w.set_settings(&settings)?;
+            w.clear()
+        })?;
+    }
+    let reuse = same_tree && !options.force;
     let mut summary = TreeSummary::default();
     progress.start(files.len());
-    let mut todo = Vec::new();
-    for rel in files {
-        let fingerprint = Fingerprint::of_path(&root.join(&rel)).ok();
-        let old = reuse.as_ref().and_then(|c| c.datasets.get(&rel));
-        match (old, fingerprint) {
-            (Some(old), Some(fp))
-                if old.fingerprint == fp && old.refs.as_ref().is_none_or(|r| out.join(r).exists()) =>
-            {
-                catalog.datasets.insert(rel.clone(), old.clone());
-                summary.skipped += 1;
-                progress.file(&rel, Outcome::Skipped);
-            }
-            _ => todo.push((rel, fingerprint.unwrap_or_default())),
+    // Indexes into `files`: no second list of paths.
+    let mut todo: Vec<u32> = Vec::new();
+    for (i, rel) in files.iter().enumerate() {
+        let now = Fingerprint::of_path(&root.join(rel)).ok();
+        let unchanged = reuse && now.is_some() && db.dataset_state(rel)?.is_some_and(|(old, _)| Some(old) == now);
+        if unchanged {
+            summary.skipped += 1;
+            progress.file(rel, Outcome::Skipped);
+        } else {
+            todo.push(i as u32);
         }
     }
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<DatasetRow>(BATCH_ROWS);
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| -> Result<(), TreeError> {
         for _ in 0..options.jobs.max(1) {
-            let (tx, next, todo, root) = (tx.clone(), &next, &todo, &root);
+            let (tx, next, todo, root, files) = (tx.clone(), &next, &todo, &root, &files);
             scope.spawn(move || loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((rel, fingerprint)) = todo.get(i) else { break };
+                let Some(&n) = todo.get(i) else { break };
+                let rel = &files[n as usize];
+                let path = root.join(rel);
+                let fingerprint = Fingerprint::of_path(&path).unwrap_or_default();
                 let url = options.url_prefix.as_ref().map(|p| format!("{}{rel}", with_slash(p)));
-                let result = indexer.index(&root.join(rel), url);
-                if tx.send((rel.clone(), *fingerprint, result)).is_err() {
+                let row = row_of(rel, fingerprint, indexer.index(&path, url));
+                if tx.send(row).is_err() {
                     break;
                 }
             });
         }
         drop(tx);
-        for (rel, fingerprint, result) in rx {
-            let entry = record(out, &rel, fingerprint, result)?;
-            match entry.status {
+        let mut batch: Vec<DatasetRow> = Vec::with_capacity(BATCH_ROWS);
+        let mut since = std::time::Instant::now();
+        for row in rx {
+            match row.status {
                 EntryStatus::Ok => summary.ok += 1,
                 EntryStatus::Partial => summary.partial += 1,
                 EntryStatus::Failed => summary.failed += 1,
             }
-            progress.file(&rel, Outcome::Indexed(entry.status));
-            catalog.datasets.insert(rel, entry);
+            progress.file(&row.id, Outcome::Indexed(row.status));
+            batch.push(row);
+            if batch.len() >= BATCH_ROWS || since.elapsed() >= COMMIT_EVERY {
+                commit(&mut db, &mut batch)?;
+                since = std::time::Instant::now();
+            }
         }
-        Ok(())
+        commit(&mut db, &mut batch)
     })?;
-    if let Some(old) = &reuse {
-        for entry in old.datasets.iter().filter(|(rel, _)| !catalog.datasets.contains_key(*rel)).map(|(_, e)| e) {
-            remove_outputs(out, entry);
-            summary.removed += 1;
-        }
-    }
-    catalog.joins = crate::join::build_all(&root, out, &catalog, reuse.as_ref(), definitions);
-    for entry in catalog.joins.values() {
-        match entry.status {
+    summary.removed = remove_missing(&mut db, &files)?;
+    let joins = crate::join::build_all(&root, &files, &db, reuse, definitions)?;
+    for built in &joins {
+        match built.row.entry.status {
             EntryStatus::Failed => summary.joins_failed += 1,
             _ => summary.joins_ok += 1,
         }
     }
-    if let Some(old) = &reuse {
-        let kept: std::collections::BTreeSet<&String> =
-            catalog.joins.values().filter_map(|e| e.refs.as_ref()).collect();
-        for r in old.joins.values().filter_map(|e| e.refs.as_ref()).filter(|r| !kept.contains(r)) {
-            let _ = std::fs::remove_file(out.join(r));
-        }
+    let ids: std::collections::BTreeSet<String> = joins.iter().map(|b| b.row.id.clone()).collect();
+    let stored: std::collections::BTreeSet<String> =
+        db.join_prefixes()?.into_iter().map(|p| p.trim_end_matches('/').to_string()).collect();
+    // A run that changed nothing writes nothing (readers see the same generation).
+    if ids != stored || joins.iter().any(|b| b.changed) {
+        db.write(|w| {
+            for built in joins.iter().filter(|b| b.changed) {
+                w.put_join(&built.row)?;
+            }
+            w.retain_joins(&ids)
+        })?;
     }
-    catalog.save(out)?;
     Ok(summary)
+}
+
+fn commit(db: &mut CatalogDb, batch: &mut Vec<DatasetRow>) -> Result<(), TreeError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    db.write(|w| batch.iter().try_for_each(|row| w.put_dataset(row)))?;
+    batch.clear();
+    Ok(())
+}
+
+/// Drops the rows of files that are gone, a page of the catalog at a time.
+fn remove_missing(db: &mut CatalogDb, files: &[String]) -> Result<usize, TreeError> {
+    let mut removed = 0;
+    let mut after = String::new();
+    loop {
+        let page = db.dataset_ids_after(&after, 1000)?;
+        let Some(last) = page.last().cloned() else { break };
+        let gone: Vec<&String> = page.iter().filter(|id| files.binary_search(id).is_err()).collect();
+        if !gone.is_empty() {
+            db.write(|w| gone.iter().try_for_each(|id| w.remove_dataset(id)))?;
+            removed += gone.len();
+        }
+        after = last;
+    }
+    Ok(removed)
 }
 
 /// Relative paths of the data files under `root`, sorted.
@@ -184,6 +225,7 @@ fn data_files(root: &Path) -> Result<Vec<String>, TreeError> {
         let rel = entry.path().strip_prefix(root).expect("walkdir yields paths under root");
         out.push(rel.to_string_lossy().replace('\\', "/"));
     }
+    out.sort_unstable();
     Ok(out)
 }
 
@@ -200,54 +242,27 @@ fn looks_like_data(path: &Path) -> bool {
         .is_ok_and(|format| format.is_some())
 }
 
-/// Writes the reference set (if any) and the report of one file, and returns its entry.
-fn record(
-    out: &Path,
-    rel: &str,
-    fingerprint: Fingerprint,
-    result: Result<ReferenceSet, String>,
-) -> Result<CatalogEntry, TreeError> {
-    let refs_rel = format!("refs/{rel}.json");
-    let report_rel = format!("reports/{rel}.json");
-    let (entry, report) = match result {
+/// The catalog row of one file: its packed references, or why it could not be indexed.
+fn row_of(rel: &str, fingerprint: Fingerprint, result: Result<ReferenceSet, String>) -> DatasetRow {
+    match result {
         Ok(set) => {
-            let meta = set.meta.clone().expect("indexers always set meta");
+            let meta = set.meta.as_ref().expect("indexers always set meta");
             let complete = meta
                 .variables
                 .values()
                 .all(|v| matches!(v.status, VariableStatus::Referenced | VariableStatus::Inlined));
-            let status = if complete { EntryStatus::Ok } else { EntryStatus::Partial };
-            write_atomic(&out.join(&refs_rel), &set.to_json_bytes())?;
-            let entry = CatalogEntry {
+            DatasetRow {
+                id: rel.to_string(),
                 fingerprint: meta.source.fingerprint,
-                status,
-                refs: Some(refs_rel),
-                report: report_rel.clone(),
+                status: if complete { EntryStatus::Ok } else { EntryStatus::Partial },
                 error: None,
-            };
-            (entry, FileReport { file: rel.into(), status, error: None, index: Some(meta) })
+                refs: Some(packed::pack(&set)),
+            }
         }
         Err(msg) => {
-            let _ = std::fs::remove_file(out.join(&refs_rel));
-            let entry = CatalogEntry {
-                fingerprint,
-                status: EntryStatus::Failed,
-                refs: None,
-                report: report_rel.clone(),
-                error: Some(msg.clone()),
-            };
-            (entry, FileReport { file: rel.into(), status: EntryStatus::Failed, error: Some(msg), index: None })
+            DatasetRow { id: rel.to_string(), fingerprint, status: EntryStatus::Failed, error: Some(msg), refs: None }
         }
-    };
-    write_atomic(&out.join(&report_rel), &serde_json::to_vec_pretty(&report).expect("report serializes"))?;
-    Ok(entry)
-}
-
-fn remove_outputs(out: &Path, entry: &CatalogEntry) {
-    if let Some(r) = &entry.refs {
-        let _ = std::fs::remove_file(out.join(r));
     }
-    let _ = std::fs::remove_file(out.join(&entry.report));
 }
 
 fn with_slash(prefix: &str) -> String {

@@ -36,10 +36,9 @@ fn serves_a_catalog_by_byte_range_and_stops_on_its_shutdown_future() {
     let catalog = tempfile::tempdir().unwrap();
     let options = TreeOptions { jobs: 1, ..Default::default() };
     index_tree(data.path(), catalog.path(), &options, &InProcess, &mut Silent).unwrap();
-    let refs = zarrgate_core::refs::ReferenceSet::from_json(
-        &serde_json::from_slice(&std::fs::read(catalog.path().join("refs/cal_noleap.nc.json")).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let db = zarrgate_core::catalog::CatalogDb::open(catalog.path()).unwrap();
+    let row = db.dataset("cal_noleap.nc").unwrap().unwrap();
+    let refs = zarrgate_core::catalog::packed::unpack(&row.refs.unwrap()).unwrap();
     let Some(Reference::Range { offset, length, .. }) = refs.refs.get("tas/0.0.0") else {
         panic!("tas/0.0.0 is a range")
     };

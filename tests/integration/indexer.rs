@@ -150,14 +150,15 @@ fn tree_index_reports_bad_files_and_reruns_incrementally() {
     assert_eq!((summary.ok, summary.partial, summary.failed), (2, 1, 2));
     assert_eq!(seen.0.len(), 5, "README.txt is not taken as data");
 
-    let catalog = Catalog::load(out.path()).unwrap().unwrap();
+    let (exported, catalog) = export(out.path());
     let bad = &catalog.datasets["bad/zero_bytes.nc"];
     assert_eq!(bad.status, EntryStatus::Failed);
-    let report: FileReport = serde_json::from_slice(&std::fs::read(out.path().join(&bad.report)).unwrap()).unwrap();
+    let report: FileReport =
+        serde_json::from_slice(&std::fs::read(exported.path().join(&bad.report)).unwrap()).unwrap();
     assert!(report.error.unwrap().contains("empty"));
     let good = &catalog.datasets["good/classic.nc"];
     let refs: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join(good.refs.as_ref().unwrap())).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(exported.path().join(good.refs.as_ref().unwrap())).unwrap()).unwrap();
     assert_eq!(refs["templates"]["u"], "s3://bucket/data/good/classic.nc");
 
     let mut seen = Seen::default();
@@ -171,7 +172,16 @@ fn tree_index_reports_bad_files_and_reruns_incrementally() {
     std::fs::remove_file(data.path().join("good/classic.nc")).unwrap();
     let third = index_tree(data.path(), out.path(), &options, &InProcess, &mut Seen::default()).unwrap();
     assert_eq!((third.ok, third.skipped, third.removed), (1, 3, 1));
-    let catalog = Catalog::load(out.path()).unwrap().unwrap();
+    let (exported, catalog) = export(out.path());
     assert!(!catalog.datasets.contains_key("good/classic.nc"));
-    assert!(!out.path().join("refs/good/classic.nc.json").exists());
+    assert!(!exported.path().join("refs/good/classic.nc.json").exists());
+}
+
+/// The catalog in `dir`, exported to the JSON layout.
+fn export(dir: &std::path::Path) -> (tempfile::TempDir, Catalog) {
+    let out = tempfile::tempdir().unwrap();
+    let db = zarrgate_core::catalog::CatalogDb::open(dir).unwrap();
+    zarrgate_core::catalog::legacy::export(&db, &[], out.path()).unwrap();
+    let catalog = Catalog::load_json(out.path()).unwrap().unwrap();
+    (out, catalog)
 }

@@ -315,8 +315,10 @@ class ServedSource:
 
     source: str
     gateway: gateway.Gateway
-    #: the catalog.json the gateway wrote while indexing at start
+    #: the catalog the gateway wrote while indexing at start, as ``zarrgate export`` writes it
     catalog: dict
+    #: where it was exported
+    exported: Path
     #: whether a case has already failed because the gateway exited
     exit_reported: bool = False
 
@@ -325,7 +327,7 @@ class ServedSource:
 
     def view(self, case: Case) -> fidelity.GatewayView:
         entry = self.entry(case) or {}
-        meta = self.gateway.catalog_dir / entry["refs"] if entry.get("refs") else None
+        meta = self.exported / entry["refs"] if entry.get("refs") else None
         return fidelity.GatewayView(self.gateway.endpoint, self.gateway.bucket, case.rel,
                                     None if meta is None else str(meta))
 
@@ -377,11 +379,12 @@ def _start(source: str, root: Path, catalog_dir: Path) -> ServedSource | str:
     except (OSError, RuntimeError) as e:
         return f"zarrgate serve for {source} ({' '.join(gateway.zarrgate_bin())}, --data {root}): {e}"
     try:
-        catalog = json.loads((catalog_dir / "catalog.json").read_text())
-    except (OSError, ValueError) as e:
+        exported = gw.exported()
+        catalog = json.loads((exported / "catalog.json").read_text())
+    except (OSError, ValueError, RuntimeError) as e:
         gw.stop()
-        return f"zarrgate serve for {source} listens but wrote no readable catalog.json: {e}"
-    return ServedSource(source, gw, catalog)
+        return f"zarrgate serve for {source} listens but its catalog does not export: {e}"
+    return ServedSource(source, gw, catalog, exported)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

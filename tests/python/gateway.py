@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import signal
+import shutil
 import subprocess
 import threading
 import time
@@ -53,6 +54,19 @@ def zarrgate_bin() -> list[str]:
     return shlex.split(cmd)
 
 
+def export_catalog(catalog_dir: Path, *datasets: str, out: Path | None = None) -> Path:
+    """What a catalog holds, as files (``zarrgate export``): ``catalog.json``, ``refs/<id>.json``
+    (Kerchunk JSON), ``reports/<id>.json`` and ``joins/<id>.json``. Written afresh each call."""
+    out = out or Path(f"{catalog_dir}.export")
+    if out.exists():
+        shutil.rmtree(out)
+    proc = subprocess.run([*zarrgate_bin(), "export", str(catalog_dir), *datasets, "--out", str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"zarrgate export {catalog_dir} failed: {proc.stderr[-2000:]}")
+    return out
+
+
 @dataclass
 class Gateway:
     endpoint: str
@@ -63,6 +77,10 @@ class Gateway:
     auth_db: Path | None = None
     ops_dir: Path | None = None
     _key: tuple[str, str] | None = None
+
+    def exported(self) -> Path:
+        """This gateway's catalog, exported now (see :func:`export_catalog`)."""
+        return export_catalog(self.catalog_dir)
 
     def create_key(self, name: str = "test", groups: tuple[str, ...] = (), expires: str | None = None) -> tuple[str, str]:
         """A new access key in this gateway's database: (access key id, secret)."""

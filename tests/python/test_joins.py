@@ -43,7 +43,7 @@ def tree(tmp_path_factory):
 def served(tree, tmp_path_factory):
     root, cases = tree
     gw = start_gateway(root, BUCKET, tmp_path_factory.mktemp("joins-catalog") / "catalog")
-    catalog = json.loads((gw.catalog_dir / "catalog.json").read_text())
+    catalog = json.loads((gw.exported() / "catalog.json").read_text())
     yield gw, catalog, cases
     gw.stop()
 
@@ -117,7 +117,7 @@ def test_catalog_lists_the_join_and_its_members(served, name):
     entry = join_entry(catalog, jcase)
     assert entry["status"] == "ok", entry.get("error")
     assert sorted(entry["members"]) == sorted(jcase.members)
-    assert entry["refs"] == f"joins/{jcase.id}.json" and (gw.catalog_dir / entry["refs"]).is_file(), entry
+    assert entry["refs"] == f"joins/{jcase.id}.json" and (gw.catalog_dir.parent / f"{gw.catalog_dir.name}.export" / entry["refs"]).is_file(), entry
     for word in jcase.notes:
         assert any(word in note for note in entry.get("notes", [])), f"no note names {word}: {entry.get('notes')}"
 

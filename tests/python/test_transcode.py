@@ -19,7 +19,7 @@ import pytest
 import zarr
 from zarr.storage import FsspecStore
 
-from gateway import REPO, start_gateway
+from gateway import REPO, export_catalog, start_gateway
 
 FIXTURES = Path(os.environ.get("ZARRGATE_FIXTURES", REPO / "fixtures" / "data" / "good"))
 CORPUS = Path(os.environ.get("ZARRGATE_CORPUS", REPO.parent / "shared" / "corpus"))
@@ -56,7 +56,8 @@ def served(tmp_path_factory):
 
 
 def transcode_marks(catalog: Path, name: str) -> dict:
-    report = json.loads((catalog / "reports" / f"{name}.json").read_text())
+    exported = export_catalog(catalog, name, out=catalog.parent / f"{catalog.name}.export-{name}")
+    report = json.loads((exported / "reports" / f"{name}.json").read_text())
     return (report.get("index") or {}).get("transcode", {})
 
 

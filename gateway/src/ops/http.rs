@@ -436,7 +436,7 @@ impl Bucket for ResultsBucket {
         }
     }
 
-    fn list(&self, query: &ListQuery) -> ListPage<Listed> {
+    fn list(&self, query: &ListQuery) -> Result<ListPage<Listed>, String> {
         let hash = query.prefix.split('/').next().unwrap_or("");
         let files: std::collections::BTreeMap<String, Listed> = match self.files(hash) {
             Some((blob, files)) => files
@@ -449,7 +449,7 @@ impl Bucket for ResultsBucket {
                 .collect(),
             None => Default::default(),
         };
-        store::list::list(&files, query)
+        Ok(store::list::list(&files, query))
     }
 }
 

@@ -235,15 +235,15 @@ impl Ops {
             argument: Some("dataset".into()),
             ..Problem::not_found(format!("there is no collection {:?}", req.bucket))
         })?;
-        let snapshot = collection.snapshot();
-        let id = format!("{}/", req.dataset);
-        let (entry, rest) =
-            Collection::find(&snapshot, &id).filter(|(_, rest)| rest.is_empty()).ok_or_else(|| Problem {
-                argument: Some("dataset".into()),
-                ..Problem::not_found(format!("collection {} has no dataset {:?}", req.bucket, req.dataset))
-            })?;
-        debug_assert!(rest.is_empty());
-        match &*entry {
+        let not_found = || Problem {
+            argument: Some("dataset".into()),
+            ..Problem::not_found(format!("collection {} has no dataset {:?}", req.bucket, req.dataset))
+        };
+        let cached = collection
+            .dataset(&req.dataset)
+            .map_err(|why| Problem::new(503, "unavailable", "Catalog unavailable", why))?
+            .ok_or_else(not_found)?;
+        match &cached.entry {
             Entry::Ready { dataset, .. } => Ok((collection.clone(), dataset.clone())),
             Entry::Unavailable(why) => Err(Problem::new(503, "unavailable", "Dataset unavailable", why.clone())),
         }

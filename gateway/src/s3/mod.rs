@@ -429,7 +429,8 @@ fn list_query(r: &S3Request) -> Result<(ListQuery, bool), S3Error> {
 
 fn list_objects(bucket: &dyn Bucket, r: &S3Request) -> Result<HttpResponse, S3Error> {
     let (query, encode) = list_query(r)?;
-    let page = bucket.list(&query);
+    let page =
+        bucket.list(&query).map_err(|why| S3Error::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", why))?;
     let v2 = r.param("list-type") == Some("2");
     let token = r.param("continuation-token");
     let ListQuery { prefix, delimiter, max_keys, .. } = query;

@@ -11,19 +11,33 @@
 
 use std::ops::Bound;
 
+/// What a scan yields: a key, or a group of keys read only if the listing needs them.
+pub enum Item<E> {
+    Key(String, E),
+    /// Every key that starts with this prefix (at least one; none elsewhere in the scan). A
+    /// listing whose delimiter rolls the prefix up into a common prefix never reads them.
+    Group(String),
+}
+
 /// A sorted key space that can be read from any point.
 pub trait KeySpace {
     type Entry;
-    /// Entries with keys in `(from, ∞)` or `[from, ∞)`, ascending.
-    fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = (String, Self::Entry)> + 'a>;
+    /// Keys in `(from, ∞)` or `[from, ∞)`, ascending. A [`Item::Group`] is yielded only when
+    /// all its keys are in that range.
+    fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = Item<Self::Entry>> + 'a>;
+
+    /// The keys of a group the scan yielded, ascending.
+    fn expand<'a>(&'a self, _group: &str) -> Box<dyn Iterator<Item = (String, Self::Entry)> + 'a> {
+        Box::new(std::iter::empty())
+    }
 }
 
 /// Any sorted map is a key space (a small bucket, or one result's files).
 impl<E: Clone> KeySpace for std::collections::BTreeMap<String, E> {
     type Entry = E;
 
-    fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = (String, E)> + 'a> {
-        Box::new(self.range::<str, _>((from, Bound::Unbounded)).map(|(k, v)| (k.clone(), v.clone())))
+    fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = Item<E>> + 'a> {
+        Box::new(self.range::<str, _>((from, Bound::Unbounded)).map(|(k, v)| Item::Key(k.clone(), v.clone())))
     }
 }
 
@@ -51,57 +65,121 @@ fn past_prefix(prefix: &str) -> String {
     format!("{prefix}\u{10FFFF}")
 }
 
+/// What the listing does after one key or group.
+enum Step {
+    Next,
+    Stop,
+    /// Scan again from past this common prefix.
+    SkipTo(String),
+}
+
 pub fn list<S: KeySpace>(space: &S, query: &ListQuery) -> ListPage<S::Entry> {
     let mut page = ListPage { contents: Vec::new(), common_prefixes: Vec::new(), truncated: false, last: None };
     if query.max_keys == 0 {
         return page;
     }
-    let delimiter = query.delimiter.as_deref().filter(|d| !d.is_empty());
     let after = query.after.as_deref().filter(|a| a >= &query.prefix.as_str());
+    let mut lister =
+        Lister { query, delimiter: query.delimiter.as_deref().filter(|d| !d.is_empty()), after, page: &mut page };
     let mut from: (String, bool) = match after {
         Some(a) => (a.to_string(), false),
         None => (query.prefix.clone(), true),
     };
     'scan: loop {
         let bound = if from.1 { Bound::Included(from.0.as_str()) } else { Bound::Excluded(from.0.as_str()) };
-        let mut skip_to = None;
-        for (key, entry) in space.scan(bound) {
-            if !key.starts_with(&query.prefix) {
-                break 'scan;
+        let mut step = Step::Stop;
+        'items: for item in space.scan(bound) {
+            step = match item {
+                Item::Key(key, entry) => lister.key(key, Some(entry)),
+                Item::Group(group) => match lister.group(&group) {
+                    Some(step) => step,
+                    None => {
+                        for (key, entry) in space.expand(&group) {
+                            match lister.key(key, Some(entry)) {
+                                Step::Next => continue,
+                                other => {
+                                    step = other;
+                                    break 'items;
+                                }
+                            }
+                        }
+                        Step::Next
+                    }
+                },
+            };
+            if !matches!(step, Step::Next) {
+                break;
             }
-            let rolled = delimiter.and_then(|d| {
-                key[query.prefix.len()..].find(d).map(|i| key[..query.prefix.len() + i + d.len()].to_string())
-            });
-            match rolled {
-                Some(cp) => {
-                    let seen = after.is_some_and(|a| cp.as_str() <= a);
-                    if !seen && page.contents.len() + page.common_prefixes.len() == query.max_keys {
-                        page.truncated = true;
-                        break 'scan;
-                    }
-                    skip_to = Some(past_prefix(&cp));
-                    if !seen {
-                        page.last = Some(cp.clone());
-                        page.common_prefixes.push(cp);
-                    }
-                    break;
-                }
-                None => {
-                    if page.contents.len() + page.common_prefixes.len() == query.max_keys {
-                        page.truncated = true;
-                        break 'scan;
-                    }
-                    page.last = Some(key.clone());
-                    page.contents.push((key, entry));
-                }
-            }
+            step = Step::Stop;
         }
-        match skip_to.take() {
-            Some(next) => from = (next, false),
-            None => break,
+        match step {
+            Step::SkipTo(next) => from = (next, false),
+            _ => break 'scan,
         }
     }
     page
+}
+
+struct Lister<'q, 'p, E> {
+    query: &'q ListQuery,
+    delimiter: Option<&'q str>,
+    after: Option<&'q str>,
+    page: &'p mut ListPage<E>,
+}
+
+impl<E> Lister<'_, '_, E> {
+    fn full(&self) -> bool {
+        self.page.contents.len() + self.page.common_prefixes.len() == self.query.max_keys
+    }
+
+    /// The common prefix `key` rolls up into, if any.
+    fn rolled(&self, key: &str) -> Option<String> {
+        let p = self.query.prefix.len();
+        self.delimiter.and_then(|d| key[p..].find(d).map(|i| key[..p + i + d.len()].to_string()))
+    }
+
+    fn key(&mut self, key: String, entry: Option<E>) -> Step {
+        if !key.starts_with(&self.query.prefix) {
+            return Step::Stop;
+        }
+        match self.rolled(&key) {
+            Some(cp) => self.common_prefix(cp),
+            None => {
+                if self.full() {
+                    self.page.truncated = true;
+                    return Step::Stop;
+                }
+                self.page.last = Some(key.clone());
+                if let Some(entry) = entry {
+                    self.page.contents.push((key, entry));
+                }
+                Step::Next
+            }
+        }
+    }
+
+    /// A group rolled up whole, or `None` when its keys must be read.
+    fn group(&mut self, group: &str) -> Option<Step> {
+        if !group.starts_with(&self.query.prefix) {
+            return Some(Step::Stop);
+        }
+        let cp = self.rolled(group)?;
+        Some(self.common_prefix(cp))
+    }
+
+    fn common_prefix(&mut self, cp: String) -> Step {
+        let seen = self.after.is_some_and(|a| cp.as_str() <= a);
+        if !seen && self.full() {
+            self.page.truncated = true;
+            return Step::Stop;
+        }
+        let next = past_prefix(&cp);
+        if !seen {
+            self.page.last = Some(cp.clone());
+            self.page.common_prefixes.push(cp);
+        }
+        Step::SkipTo(next)
+    }
 }
 
 #[cfg(test)]
@@ -177,5 +255,57 @@ mod tests {
     fn multi_character_delimiter() {
         let s = keys(&["x--1", "x--2", "y"]);
         assert_eq!(run(&s, "", Some("--"), 10, None), (vec!["y".into()], vec!["x--".into()], false));
+    }
+
+    /// The same keys, with each `dataset/` prefix yielded as a group (as a collection does).
+    struct Grouped(BTreeMap<String, Vec<String>>);
+
+    impl KeySpace for Grouped {
+        type Entry = ();
+
+        fn scan<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = Item<()>> + 'a> {
+            let (text, inclusive) = match from {
+                Bound::Included(s) => (s.to_string(), true),
+                Bound::Excluded(s) => (s.to_string(), false),
+                Bound::Unbounded => (String::new(), true),
+            };
+            let after = move |k: &str| if inclusive { k >= text.as_str() } else { k > text.as_str() };
+            let mut out = Vec::new();
+            for (group, keys) in &self.0 {
+                let all: Vec<String> = keys.iter().map(|k| format!("{group}{k}")).collect();
+                if all.iter().all(|k| after(k)) {
+                    out.push(Item::Group(group.clone()));
+                } else {
+                    out.extend(all.into_iter().filter(|k| after(k)).map(|k| Item::Key(k, ())));
+                }
+            }
+            Box::new(out.into_iter())
+        }
+
+        fn expand<'a>(&'a self, group: &str) -> Box<dyn Iterator<Item = (String, ())> + 'a> {
+            let group = group.to_string();
+            Box::new(self.0[&group].iter().map(move |k| (format!("{group}{k}"), ())))
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn groups_list_exactly_as_their_keys(
+            datasets in proptest::collection::btree_map("[ab]{1,2}(/[ab]{1,2})?\\.nc/", proptest::collection::btree_set("[.ab]{1,2}(/[01]{1,2})?", 1..4), 1..6),
+            prefix in "[ab/.]{0,4}",
+            delimiter in proptest::option::of(proptest::sample::select(vec!["/", ".", "b/"])),
+            max_keys in 0usize..6,
+            after in proptest::option::of("[ab/.]{0,6}"),
+        ) {
+            let flat: Keys = datasets.iter().flat_map(|(g, ks)| ks.iter().map(move |k| (format!("{g}{k}"), ()))).collect();
+            let grouped = Grouped(datasets.iter().map(|(g, ks)| (g.clone(), ks.iter().cloned().collect())).collect());
+            let q = ListQuery { prefix, delimiter: delimiter.map(Into::into), max_keys, after };
+            let (a, b) = (list(&flat, &q), list(&grouped, &q));
+            let keys = |p: &ListPage<()>| p.contents.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(keys(&a), keys(&b));
+            proptest::prop_assert_eq!(&a.common_prefixes, &b.common_prefixes);
+            proptest::prop_assert_eq!(a.truncated, b.truncated);
+            proptest::prop_assert_eq!(a.last, b.last);
+        }
     }
 }

@@ -41,8 +41,9 @@ pub enum Lookup {
 pub trait Bucket: Send + Sync {
     fn lookup(&self, key: &str) -> Lookup;
 
-    /// One page of keys, by the S3 rules of [`list::list`].
-    fn list(&self, query: &ListQuery) -> ListPage<Listed>;
+    /// One page of keys, by the S3 rules of [`list::list`], or why the bucket cannot be
+    /// listed now (503).
+    fn list(&self, query: &ListQuery) -> Result<ListPage<Listed>, String>;
 
     /// A read found a source changed since it was indexed: bring the bucket up to date (in the
     /// background).

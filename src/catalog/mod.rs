@@ -1,5 +1,16 @@
-//! The catalog of an indexed tree: which files were indexed, their fingerprints, and where
-//! their reference sets and reports are.
+//! The catalog of an indexed tree: which files were indexed, their fingerprints, their
+//! reference sets, and the joined datasets.
+//!
+//! - [`db`]: the catalog database (SQLite), what the indexer writes and the gateway reads.
+//! - [`packed`]: the compact stored form of a reference set.
+//! - [`legacy`]: the former directory layout (`catalog.json` and one JSON file per
+//!   dataset), which is the export format and is converted into a database on first use.
+
+pub mod db;
+pub mod legacy;
+pub mod packed;
+
+pub use db::{CatalogDb, DatasetRow, JoinRow, Kind, Settings};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -140,7 +151,7 @@ impl JoinEntry {
     }
 }
 
-/// `catalog.json` of a catalog directory.
+/// `catalog.json` of an exported (or old-layout) catalog directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     pub version: u32,
@@ -174,6 +185,22 @@ pub enum CatalogError {
         #[source]
         source: std::io::Error,
     },
+    #[error("catalog database {path}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("catalog database {path} was written by a newer zarrgate")]
+    Newer { path: PathBuf },
+    #[error("references {path} are not valid: {why}")]
+    Refs { path: PathBuf, why: String },
+    #[error(transparent)]
+    Packed(#[from] packed::PackError),
+    #[error("the catalog is empty: nothing was indexed into it yet")]
+    Empty,
+    #[error("the catalog has no dataset {0:?}")]
+    NoDataset(String),
 }
 
 pub const CATALOG_FILE: &str = "catalog.json";
@@ -183,8 +210,8 @@ impl Catalog {
         Catalog { version: 1, root, url_prefix, datasets: BTreeMap::new(), joins: BTreeMap::new() }
     }
 
-    /// Loads `dir/catalog.json`, or `None` if there is none yet.
-    pub fn load(dir: &Path) -> Result<Option<Self>, CatalogError> {
+    /// Loads `dir/catalog.json`, or `None` if there is none.
+    pub fn load_json(dir: &Path) -> Result<Option<Self>, CatalogError> {
         let path = dir.join(CATALOG_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -195,7 +222,7 @@ impl Catalog {
     }
 
     /// Writes `dir/catalog.json` atomically.
-    pub fn save(&self, dir: &Path) -> Result<(), CatalogError> {
+    pub fn save_json(&self, dir: &Path) -> Result<(), CatalogError> {
         let bytes = serde_json::to_vec_pretty(self).expect("catalog serializes");
         write_atomic(&dir.join(CATALOG_FILE), &bytes)
     }
@@ -222,7 +249,7 @@ mod tests {
     #[test]
     fn save_and_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(Catalog::load(dir.path()).unwrap().is_none());
+        assert!(Catalog::load_json(dir.path()).unwrap().is_none());
         let mut cat = Catalog::new("/data".into(), Some("s3://b/".into()));
         cat.datasets.insert(
             "a/b.nc".into(),
@@ -234,14 +261,14 @@ mod tests {
                 error: None,
             },
         );
-        cat.save(dir.path()).unwrap();
-        assert_eq!(Catalog::load(dir.path()).unwrap().unwrap(), cat);
+        cat.save_json(dir.path()).unwrap();
+        assert_eq!(Catalog::load_json(dir.path()).unwrap().unwrap(), cat);
     }
 
     #[test]
     fn corrupt_catalog_is_a_parse_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(CATALOG_FILE), b"{not json").unwrap();
-        assert!(matches!(Catalog::load(dir.path()), Err(CatalogError::Parse { .. })));
+        assert!(matches!(Catalog::load_json(dir.path()), Err(CatalogError::Parse { .. })));
     }
 }

@@ -1,0 +1,637 @@
+//! The catalog database: one SQLite file per catalog directory.
+//!
+//! # Tables
+//! - `datasets`: one row per indexed file, keyed by `prefix` (its id and a `/`, so rows sort
+//!   as the keys of the bucket do). The row holds the fingerprint, status and error; its
+//!   reference set lives in `refs`, in the packed form ([`super::packed`]), so scans of the
+//!   catalog never read reference sets.
+//! - `joins`: one row per joined dataset, with its join document (deflated JSON).
+//! - `meta`: the indexed root, the URL prefix, the format version and a generation counter
+//!   that every write transaction increments (readers poll it to see changes).
+//!
+//! # Consistency
+//! Writers change rows only inside transactions ([`CatalogDb::write`]); the database runs in
+//! WAL mode, so a reader always sees the last committed state, and a writer killed mid-run
+//! leaves the state of its last commit.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _};
+
+use super::{Catalog, CatalogError, EntryStatus, Fingerprint, JoinEntry, CATALOG_FILE};
+
+pub const DB_FILE: &str = "catalog.db";
+const FORMAT: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS refs (id INTEGER PRIMARY KEY, packed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (
+    prefix TEXT PRIMARY KEY,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL,
+    dev INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    status TEXT NOT NULL, error TEXT, refs INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS joins (
+    prefix TEXT PRIMARY KEY, status TEXT NOT NULL, members TEXT NOT NULL, doc BLOB,
+    error TEXT, notes TEXT NOT NULL, inputs TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+/// One indexed file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatasetRow {
+    pub id: String,
+    pub fingerprint: Fingerprint,
+    pub status: EntryStatus,
+    pub error: Option<String>,
+    /// The packed reference set (absent when indexing failed).
+    pub refs: Option<Vec<u8>>,
+}
+
+/// One joined dataset: its catalog entry, and its join document deflated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JoinRow {
+    pub id: String,
+    pub entry: JoinEntry,
+    pub doc: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Join,
+}
+
+/// What the catalog was built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub root: PathBuf,
+    pub url_prefix: Option<String>,
+}
+
+pub struct CatalogDb {
+    conn: Connection,
+}
+
+fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> CatalogError + '_ {
+    move |e| CatalogError::Db { path: path.to_path_buf(), source: e }
+}
+
+fn status_text(s: EntryStatus) -> &'static str {
+    match s {
+        EntryStatus::Ok => "ok",
+        EntryStatus::Partial => "partial",
+        EntryStatus::Failed => "failed",
+    }
+}
+
+fn status_of(text: &str) -> EntryStatus {
+    match text {
+        "ok" => EntryStatus::Ok,
+        "partial" => EntryStatus::Partial,
+        _ => EntryStatus::Failed,
+    }
+}
+
+fn prefix_of(id: &str) -> String {
+    format!("{id}/")
+}
+
+fn id_of(prefix: String) -> String {
+    let mut id = prefix;
+    id.pop();
+    id
+}
+
+impl CatalogDb {
+    /// Opens (creating it if needed) the catalog of `dir`. A catalog directory of the former
+    /// layout (`catalog.json` and one JSON file per dataset) is converted on first use.
+    pub fn open(dir: &Path) -> Result<Self, CatalogError> {
+        std::fs::create_dir_all(dir).map_err(|source| CatalogError::Write { path: dir.into(), source })?;
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path).map_err(db_err(&path))?;
+        let mut db = Self::setup(conn, &path)?;
+        if dir.join(CATALOG_FILE).exists() && db.settings()?.is_none() {
+            super::legacy::convert(dir, &mut db)?;
+        }
+        Ok(db)
+    }
+
+    /// Opens the catalog of `dir` if there is one (a database, or a directory to convert).
+    pub fn open_existing(dir: &Path) -> Result<Option<Self>, CatalogError> {
+        if !dir.join(DB_FILE).exists() && !dir.join(CATALOG_FILE).exists() {
+            return Ok(None);
+        }
+        let db = Self::open(dir)?;
+        Ok(db.settings()?.is_some().then_some(db))
+    }
+
+    /// Another connection to the same database, for reading beside this one.
+    pub fn reader(dir: &Path) -> Result<Self, CatalogError> {
+        let path = dir.join(DB_FILE);
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(&path, flags).map_err(db_err(&path))?;
+        Self::setup(conn, &path)
+    }
+
+    fn setup(conn: Connection, path: &Path) -> Result<Self, CatalogError> {
+        let err = db_err(path);
+        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(&err)?;
+        // Large pages keep rows of a few kilobytes from leaving most of a page empty.
+        conn.execute_batch("PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+            .map_err(&err)?;
+        conn.execute_batch(SCHEMA).map_err(&err)?;
+        let format: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(&err)?
+            .and_then(|v| v.parse().ok());
+        if format.is_some_and(|f| f > FORMAT) {
+            return Err(CatalogError::Newer { path: path.into() });
+        }
+        Ok(CatalogDb { conn })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.conn.path().map(PathBuf::from).unwrap_or_default()
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> CatalogError {
+        let path = self.path();
+        move |e| CatalogError::Db { path: path.clone(), source: e }
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, CatalogError> {
+        self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(self.err())
+    }
+
+    /// The root and URL prefix, or `None` for a catalog nothing was written to yet.
+    pub fn settings(&self) -> Result<Option<Settings>, CatalogError> {
+        let Some(root) = self.meta("root")? else { return Ok(None) };
+        Ok(Some(Settings { root: PathBuf::from(root), url_prefix: self.meta("url_prefix")? }))
+    }
+
+    /// Incremented by every committed write.
+    pub fn generation(&self) -> Result<u64, CatalogError> {
+        Ok(self.meta("generation")?.and_then(|g| g.parse().ok()).unwrap_or(0))
+    }
+
+    /// When the catalog was first written (seconds since the epoch).
+    pub fn created(&self) -> Result<Option<i64>, CatalogError> {
+        Ok(self.meta("created")?.and_then(|g| g.parse().ok()))
+    }
+
+    pub fn dataset(&self, id: &str) -> Result<Option<DatasetRow>, CatalogError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT d.size, d.mtime_ns, d.ino, d.dev, d.ctime_ns, d.status, d.error, r.packed
+                 FROM datasets d LEFT JOIN refs r ON r.id = d.refs WHERE d.prefix = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([prefix_of(id)], |r| {
+                    Ok(DatasetRow {
+                        id: id.to_string(),
+                        fingerprint: Fingerprint {
+                            size: r.get::<_, i64>(0)? as u64,
+                            mtime_ns: r.get(1)?,
+                            ino: r.get::<_, i64>(2)? as u64,
+                            dev: r.get::<_, i64>(3)? as u64,
+                            ctime_ns: r.get(4)?,
+                        },
+                        status: status_of(&r.get::<_, String>(5)?),
+                        error: r.get(6)?,
+                        refs: r.get(7)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(self.err())?;
+        Ok(row)
+    }
+
+    /// The fingerprint and status of a dataset, without its references.
+    pub fn dataset_state(&self, id: &str) -> Result<Option<(Fingerprint, EntryStatus)>, CatalogError> {
+        self.conn
+            .prepare_cached("SELECT size, mtime_ns, ino, dev, ctime_ns, status FROM datasets WHERE prefix = ?1")
+            .and_then(|mut s| {
+                s.query_row([prefix_of(id)], |r| {
+                    let fp = Fingerprint {
+                        size: r.get::<_, i64>(0)? as u64,
+                        mtime_ns: r.get(1)?,
+                        ino: r.get::<_, i64>(2)? as u64,
+                        dev: r.get::<_, i64>(3)? as u64,
+                        ctime_ns: r.get(4)?,
+                    };
+                    Ok((fp, status_of(&r.get::<_, String>(5)?)))
+                })
+                .optional()
+            })
+            .map_err(self.err())
+    }
+
+    pub fn join(&self, id: &str) -> Result<Option<JoinRow>, CatalogError> {
+        let mut rows = self.joins_where("WHERE prefix = ?1", &prefix_of(id))?;
+        Ok(rows.pop())
+    }
+
+    /// Every joined dataset (there is one per join definition, not per file).
+    pub fn joins(&self) -> Result<Vec<JoinRow>, CatalogError> {
+        self.joins_where("WHERE prefix >= ?1", "")
+    }
+
+    fn joins_where(&self, clause: &str, arg: &str) -> Result<Vec<JoinRow>, CatalogError> {
+        let sql =
+            format!("SELECT prefix, status, members, doc, error, notes, inputs FROM joins {clause} ORDER BY prefix");
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(self.err())?;
+        let rows = stmt
+            .query_map([arg], |r| {
+                let members: String = r.get(2)?;
+                let notes: String = r.get(5)?;
+                let doc: Option<Vec<u8>> = r.get(3)?;
+                let id = id_of(r.get(0)?);
+                Ok(JoinRow {
+                    entry: JoinEntry {
+                        status: status_of(&r.get::<_, String>(1)?),
+                        members: serde_json::from_str(&members).unwrap_or_default(),
+                        refs: doc.as_ref().map(|_| format!("joins/{id}.json")),
+                        error: r.get(4)?,
+                        notes: serde_json::from_str(&notes).unwrap_or_default(),
+                        inputs: r.get(6)?,
+                    },
+                    id,
+                    doc,
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err())?;
+        Ok(rows)
+    }
+
+    /// The prefixes of every joined dataset, built or not.
+    pub fn join_prefixes(&self) -> Result<Vec<String>, CatalogError> {
+        let mut stmt = self.conn.prepare_cached("SELECT prefix FROM joins").map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err())?;
+        Ok(rows)
+    }
+
+    /// What decides whether a stored join is current, and its status.
+    pub fn join_state(&self, id: &str) -> Result<Option<(String, EntryStatus)>, CatalogError> {
+        self.conn
+            .prepare_cached("SELECT inputs, status FROM joins WHERE prefix = ?1")
+            .and_then(|mut s| {
+                s.query_row([prefix_of(id)], |r| Ok((r.get::<_, String>(0)?, status_of(&r.get::<_, String>(1)?))))
+                    .optional()
+            })
+            .map_err(self.err())
+    }
+
+    /// The dataset whose keys would hold `key`: the longest prefix of `key` that names a file
+    /// or a join (a file, when both have it).
+    pub fn holding(&self, key: &str) -> Result<Option<(String, Kind)>, CatalogError> {
+        let mut best: Option<(String, Kind)> = None;
+        for (table, kind) in [("datasets", Kind::File), ("joins", Kind::Join)] {
+            let sql = format!("SELECT prefix FROM {table} WHERE prefix <= ?1 ORDER BY prefix DESC LIMIT 1");
+            let floor: Option<String> = self
+                .conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+                .map_err(self.err())?;
+            if let Some(p) = floor.filter(|p| key.starts_with(p.as_str())) {
+                if best.as_ref().is_none_or(|(b, _)| p.len() > b.len()) {
+                    best = Some((p, kind));
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// Up to `limit` dataset ids after `after` (all of them, failed ones too), in key order.
+    pub fn dataset_ids_after(&self, after: &str, limit: usize) -> Result<Vec<String>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT prefix FROM datasets WHERE prefix > ?1 ORDER BY prefix LIMIT ?2")
+            .map_err(self.err())?;
+        let after = if after.is_empty() { String::new() } else { prefix_of(after) };
+        let rows = stmt
+            .query_map(params![after, limit as i64], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.map(|p| p.map(id_of)).collect::<Result<Vec<_>, _>>())
+            .map_err(self.err())?;
+        Ok(rows)
+    }
+
+    /// Whether `prefix` (an id and `/`) names a dataset, and of which kind (a file wins over a
+    /// join of the same id).
+    pub fn kind_of(&self, prefix: &str) -> Result<Option<Kind>, CatalogError> {
+        for (table, kind) in [("datasets", Kind::File), ("joins", Kind::Join)] {
+            let sql = format!("SELECT 1 FROM {table} WHERE prefix = ?1");
+            let found = self.conn.prepare_cached(&sql).and_then(|mut s| s.exists([prefix])).map_err(self.err())?;
+            if found {
+                return Ok(Some(kind));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Up to `limit` servable datasets (indexed files and built joins) whose prefix is after
+    /// `from` (or at it, when `inclusive`), in key order.
+    pub fn prefixes(&self, from: &str, inclusive: bool, limit: usize) -> Result<Vec<(String, Kind)>, CatalogError> {
+        let op = if inclusive { ">=" } else { ">" };
+        let sql = format!(
+            "SELECT prefix, kind FROM (
+                SELECT prefix, 0 AS kind FROM datasets WHERE prefix {op} ?1 AND refs IS NOT NULL
+                UNION ALL
+                SELECT prefix, 1 AS kind FROM joins WHERE prefix {op} ?1 AND doc IS NOT NULL
+             ) ORDER BY prefix, kind LIMIT ?2"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(self.err())?;
+        let mut rows: Vec<(String, Kind)> = stmt
+            .query_map(params![from, limit as i64], |r| {
+                let kind = if r.get::<_, i64>(1)? == 0 { Kind::File } else { Kind::Join };
+                Ok((r.get::<_, String>(0)?, kind))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err())?;
+        rows.dedup_by(|later, earlier| later.0 == earlier.0);
+        Ok(rows)
+    }
+
+    /// Datasets and joins in the catalog.
+    pub fn counts(&self) -> Result<(u64, u64), CatalogError> {
+        let count = |table: &str| -> Result<u64, CatalogError> {
+            self.conn
+                .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(self.err())
+        };
+        Ok((count("datasets")?, count("joins")?))
+    }
+
+    /// Runs `f` in one transaction and commits it (incrementing the generation) if it
+    /// succeeds; on an error nothing of it is written.
+    pub fn write<T>(&mut self, f: impl FnOnce(&Writer) -> Result<T, CatalogError>) -> Result<T, CatalogError> {
+        let err = self.err();
+        let tx = self.conn.transaction().map_err(&err)?;
+        let out = f(&Writer { tx: &tx, err: &err })?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('generation', '1')
+             ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            [],
+        )
+        .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(out)
+    }
+}
+
+/// The changes of one transaction.
+pub struct Writer<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    err: &'a dyn Fn(rusqlite::Error) -> CatalogError,
+}
+
+impl Writer<'_> {
+    fn set_meta(&self, key: &str, value: Option<&str>) -> Result<(), CatalogError> {
+        match value {
+            Some(v) => self.tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", [key, v]),
+            None => self.tx.execute("DELETE FROM meta WHERE key = ?1", [key]),
+        }
+        .map(drop)
+        .map_err(self.err)
+    }
+
+    pub fn set_settings(&self, settings: &Settings) -> Result<(), CatalogError> {
+        self.set_meta("root", Some(&settings.root.to_string_lossy()))?;
+        self.set_meta("url_prefix", settings.url_prefix.as_deref())?;
+        self.set_meta("format", Some(&FORMAT.to_string()))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.tx
+            .execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?1)", [now.to_string()])
+            .map(drop)
+            .map_err(self.err)
+    }
+
+    /// Removes every dataset and join.
+    pub fn clear(&self) -> Result<(), CatalogError> {
+        self.tx.execute_batch("DELETE FROM datasets; DELETE FROM refs; DELETE FROM joins;").map_err(self.err)
+    }
+
+    pub fn put_dataset(&self, row: &DatasetRow) -> Result<(), CatalogError> {
+        let prefix = prefix_of(&row.id);
+        let old: Option<Option<i64>> = self
+            .tx
+            .query_row("SELECT refs FROM datasets WHERE prefix = ?1", [&prefix], |r| r.get(0))
+            .optional()
+            .map_err(self.err)?;
+        let old_refs = old.flatten();
+        let refs = match (&row.refs, old_refs) {
+            (Some(packed), Some(id)) => {
+                self.tx.execute("UPDATE refs SET packed = ?1 WHERE id = ?2", params![packed, id]).map_err(self.err)?;
+                Some(id)
+            }
+            (Some(packed), None) => {
+                self.tx.execute("INSERT INTO refs (packed) VALUES (?1)", [packed]).map_err(self.err)?;
+                Some(self.tx.last_insert_rowid())
+            }
+            (None, Some(id)) => {
+                self.tx.execute("DELETE FROM refs WHERE id = ?1", [id]).map_err(self.err)?;
+                None
+            }
+            (None, None) => None,
+        };
+        let fp = &row.fingerprint;
+        self.tx
+            .execute(
+                "INSERT OR REPLACE INTO datasets (prefix, size, mtime_ns, ino, dev, ctime_ns, status, error, refs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    prefix,
+                    fp.size as i64,
+                    fp.mtime_ns,
+                    fp.ino as i64,
+                    fp.dev as i64,
+                    fp.ctime_ns,
+                    status_text(row.status),
+                    row.error,
+                    refs
+                ],
+            )
+            .map(drop)
+            .map_err(self.err)
+    }
+
+    pub fn remove_dataset(&self, id: &str) -> Result<(), CatalogError> {
+        let prefix = prefix_of(id);
+        self.tx
+            .execute("DELETE FROM refs WHERE id = (SELECT refs FROM datasets WHERE prefix = ?1)", [&prefix])
+            .map_err(self.err)?;
+        self.tx.execute("DELETE FROM datasets WHERE prefix = ?1", [&prefix]).map(drop).map_err(self.err)
+    }
+
+    pub fn put_join(&self, row: &JoinRow) -> Result<(), CatalogError> {
+        let e = &row.entry;
+        self.tx
+            .execute(
+                "INSERT OR REPLACE INTO joins (prefix, status, members, doc, error, notes, inputs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    prefix_of(&row.id),
+                    status_text(e.status),
+                    serde_json::to_string(&e.members).expect("strings serialize"),
+                    row.doc,
+                    e.error,
+                    serde_json::to_string(&e.notes).expect("strings serialize"),
+                    e.inputs
+                ],
+            )
+            .map(drop)
+            .map_err(self.err)
+    }
+
+    /// Removes every join not in `keep`.
+    pub fn retain_joins(&self, keep: &std::collections::BTreeSet<String>) -> Result<(), CatalogError> {
+        let mut stmt = self.tx.prepare("SELECT prefix FROM joins").map_err(self.err)?;
+        let all: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err)?;
+        for prefix in all {
+            if !keep.contains(&id_of(prefix.clone())) {
+                self.tx.execute("DELETE FROM joins WHERE prefix = ?1", [&prefix]).map_err(self.err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The catalog of an old-layout directory, read into the database.
+pub(super) fn import(db: &mut CatalogDb, catalog: &Catalog, dir: &Path) -> Result<(), CatalogError> {
+    db.write(|w| {
+        w.set_settings(&Settings { root: catalog.root.clone(), url_prefix: catalog.url_prefix.clone() })?;
+        for (id, entry) in &catalog.datasets {
+            let refs = match &entry.refs {
+                Some(rel) => Some(super::legacy::read_refs(&dir.join(rel))?),
+                None => None,
+            };
+            let row = DatasetRow {
+                id: id.clone(),
+                fingerprint: entry.fingerprint,
+                status: if refs.is_none() { EntryStatus::Failed } else { entry.status },
+                error: entry.error.clone(),
+                refs: refs.map(|set| super::packed::pack(&set)),
+            };
+            w.put_dataset(&row)?;
+        }
+        for (id, entry) in &catalog.joins {
+            let doc = match &entry.refs {
+                Some(rel) => {
+                    let path = dir.join(rel);
+                    let bytes = std::fs::read(&path).map_err(|source| CatalogError::Read { path, source })?;
+                    Some(super::packed::deflate(&bytes))
+                }
+                None => None,
+            };
+            w.put_join(&JoinRow { id: id.clone(), entry: entry.clone(), doc })?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, refs: Option<&[u8]>) -> DatasetRow {
+        DatasetRow {
+            id: id.into(),
+            fingerprint: Fingerprint { size: 7, mtime_ns: -3, ino: u64::MAX, dev: 2, ctime_ns: 9 },
+            status: if refs.is_some() { EntryStatus::Ok } else { EntryStatus::Failed },
+            error: refs.is_none().then(|| "broken".to_string()),
+            refs: refs.map(<[u8]>::to_vec),
+        }
+    }
+
+    fn join(id: &str) -> JoinRow {
+        let entry = JoinEntry {
+            status: EntryStatus::Ok,
+            members: vec!["a".into()],
+            refs: Some(format!("joins/{id}.json")),
+            error: None,
+            notes: vec!["n".into()],
+            inputs: "i".into(),
+        };
+        JoinRow { id: id.into(), entry, doc: Some(vec![1, 2]) }
+    }
+
+    #[test]
+    fn rows_round_trip_and_rewrites_replace_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = CatalogDb::open(dir.path()).unwrap();
+        assert_eq!(db.settings().unwrap(), None);
+        let settings = Settings { root: "/data".into(), url_prefix: None };
+        db.write(|w| {
+            w.set_settings(&settings)?;
+            w.put_dataset(&row("a/x.nc", Some(b"one")))?;
+            w.put_dataset(&row("bad.nc", None))
+        })
+        .unwrap();
+        assert_eq!(db.settings().unwrap(), Some(settings));
+        assert_eq!(db.dataset("a/x.nc").unwrap(), Some(row("a/x.nc", Some(b"one"))));
+        assert_eq!(db.dataset("bad.nc").unwrap(), Some(row("bad.nc", None)));
+        let g = db.generation().unwrap();
+        db.write(|w| w.put_dataset(&row("a/x.nc", Some(b"two")))).unwrap();
+        assert_eq!(db.generation().unwrap(), g + 1);
+        assert_eq!(db.dataset("a/x.nc").unwrap().unwrap().refs.unwrap(), b"two");
+        db.write(|w| w.remove_dataset("a/x.nc")).unwrap();
+        assert_eq!(db.dataset("a/x.nc").unwrap(), None);
+        let refs: i64 = db.conn.query_row("SELECT count(*) FROM refs", [], |r| r.get(0)).unwrap();
+        assert_eq!(refs, 0, "no reference set outlives its row");
+        // A failed write leaves nothing behind.
+        let err = db.write(|w| {
+            w.put_dataset(&row("c.nc", Some(b"x")))?;
+            Err::<(), _>(CatalogError::Empty)
+        });
+        assert!(err.is_err() && db.dataset("c.nc").unwrap().is_none());
+    }
+
+    #[test]
+    fn prefixes_sort_as_keys_and_holding_finds_the_longest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = CatalogDb::open(dir.path()).unwrap();
+        db.write(|w| {
+            w.set_settings(&Settings { root: "/d".into(), url_prefix: None })?;
+            for id in ["a.nc", "a.nc.x", "d/f.nc", "z.nc"] {
+                w.put_dataset(&row(id, Some(b"r")))?;
+            }
+            w.put_dataset(&row("failed.nc", None))?;
+            w.put_join(&join("d"))?;
+            w.put_join(&join("z.nc"))
+        })
+        .unwrap();
+        // `a.nc.x/` sorts before `a.nc/` ('.' < '/'), as their keys do; failed files are not
+        // listed, and a join with a file's id is listed once.
+        let all: Vec<String> = db.prefixes("", true, 100).unwrap().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(all, ["a.nc.x/", "a.nc/", "d/", "d/f.nc/", "z.nc/"]);
+        assert_eq!(db.prefixes("a.nc/", false, 2).unwrap()[0].0, "d/");
+        assert_eq!(db.holding("d/f.nc/t/0").unwrap(), Some(("d/f.nc/".into(), Kind::File)));
+        assert_eq!(db.holding("d/tas/0").unwrap(), Some(("d/".into(), Kind::Join)));
+        assert_eq!(db.holding("z.nc/.zgroup").unwrap(), Some(("z.nc/".into(), Kind::File)));
+        assert_eq!(db.holding("q/1").unwrap(), None);
+        assert_eq!(db.kind_of("z.nc/").unwrap(), Some(Kind::File));
+        assert_eq!(db.join("d").unwrap(), Some(join("d")));
+        assert_eq!(db.dataset_ids_after("a.nc", 10).unwrap(), ["d/f.nc", "failed.nc", "z.nc"]);
+    }
+
+    #[test]
+    fn a_database_of_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = CatalogDb::open(dir.path()).unwrap();
+        db.write(|w| w.set_meta("format", Some("99"))).unwrap();
+        drop(db);
+        assert!(matches!(CatalogDb::open(dir.path()), Err(CatalogError::Newer { .. })));
+    }
+}

@@ -461,7 +461,8 @@ pub(crate) fn index_dir(
     worker: &dyn FileIndexer,
 ) -> anyhow::Result<ExitCode> {
     let bar = indicatif::ProgressBar::new(0).with_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed} {wide_msg}").expect("valid template"),
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {elapsed}, ETA {eta} {wide_msg}")
+            .expect("valid template"),
     );
     let mut progress = Bar(bar);
     let summary = index_tree(root, out, &options, worker, &mut progress)?;

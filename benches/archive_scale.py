@@ -39,6 +39,8 @@ FILE = ("mini-esgf-data/test_data/badc/cmip6/data/CMIP6/CMIP/AWI/AWI-ESM-1-1-LR/
         "v20200212/tas_Amon_AWI-ESM-1-1-LR_1pctCO2_r1i1p1f1_gn_185501.nc")
 MODEL = "CMIP6/CMIP/AWI/AWI-ESM-1-1-LR/1pctCO2"
 PER_DIR = 1000
+# ext4 allows 65,000 links to one inode: each copy of the source takes this many.
+LINKS_PER_COPY = 50_000
 
 
 def member_dir(k: int) -> str:
@@ -50,13 +52,22 @@ def file_name(k: int, j: int) -> str:
 
 
 def make_tree(source: Path, data: Path, n: int) -> list[str]:
+    """Hard links, but the middle file is a copy of its own: it is the one that changes later
+    (removing or adding a link changes the status-change time of every link to an inode)."""
     ids = []
+    copies = []
+    for c in range((n + LINKS_PER_COPY - 1) // LINKS_PER_COPY):
+        copies.append(data.parent / f"source-{c}.nc")
+        shutil.copyfile(source, copies[-1])
     for k in range((n + PER_DIR - 1) // PER_DIR):
         d = data / member_dir(k)
         d.mkdir(parents=True, exist_ok=True)
         for j in range(min(PER_DIR, n - k * PER_DIR)):
             name = file_name(k, j)
-            os.link(source, d / name)
+            if k * PER_DIR + j == n // 2:
+                shutil.copyfile(source, d / name)
+            else:
+                os.link(copies[(k * PER_DIR + j) // LINKS_PER_COPY], d / name)
             ids.append(f"{member_dir(k)}/{name}")
     return ids
 
@@ -83,16 +94,27 @@ def run_index(exe: str, data: Path, catalog: Path) -> tuple[float, str]:
 
 
 class Client:
+    """One keep-alive connection, opened again when the server closed it while idle."""
+
     def __init__(self, endpoint: str):
         u = urllib.parse.urlparse(endpoint)
-        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        self.host, self.port = u.hostname, u.port
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
 
     def get(self, path: str) -> tuple[int, bytes, float]:
-        started = time.perf_counter()
-        self.conn.request("GET", path)
-        r = self.conn.getresponse()
-        body = r.read()
-        return r.status, body, time.perf_counter() - started
+        for attempt in range(2):
+            started = time.perf_counter()
+            try:
+                self.conn.request("GET", path)
+                r = self.conn.getresponse()
+                body = r.read()
+                return r.status, body, time.perf_counter() - started
+            except (http.client.RemoteDisconnected, ConnectionError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def percentile(xs: list[float], p: float) -> float:
@@ -162,6 +184,10 @@ def measure(exe: str, source: Path, work: Path, n: int, sample: int) -> dict:
         out["cold_zmetadata_p50_ms"] = percentile(cold, 50) * 1e3
         out["cold_zmetadata_p99_ms"] = percentile(cold, 99) * 1e3
         out["rss_after_opened_mb"] = rss_mb(proc.pid)
+        metrics = client.get("/metrics")[1].decode()
+        for name in ("zarrgate_datasets_loaded", "zarrgate_datasets_loaded_bytes"):
+            line = next(x for x in metrics.splitlines() if x.startswith(name + "{"))
+            out[name] = float(line.split()[-1])
         out["opened"] = len(picked)
         out["list_root_delimiter"] = listing(client, "", "/")
         out["list_members_delimiter"] = listing(client, f"{MODEL}/", "/")
@@ -169,11 +195,9 @@ def measure(exe: str, source: Path, work: Path, n: int, sample: int) -> dict:
         out["list_no_delimiter"] = listing(client, "", None)
         out["rss_end_mb"] = rss_mb(proc.pid)
 
-        # One file changed (a new copy, so a new inode), then the catalog brought up to date.
+        # One file changed (written again in place), then the catalog brought up to date.
         changed = data / ids[len(ids) // 2]
-        tmp = changed.with_name(changed.name + ".tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, changed)
+        changed.write_bytes(source.read_bytes())
         seconds, summary = run_index(exe, data, catalog)
         out["reindex_one_change_seconds"] = seconds
         out["reindex_summary"] = summary

@@ -13,7 +13,7 @@ mod serve;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use zarrgate_indexer::tree::{index_tree, FileIndexer, InProcess, Outcome, Progress, TreeOptions};
+use zarrgate_indexer::tree::{index_tree, FileIndexer, InProcess, Outcome, Progress, Removals, TreeOptions};
 
 #[derive(Parser)]
 #[command(name = "zarrgate", version, about = "Serve NetCDF/HDF5 archives as Zarr over S3, without copying a byte")]
@@ -43,8 +43,8 @@ enum Command {
         /// Files indexed at once (default: the number of CPUs).
         #[arg(long)]
         jobs: Option<usize>,
-        /// Give up on a file after this many seconds.
-        #[arg(long, default_value_t = 600)]
+        /// Give up on a file after this long (`600s`, `10m`).
+        #[arg(long, default_value = "600s", value_parser = parse_duration)]
         file_timeout: u64,
         /// The exact chunk URL for a single file (used by tree workers).
         #[arg(long, hide = true, conflicts_with = "url_prefix")]
@@ -55,6 +55,8 @@ enum Command {
         /// Do not join ESGF/DRS datasets (`PREFIX_START-END.nc` files of one directory).
         #[arg(long)]
         no_drs_join: bool,
+        #[command(flatten)]
+        removals: RemovalArgs,
     },
     /// Index files named on standard input (what tree indexing runs in child processes).
     #[command(hide = true)]
@@ -152,13 +154,71 @@ enum KeysAction {
     Revoke { access_key: String },
 }
 
+/// The guard against a run that would empty a catalog (an unmounted data directory).
+#[derive(clap::Args, Clone)]
+struct RemovalArgs {
+    /// Remove the datasets of files that are gone even when they are more than
+    /// --max-removals of the catalog.
+    #[arg(long)]
+    allow_removals: bool,
+    /// Refuse a run that would remove more than this share of the catalog's datasets
+    /// (`50%`, or `0.5`; one dataset may always be removed).
+    #[arg(long, default_value = "50%", value_parser = parse_share)]
+    max_removals: f64,
+}
+
+impl RemovalArgs {
+    fn removals(&self) -> Removals {
+        if self.allow_removals {
+            Removals::Allowed
+        } else {
+            Removals::AtMost(self.max_removals)
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<u64, String> {
+    zarrgate_gateway::config::parse_seconds(text)
+        .ok_or_else(|| format!("{text:?} is not a duration: write whole seconds, e.g. 30, 30s, 5m or 1h"))
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    zarrgate_gateway::config::parse_bytes(text)
+        .ok_or_else(|| format!("{text:?} is not a size: write bytes, or a number with KiB, MiB or GiB (512MiB)"))
+}
+
+/// `HOST:PORT`, with a host name (resolved now) or none (`:9000`, every interface).
+fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    let text = text.trim();
+    let full = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_string() };
+    let hint = "write HOST:PORT, e.g. 127.0.0.1:9000, localhost:9000, [::1]:9000 or :9000 (every interface)";
+    let mut addrs =
+        full.to_socket_addrs().map_err(|e| format!("{text:?} is not an address to listen on ({e}): {hint}"))?;
+    addrs.next().ok_or_else(|| format!("{text:?} names no address: {hint}"))
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    let share = match text.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+        None => text.trim().parse::<f64>(),
+    }
+    .map_err(|_| format!("{text:?} is not a share: write 50% or 0.5"))?;
+    if (0.0..=1.0).contains(&share) {
+        Ok(share)
+    } else {
+        Err(format!("{text:?} is not between 0% and 100%"))
+    }
+}
+
 #[derive(clap::Args)]
 struct ServerArgs {
     /// Key and usage database (default: $ZARRGATE_AUTH_DB or ~/.local/share/zarrgate/auth.db).
     #[arg(long)]
     auth_db: Option<PathBuf>,
-    /// Address to listen on (port 0 picks a free port). Default: 127.0.0.1:9000.
-    #[arg(long)]
+    /// Address to listen on: `127.0.0.1:9000` (the default), `localhost:9000`, `:9000` (every
+    /// interface), `[::1]:9000`; port 0 picks a free port.
+    #[arg(long, value_parser = parse_listen)]
     listen: Option<std::net::SocketAddr>,
     /// Connections served at once (default: 3/4 of the open-file limit, at most 16384).
     #[arg(long)]
@@ -167,12 +227,13 @@ struct ServerArgs {
     /// trusted proxies are not limited).
     #[arg(long)]
     max_connections_per_client: Option<usize>,
-    /// Seconds a client may stall reading or writing before it is disconnected (default 30).
-    #[arg(long)]
+    /// How long a client may stall reading or writing before it is disconnected (`30s`, `2m`;
+    /// default 30s).
+    #[arg(long, value_parser = parse_duration)]
     client_timeout: Option<u64>,
-    /// Seconds within which a request head (or a TLS handshake) must arrive; idle keep-alive
-    /// connections close after it too (default 10).
-    #[arg(long)]
+    /// How soon a request head (or a TLS handshake) must arrive; idle keep-alive connections
+    /// close after it too (`10s`; default 10s).
+    #[arg(long, value_parser = parse_duration)]
     header_timeout: Option<u64>,
     /// TLS certificate chain (PEM); reloaded when the file changes, or on SIGHUP.
     #[arg(long, requires = "tls_key")]
@@ -194,18 +255,21 @@ struct ServerArgs {
     /// Files indexed at once (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
-    /// Give up indexing a file after this many seconds.
-    #[arg(long, default_value_t = 600)]
+    /// Give up indexing a file after this long (`600s`, `10m`).
+    #[arg(long, default_value = "600s", value_parser = parse_duration)]
     file_timeout: u64,
     /// Results cache and job records of operations (default: ~/.cache/zarrgate/ops).
     #[arg(long)]
     ops_dir: Option<PathBuf>,
-    /// Estimated bytes to decode above which an operation runs as a job (default 512 MiB).
-    #[arg(long)]
+    /// Estimated bytes to decode above which an operation runs as a job (`512MiB`, `2GiB`,
+    /// bytes; default 512MiB).
+    #[arg(long, value_parser = parse_size)]
     sync_limit: Option<u64>,
     /// Do not join ESGF/DRS datasets (`PREFIX_START-END.nc` files of one directory).
     #[arg(long)]
     no_drs_join: bool,
+    #[command(flatten)]
+    removals: RemovalArgs,
     /// Memory for loaded datasets, shared by the collections (`256MiB`, `2GiB`, bytes);
     /// datasets beyond it are dropped and loaded again when asked for. Default 256MiB.
     #[arg(long)]
@@ -283,6 +347,7 @@ impl ServerArgs {
             jobs: self.jobs.unwrap_or_else(cpus),
             file_timeout: Duration::from_secs(self.file_timeout),
             no_drs_join: self.no_drs_join,
+            removals: self.removals.removals(),
         }
     }
 }
@@ -324,12 +389,25 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Index { path, output, out, url_prefix, force, jobs, file_timeout, url, worker, no_drs_join } => {
+        Command::Index {
+            path,
+            output,
+            out,
+            url_prefix,
+            force,
+            jobs,
+            file_timeout,
+            url,
+            worker,
+            no_drs_join,
+            removals,
+        } => {
             if path.is_dir() {
                 let Some(out) = out else { bail!("indexing a directory needs --out CATALOG_DIR") };
                 let jobs = jobs.unwrap_or_else(cpus);
                 let isolated = isolate::Isolated::new(Duration::from_secs(file_timeout))?;
-                index_dir(&path, &out, TreeOptions { url_prefix, force, jobs, no_drs_join }, &isolated)
+                let removals = removals.removals();
+                index_dir(&path, &out, TreeOptions { url_prefix, force, jobs, no_drs_join, removals }, &isolated)
             } else {
                 if out.is_some() {
                     bail!("--out is for directories; use -o OUT.json for a single file");
@@ -467,6 +545,13 @@ pub(crate) fn index_dir(
     let mut progress = Bar(bar);
     let summary = index_tree(root, out, &options, worker, &mut progress)?;
     progress.0.finish_and_clear();
+    if summary.ok + summary.partial + summary.failed + summary.skipped == 0 {
+        eprintln!(
+            "no NetCDF or HDF5 file was found under {} (files are recognised by their first bytes, \
+             or by a .nc, .nc4, .h5, .hdf5 or .he5 name)",
+            root.display()
+        );
+    }
     eprintln!(
         "indexed {} ok, {} partial (see reports), {} failed; {} unchanged skipped; {} removed; {} joined datasets, {} refused",
         summary.ok, summary.partial, summary.failed, summary.skipped, summary.removed, summary.joins_ok, summary.joins_failed

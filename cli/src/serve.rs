@@ -18,11 +18,18 @@ pub struct IndexSettings {
     pub jobs: usize,
     pub file_timeout: Duration,
     pub no_drs_join: bool,
+    pub removals: zarrgate_indexer::tree::Removals,
 }
 
 impl IndexSettings {
     fn tree_options(&self) -> TreeOptions {
-        TreeOptions { url_prefix: None, force: false, jobs: self.jobs, no_drs_join: self.no_drs_join }
+        TreeOptions {
+            url_prefix: None,
+            force: false,
+            jobs: self.jobs,
+            no_drs_join: self.no_drs_join,
+            removals: self.removals,
+        }
     }
 }
 
@@ -91,11 +98,38 @@ pub fn serve(
     on_ready: impl FnOnce(&str) + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    // This runtime only accepts (and resumes operations); connections are served by the
+    // gateway's worker threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    // The port first: a taken port fails at once, not after the first index.
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(options.listen)).with_context(|| {
+        format!("cannot listen on {} (another server there? pick another with --listen)", options.listen)
+    })?;
+    let scheme = if options.tls.is_some() { "https" } else { "http" };
+    let endpoint = format!("{scheme}://{}", listener.local_addr()?);
+    // While the data is indexed, /healthz answers and the rest says the gateway is starting
+    // (not over TLS, which needs the handshake of the real server: connections wait instead).
+    let (ready, starting) = if options.tls.is_none() && config.collections.iter().any(|c| c.data.is_some()) {
+        eprintln!("zarrgate: {endpoint} answers /healthz; it serves once the data is indexed");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Some(tx), Err(runtime.spawn(zarrgate_gateway::server::serve_starting(listener, rx))))
+    } else {
+        (None, Ok(listener))
+    };
     let mut collections = Vec::new();
     let cache = config.cache_bytes()? / config.collections.len().max(1) as u64;
     for c in &config.collections {
         collections.push(Arc::new(open_collection(c, settings)?.with_cache_memory(cache)));
     }
+    let listener = match starting {
+        Ok(listener) => listener,
+        Err(task) => {
+            if let Some(ready) = ready {
+                let _ = ready.send(());
+            }
+            runtime.block_on(task).context("the start-up answerer failed")?
+        }
+    };
     let db = config.auth_db.clone().unwrap_or_else(default_auth_db);
     let auth = zarrgate_gateway::auth::Auth::start(db, config.quotas.clone())?;
     let mut app = AppBuilder::new(collections, auth).metrics_policy(config.metrics.clone()).trusted_proxies(
@@ -108,18 +142,13 @@ pub fn serve(
         app = app.ops(ops);
     }
     let app = Arc::new(app.build());
-    // This runtime only accepts (and resumes operations); connections are served by the
-    // gateway's worker threads.
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime
         .block_on(async {
-            let listener = tokio::net::TcpListener::bind(options.listen).await?;
             if let Some(ops) = &app.ops {
                 zarrgate_gateway::ops::Ops::register_metrics(&app);
                 ops.resume_jobs(&app.state);
             }
-            let scheme = if options.tls.is_some() { "https" } else { "http" };
-            on_ready(&format!("{scheme}://{}", listener.local_addr()?));
+            on_ready(&endpoint);
             zarrgate_gateway::serve(app, listener, &options, zarrgate_gateway::shutdown_signal()).await
         })
         .with_context(|| format!("the server on {} stopped", options.listen))?;
@@ -136,6 +165,13 @@ fn open_collection(c: &CollectionConfig, settings: &IndexSettings) -> anyhow::Re
     }
     let reindex: Option<Arc<dyn Reindex>> = match &c.data {
         Some(data) => {
+            if data.is_file() {
+                bail!(
+                    "bucket {}: --data {} is a file; give the directory that holds the data files",
+                    c.bucket,
+                    data.display()
+                );
+            }
             if !data.is_dir() {
                 bail!("bucket {}: data directory {} does not exist", c.bucket, data.display());
             }

@@ -158,15 +158,20 @@ impl Config {
 
 /// S3 bucket naming rules (3–63 lowercase letters, digits, dots and hyphens), minus the names
 /// of our own endpoints.
+/// Paths the gateway serves itself, so no bucket may have their names.
+pub const RESERVED_BUCKETS: &[&str] = &["healthz", "readyz", "metrics", "ops", "processes", "jobs", "results"];
+
 pub fn check_bucket_name(name: &str) -> Result<(), ConfigError> {
     let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
     let ok_ends = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
-    if !(3..=63).contains(&name.len())
-        || !ok_chars
-        || !ok_ends
-        || matches!(name, "healthz" | "readyz" | "metrics" | "ops" | "processes" | "jobs" | "results")
-    {
+    if RESERVED_BUCKETS.contains(&name) {
+        return Err(ConfigError::Invalid(format!(
+            "{name:?} cannot be a bucket name: the gateway answers /{name} itself (reserved: {})",
+            RESERVED_BUCKETS.join(", ")
+        )));
+    }
+    if !(3..=63).contains(&name.len()) || !ok_chars || !ok_ends {
         return Err(ConfigError::Invalid(format!(
             "{name:?} is not a valid bucket name (3-63 lowercase letters, digits, '.' and '-')"
         )));
@@ -219,6 +224,21 @@ mod tests {
     }
 }
 
+/// `30`, `30s`, `5m`, `2h`: a duration in whole seconds.
+pub fn parse_seconds(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
 /// `1048576`, `512KiB`, `16MiB`, `2GiB` (also `KB`/`MB`/`GB`, taken as powers of 1024).
 pub fn parse_bytes(text: &str) -> Option<u64> {
     let t = text.trim();
@@ -247,5 +267,11 @@ mod bytes_tests {
         assert_eq!(parse_bytes("lots"), None);
         assert_eq!(parse_bytes("-5MiB"), None);
         assert_eq!(parse_bytes("99999999999999GiB"), None);
+        use super::parse_seconds;
+        assert_eq!(parse_seconds("30s"), Some(30));
+        assert_eq!(parse_seconds("5m"), Some(300));
+        assert_eq!(parse_seconds("2h"), Some(7200));
+        assert_eq!(parse_seconds("45"), Some(45));
+        assert_eq!(parse_seconds("1.5s"), None);
     }
 }

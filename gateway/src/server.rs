@@ -371,6 +371,52 @@ impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
     }
 }
 
+/// Answers on the server's listener while the first index runs, so that an orchestrator sees a
+/// live process: `/healthz` is 200, everything else (`/readyz` included) 503 with an S3
+/// `ServiceUnavailable` document and `Retry-After`. Gives the listener back when `ready` fires.
+pub async fn serve_starting(listener: TcpListener, ready: tokio::sync::oneshot::Receiver<()>) -> TcpListener {
+    tokio::pin!(ready);
+    loop {
+        tokio::select! {
+            _ = &mut ready => return listener,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                tokio::spawn(async move {
+                    let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                        Ok::<_, Infallible>(starting_answer(req.uri().path()))
+                    });
+                    let conn = http1::Builder::new().keep_alive(false).serve_connection(TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+                });
+            }
+        }
+    }
+}
+
+fn starting_answer(path: &str) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let (status, ctype, body) = if path == "/healthz" {
+        (200, "text/plain", "ok\n".to_string())
+    } else {
+        let message = "The gateway is starting: it indexes its data before it serves. Retry shortly.";
+        (
+            503,
+            "application/xml",
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ServiceUnavailable</Code>\
+                 <Message>{message}</Message><Resource>{}</Resource></Error>",
+                crate::s3::xml::escape(path)
+            ),
+        )
+    };
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .header("retry-after", "5")
+        .header("connection", "close")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("a valid response")
+}
+
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -31,6 +31,24 @@ pub struct TreeOptions {
     pub jobs: usize,
     /// Do not join the files of ESGF/DRS datasets (spec and NcML files still apply).
     pub no_drs_join: bool,
+    /// How many datasets one run may remove.
+    pub removals: Removals,
+}
+
+/// A guard against emptying a catalog: a data directory that is not mounted, or a catalog
+/// given another tree, looks like every file was deleted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Removals {
+    /// Refuse the run when it would remove more than this share (0–1) of the catalog's
+    /// datasets; one dataset may always be removed.
+    AtMost(f64),
+    Allowed,
+}
+
+impl Default for Removals {
+    fn default() -> Self {
+        Removals::AtMost(0.5)
+    }
 }
 
 /// Indexes one file. The CLI runs each file in a child process, because netCDF-C and HDF5
@@ -82,6 +100,13 @@ pub enum TreeError {
     },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(
+        "{remove} of the {total} datasets of this catalog would be removed, more than {:.0}% in one run: {why}. \
+         Nothing was changed. If the files really are gone, run again with --allow-removals \
+         (or --max-removals PERCENT)",
+        share * 100.0
+    )]
+    TooManyRemovals { remove: u64, total: u64, share: f64, why: String },
 }
 
 /// Progress callbacks: the number of files, then one call per file.
@@ -106,7 +131,26 @@ pub fn index_tree(
     let definitions = crate::join::find(&root, &files, !options.no_drs_join);
     let mut db = CatalogDb::open(out)?;
     let settings = Settings { root: root.clone(), url_prefix: options.url_prefix.clone() };
-    let same_tree = db.settings()?.as_ref() == Some(&settings);
+    let stored = db.settings()?;
+    let same_tree = stored.as_ref() == Some(&settings);
+    let (total, _) = db.counts()?;
+    let remove = if same_tree { count_missing(&db, &files)? } else { total };
+    if let Removals::AtMost(share) = options.removals {
+        if remove > 1 && remove as f64 > share * total as f64 {
+            let why = match &stored {
+                Some(s) if !same_tree => format!(
+                    "the catalog holds the datasets of {}{}, not of {}{}",
+                    s.root.display(),
+                    s.url_prefix.as_deref().map(|u| format!(" (URL prefix {u})")).unwrap_or_default(),
+                    root.display(),
+                    settings.url_prefix.as_deref().map(|u| format!(" (URL prefix {u})")).unwrap_or_default(),
+                ),
+                _ if files.is_empty() => format!("{} holds no data file (is it mounted?)", root.display()),
+                _ => format!("their files are gone from {}", root.display()),
+            };
+            return Err(TreeError::TooManyRemovals { remove, total, share, why });
+        }
+    }
     if !same_tree {
         // Rows of another root or URL prefix are not this tree's: start again.
         db.write(|w| {
@@ -115,7 +159,7 @@ pub fn index_tree(
         })?;
     }
     let reuse = same_tree && !options.force;
-    let mut summary = TreeSummary::default();
+    let mut summary = TreeSummary { removed: if same_tree { 0 } else { total as usize }, ..Default::default() };
     progress.start(files.len());
     // Indexes into `files`: no second list of paths.
     let mut todo: Vec<u32> = Vec::new();
@@ -165,7 +209,7 @@ pub fn index_tree(
         }
         commit(&mut db, &mut batch)
     })?;
-    summary.removed = remove_missing(&mut db, &files)?;
+    summary.removed += remove_missing(&mut db, &files)?;
     let joins = crate::join::build_all(&root, &files, &db, reuse, definitions)?;
     for built in &joins {
         match built.row.entry.status {
@@ -195,6 +239,19 @@ fn commit(db: &mut CatalogDb, batch: &mut Vec<DatasetRow>) -> Result<(), TreeErr
     db.write(|w| batch.iter().try_for_each(|row| w.put_dataset(row)))?;
     batch.clear();
     Ok(())
+}
+
+/// How many datasets of the catalog have no file in `files` any more.
+fn count_missing(db: &CatalogDb, files: &[String]) -> Result<u64, TreeError> {
+    let mut missing = 0;
+    let mut after = String::new();
+    loop {
+        let page = db.dataset_ids_after(&after, 10_000)?;
+        let Some(last) = page.last().cloned() else { break };
+        missing += page.iter().filter(|id| files.binary_search(id).is_err()).count() as u64;
+        after = last;
+    }
+    Ok(missing)
 }
 
 /// Drops the rows of files that are gone, a page of the catalog at a time.

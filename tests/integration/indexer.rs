@@ -142,8 +142,7 @@ fn tree_index_reports_bad_files_and_reruns_incrementally() {
     }
     std::fs::write(data.path().join("README.txt"), "not data").unwrap();
     let out = tempfile::tempdir().unwrap();
-    let options =
-        TreeOptions { url_prefix: Some("s3://bucket/data".into()), force: false, jobs: 2, no_drs_join: false };
+    let options = TreeOptions { url_prefix: Some("s3://bucket/data".into()), jobs: 2, ..Default::default() };
 
     let mut seen = Seen::default();
     let summary = index_tree(data.path(), out.path(), &options, &InProcess, &mut seen).unwrap();

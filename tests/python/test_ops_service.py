@@ -123,6 +123,8 @@ def test_concurrent_identical_requests_compute_once(ops, data):
 
 def test_results_are_immutable_and_revalidate(ops, data):
     resp = ok_result(ops.get("subset", {"dataset": ops.dataset(data[ENS].name), "var": "pr", "time": "2002-12/2002-12"}))
+    # The operation's URL gives another result once its source changes: caches ask again.
+    assert "no-cache" in resp.headers["Cache-Control"] and "immutable" not in resp.headers["Cache-Control"]
     location = resp.headers["Content-Location"]
     cached = ops.fetch(location)
     assert cached.status_code == 200 and cached.content == resp.content

@@ -196,7 +196,7 @@ fn job_results(app: &App, ops: &Ops, id: &str, who: &Principal) -> Result<HttpRe
                 .ok_or_else(|| Problem::internal("the job has no result key"))?;
             let (stored, bytes) = cached(ops, app, &key, who)?;
             let public = is_public(app, &stored.bucket);
-            Ok(result_response(ops, &key, bytes, stored.format, true, 0, public))
+            Ok(revalidated(result_response(ops, &key, bytes, stored.format, true, 0, public), public))
         }
         Status::Failed => Ok(problem_response(&job_error(&job))),
         status => Err(Problem::new(
@@ -299,7 +299,7 @@ async fn execute(
         Answer::Result { key, bytes, hit, format, compute_ms } => {
             app.auth.record_compute(who, compute_ms, hit);
             let public = is_public(app, &collection.bucket);
-            Ok(result_response(ops, &key, bytes, format, hit, compute_ms, public))
+            Ok(revalidated(result_response(ops, &key, bytes, format, hit, compute_ms, public), public))
         }
         Answer::Job(job) => {
             let mut r = json_response(job_status, &status_doc(&job));
@@ -336,6 +336,15 @@ fn cached(ops: &Ops, app: &App, key: &Key, who: &Principal) -> Result<(Stored, B
     let (stored, bytes) = unseal(&blob).ok_or_else(|| Problem::internal("a cached result has no valid header"))?;
     may_use(app, &stored.bucket, who)?;
     Ok((stored, bytes))
+}
+
+/// An answer at a URL that names a request, not a result (`/ops/v1/...`, `/jobs/ID/results`):
+/// the same URL gives another result once a source changes, so caches must ask again each time
+/// (the ETag is the result's hash). Only `/results/HASH.EXT` is immutable.
+fn revalidated(mut r: HttpResponse, public: bool) -> HttpResponse {
+    let scope = if public { "public" } else { "private" };
+    set(&mut r, "cache-control", &format!("{scope}, no-cache"));
+    r
 }
 
 /// A result answer. Zarr results are a document naming their store in the `results` bucket.

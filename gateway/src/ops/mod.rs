@@ -168,7 +168,7 @@ impl ChunkSource for DatasetSource<'_> {
             ReadOutcome::Stale(why) => {
                 eprintln!("zarrgate: {why}");
                 SourceError::Stale(
-                    "the source of this dataset changed since it was indexed; it is being re-indexed, retry shortly"
+                    "the source of this dataset changed since it was indexed; it is served again once its catalog is brought up to date"
                         .into(),
                 )
             }
@@ -256,7 +256,13 @@ impl Ops {
             if let Err(e) = Sources::check(&s.path, s.fingerprint) {
                 collection.source_changed();
                 eprintln!("zarrgate: {e}");
-                return Err(source_problem(stale_or_failed(&e)));
+                return Err(source_problem(match e {
+                    ReadError::Stale { .. } => SourceError::Stale(format!(
+                        "the source of this dataset changed since it was indexed; {}",
+                        collection.stale_note()
+                    )),
+                    _ => stale_or_failed(&e),
+                }));
             }
         }
         Ok(())
@@ -645,7 +651,7 @@ impl Ops {
 fn stale_or_failed(e: &ReadError) -> SourceError {
     match e {
         ReadError::Stale { .. } => SourceError::Stale(
-            "the source of this dataset changed since it was indexed; it is being re-indexed, retry shortly".into(),
+            "the source of this dataset changed since it was indexed; it is served again once its catalog is brought up to date".into(),
         ),
         ReadError::Io { .. } | ReadError::NotCached { .. } => SourceError::Failed(
             "a source file of this dataset could not be read; the server log has the details".into(),

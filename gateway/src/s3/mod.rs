@@ -600,6 +600,17 @@ async fn get_object(app: &Arc<App>, bucket: &dyn Bucket, r: &S3Request<'_>) -> R
     let found = match bucket.lookup(&r.key) {
         Lookup::Found(found) => found,
         Lookup::Missing => return Err(S3Error::no_such_key()),
+        Lookup::NoDataset(id) => {
+            return Err(S3Error::new(
+                StatusCode::NOT_FOUND,
+                "NoSuchKey",
+                format!(
+                    "The specified key does not exist: bucket {} has no dataset {id:?} (datasets are named by \
+                     the path of their file; list the bucket to see them).",
+                    r.bucket
+                ),
+            ))
+        }
         Lookup::Unavailable(why) => return Err(S3Error::unavailable(why)),
     };
     let etag = HeaderValue::from_str(&found.meta.etag).expect("hex etag");
@@ -613,12 +624,11 @@ async fn get_object(app: &Arc<App>, bucket: &dyn Bucket, r: &S3Request<'_>) -> R
     let body = match read {
         Ok(b) => b,
         Err(ReadOutcome::Stale(why)) => {
-            eprintln!("zarrgate: {why}");
-            bucket.source_changed();
             app.metrics.add("zarrgate_stale_sources_total", &[("bucket", &r.bucket)], 1);
             let id = found.dataset.as_deref().unwrap_or(&r.key);
+            let next = bucket.source_changed(id, &why);
             return Err(S3Error::unavailable(format!(
-                "The source file of dataset {id} changed since it was indexed; it is being re-indexed, retry shortly."
+                "The source file of dataset {id} changed since it was indexed; {next}."
             )));
         }
         Err(ReadOutcome::Failed(why)) => {

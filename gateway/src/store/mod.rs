@@ -33,6 +33,8 @@ pub struct Listed {
 pub enum Lookup {
     Found(Found),
     Missing,
+    /// No dataset of the bucket holds the key; the dataset the key seems to name.
+    NoDataset(String),
     /// The key may exist, but cannot be served now (503, with the reason).
     Unavailable(String),
 }
@@ -45,9 +47,13 @@ pub trait Bucket: Send + Sync {
     /// listed now (503).
     fn list(&self, query: &ListQuery) -> Result<ListPage<Listed>, String>;
 
-    /// A read found a source changed since it was indexed: bring the bucket up to date (in the
-    /// background).
-    fn source_changed(&self) {}
+    /// A read of `dataset` found a source changed since it was indexed (`why`, for the log):
+    /// bring the bucket up to date if it can (in the background). Returns what happens next,
+    /// in words for the client.
+    fn source_changed(&self, _dataset: &str, why: &str) -> String {
+        eprintln!("zarrgate: {why}");
+        "retry later".into()
+    }
 }
 
 /// An object a bucket holds.

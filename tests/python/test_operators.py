@@ -1,0 +1,235 @@
+"""What operators trip over first: a run that would empty a catalog, a prebuilt catalog whose
+file changed, a dataset that does not exist."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gateway import REPO, export_catalog, start_gateway, zarrgate_bin
+
+FIXTURES = REPO / "fixtures" / "data" / "good"
+NAMES = ["cal_noleap.nc", "classic.nc", "nan_fill.nc", "groups.nc"]
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def index(data: Path, catalog: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*zarrgate_bin(), "index", str(data), "--out", str(catalog), *extra],
+                          capture_output=True, text=True)
+
+
+def datasets(catalog: Path) -> set[str]:
+    import json
+
+    return set(json.loads((export_catalog(catalog) / "catalog.json").read_text())["datasets"])
+
+
+@pytest.fixture
+def tree(tmp_path) -> tuple[Path, Path]:
+    data, catalog = tmp_path / "data", tmp_path / "catalog"
+    data.mkdir()
+    for name in NAMES:
+        shutil.copy(FIXTURES / name, data / name)
+    proc = index(data, catalog)
+    assert proc.returncode == 0, proc.stderr
+    return data, catalog
+
+
+def test_an_empty_data_directory_does_not_empty_the_catalog(tree, tmp_path):
+    data, catalog = tree
+    # The mount point without its file system: an empty directory.
+    data.rename(tmp_path / "data.unmounted")
+    data.mkdir()
+    proc = index(data, catalog)
+    assert proc.returncode != 0
+    assert "4 of the 4 datasets of this catalog would be removed" in proc.stderr, proc.stderr
+    assert "holds no data file (is it mounted?)" in proc.stderr and "--allow-removals" in proc.stderr
+    assert datasets(catalog) == set(NAMES), "nothing was changed"
+    # `serve --data` refuses to start on it too, rather than serving an empty bucket.
+    serve = subprocess.run([*zarrgate_bin(), "serve", "--bucket", "empty", "--data", str(data), "--catalog",
+                            str(catalog), "--listen", "127.0.0.1:0", "--auth-db", str(tmp_path / "a.db")],
+                           capture_output=True, text=True, timeout=120)
+    assert serve.returncode != 0 and "would be removed" in serve.stderr, serve.stderr
+    # Removing half is allowed; removing more needs the flag (or a higher --max-removals).
+    for name in NAMES[:2]:
+        shutil.copy(FIXTURES / name, data / name)
+    proc = index(data, catalog)
+    assert proc.returncode == 0 and "2 removed" in proc.stderr, proc.stderr
+    (data / NAMES[0]).unlink()
+    (data / NAMES[1]).unlink()
+    assert index(data, catalog).returncode != 0
+    proc = index(data, catalog, "--max-removals", "100%")
+    assert proc.returncode == 0 and "2 removed" in proc.stderr
+    assert "no NetCDF or HDF5 file was found under" in proc.stderr
+    assert datasets(catalog) == set()
+
+
+def test_a_catalog_given_another_tree_is_not_replaced_silently(tree, tmp_path):
+    data, catalog = tree
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(FIXTURES / "scalar.nc", other / "scalar.nc")
+    proc = index(other, catalog)
+    assert proc.returncode != 0
+    assert f"the catalog holds the datasets of {data}, not of {other}" in proc.stderr, proc.stderr
+    assert datasets(catalog) == set(NAMES)
+    proc = index(other, catalog, "--allow-removals")
+    assert proc.returncode == 0 and "4 removed" in proc.stderr, proc.stderr
+    assert datasets(catalog) == {"scalar.nc"}
+
+
+def test_a_prebuilt_catalog_says_how_a_changed_file_is_served_again(tree):
+    data, catalog = tree
+    gw = start_gateway(None, "prebuilt", catalog)
+    try:
+        url = f"{gw.endpoint}/prebuilt/classic.nc/.zmetadata"
+        assert get(url)[0] == 200
+        shutil.copy(FIXTURES / "scalar.nc", data / "classic.nc.new")
+        os.replace(data / "classic.nc.new", data / "classic.nc")
+        for _ in range(5):
+            status, body = get(url)
+            assert status == 503, body[:300]
+            text = body.decode()
+            assert "does not re-index" in text and "zarrgate index" in text, text
+            assert "being re-indexed" not in text
+        time.sleep(0.3)
+        stale_lines = [line for line in gw.log if "classic.nc" in line and "changed" in line]
+        assert len(stale_lines) == 1, f"logged once, not per request: {stale_lines}"
+        # The operator runs the command the message names: the dataset is served again.
+        assert index(data, catalog).returncode == 0
+        deadline = time.monotonic() + 10
+        while get(url)[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert get(url)[0] == 200
+    finally:
+        gw.stop()
+
+
+def test_a_key_of_no_dataset_names_the_dataset(tree):
+    _, catalog = tree
+    gw = start_gateway(None, "named", catalog)
+    try:
+        for key, dataset in (("nosuch.nc/.zmetadata", "nosuch.nc"), ("a/b/nosuch.h5/tas/0.0", "a/b/nosuch.h5"),
+                             ("nosuch/.zgroup", "nosuch")):
+            status, body = get(f"{gw.endpoint}/named/{key}")
+            assert status == 404 and b"<Code>NoSuchKey</Code>" in body
+            import xml.etree.ElementTree as ET
+
+            message = ET.fromstring(body).findtext("Message")
+            assert f'bucket named has no dataset "{dataset}"' in message, message
+        # A dataset that exists, without that key: the usual answer.
+        status, body = get(f"{gw.endpoint}/named/classic.nc/nosuch/.zarray")
+        assert status == 404 and b"The specified key does not exist.<" in body
+    finally:
+        gw.stop()
+
+
+def test_the_configuration_example_in_the_docs_loads(tmp_path):
+    text = (REPO / "docs" / "configuration.md").read_text()
+    example = re.search(r"## Several collections from a file\n\n```toml\n(.*?)```", text, re.S).group(1)
+    import tomllib
+
+    tomllib.loads(example)
+    path = tmp_path / "zarrgate.toml"
+    path.write_text(example)
+    proc = subprocess.run([*zarrgate_bin(), "serve", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    # It parses and validates: what stops it is a file the example names (its certificate or
+    # data directory) that this machine does not have, not the configuration.
+    assert proc.returncode != 0 and "not a valid configuration" not in proc.stderr, proc.stderr
+    assert "/etc/zarrgate/tls" in proc.stderr or "/data/cmip6" in proc.stderr, proc.stderr
+
+
+def serve_once(*args: str, timeout: float = 60) -> tuple[int | None, str]:
+    """Starts `zarrgate serve`; returns (exit code or None if it listened, its output)."""
+    proc = subprocess.Popen([*zarrgate_bin(), "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + timeout
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("listening on ") or time.monotonic() > deadline:
+                return None, "".join(lines)
+        return proc.wait(), "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
+
+
+def test_flags_take_units_and_host_names(tree, tmp_path):
+    data, catalog = tree
+    common = ("--catalog", str(catalog), "--auth-db", str(tmp_path / "auth.db"), "--ops-dir", str(tmp_path / "ops"))
+    for listen in ("localhost:0", ":0", "127.0.0.1:0"):
+        code, out = serve_once("--bucket", "units", "--listen", listen, "--client-timeout", "30s",
+                               "--header-timeout", "1m", "--sync-limit", "512MiB", "--file-timeout", "10m", *common)
+        assert code is None, out
+        assert re.search(r"listening on http://(127\.0\.0\.1|0\.0\.0\.0|\[::1\]):\d+", out), out
+    refusals = [
+        (("--bucket", "units", "--sync-limit", "lots", *common), "is not a size"),
+        (("--bucket", "units", "--client-timeout", "1.5s", *common), "is not a duration"),
+        (("--bucket", "units", "--listen", "no-such-host.invalid:9000", *common), "e.g. 127.0.0.1:9000"),
+        (("--bucket", "results", *common), "the gateway answers /results itself"),
+        (("--bucket", "units", "--data", str(data / "classic.nc"), "--catalog", str(tmp_path / "c2")), "is a file"),
+    ]
+    for args, words in refusals:
+        code, out = serve_once(*args)
+        assert code not in (None, 0) and words in out, (args, out)
+
+
+def test_the_port_is_taken_first_and_health_answers_while_indexing(tmp_path):
+    import socket
+
+    data, catalog = tmp_path / "data", tmp_path / "catalog"
+    data.mkdir()
+    src = tmp_path / "src.nc"
+    shutil.copy(FIXTURES / "classic.nc", src)
+    for i in range(3000):
+        os.link(src, data / f"f{i:04d}.nc")
+    common = ("--bucket", "boot", "--data", str(data), "--catalog", str(catalog), "--auth-db",
+              str(tmp_path / "auth.db"), "--ops-dir", str(tmp_path / "ops"))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    started = time.monotonic()
+    code, out = serve_once(*common, "--listen", f"127.0.0.1:{taken.getsockname()[1]}")
+    taken.close()
+    assert code not in (None, 0) and "cannot listen on" in out, out
+    assert time.monotonic() - started < 10 and not catalog.exists(), "it fails before indexing anything"
+
+    proc = subprocess.Popen([*zarrgate_bin(), "serve", *common, "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        endpoint = None
+        for line in proc.stdout:
+            m = re.search(r"(http://127\.0\.0\.1:\d+) answers /healthz", line)
+            if m:
+                endpoint = m.group(1)
+                break
+        assert endpoint, "it says where it answers while it indexes"
+        health, ready = get(f"{endpoint}/healthz"), get(f"{endpoint}/readyz")
+        assert health[0] == 200 and ready[0] == 503, (health, ready)
+        assert b"<Code>ServiceUnavailable</Code>" in get(f"{endpoint}/boot/f0000.nc/.zmetadata")[1]
+        for line in proc.stdout:
+            if line.startswith("listening on "):
+                break
+        assert get(f"{endpoint}/readyz")[0] == 200
+        assert get(f"{endpoint}/boot/f0000.nc/.zmetadata")[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait()

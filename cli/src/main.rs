@@ -83,21 +83,22 @@ enum Command {
     Keys {
         #[command(subcommand)]
         action: KeysAction,
-        /// Key and usage database (default: $ZARRGATE_AUTH_DB or ~/.local/share/zarrgate/auth.db).
-        #[arg(long, global = true)]
-        db: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// Requests, bytes, compute, cache hits and errors per key and day.
     Usage {
+        /// Only this key (its access key id; `anonymous` for unsigned requests).
         #[arg(long)]
         key: Option<String>,
         /// First day (YYYY-MM-DD).
         #[arg(long)]
         since: Option<String>,
+        /// Output: an aligned table, CSV or JSON.
         #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
         format: String,
-        #[arg(long)]
-        db: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// Write what a catalog holds as files: `OUT/refs/<dataset>.json` (Kerchunk v1 JSON, as the
     /// gateway serves it), `OUT/reports/<dataset>.json`, `OUT/joins/<id>.json` and
@@ -124,10 +125,60 @@ enum Command {
     },
 }
 
+/// Which key and usage database: `--db`, else the `auth_db` of `--config`, else
+/// $ZARRGATE_AUTH_DB, else ~/.local/share/zarrgate/auth.db.
+#[derive(clap::Args)]
+struct DbArgs {
+    /// Key and usage database.
+    #[arg(long, global = true)]
+    db: Option<PathBuf>,
+    /// The gateway's configuration file: its `auth_db` is the database.
+    #[arg(long, global = true, conflicts_with = "db")]
+    config: Option<PathBuf>,
+    /// Create the database named by --db if it does not exist (a mistyped path is refused
+    /// otherwise).
+    #[arg(long, global = true)]
+    create_db: bool,
+}
+
+impl DbArgs {
+    /// The database, which must exist unless `creating` (and then, if named by --db, only
+    /// with --create-db).
+    fn path(&self, creating: bool) -> anyhow::Result<PathBuf> {
+        let from_config = match &self.config {
+            Some(file) => Some(
+                zarrgate_gateway::config::Config::load(file)?
+                    .auth_db
+                    .with_context(|| format!("{} sets no auth_db (the gateway uses the default)", file.display()))?,
+            ),
+            None => None,
+        };
+        let explicit = self.db.is_some();
+        let path = self.db.clone().or(from_config).unwrap_or_else(serve::default_auth_db);
+        if path.exists() {
+            return Ok(path);
+        }
+        if !creating {
+            bail!(
+                "there is no key database at {} (check the path; `zarrgate serve` or `zarrgate keys create` creates it)",
+                path.display()
+            );
+        }
+        if explicit && !self.create_db {
+            bail!(
+                "there is no key database at {}: check the path, or pass --create-db to start one there",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+}
+
 #[derive(Subcommand)]
 enum KeysAction {
     /// Create a key; its secret is printed once.
     Create {
+        /// A name for the key, shown in listings and usage (e.g. the user or the course).
         #[arg(long)]
         name: String,
         /// The owner's email address.
@@ -427,7 +478,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { action, db } => {
-            let db = db.unwrap_or_else(serve::default_auth_db);
+            let db = db.path(matches!(action, KeysAction::Create { .. }))?;
             match action {
                 KeysAction::Create { name, owner, groups, expires, json } => {
                     admin::create(&db, &name, &owner, &groups, expires.as_deref(), json)?
@@ -439,7 +490,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Usage { key, since, format, db } => {
-            let db = db.unwrap_or_else(serve::default_auth_db);
+            let db = db.path(false)?;
             admin::usage(&db, key.as_deref(), since.as_deref(), &format)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -276,7 +276,8 @@ def test_metrics_count_per_collection_without_secrets(gw, member):
 
 def create_key_offline(db: Path, name: str) -> tuple[str, str]:
     out = subprocess.run(
-        [*zarrgate_bin(), "keys", "create", "--db", str(db), "--name", name, "--owner", "t@example.org", "--json"],
+        [*zarrgate_bin(), "keys", "create", "--db", str(db), "--create-db", "--name", name, "--owner", "t@example.org",
+         "--json"],
         check=True, capture_output=True, text=True,
     ).stdout
     doc = json.loads(out)

@@ -233,3 +233,47 @@ def test_the_port_is_taken_first_and_health_answers_while_indexing(tmp_path):
     finally:
         proc.terminate()
         proc.wait()
+
+
+def test_keys_use_the_configured_database_and_refuse_a_mistyped_one(tmp_path):
+    import json
+
+    db = tmp_path / "auth.db"
+    config = tmp_path / "zarrgate.toml"
+    config.write_text(f'auth_db = "{db}"\n\n[[collections]]\nbucket = "cfgkeys"\ncatalog = "{tmp_path / "cat"}"\n')
+
+    def keys(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*zarrgate_bin(), "keys", *args], capture_output=True, text=True)
+
+    typo = tmp_path / "auht.db"
+    listed = keys("list", "--db", str(typo))
+    assert listed.returncode != 0 and "there is no key database at" in listed.stderr, listed.stderr
+    created = keys("create", "--db", str(typo), "--name", "a", "--owner", "a@example.org")
+    assert created.returncode != 0 and "--create-db" in created.stderr, created.stderr
+    assert not typo.exists() and not typo.parent.joinpath("auht.db").exists()
+    # The gateway's database, from its configuration file.
+    made = keys("create", "--config", str(config), "--name", "course", "--owner", "t@example.org", "--json")
+    assert made.returncode == 0, made.stderr
+    assert db.is_file()
+    access = json.loads(made.stdout)["access_key"]
+    assert access in keys("list", "--config", str(config), "--json").stdout
+    usage = subprocess.run([*zarrgate_bin(), "usage", "--config", str(config)], capture_output=True, text=True)
+    assert usage.returncode == 0, usage.stderr
+
+
+def test_the_readme_operations_example_gives_the_data(tmp_path):
+    """The README's notebook snippet, as printed, against a gateway of the demo data."""
+    text = (REPO / "README.md").read_text()
+    snippet = re.search(r"## Operations\n\n```python\n(.*?)```", text, re.S).group(1)
+    gw = start_gateway(FIXTURES, "demo", tmp_path / "catalog")
+    try:
+        scope: dict = {}
+        exec(snippet.replace("http://127.0.0.1:9000", gw.endpoint), scope)  # noqa: S102 - our own README
+        ds = scope["ds"]
+        import xarray as xr
+
+        with xr.open_dataset(FIXTURES / "cal_noleap.nc") as original:
+            years = original["tas"].groupby("time.year").mean()
+        assert ds["tas"].sizes["time"] == years.sizes["year"]
+    finally:
+        gw.stop()

@@ -354,3 +354,28 @@ def test_a_slow_synchronous_request_becomes_a_job_before_the_client_timeout(tmp_
         assert again.status_code == 200 and again.headers["X-Zarrgate-Cache"] == "hit"
     finally:
         gw.stop()
+
+
+def test_a_url_with_wait_yields_the_data_when_the_request_becomes_a_job(data, tmp_path):
+    """A URL pasted in a notebook: the request becomes a job (it is over the sync limit and slow),
+    and `wait=SECONDS` makes the gateway answer with the result, through 303s to the job's
+    results that any HTTP client follows, instead of a job document."""
+    gw = start_gateway(data["probe"].parent, "opsdata", tmp_path / "catalog", sync_limit=1,
+                       extra_args=("--client-timeout", "3"), env={"ZARRGATE_TEST_COMPUTE_DELAY_MS": "4500"})
+    try:
+        client = Client(gw, tmp_path)
+        op = find("over-level")
+        args = {"dataset": client.dataset(data[op.source].name), **op.args}
+        resp = requests.get(client.url(op.process, {**args, "wait": "60"}), timeout=120)
+        assert resp.status_code == 200, problem(resp)
+        assert [r.status_code for r in resp.history] and all(r.status_code == 303 for r in resp.history)
+        assert all("/results?wait=" in r.headers["Location"] for r in resp.history)
+        check_average(client.open(resp.content), op, original(data[op.source]))
+        # A wait that runs out answers with the job, as without it.
+        other = {**args, "weights": "coslat" if args.get("weights", "none") == "none" else "none"}
+        short = requests.get(client.url(op.process, {**other, "wait": "1"}), timeout=120, allow_redirects=False)
+        assert short.status_code == 202 and short.json()["status"] in ("accepted", "running")
+        bad = requests.get(client.url(op.process, {**other, "wait": "soon"}), timeout=60)
+        assert bad.status_code == 400 and "wait" in bad.text
+    finally:
+        gw.stop()

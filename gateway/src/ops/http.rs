@@ -4,6 +4,7 @@
 //! Every error is an RFC 9457 problem document; nothing here answers S3 XML.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
@@ -128,11 +129,12 @@ async fn route(
         (&Method::GET, ["processes", id]) => Ok(json_response(200, &describe(process(id)?))),
         (&Method::POST, ["processes", id, "execution"]) => {
             let (request, inputs) = parse_post(id, req).await?;
-            execute(app, &ops, who, request, inputs, prefer_async, 201).await
+            execute(app, &ops, who, request, inputs, prefer_async, 201, None).await
         }
         (&Method::GET, ["ops", "v1", id]) => {
+            let (wait, query) = take_wait(query)?;
             let (request, inputs) = parse_get(id, query)?;
-            execute(app, &ops, who, request, inputs, prefer_async, 202).await
+            execute(app, &ops, who, request, inputs, prefer_async, 202, wait).await
         }
         (&Method::GET, ["jobs"]) => {
             let jobs: Vec<Value> = ops.jobs.list().iter().filter(|j| visible(app, j, who)).map(status_doc).collect();
@@ -144,7 +146,10 @@ async fn route(
             let job = ops.dismiss(id).await.ok_or_else(|| Problem::not_found(format!("there is no job {id}")))?;
             Ok(json_response(200, &status_doc(&job)))
         }
-        (&Method::GET, ["jobs", id, "results"]) => job_results(app, &ops, id, who),
+        (&Method::GET, ["jobs", id, "results"]) => match take_wait(query)?.0 {
+            Some(wait) => wait_for_job(app, &ops, who, id, wait).await,
+            None => job_results(app, &ops, id, who),
+        },
         (&Method::GET | &Method::HEAD, ["results", name]) => {
             let if_none_match = req.headers().get("if-none-match").and_then(|v| v.to_str().ok());
             result_file(app, &ops, name, who, if_none_match, method == Method::HEAD)
@@ -280,7 +285,61 @@ pub fn may_use(app: &App, bucket: &str, who: &Principal) -> Result<(), Problem> 
     })
 }
 
-/// Runs a request and shapes the answer: the result, or the status of the job it became.
+/// Longest `wait` a URL may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// The `wait=SECONDS` argument (`30`, `90s`, `10m`), taken out of the operation's arguments.
+#[allow(clippy::type_complexity)]
+fn take_wait(query: Vec<(String, String)>) -> Result<(Option<Duration>, Vec<(String, String)>), Problem> {
+    let mut wait = None;
+    let mut rest = Vec::with_capacity(query.len());
+    for (k, v) in query {
+        if k == "wait" {
+            let secs = crate::config::parse_seconds(&v)
+                .ok_or_else(|| Problem::invalid("wait", format!("{v:?} is not a duration (seconds, or 90s, 10m)")))?;
+            wait = Some(Duration::from_secs(secs).min(MAX_WAIT));
+        } else {
+            rest.push((k, v));
+        }
+    }
+    Ok((wait, rest))
+}
+
+/// Waits for a job of the caller's, for at most one answer's time (`ops.sync_wait`, which a
+/// connection outlives), and answers with its result once it has one. A job still running
+/// when `wait` lasts longer answers 303 to `/jobs/ID/results?wait=REST`, which HTTP clients
+/// follow: a URL with `wait` in a notebook yields the data, not a job document.
+async fn wait_for_job(
+    app: &Arc<App>,
+    ops: &Arc<Ops>,
+    who: &Principal,
+    id: &str,
+    wait: Duration,
+) -> Result<HttpResponse, Problem> {
+    let slice = wait.min(ops.config.sync_wait);
+    let deadline = tokio::time::Instant::now() + slice;
+    loop {
+        let job = own_job(app, ops, id, who)?;
+        if !matches!(job.status, Status::Accepted | Status::Running) {
+            return job_results(app, ops, id, who);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let rest = wait.saturating_sub(slice).as_secs();
+            let mut r = json_response(if rest > 0 { 303 } else { 202 }, &status_doc(&job));
+            if rest > 0 {
+                set(&mut r, "location", &format!("/jobs/{id}/results?wait={rest}"));
+            } else {
+                set(&mut r, "location", &format!("/jobs/{id}"));
+            }
+            return Ok(r);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs a request and shapes the answer: the result, or the status of the job it became (or,
+/// with `wait`, the job's result once it is done).
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     app: &Arc<App>,
     ops: &Arc<Ops>,
@@ -289,6 +348,7 @@ async fn execute(
     inputs: Value,
     prefer_async: bool,
     job_status: u16,
+    wait: Option<Duration>,
 ) -> Result<HttpResponse, Problem> {
     let collection = app.collections.get(&request.bucket).ok_or_else(|| Problem {
         argument: Some("dataset".into()),
@@ -301,6 +361,7 @@ async fn execute(
             let public = is_public(app, &collection.bucket);
             Ok(revalidated(result_response(ops, &key, bytes, format, hit, compute_ms, public), public))
         }
+        Answer::Job(job) if wait.is_some() => wait_for_job(app, ops, who, &job.id, wait.unwrap_or_default()).await,
         Answer::Job(job) => {
             let mut r = json_response(job_status, &status_doc(&job));
             set(&mut r, "location", &format!("/jobs/{}", job.id));

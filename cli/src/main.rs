@@ -196,6 +196,7 @@ enum KeysAction {
     },
     /// List keys (never their secrets).
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -321,6 +322,14 @@ struct ServerArgs {
     no_drs_join: bool,
     #[command(flatten)]
     removals: RemovalArgs,
+    /// Write a line per request (time, client, key, method, path, status, bytes, duration,
+    /// request id, cache outcome) to this file, or `-` for standard output.
+    #[arg(long)]
+    access_log: Option<String>,
+    /// The access log's format: `json` (a JSON object per line) or `combined` (the combined
+    /// log format, then the request id, milliseconds and cache outcome). Default json.
+    #[arg(long)]
+    access_log_format: Option<zarrgate_gateway::access_log::Format>,
     /// Memory for loaded datasets, shared by the collections (`256MiB`, `2GiB`, bytes);
     /// datasets beyond it are dropped and loaded again when asked for. Default 256MiB.
     #[arg(long)]
@@ -337,6 +346,12 @@ impl ServerArgs {
         config.trusted_proxies.extend(self.trusted_proxies.iter().copied());
         if self.cache_memory.is_some() {
             config.cache_memory = self.cache_memory.clone();
+        }
+        if self.access_log.is_some() {
+            config.access_log = self.access_log.clone();
+        }
+        if self.access_log_format.is_some() {
+            config.access_log_format = self.access_log_format;
         }
         if self.trusted_proxy_header.is_some() {
             config.trusted_proxy_header = self.trusted_proxy_header;

@@ -135,6 +135,10 @@ pub fn serve(
     let mut app = AppBuilder::new(collections, auth).metrics_policy(config.metrics.clone()).trusted_proxies(
         TrustedProxies::new(config.trusted_proxies.clone(), config.trusted_proxy_header.unwrap_or_default()),
     );
+    if let Some(target) = &config.access_log {
+        use zarrgate_gateway::access_log::{AccessLog, Target};
+        app = app.access_log(AccessLog::open(&Target::parse(target), config.access_log_format.unwrap_or_default())?);
+    }
     if let Some(ops) = config.ops.clone() {
         let dir = ops.dir.clone();
         let ops = zarrgate_gateway::ops::Ops::open(ops, Arc::new(crate::netcdf_out::Writer))

@@ -26,6 +26,9 @@ pub struct App {
     /// Server-side operations, when enabled.
     pub ops: Option<Arc<crate::ops::Ops>>,
     next_request: AtomicU64,
+    /// Makes request ids unique across restarts (and replicas): from the start time and pid.
+    request_prefix: u32,
+    pub access_log: Option<crate::access_log::AccessLog>,
     /// Bounds the reads handed to the blocking pool.
     pub reads: Arc<tokio::sync::Semaphore>,
 }
@@ -33,7 +36,8 @@ pub struct App {
 impl App {
     /// A new request id (hexadecimal, for `x-amz-request-id` and error documents).
     pub fn request_id(&self) -> String {
-        format!("{:016X}", self.next_request.fetch_add(1, Ordering::Relaxed))
+        let n = self.next_request.fetch_add(1, Ordering::Relaxed);
+        format!("{:08X}{:010X}", self.request_prefix, n & 0xFF_FFFF_FFFF)
     }
 }
 
@@ -47,6 +51,7 @@ impl std::ops::Deref for App {
 
 /// Assembles an [`App`].
 pub struct AppBuilder {
+    access_log: Option<crate::access_log::AccessLog>,
     collections: Vec<Arc<Collection>>,
     auth: Arc<Auth>,
     ops: Option<Arc<crate::ops::Ops>>,
@@ -56,7 +61,20 @@ pub struct AppBuilder {
 
 impl AppBuilder {
     pub fn new(collections: Vec<Arc<Collection>>, auth: Arc<Auth>) -> Self {
-        AppBuilder { collections, auth, ops: None, metrics_policy: None, proxies: TrustedProxies::default() }
+        AppBuilder {
+            access_log: None,
+            collections,
+            auth,
+            ops: None,
+            metrics_policy: None,
+            proxies: TrustedProxies::default(),
+        }
+    }
+
+    /// Writes a line per answered request (health probes aside).
+    pub fn access_log(mut self, log: crate::access_log::AccessLog) -> Self {
+        self.access_log = Some(log);
+        self
     }
 
     pub fn ops(mut self, ops: crate::ops::Ops) -> Self {
@@ -92,7 +110,16 @@ impl AppBuilder {
             shutting_down: AtomicBool::new(false),
             ops: self.ops,
             next_request: AtomicU64::new(1),
+            request_prefix: request_prefix(),
+            access_log: self.access_log,
             reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS)),
         }
     }
+}
+
+/// 32 bits that differ between processes: the start time in milliseconds mixed with the pid.
+fn request_prefix() -> u32 {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mixed = ms.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id()).rotate_left(32);
+    (mixed >> 32) as u32 ^ mixed as u32
 }

@@ -68,6 +68,10 @@ pub struct Config {
     /// Who may read `/metrics` (default: everyone unless a collection is restricted).
     pub metrics: Option<Policy>,
     pub auth_db: Option<PathBuf>,
+    /// A line per request: `"-"` (standard output) or a file appended to.
+    pub access_log: Option<String>,
+    /// `json` (the default) or `combined`.
+    pub access_log_format: Option<crate::access_log::Format>,
     /// Memory for loaded datasets, shared by the collections (`"256MiB"`); see
     /// [`Config::cache_bytes`].
     pub cache_memory: Option<String>,

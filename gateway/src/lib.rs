@@ -26,6 +26,7 @@
 //! indexer and byte ranges of the source files. NetCDF results are written through the
 //! [`ops::NetcdfWriter`] the binary provides.
 
+pub mod access_log;
 pub mod app;
 pub mod auth;
 pub mod body;

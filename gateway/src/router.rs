@@ -39,7 +39,8 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
     let request_id = app.request_id();
     let text =
         |status, body: &'static [u8]| s3::text_response(status, "text/plain", Bytes::from_static(body), &request_id);
-    // Probes carry no credentials and are never limited: a kubelet must always reach them.
+    // Probes carry no credentials and are never limited (a kubelet must always reach them),
+    // and are not logged.
     match req.uri().path() {
         "/healthz" => return text(StatusCode::OK, b"ok\n"),
         "/readyz" if app.shutting_down.load(Ordering::Relaxed) => {
@@ -48,7 +49,52 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
         "/readyz" => return text(StatusCode::OK, b"ready\n"),
         _ => {}
     }
+    let started = std::time::Instant::now();
+    let time = std::time::SystemTime::now();
     let ip = app.proxies.client(peer, req.headers());
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (referer, user_agent) = (header("referer"), header("user-agent"));
+    let method = req.method().to_string();
+    let target = req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
+    let (mut resp, who) = answer(app.clone(), req, ip, &request_id).await;
+    // Every answer names its request (S3 answers already do; operations' answers too now).
+    if !resp.headers().contains_key("x-amz-request-id") {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-amz-request-id", v);
+        }
+    }
+    if let Some(log) = &app.access_log {
+        let head = method == "HEAD";
+        let cache = resp.headers().get("x-zarrgate-cache").and_then(|v| v.to_str().ok()).map(str::to_string);
+        log.write(&crate::access_log::Entry {
+            time,
+            client: ip,
+            principal: match &who {
+                Principal::Key(k) => Some(k.access_key.as_str()),
+                Principal::Anonymous { .. } => None,
+            },
+            method: &method,
+            target: &target,
+            status: resp.status().as_u16(),
+            bytes: if head { 0 } else { resp.body().size_hint().exact().unwrap_or(0) },
+            duration: started.elapsed(),
+            request_id: &request_id,
+            cache: cache.as_deref(),
+            referer: referer.as_deref(),
+            user_agent: user_agent.as_deref(),
+        });
+    }
+    resp
+}
+
+/// The answer to a request, and who it was answered for.
+async fn answer(
+    app: Arc<App>,
+    req: Request<hyper::body::Incoming>,
+    ip: IpAddr,
+    request_id: &str,
+) -> (HttpResponse, Principal) {
+    let request_id = request_id.to_string();
     let raw_path = req.uri().path().to_string();
     let face = if ops_http::is_ops_path(&raw_path) { Face::Ops } else { Face::S3 };
     let head = req.method() == Method::HEAD;
@@ -72,7 +118,7 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
             },
         };
         account(&app, &who, &resp, "", head);
-        return resp;
+        return (resp, who);
     };
 
     let admitted = app.auth.admit(&RequestAuth {
@@ -90,7 +136,7 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
             let bucket = label(&path);
             let resp = refused(&app, face, &refusal, &bucket, &raw_path, &request_id, head);
             account(&app, &charged, &resp, &bucket, head);
-            return resp;
+            return (resp, charged);
         }
     };
 
@@ -107,7 +153,7 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
         }
     };
     account(&app, &who, &resp, &bucket, head);
-    resp
+    (resp, who)
 }
 
 /// The answer to a request that was not admitted.

@@ -75,6 +75,8 @@ class Gateway:
     catalog_dir: Path
     log: list[str] = field(default_factory=list)
     auth_db: Path | None = None
+    #: what it printed on standard output
+    out: list[str] = field(default_factory=list)
     ops_dir: Path | None = None
     _key: tuple[str, str] | None = None
 
@@ -203,6 +205,7 @@ def start_gateway(
         log=log,
         auth_db=Path(env["ZARRGATE_AUTH_DB"]),
         ops_dir=ops_dir,
+        out=lines,
     )
 
 

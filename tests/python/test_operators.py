@@ -277,3 +277,86 @@ def test_the_readme_operations_example_gives_the_data(tmp_path):
         assert ds["tas"].sizes["time"] == years.sizes["year"]
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("command", ["index", "serve", "demo", "export", "keys create", "keys list", "keys show",
+                                     "keys revoke", "usage"])
+def test_every_flag_says_what_it_does(command):
+    out = subprocess.run([*zarrgate_bin(), *command.split(), "--help"], capture_output=True, text=True).stdout
+    lines = out.splitlines()
+    silent = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^\s+(?:-\w, )?(--[\w-]+)(?: <\w+>)?(.*)$", line)
+        if not m or m.group(1) == "--help":
+            continue
+        described = m.group(2).strip() or (i + 1 < len(lines) and lines[i + 1].strip()
+                                              and not lines[i + 1].strip().startswith("-"))
+        if not described:
+            silent.append(m.group(1))
+    assert not silent, f"zarrgate {command}: flags without a help text: {silent}"
+
+
+def test_the_access_log_has_a_line_per_request(tree, tmp_path):
+    import json
+
+    import requests
+
+    from gateway import sigv4_headers
+
+    data, catalog = tree
+    log = tmp_path / "access.jsonl"
+    gw = start_gateway(data, "logged", catalog, extra_args=("--access-log", str(log)))
+    try:
+        key, secret = gw.create_key("logger")
+        time.sleep(0.6)  # the gateway re-reads keys every 0.25 s
+        base, host = gw.endpoint, gw.endpoint.split("//")[1]
+        sent = []
+
+        def send(method: str, path: str, headers: dict | None = None, principal: str | None = None):
+            r = requests.request(method, base + path, headers=headers or {}, timeout=60)
+            sent.append((r, method, path, principal))
+
+        send("GET", "/logged/classic.nc/.zmetadata")
+        send("HEAD", "/logged/classic.nc/.zmetadata")
+        send("GET", "/logged/nosuch.nc/.zmetadata")
+        send("GET", "/logged?list-type=2&delimiter=/")
+        path = "/logged/classic.nc/.zattrs"
+        send("GET", path, sigv4_headers(path, host, key, secret), principal=key)
+        send("GET", path, sigv4_headers(path, host, key, "wrong" + secret), principal=None)
+        ops = "/ops/v1/average?dataset=logged/classic.nc&var=tas&dims=lat,lon&format=json"
+        send("GET", ops)
+        send("GET", ops)
+        assert sent[-1][0].headers.get("X-Zarrgate-Cache") == "hit", sent[-1][0].text[:300]
+
+        def lines():
+            return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+        deadline = time.monotonic() + 10
+        while len(lines()) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        by_id = {line["request_id"]: line for line in lines()}
+        ids = [r.headers["x-amz-request-id"] for r, *_ in sent]
+        assert len(set(ids)) == len(ids), "every answer, operations' too, names its request"
+        for (r, method, path, principal), rid in zip(sent, ids):
+            line = by_id[rid]
+            assert (line["method"], line["path"], line["status"]) == (method, path, r.status_code), line
+            assert line["bytes"] == (0 if method == "HEAD" else len(r.content)), line
+            assert line["principal"] == principal and line["client"] == "127.0.0.1", line
+            assert line["duration_ms"] >= 0 and line["time"].endswith("Z") and "python-requests" in line["user_agent"]
+        assert [by_id[i]["cache"] for i in ids[-2:]] == ["miss", "hit"]
+        assert by_id[ids[5]]["status"] == 403
+    finally:
+        gw.stop()
+    # Request ids differ from one run to the next (a log spanning restarts stays unambiguous).
+    again = start_gateway(None, "logged", catalog, extra_args=("--access-log-format", "combined", "--access-log", "-"))
+    try:
+        r = requests.get(f"{again.endpoint}/logged/classic.nc/.zgroup", timeout=60)
+        assert r.headers["x-amz-request-id"] not in ids
+        deadline = time.monotonic() + 10
+        while not any(r.headers["x-amz-request-id"] in x for x in again.out) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        line = next(x for x in again.out if r.headers["x-amz-request-id"] in x)
+        assert re.match(r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /logged/classic\.nc/\.zgroup '
+                        r'HTTP/1\.1" 200 \d+ "-" "python-requests/[^"]+" [0-9A-F]{18} \d+\.\d{3} -$', line.strip()), line
+    finally:
+        again.stop()

@@ -15,9 +15,13 @@ command -v m4 >/dev/null || need+=(m4)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v curl >/dev/null || need+=(curl)
-# The tests start a real nginx (a TLS-less reverse proxy in front of the gateway).
+# The tests start a real nginx (a TLS-less reverse proxy in front of the gateway), and a
+# headless Chromium that reads the gateway from a page of another origin (CORS).
 if [[ " $* " == *" test "* || " $* " == *" bench "* ]]; then
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+fi
+if [[ " $* " == *" test "* ]]; then
+    command -v chromium >/dev/null || need+=(chromium)
 fi
 if [[ " $* " == *" bench "* ]]; then
     command -v wrk >/dev/null || need+=(wrk)

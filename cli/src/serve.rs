@@ -189,7 +189,7 @@ fn open_collection(c: &CollectionConfig, settings: &IndexSettings) -> anyhow::Re
         None => None,
     };
     Collection::open(c.bucket.clone(), catalog.clone(), reindex)
-        .map(|col| col.with_policies(c.read.clone(), c.compute_policy()))
+        .map(|col| col.with_policies(c.read.clone(), c.compute_policy()).with_cors(c.cors()))
         .map_err(|e| anyhow::anyhow!("bucket {}: {e}", c.bucket))
 }
 
@@ -212,7 +212,14 @@ pub fn config_from_args(
         bail!("give --data DIR (indexed at start) or --catalog DIR (prebuilt references)");
     }
     Ok(Config {
-        collections: vec![CollectionConfig { bucket, data, catalog, read: Default::default(), compute: None }],
+        collections: vec![CollectionConfig {
+            bucket,
+            data,
+            catalog,
+            read: Default::default(),
+            compute: None,
+            cors_origins: None,
+        }],
         ..Default::default()
     })
 }

@@ -88,6 +88,8 @@ pub struct Collection {
     pub read: Policy,
     /// Who may run operations on it.
     pub compute: Policy,
+    /// Which web pages may read it from a browser.
+    pub cors: crate::cors::Cors,
     pub catalog_dir: PathBuf,
     pub created: SystemTime,
     shared: Arc<Shared>,
@@ -136,6 +138,7 @@ impl Collection {
             bucket,
             read: Policy::Public,
             compute: Policy::Public,
+            cors: crate::cors::Cors::new(vec!["*".into()]),
             catalog_dir,
             created,
             shared,
@@ -154,6 +157,12 @@ impl Collection {
     pub fn with_policies(mut self, read: Policy, compute: Policy) -> Self {
         self.read = read;
         self.compute = compute;
+        self
+    }
+
+    /// The origins whose pages may read this collection (`*` for any).
+    pub fn with_cors(mut self, origins: Vec<String>) -> Self {
+        self.cors = crate::cors::Cors::new(origins);
         self
     }
 

@@ -94,12 +94,20 @@ pub struct CollectionConfig {
     pub read: Policy,
     /// Who may run operations; an operation needs `read` too. Default: `read`.
     pub compute: Option<Policy>,
+    /// Origins whose web pages may read the collection from a browser (`["*"]`: any). Default:
+    /// any for a public collection, none for a restricted one.
+    pub cors_origins: Option<Vec<String>>,
 }
 
 impl CollectionConfig {
     /// The compute policy in force: the configured one, else the read policy.
     pub fn compute_policy(&self) -> Policy {
         self.compute.clone().unwrap_or_else(|| self.read.clone())
+    }
+
+    /// The CORS origins in force.
+    pub fn cors(&self) -> Vec<String> {
+        self.cors_origins.clone().unwrap_or_else(|| if self.read.is_public() { vec!["*".into()] } else { vec![] })
     }
 }
 

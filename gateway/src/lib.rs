@@ -33,6 +33,7 @@ pub mod body;
 pub mod client;
 pub mod collection;
 pub mod config;
+pub mod cors;
 pub mod dataset;
 pub mod dates;
 pub mod metrics;

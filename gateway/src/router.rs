@@ -56,7 +56,22 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
     let (referer, user_agent) = (header("referer"), header("user-agent"));
     let method = req.method().to_string();
     let target = req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
-    let (mut resp, who) = answer(app.clone(), req, ip, &request_id).await;
+    let origin = header("origin");
+    let cors = cors_of(&app, &req);
+    let preflight = match (&origin, header("access-control-request-method")) {
+        (Some(origin), Some(asked)) if method == "OPTIONS" => {
+            Some(preflight(cors.as_ref(), origin, &asked, header("access-control-request-headers"), &request_id))
+        }
+        _ => None,
+    };
+    let (mut resp, who) = match preflight {
+        // A preflight carries no credentials and reads nothing: it is not admitted or limited.
+        Some(resp) => (resp, Principal::Anonymous { ip }),
+        None => answer(app.clone(), req, ip, &request_id).await,
+    };
+    if let (Some(origin), Some(cors)) = (&origin, &cors) {
+        cors.annotate(origin, resp.headers_mut());
+    }
     // Every answer names its request (S3 answers already do; operations' answers too now).
     if !resp.headers().contains_key("x-amz-request-id") {
         if let Ok(v) = hyper::header::HeaderValue::from_str(&request_id) {
@@ -85,6 +100,44 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
         });
     }
     resp
+}
+
+/// The CORS rules of the collection a request reads: its bucket's, or for an operation the
+/// bucket of its `dataset` argument.
+fn cors_of(app: &App, req: &Request<hyper::body::Incoming>) -> Option<crate::cors::Cors> {
+    let path = req.uri().path();
+    let bucket = if ops_http::is_ops_path(path) {
+        parse_query(req.uri().query())?
+            .into_iter()
+            .find(|(k, _)| k == "dataset")
+            .and_then(|(_, v)| v.split('/').next().map(str::to_string))?
+    } else {
+        s3::bucket_of(app, path, req.headers())
+    };
+    app.collections.get(&bucket).map(|c| c.cors.clone())
+}
+
+/// The answer to a CORS preflight: 204 with what the page may do, or 403.
+fn preflight(
+    cors: Option<&crate::cors::Cors>,
+    origin: &str,
+    method: &str,
+    headers: Option<String>,
+    request_id: &str,
+) -> HttpResponse {
+    match cors.and_then(|c| c.preflight(origin, method, headers.as_deref())) {
+        Some(allowed) => {
+            let mut resp = s3::text_response(StatusCode::NO_CONTENT, "text/plain", Bytes::new(), request_id);
+            resp.headers_mut().extend(allowed);
+            resp
+        }
+        None => s3::text_response(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            Bytes::from_static(b"CORSResponse: This CORS request is not allowed.\n"),
+            request_id,
+        ),
+    }
 }
 
 /// The answer to a request, and who it was answered for.

@@ -146,6 +146,7 @@ pub fn serve(
         app = app.ops(ops);
     }
     let app = Arc::new(app.build());
+    summary(&app, &endpoint, &config);
     runtime
         .block_on(async {
             if let Some(ops) = &app.ops {
@@ -156,7 +157,25 @@ pub fn serve(
             zarrgate_gateway::serve(app, listener, &options, zarrgate_gateway::shutdown_signal()).await
         })
         .with_context(|| format!("the server on {} stopped", options.listen))?;
+    eprintln!("zarrgate: {endpoint} stopped (connections drained)");
     Ok(())
+}
+
+/// One line per bucket and one for the rest, on standard error, when the server starts.
+fn summary(app: &zarrgate_gateway::App, endpoint: &str, config: &Config) {
+    for c in app.collections.values() {
+        let (files, joins) = c.counts().unwrap_or_default();
+        eprintln!(
+            "zarrgate: bucket {}: {files} files and {joins} joined datasets from {}; read: {}, compute: {}",
+            c.bucket,
+            c.catalog_dir.display(),
+            c.read.describe(),
+            c.compute.describe()
+        );
+    }
+    let ops = config.ops.as_ref().map_or_else(|| "off".to_string(), |o| format!("results in {}", o.dir.display()));
+    let log = config.access_log.as_deref().unwrap_or("off");
+    eprintln!("zarrgate {} on {endpoint}; operations: {ops}; access log: {log}", env!("CARGO_PKG_VERSION"));
 }
 
 fn open_collection(c: &CollectionConfig, settings: &IndexSettings) -> anyhow::Result<Collection> {

@@ -172,6 +172,11 @@ impl Collection {
         self
     }
 
+    /// Files and joined datasets in the catalog.
+    pub fn counts(&self) -> Result<(u64, u64), String> {
+        self.with_db(|db| db.counts())
+    }
+
     /// Bytes of loaded datasets held now (an estimate), and how many.
     pub fn cached(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();

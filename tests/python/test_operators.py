@@ -137,6 +137,13 @@ def test_a_key_of_no_dataset_names_the_dataset(tree):
         assert status == 404 and b"The specified key does not exist.<" in body
     finally:
         gw.stop()
+    # It said what it serves when it started, and that it stopped.
+    deadline = time.monotonic() + 5
+    while f"{gw.endpoint} stopped" not in "".join(gw.log) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = "".join(gw.log)
+    assert f"bucket named: 4 files and 0 joined datasets from {catalog}; read: public" in log, log[-2000:]
+    assert f"{gw.endpoint} stopped" in log, log[-2000:]
 
 
 def test_the_configuration_example_in_the_docs_loads(tmp_path):

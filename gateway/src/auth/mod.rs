@@ -137,6 +137,22 @@ impl Policy {
     pub fn is_public(&self) -> bool {
         *self == Policy::Public
     }
+
+    /// The policy in words, as the configuration writes it.
+    pub fn describe(&self) -> String {
+        match self {
+            Policy::Public => "public".into(),
+            Policy::Authenticated => "authenticated".into(),
+            Policy::Allow { groups, keys } => {
+                let items: Vec<String> = groups
+                    .iter()
+                    .map(|g| format!("group:{g}"))
+                    .chain(keys.iter().map(|k| format!("key:{k}")))
+                    .collect();
+                items.join(", ")
+            }
+        }
+    }
 }
 
 /// Why a request's credentials were not accepted. The messages are S3's, where S3 has one.

@@ -28,3 +28,16 @@ pub mod ops;
 pub mod refs;
 pub mod report;
 pub mod zarr;
+
+/// An error and all its sources, joined by `: ` (for logs and reports, where a message must
+/// say everything on one line).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
+    }
+    msg
+}

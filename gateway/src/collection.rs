@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, EntryStatus, Kind};
+use zarrgate_core::error_chain;
 use zarrgate_core::join::doc::JoinDoc;
 
 use crate::auth::Policy;
@@ -122,11 +123,11 @@ fn slash_prefixes(key: &str) -> impl Iterator<Item = &str> {
 
 impl Collection {
     pub fn open(bucket: String, catalog_dir: PathBuf, reindex: Option<Arc<dyn Reindex>>) -> Result<Self, String> {
-        let db = CatalogDb::open_existing(&catalog_dir).map_err(|e| chain(&e))?.ok_or_else(|| {
+        let db = CatalogDb::open_existing(&catalog_dir).map_err(|e| error_chain(&e))?.ok_or_else(|| {
             format!("{} holds no catalog: index a tree into it with `zarrgate index`", catalog_dir.display())
         })?;
-        let view = read_view(&db).map_err(|e| chain(&e))?;
-        let generation = db.generation().map_err(|e| chain(&e))?;
+        let view = read_view(&db).map_err(|e| error_chain(&e))?;
+        let generation = db.generation().map_err(|e| error_chain(&e))?;
         let created = db
             .created()
             .ok()
@@ -204,7 +205,7 @@ impl Collection {
 
     /// Logs a catalog error in full and returns what a client may read of it.
     fn db_failed(&self, e: &CatalogError) -> String {
-        eprintln!("zarrgate: bucket {}: {}", self.bucket, chain(e));
+        eprintln!("zarrgate: bucket {}: {}", self.bucket, error_chain(e));
         format!("the catalog of bucket {} cannot be read now", self.bucket)
     }
 
@@ -254,44 +255,38 @@ impl Collection {
         }
     }
 
-    /// The prefix of the dataset holding `key`, without loading it.
-    fn holding_prefix(&self, key: &str) -> Result<Option<String>, String> {
+    /// The prefix and kind of the dataset holding `key`, without loading it. Files never nest,
+    /// so a cached file is the only file that can hold the key; only a longer join could (and
+    /// then the catalog decides).
+    fn holding_prefix(&self, key: &str) -> Result<Option<(String, Kind)>, String> {
         let view = self.view();
         let longest_join = slash_prefixes(key).find(|p| view.joins.contains(*p)).map(str::len).unwrap_or(0);
-        for p in slash_prefixes(key) {
-            if p.len() < longest_join {
-                break;
-            }
-            if self.cache.get(p).is_some_and(|c| c.kind == Kind::File) {
-                return Ok(Some(p.to_string()));
-            }
-        }
-        Ok(self.with_db(|db| db.holding(key))?.map(|(prefix, _)| prefix))
-    }
-
-    /// The dataset holding `key` and its prefix.
-    fn holding(&self, key: &str) -> Result<Option<(String, Arc<Cached>)>, String> {
-        let view = self.view();
-        let longest_join = slash_prefixes(key).find(|p| view.joins.contains(*p)).map(str::len).unwrap_or(0);
-        // Files never nest, so a cached file is the only file that can hold the key; only a
-        // longer join could (and then the catalog decides).
         for p in slash_prefixes(key) {
             if p.len() < longest_join {
                 break;
             }
             if let Some(cached) = self.cache.get(p) {
                 if cached.kind == Kind::File {
-                    return Ok(self.current(p, cached)?.map(|c| (p.to_string(), c)));
+                    return Ok(Some((p.to_string(), Kind::File)));
                 }
                 break;
             }
         }
-        let Some((prefix, kind)) = self.with_db(|db| db.holding(key))? else { return Ok(None) };
-        let cached = match self.cache.get(&prefix).filter(|c| c.kind == kind) {
-            Some(cached) => self.current(&prefix, cached)?,
-            None => self.load(&prefix, kind)?,
-        };
-        Ok(cached.map(|c| (prefix, c)))
+        self.with_db(|db| db.holding(key))
+    }
+
+    /// The dataset of `kind` at `prefix`: cached and current, or loaded.
+    fn entry(&self, prefix: &str, kind: Kind) -> Result<Option<Arc<Cached>>, String> {
+        match self.cache.get(prefix).filter(|c| c.kind == kind) {
+            Some(cached) => self.current(prefix, cached),
+            None => self.load(prefix, kind),
+        }
+    }
+
+    /// The dataset holding `key` and its prefix.
+    fn holding(&self, key: &str) -> Result<Option<(String, Arc<Cached>)>, String> {
+        let Some((prefix, kind)) = self.holding_prefix(key)? else { return Ok(None) };
+        Ok(self.entry(&prefix, kind)?.map(|c| (prefix, c)))
     }
 
     /// `cached` if its row did not change since, else the row as it is now.
@@ -472,20 +467,9 @@ fn weight(dataset: &Dataset) -> u32 {
     (objects + arrays + 6144).min(u32::MAX as usize) as u32
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        cur = s.source();
-    }
-    msg
-}
-
 /// Reads the generation of the catalog every [`POLL`], until the collection is dropped.
 fn spawn_poller(shared: Arc<Shared>, dir: &Path) -> Result<(), String> {
-    let db = CatalogDb::reader(dir).map_err(|e| chain(&e))?;
+    let db = CatalogDb::reader(dir).map_err(|e| error_chain(&e))?;
     std::thread::Builder::new()
         .name("catalog-poll".into())
         .spawn(move || {
@@ -494,7 +478,7 @@ fn spawn_poller(shared: Arc<Shared>, dir: &Path) -> Result<(), String> {
                 let now = match db.generation() {
                     Ok(g) => g,
                     Err(e) => {
-                        eprintln!("zarrgate: reading the catalog generation: {}", chain(&e));
+                        eprintln!("zarrgate: reading the catalog generation: {}", error_chain(&e));
                         continue;
                     }
                 };
@@ -503,7 +487,7 @@ fn spawn_poller(shared: Arc<Shared>, dir: &Path) -> Result<(), String> {
                 }
                 match read_view(&db) {
                     Ok(view) => *shared.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view),
-                    Err(e) => eprintln!("zarrgate: reading the catalog: {}", chain(&e)),
+                    Err(e) => eprintln!("zarrgate: reading the catalog: {}", error_chain(&e)),
                 }
                 shared.generation.fetch_max(now, Ordering::AcqRel);
             }
@@ -608,10 +592,10 @@ impl KeySpace for Keys<'_> {
                 return Box::new(std::iter::empty());
             }
         };
-        if let Some(prefix) = holding {
+        if let Some((prefix, kind)) = holding {
             let inner = &text[prefix.len()..];
             if !(skipping && inner.starts_with('\u{10FFFF}')) {
-                match self.collection.dataset(&prefix[..prefix.len() - 1]) {
+                match self.collection.entry(&prefix, kind) {
                     Ok(Some(cached)) => {
                         let bound = if inclusive { Bound::Included(inner) } else { Bound::Excluded(inner) };
                         first = Self::dataset_keys(&prefix, &cached, bound);

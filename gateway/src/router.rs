@@ -49,18 +49,23 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
         "/readyz" => return text(StatusCode::OK, b"ready\n"),
         _ => {}
     }
-    let started = std::time::Instant::now();
-    let time = std::time::SystemTime::now();
     let ip = app.proxies.client(peer, req.headers());
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let (referer, user_agent) = (header("referer"), header("user-agent"));
-    let method = req.method().to_string();
-    let target = req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
+    // What the access log needs of the request, taken only when there is one.
+    let logged = app.access_log.as_ref().map(|_| Logged {
+        started: std::time::Instant::now(),
+        time: std::time::SystemTime::now(),
+        method: req.method().to_string(),
+        target: req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |p| p.to_string()),
+        referer: header("referer"),
+        user_agent: header("user-agent"),
+    });
+    // CORS concerns only requests from pages, which carry an Origin.
     let origin = header("origin");
-    let cors = cors_of(&app, &req);
+    let cors = origin.as_ref().and_then(|_| cors_of(&app, &req));
     let preflight = match (&origin, header("access-control-request-method")) {
-        (Some(origin), Some(asked)) if method == "OPTIONS" => {
-            Some(preflight(cors.as_ref(), origin, &asked, header("access-control-request-headers"), &request_id))
+        (Some(origin), Some(asked)) if req.method() == Method::OPTIONS => {
+            Some(preflight(cors, origin, &asked, header("access-control-request-headers"), &request_id))
         }
         _ => None,
     };
@@ -69,7 +74,7 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
         Some(resp) => (resp, Principal::Anonymous { ip }),
         None => answer(app.clone(), req, ip, &request_id).await,
     };
-    if let (Some(origin), Some(cors)) = (&origin, &cors) {
+    if let (Some(origin), Some(cors)) = (&origin, cors) {
         cors.annotate(origin, resp.headers_mut());
     }
     // Every answer names its request (S3 answers already do; operations' answers too now).
@@ -78,33 +83,43 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
             resp.headers_mut().insert("x-amz-request-id", v);
         }
     }
-    if let Some(log) = &app.access_log {
-        let head = method == "HEAD";
+    if let (Some(log), Some(l)) = (&app.access_log, &logged) {
+        let head = l.method == "HEAD";
         let cache = resp.headers().get("x-zarrgate-cache").and_then(|v| v.to_str().ok()).map(str::to_string);
         log.write(&crate::access_log::Entry {
-            time,
+            time: l.time,
             client: ip,
             principal: match &who {
                 Principal::Key(k) => Some(k.access_key.as_str()),
                 Principal::Anonymous { .. } => None,
             },
-            method: &method,
-            target: &target,
+            method: &l.method,
+            target: &l.target,
             status: resp.status().as_u16(),
             bytes: if head { 0 } else { resp.body().size_hint().exact().unwrap_or(0) },
-            duration: started.elapsed(),
+            duration: l.started.elapsed(),
             request_id: &request_id,
             cache: cache.as_deref(),
-            referer: referer.as_deref(),
-            user_agent: user_agent.as_deref(),
+            referer: l.referer.as_deref(),
+            user_agent: l.user_agent.as_deref(),
         });
     }
     resp
 }
 
+/// The request line and headers of an access log line.
+struct Logged {
+    started: std::time::Instant,
+    time: std::time::SystemTime,
+    method: String,
+    target: String,
+    referer: Option<String>,
+    user_agent: Option<String>,
+}
+
 /// The CORS rules of the collection a request reads: its bucket's, or for an operation the
 /// bucket of its `dataset` argument.
-fn cors_of(app: &App, req: &Request<hyper::body::Incoming>) -> Option<crate::cors::Cors> {
+fn cors_of<'a>(app: &'a App, req: &Request<hyper::body::Incoming>) -> Option<&'a crate::cors::Cors> {
     let path = req.uri().path();
     let bucket = if ops_http::is_ops_path(path) {
         parse_query(req.uri().query())?
@@ -114,7 +129,7 @@ fn cors_of(app: &App, req: &Request<hyper::body::Incoming>) -> Option<crate::cor
     } else {
         s3::bucket_of(app, path, req.headers())
     };
-    app.collections.get(&bucket).map(|c| c.cors.clone())
+    app.collections.get(&bucket).map(|c| &c.cors)
 }
 
 /// The answer to a CORS preflight: 204 with what the page may do, or 403.

@@ -134,7 +134,7 @@ pub fn index_tree(
     let stored = db.settings()?;
     let same_tree = stored.as_ref() == Some(&settings);
     let (total, _) = db.counts()?;
-    let remove = if same_tree { count_missing(&db, &files)? } else { total };
+    let remove = if same_tree { count_missing(&mut db, &files)? } else { total };
     if let Removals::AtMost(share) = options.removals {
         if remove > 1 && remove as f64 > share * total as f64 {
             let why = match &stored {
@@ -241,33 +241,44 @@ fn commit(db: &mut CatalogDb, batch: &mut Vec<DatasetRow>) -> Result<(), TreeErr
     Ok(())
 }
 
-/// How many datasets of the catalog have no file in `files` any more.
-fn count_missing(db: &CatalogDb, files: &[String]) -> Result<u64, TreeError> {
-    let mut missing = 0;
-    let mut after = String::new();
-    loop {
-        let page = db.dataset_ids_after(&after, 10_000)?;
-        let Some(last) = page.last().cloned() else { break };
-        missing += page.iter().filter(|id| files.binary_search(id).is_err()).count() as u64;
-        after = last;
-    }
-    Ok(missing)
-}
-
-/// Drops the rows of files that are gone, a page of the catalog at a time.
-fn remove_missing(db: &mut CatalogDb, files: &[String]) -> Result<usize, TreeError> {
-    let mut removed = 0;
+/// Calls `each` with the ids of datasets whose files are not in `files` (sorted), a page of
+/// the catalog at a time.
+fn each_missing(
+    db: &mut CatalogDb,
+    files: &[String],
+    mut each: impl FnMut(&mut CatalogDb, Vec<String>) -> Result<(), TreeError>,
+) -> Result<(), TreeError> {
     let mut after = String::new();
     loop {
         let page = db.dataset_ids_after(&after, 1000)?;
         let Some(last) = page.last().cloned() else { break };
-        let gone: Vec<&String> = page.iter().filter(|id| files.binary_search(id).is_err()).collect();
+        let gone: Vec<String> = page.into_iter().filter(|id| files.binary_search(id).is_err()).collect();
         if !gone.is_empty() {
-            db.write(|w| gone.iter().try_for_each(|id| w.remove_dataset(id)))?;
-            removed += gone.len();
+            each(db, gone)?;
         }
         after = last;
     }
+    Ok(())
+}
+
+/// How many datasets of the catalog have no file in `files` any more.
+fn count_missing(db: &mut CatalogDb, files: &[String]) -> Result<u64, TreeError> {
+    let mut missing = 0;
+    each_missing(db, files, |_, gone| {
+        missing += gone.len() as u64;
+        Ok(())
+    })?;
+    Ok(missing)
+}
+
+/// Drops the rows of files that are gone.
+fn remove_missing(db: &mut CatalogDb, files: &[String]) -> Result<usize, TreeError> {
+    let mut removed = 0;
+    each_missing(db, files, |db, gone| {
+        db.write(|w| gone.iter().try_for_each(|id| w.remove_dataset(id)))?;
+        removed += gone.len();
+        Ok(())
+    })?;
     Ok(removed)
 }
 
@@ -330,14 +341,4 @@ fn with_slash(prefix: &str) -> String {
     }
 }
 
-/// An error and all its sources, joined by `: `.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        cur = s.source();
-    }
-    msg
-}
+pub use zarrgate_core::error_chain;

@@ -38,6 +38,21 @@ CREATE TABLE IF NOT EXISTS joins (
 ) WITHOUT ROWID;
 ";
 
+/// Row counts kept in `meta` by triggers, so that counting the catalog never scans it. Made
+/// with the tables (rows are only ever inserted or deleted once, never replaced: writers
+/// upsert, which updates in place).
+const COUNTERS: &str = "
+INSERT OR IGNORE INTO meta (key, value) VALUES ('datasets', '0'), ('joins', '0');
+CREATE TRIGGER IF NOT EXISTS datasets_added AFTER INSERT ON datasets
+    BEGIN UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'datasets'; END;
+CREATE TRIGGER IF NOT EXISTS datasets_removed AFTER DELETE ON datasets
+    BEGIN UPDATE meta SET value = CAST(value AS INTEGER) - 1 WHERE key = 'datasets'; END;
+CREATE TRIGGER IF NOT EXISTS joins_added AFTER INSERT ON joins
+    BEGIN UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'joins'; END;
+CREATE TRIGGER IF NOT EXISTS joins_removed AFTER DELETE ON joins
+    BEGIN UPDATE meta SET value = CAST(value AS INTEGER) - 1 WHERE key = 'joins'; END;
+";
+
 /// One indexed file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DatasetRow {
@@ -141,7 +156,14 @@ impl CatalogDb {
         // Large pages keep rows of a few kilobytes from leaving most of a page empty.
         conn.execute_batch("PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
             .map_err(&err)?;
-        conn.execute_batch(SCHEMA).map_err(&err)?;
+        let fresh: bool = conn
+            .query_row("SELECT NOT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'meta')", [], |r| r.get(0))
+            .map_err(&err)?;
+        if fresh {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA} {COUNTERS} COMMIT;")).map_err(&err)?;
+        } else {
+            conn.execute_batch(SCHEMA).map_err(&err)?;
+        }
         let format: Option<i64> = conn
             .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| r.get::<_, String>(0))
             .optional()
@@ -360,9 +382,13 @@ impl CatalogDb {
         Ok(rows)
     }
 
-    /// Datasets and joins in the catalog.
+    /// Datasets and joins in the catalog, from the counters (a scan only for a database made
+    /// before them).
     pub fn counts(&self) -> Result<(u64, u64), CatalogError> {
         let count = |table: &str| -> Result<u64, CatalogError> {
+            if let Some(n) = self.meta(table)?.and_then(|v| v.parse::<u64>().ok()) {
+                return Ok(n);
+            }
             self.conn
                 .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0))
                 .map(|n| n as u64)
@@ -446,8 +472,10 @@ impl Writer<'_> {
         let fp = &row.fingerprint;
         self.tx
             .execute(
-                "INSERT OR REPLACE INTO datasets (prefix, size, mtime_ns, ino, dev, ctime_ns, status, error, refs)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO datasets (prefix, size, mtime_ns, ino, dev, ctime_ns, status, error, refs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (prefix) DO UPDATE SET size = ?2, mtime_ns = ?3, ino = ?4, dev = ?5,
+                     ctime_ns = ?6, status = ?7, error = ?8, refs = ?9",
                 params![
                     prefix,
                     fp.size as i64,
@@ -476,8 +504,10 @@ impl Writer<'_> {
         let e = &row.entry;
         self.tx
             .execute(
-                "INSERT OR REPLACE INTO joins (prefix, status, members, doc, error, notes, inputs)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO joins (prefix, status, members, doc, error, notes, inputs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (prefix) DO UPDATE SET status = ?2, members = ?3, doc = ?4, error = ?5,
+                     notes = ?6, inputs = ?7",
                 params![
                     prefix_of(&row.id),
                     status_text(e.status),
@@ -582,12 +612,15 @@ mod tests {
         assert_eq!(db.settings().unwrap(), Some(settings));
         assert_eq!(db.dataset("a/x.nc").unwrap(), Some(row("a/x.nc", Some(b"one"))));
         assert_eq!(db.dataset("bad.nc").unwrap(), Some(row("bad.nc", None)));
+        assert_eq!(db.counts().unwrap(), (2, 0));
         let g = db.generation().unwrap();
         db.write(|w| w.put_dataset(&row("a/x.nc", Some(b"two")))).unwrap();
+        assert_eq!(db.counts().unwrap(), (2, 0), "a rewritten row is counted once");
         assert_eq!(db.generation().unwrap(), g + 1);
         assert_eq!(db.dataset("a/x.nc").unwrap().unwrap().refs.unwrap(), b"two");
         db.write(|w| w.remove_dataset("a/x.nc")).unwrap();
         assert_eq!(db.dataset("a/x.nc").unwrap(), None);
+        assert_eq!(db.counts().unwrap(), (1, 0));
         let refs: i64 = db.conn.query_row("SELECT count(*) FROM refs", [], |r| r.get(0)).unwrap();
         assert_eq!(refs, 0, "no reference set outlives its row");
         // A failed write leaves nothing behind.
@@ -624,6 +657,13 @@ mod tests {
         assert_eq!(db.kind_of("z.nc/").unwrap(), Some(Kind::File));
         assert_eq!(db.join("d").unwrap(), Some(join("d")));
         assert_eq!(db.dataset_ids_after("a.nc", 10).unwrap(), ["d/f.nc", "failed.nc", "z.nc"]);
+        // Counted by the triggers: a rewritten join once, removals and clearing taken off.
+        db.write(|w| w.put_join(&join("d"))).unwrap();
+        assert_eq!(db.counts().unwrap(), (5, 2));
+        db.write(|w| w.retain_joins(&["d".to_string()].into())).unwrap();
+        assert_eq!(db.counts().unwrap(), (5, 1));
+        db.write(|w| w.clear()).unwrap();
+        assert_eq!(db.counts().unwrap(), (0, 0));
     }
 
     #[test]

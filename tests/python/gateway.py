@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,15 @@ def zarrgate_bin() -> list[str]:
     """The gateway binary (``ZARRGATE_SERVE_BIN``, else the debug build)."""
     cmd = os.environ.get("ZARRGATE_SERVE_BIN") or str(debug_build())
     return shlex.split(cmd)
+
+
+def get(url: str) -> tuple[int, bytes]:
+    """The status and body of a GET of `url` (an error status is an answer, not an exception)."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
 
 
 def export_catalog(catalog_dir: Path, *datasets: str, out: Path | None = None) -> Path:

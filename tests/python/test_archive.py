@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
@@ -22,19 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import REPO, export_catalog, start_gateway, wait_for, zarrgate_bin
+from gateway import REPO, export_catalog, get, start_gateway, wait_for, zarrgate_bin
 
 FIXTURES = REPO / "fixtures" / "data" / "good"
 KINDS = ["cal_noleap.nc", "classic.nc", "nan_fill.nc", "groups.nc"]
 S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def index(data: Path, catalog: Path, *extra: str) -> subprocess.CompletedProcess:

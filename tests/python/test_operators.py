@@ -8,24 +8,14 @@ import re
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from gateway import REPO, export_catalog, start_gateway, zarrgate_bin
+from gateway import REPO, export_catalog, get, start_gateway, zarrgate_bin
 
 FIXTURES = REPO / "fixtures" / "data" / "good"
 NAMES = ["cal_noleap.nc", "classic.nc", "nan_fill.nc", "groups.nc"]
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def index(data: Path, catalog: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -29,7 +29,7 @@ fn corpus() -> PathBuf {
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let many = many_chunks_file(dir.path());
-    let opts = IndexOptions { url: None };
+    let opts = IndexOptions::default();
     let refs = index_file(&many, &opts).expect("index many_chunks.h5");
     assert_eq!(refs.refs.keys().filter(|k| k.starts_with("x/") && !k.contains(".z")).count(), CHUNKS);
 

@@ -112,6 +112,11 @@ pub struct IndexMeta {
     pub version: u32,
     pub source: SourceInfo,
     pub format: SourceFormat,
+    /// Whose view of the file the references reproduce, when not xarray's default engine's:
+    /// `h5netcdf` for plain HDF5 that netCDF-C refuses (xarray opens it with
+    /// `engine="h5netcdf"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
     /// Variables by path (`var`, `group/sub/var`).
     pub variables: BTreeMap<String, VariableReport>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

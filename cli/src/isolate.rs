@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use zarrgate_core::refs::ReferenceSet;
+use zarrgate_indexer::hdf::View;
 use zarrgate_indexer::tree::{FileIndexer, InProcess};
 
 /// Files a worker process indexes before it is replaced (bounds what a leak in the C libraries
@@ -26,7 +27,8 @@ pub struct Isolated {
     idle: Mutex<Vec<Worker>>,
 }
 
-/// A running worker: requests go to its stdin as `PATH\0URL\n`; answers come back on stdout
+/// A running worker: requests go to its stdin as `PATH\0URL\0VIEW\n` (`VIEW` empty for
+/// netCDF-C's, `h5netcdf` for HDF5 alone); answers come back on stdout
 /// as one status byte (`O` references JSON, `E` error message), a little-endian `u64` length
 /// and the payload.
 struct Worker {
@@ -89,10 +91,14 @@ impl Worker {
         Ok(Worker { child, stdin, frames, stderr, served: 0 })
     }
 
-    fn send(&mut self, path: &Path, url: Option<&str>) -> std::io::Result<()> {
+    fn send(&mut self, path: &Path, url: Option<&str>, view: View) -> std::io::Result<()> {
         let mut line = path.as_os_str().as_encoded_bytes().to_vec();
         line.push(0);
         line.extend_from_slice(url.unwrap_or("").as_bytes());
+        line.push(0);
+        if view == View::H5netcdf {
+            line.extend_from_slice(H5NETCDF.as_bytes());
+        }
         line.push(b'\n');
         self.stdin.write_all(&line)?;
         self.stdin.flush()
@@ -117,17 +123,31 @@ impl Isolated {
         }
     }
 
+    /// Indexes one file. When netCDF-C crashes the worker on it, the file is tried once more,
+    /// in a fresh worker, as plain HDF5 with h5netcdf's view (xarray's `engine="h5netcdf"`
+    /// opens such files).
     fn run(&self, path: &Path, url: Option<String>) -> Result<Vec<u8>, String> {
+        match self.run_as(path, url.clone(), View::Netcdf) {
+            Err(Failure::Crashed(first)) => self.run_as(path, url, View::H5netcdf).map_err(|second| {
+                format!("{first}; read as plain HDF5 with h5netcdf's model, it fails too: {}", second.message())
+            }),
+            other => other.map_err(Failure::into_message),
+        }
+    }
+
+    fn run_as(&self, path: &Path, url: Option<String>, view: View) -> Result<Vec<u8>, Failure> {
         let text = path.as_os_str().as_encoded_bytes();
         if text.contains(&b'\n') || text.contains(&0) || url.as_deref().is_some_and(|u| u.contains('\n')) {
-            return Err(format!("{}: a path with a newline cannot be indexed", path.display()));
+            return Err(Failure::Error(format!("{}: a path with a newline cannot be indexed", path.display())));
         }
-        let mut worker = self.take()?;
+        let mut worker = self.take().map_err(Failure::Error)?;
         worker.stderr.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        if worker.send(path, url.as_deref()).is_err() {
+        if worker.send(path, url.as_deref(), view).is_err() {
             // An idle worker that died since its last file: start afresh once.
-            worker = Worker::start(&self.exe)?;
-            worker.send(path, url.as_deref()).map_err(|e| format!("cannot reach an indexing worker: {e}"))?;
+            worker = Worker::start(&self.exe).map_err(Failure::Error)?;
+            worker
+                .send(path, url.as_deref(), view)
+                .map_err(|e| Failure::Error(format!("cannot reach an indexing worker: {e}")))?;
         }
         match worker.frames.recv_timeout(self.timeout) {
             Ok(Some((status, payload))) => {
@@ -141,26 +161,50 @@ impl Isolated {
                     // seen failing the next files of the same worker with "Unknown file
                     // format". The worker is replaced; it costs one process start.
                     drop(worker);
-                    Err(String::from_utf8_lossy(&payload).into_owned())
+                    Err(Failure::Error(String::from_utf8_lossy(&payload).into_owned()))
                 }
             }
             Ok(None) | Err(RecvTimeoutError::Disconnected) => {
                 let status = worker.child.wait();
                 let msg = worker.stderr.lock().unwrap_or_else(|p| p.into_inner()).trim().to_string();
                 let signal = status.ok().and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
-                Err(format!(
+                Err(Failure::Crashed(format!(
                     "{}: the HDF5/netCDF-C library crashed on this file (signal {}) {msg}",
                     path.display(),
                     signal.map_or("none".to_string(), |s| s.to_string())
-                ))
+                )))
             }
             Err(RecvTimeoutError::Timeout) => {
                 drop(worker);
-                Err(format!("{}: gave up after {} s", path.display(), self.timeout.as_secs()))
+                Err(Failure::Error(format!("{}: gave up after {} s", path.display(), self.timeout.as_secs())))
             }
         }
     }
 }
+
+/// Why a worker gave no references.
+enum Failure {
+    /// The file's own error, or a timeout.
+    Error(String),
+    /// The worker died on the file.
+    Crashed(String),
+}
+
+impl Failure {
+    fn message(&self) -> &str {
+        match self {
+            Failure::Error(m) | Failure::Crashed(m) => m,
+        }
+    }
+
+    fn into_message(self) -> String {
+        match self {
+            Failure::Error(m) | Failure::Crashed(m) => m,
+        }
+    }
+}
+
+const H5NETCDF: &str = "h5netcdf";
 
 impl FileIndexer for Isolated {
     fn index(&self, path: &Path, url: Option<String>) -> Result<ReferenceSet, String> {
@@ -183,9 +227,11 @@ pub fn worker_loop() -> anyhow::Result<()> {
             return Ok(());
         }
         let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line)).into_owned();
-        let (path, url) = text.split_once('\0').unwrap_or((&text, ""));
-        let url = (!url.is_empty()).then(|| url.to_string());
-        let (status, payload) = match InProcess.index(Path::new(path), url) {
+        let mut fields = text.split('\0');
+        let path = fields.next().unwrap_or_default();
+        let url = fields.next().filter(|u| !u.is_empty()).map(str::to_string);
+        let view = if fields.next() == Some(H5NETCDF) { View::H5netcdf } else { View::Netcdf };
+        let (status, payload) = match InProcess.index_as(Path::new(path), url, view) {
             Ok(set) => (b'O', set.to_json_bytes()),
             Err(e) => (b'E', e.into_bytes()),
         };

@@ -32,10 +32,12 @@ pub use error::IndexError;
 const HDF5_MAGIC: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
 
 /// Options for indexing one file.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct IndexOptions {
     /// The URL written for the source (template `u`); `None` means its absolute local path.
     pub url: Option<String>,
+    /// Which reader's view of an HDF5 file to reproduce.
+    pub view: hdf::View,
 }
 
 /// Tells the format from the first bytes of a file. HDF5 files may start with a user block
@@ -74,7 +76,7 @@ pub fn index_file(path: &Path, options: &IndexOptions) -> Result<ReferenceSet, I
         .map_err(io)?
         .ok_or_else(|| IndexError::NotNetcdf { path: path.into(), magic: describe_magic(&file) })?;
     let builder = match format {
-        SourceFormat::Hdf5 => hdf::translate(&abs, &url)?,
+        SourceFormat::Hdf5 => hdf::translate(&abs, &url, options.view)?,
         _ => nc3::translate(&file, &abs, size, &url)?,
     };
     let source = SourceInfo { path: abs.to_string_lossy().into_owned(), fingerprint: Fingerprint::of(&meta) };

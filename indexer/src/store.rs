@@ -30,6 +30,7 @@ pub struct StoreBuilder {
     variables: BTreeMap<String, VariableReport>,
     transcode: BTreeMap<String, TranscodeSpec>,
     attribute_problems: BTreeMap<String, String>,
+    view: Option<String>,
 }
 
 impl StoreBuilder {
@@ -44,7 +45,13 @@ impl StoreBuilder {
             variables: BTreeMap::new(),
             transcode: BTreeMap::new(),
             attribute_problems: BTreeMap::new(),
+            view: None,
         }
+    }
+
+    /// Records whose view of the file this is, when not netCDF-C's.
+    pub fn view(&mut self, view: Option<&str>) {
+        self.view = view.map(str::to_string);
     }
 
     pub fn group(&mut self, path: &str, attrs: &Attributes) {
@@ -120,6 +127,7 @@ impl StoreBuilder {
             version: 1,
             source,
             format,
+            view: self.view,
             variables: self.variables,
             transcode: self.transcode,
             attribute_problems: self.attribute_problems,

@@ -15,6 +15,7 @@ use zarrgate_core::report::VariableStatus;
 
 use zarrgate_core::refs::ReferenceSet;
 
+use crate::hdf::View;
 use crate::{index_file, IndexOptions};
 
 /// File extensions taken as data even when their first bytes are wrong (so a broken `.nc` is
@@ -61,13 +62,20 @@ pub trait FileIndexer: Sync {
 /// Indexes in this process; a panic becomes an error for that file.
 pub struct InProcess;
 
-impl FileIndexer for InProcess {
-    fn index(&self, path: &Path, url: Option<String>) -> Result<ReferenceSet, String> {
-        match std::panic::catch_unwind(|| index_file(path, &IndexOptions { url })) {
+impl InProcess {
+    /// Indexes with the given view of HDF5 files.
+    pub fn index_as(&self, path: &Path, url: Option<String>, view: View) -> Result<ReferenceSet, String> {
+        match std::panic::catch_unwind(|| index_file(path, &IndexOptions { url, view })) {
             Ok(Ok(set)) => Ok(set),
             Ok(Err(e)) => Err(error_chain(&e)),
             Err(_) => Err(format!("{}: internal error (panic) while indexing", path.display())),
         }
+    }
+}
+
+impl FileIndexer for InProcess {
+    fn index(&self, path: &Path, url: Option<String>) -> Result<ReferenceSet, String> {
+        self.index_as(path, url, View::Netcdf)
     }
 }
 

@@ -10,7 +10,7 @@ use zarrgate_indexer::tree::{index_tree, InProcess, Outcome, Progress, TreeOptio
 use zarrgate_indexer::{index_file, IndexError, IndexOptions};
 
 fn index(rel: &str) -> Result<ReferenceSet, IndexError> {
-    index_file(&fixture(rel), &IndexOptions { url: None })
+    index_file(&fixture(rel), &IndexOptions::default())
 }
 
 fn zarray(set: &ReferenceSet, var: &str) -> serde_json::Value {

@@ -216,6 +216,7 @@ class ProbeCache:
     """
 
     def __init__(self, s: Settings) -> None:
+        import h5netcdf
         import h5py
         import netCDF4
         import xarray
@@ -223,7 +224,7 @@ class ProbeCache:
         self.enabled = s.probe_cache and not s.in_process
         self.file = s.report_dir / "probe-cache.json"
         self.env = (f"netCDF4 {netCDF4.__version__} libnetcdf {netCDF4.__netcdf4libversion__}"
-                    f" hdf5 {h5py.version.hdf5_version} xarray {xarray.__version__}"
+                    f" hdf5 {h5py.version.hdf5_version} h5netcdf {h5netcdf.__version__} xarray {xarray.__version__}"
                     f" attempts {s.probe_attempts}")
         self.data: dict = {}
         if self.enabled and self.file.is_file():
@@ -234,9 +235,9 @@ class ProbeCache:
             except (OSError, ValueError):
                 self.data = {}
 
-    def get(self, path: Path, compute) -> dict:
+    def get(self, path: Path, compute, kind: str = "") -> dict:
         st = path.stat()
-        key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        key = f"{path}|{st.st_size}|{st.st_mtime_ns}" + (f"|{kind}" if kind else "")
         if self.enabled and key in self.data:
             return self.data[key]
         info = compute(path)
@@ -268,10 +269,20 @@ def readability(fidelity_settings: Settings, probe_cache: ProbeCache):
             return fidelity.probe(path)
         return fidelity.probe_isolated(path, timeout=s.compare_timeout, attempts=s.probe_attempts)
 
+    def probe_h5netcdf(path: Path) -> dict:
+        return fidelity.run_isolated(fidelity.probe_h5netcdf, path, timeout=s.compare_timeout)
+
     def check(case: Case) -> dict:
         if case.source != "corpus":
             return {"readable": True, "groups": [], "reason": None}
-        return probe_cache.get(case.path, probe)
+        info = probe_cache.get(case.path, probe)
+        if fidelity.netcdf_refused(info):
+            # netCDF-C refuses the file: the oracle is xarray with engine="h5netcdf", which
+            # must open every group
+            h5 = probe_cache.get(case.path, probe_h5netcdf, kind="h5netcdf")
+            if h5["readable"]:
+                return {**h5, "engine": "h5netcdf", "netcdf_reason": info["reason"]}
+        return info
 
     return check
 

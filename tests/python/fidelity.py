@@ -74,6 +74,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import resource
 import signal
 import traceback
@@ -297,6 +298,35 @@ def probe(path: str | os.PathLike) -> dict:
                     "groups": groups,
                     "reason": f"group {_group_label(g)}: {_exc(e)}",
                 }
+    return {"readable": True, "groups": groups, "reason": None}
+
+
+#: how netCDF4-python says netCDF-C could not open a file at all ("NetCDF: HDF error",
+#: "NetCDF: Unknown file format"); the indexer then reads it as plain HDF5 with h5netcdf's model
+_NOT_OPENED = re.compile(r"OSError: \[Errno -(101|51)\] NetCDF")
+
+
+def netcdf_refused(info: dict) -> bool:
+    """True if a :func:`probe` verdict says netCDF-C refused to open the file."""
+    return not info["readable"] and bool(_NOT_OPENED.search(info.get("reason") or ""))
+
+
+def probe_h5netcdf(path: str | os.PathLike) -> dict:
+    """Whether every group of *path* opens with ``engine="h5netcdf"`` (values are not loaded:
+    some that h5netcdf cannot load are compared with h5py)."""
+    path = os.fspath(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            groups = list_groups(path, "h5netcdf")
+        except Exception as e:  # noqa: BLE001
+            return {"readable": False, "groups": [], "reason": f"list_groups: {_exc(e)}"}
+        for g in groups:
+            try:
+                with open_original(path, g, False, engine="h5netcdf"):
+                    pass
+            except Exception as e:  # noqa: BLE001
+                return {"readable": False, "groups": groups, "reason": f"group {_group_label(g)}: {_exc(e)}"}
     return {"readable": True, "groups": groups, "reason": None}
 
 
@@ -1238,7 +1268,7 @@ def _original_via_h5py(h5: Callable[[slice | None], np.ndarray], sl: slice | Non
         except Exception as e2:  # noqa: BLE001
             col.fail(f"{vp}: {col.side} failed to load: {_exc(e2)}", ("load", vp))
         return None
-    col.note(f"{vp}: netCDF-C cannot decode the original ({_exc(err)}); values compared with h5py and hdf5plugin")
+    col.note(f"{vp}: xarray cannot load the original ({_exc(err)}); values compared with h5py and hdf5plugin")
     return vals
 
 

@@ -50,6 +50,16 @@ def _assert_indexes_or_fails_cleanly(cmd, case, out, s) -> None:
         assert "panicked" not in proc.stderr
 
 
+def _h5netcdf_view(out, info: dict) -> str | None:
+    """A file netCDF-C refuses must be indexed with h5netcdf's view, which xarray's oracle
+    (``engine="h5netcdf"``) shows."""
+    view = fidelity.load_refs_json(out)["zarrgate"].get("view")
+    if view != "h5netcdf":
+        return (f"netCDF-C refuses the file ({info['netcdf_reason']}) and h5netcdf opens it, "
+                f"but the indexer reports view {view!r}, not 'h5netcdf'")
+    return None
+
+
 # ``case`` is parametrized by conftest.pytest_generate_tests (one per file).
 def test_fidelity(case, zarrgate_cmd, fidelity_settings, recorder, readability, tmp_path) -> None:
     s = fidelity_settings
@@ -60,13 +70,16 @@ def test_fidelity(case, zarrgate_cmd, fidelity_settings, recorder, readability, 
         _assert_indexes_or_fails_cleanly(zarrgate_cmd, case, tmp_path / "refs.json", s)
         return
 
+    engine = case.engine or info.get("engine")
     out = tmp_path / "refs.json"
     err, seconds = _index(zarrgate_cmd, case, out, s.index_timeout, s.repo)
+    if not err and info.get("engine") == "h5netcdf":
+        err = _h5netcdf_view(out, info)
     if err:
         result = fidelity.FileResult(path=str(case.path), ok=False, failures=[err])
         recorder.record(case, "failed", result=result, index_seconds=seconds)
         pytest.fail(f"{case.id}: {err}", pytrace=False)
 
     t0 = time.monotonic()
-    result = s.compare(case.path, out, case.engine)
+    result = s.compare(case.path, out, engine)
     recorder.finish(case, result, index_seconds=seconds, compare_seconds=time.monotonic() - t0)

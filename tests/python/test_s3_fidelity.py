@@ -34,7 +34,7 @@ def test_s3_fidelity(case, fidelity_settings, s3_recorder, readability, served) 
               "not in the gateway's catalog" if entry is None else f"indexing failed: {entry.get('error')}")
 
     t0 = time.monotonic()
-    result = s.compare(case.path, src.view(case), case.engine)
+    result = s.compare(case.path, src.view(case), case.engine or info.get("engine"))
     _gateway_survived(src, result)
     s3_recorder.finish(case, result, compare_seconds=time.monotonic() - t0)
 

@@ -13,6 +13,7 @@
 //! - unwritten chunks whose fill differs from what Zarr would produce are synthesized.
 
 mod h5attrs;
+pub mod h5model;
 pub mod model;
 mod raw_attr;
 pub mod storage;
@@ -40,15 +41,52 @@ pub const UNDEFINED: &str =
 /// are left to the gateway.
 const MAX_SYNTHESIZED: usize = 4 << 20;
 
-pub fn translate(path: &Path, url: &str) -> Result<StoreBuilder, IndexError> {
-    let mut model = model::read(path)?;
+/// Which reader gives the logical model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum View {
+    /// netCDF-C's (xarray's default engine), falling back to h5netcdf's when netCDF-C cannot
+    /// open the file.
+    #[default]
+    Netcdf,
+    /// h5netcdf's only, from HDF5 alone: for a file netCDF-C crashed on.
+    H5netcdf,
+}
+
+pub fn translate(path: &Path, url: &str, view: View) -> Result<StoreBuilder, IndexError> {
+    let netcdf = match view {
+        View::Netcdf => Some(model::read(path)),
+        View::H5netcdf => None,
+    };
     let file = hdf5::File::open(path).map_err(|source| IndexError::Hdf5 {
         path: path.into(),
         object: "the file".into(),
         source,
     })?;
-    h5attrs::extend(&file, &mut model);
+    let model = match netcdf {
+        Some(Ok(mut model)) => {
+            h5attrs::extend(&file, &mut model);
+            model
+        }
+        // netCDF-C refuses some plain HDF5 that xarray opens through h5netcdf
+        Some(Err(refused @ IndexError::Netcdf { .. })) if opens_not(&refused) => {
+            h5model::read(&file).map_err(|why| IndexError::Unsupported {
+                path: path.into(),
+                object: "the file".into(),
+                why: format!(
+                    "{}; read as plain HDF5 with h5netcdf's model, it fails too: {why}",
+                    zarrgate_core::error_chain(&refused)
+                ),
+            })?
+        }
+        Some(Err(other)) => return Err(other),
+        None => h5model::read(&file).map_err(|why| IndexError::Unsupported {
+            path: path.into(),
+            object: "the file, read as plain HDF5 with h5netcdf's model".into(),
+            why,
+        })?,
+    };
     let mut out = StoreBuilder::new(url);
+    out.view(model.view);
     for g in &model.groups {
         out.group(&g.path, &g.attrs);
     }
@@ -59,22 +97,36 @@ pub fn translate(path: &Path, url: &str) -> Result<StoreBuilder, IndexError> {
     for var in &model.vars {
         variable(&mut out, &file, path, var)?;
     }
-    for (dataset, why) in storage::hidden_datasets(&file, &model) {
-        out.status(&dataset, VariableStatus::Refused, Some(why));
+    if model.view.is_none() {
+        for (dataset, why) in storage::hidden_datasets(&file, &model) {
+            out.status(&dataset, VariableStatus::Refused, Some(why));
+        }
     }
     Ok(out)
 }
 
+/// netCDF-C refused to open the file at all (not one object in it).
+fn opens_not(e: &IndexError) -> bool {
+    matches!(e, IndexError::Netcdf { object, .. } if object == "the file")
+}
+
 fn variable(out: &mut StoreBuilder, file: &hdf5::File, path: &Path, var: &NcVar) -> Result<(), IndexError> {
-    if var.elem == ElemType::String {
-        inline_strings(out, var);
-        return Ok(());
+    match &var.elem {
+        ElemType::String => {
+            inline_strings(out, var);
+            return Ok(());
+        }
+        ElemType::Refused(why) => {
+            out.status(&var.path, VariableStatus::Refused, Some(why.clone()));
+            return Ok(());
+        }
+        _ => {}
     }
     let Some(ds) = storage::find(file, &var.group, &var.name) else {
         out.status(&var.path, VariableStatus::Refused, Some("no HDF5 dataset found for this netCDF variable".into()));
         return Ok(());
     };
-    let numeric = matches!(var.elem, ElemType::Int { .. } | ElemType::Float { .. });
+    let numeric = matches!(var.elem, ElemType::Int { .. } | ElemType::Float { .. } | ElemType::Bool);
     let st = storage::describe(&ds, numeric).map_err(|source| IndexError::Hdf5 {
         path: path.into(),
         object: format!("dataset {}", ds.name()),
@@ -405,7 +457,9 @@ fn zarr_dtype(elem: &ElemType, order: Endian) -> Option<DType> {
         ElemType::Int { signed, size } => Some(DType::new(if *signed { Kind::Int } else { Kind::UInt }, *size, order)),
         ElemType::Float { size } => Some(DType::new(Kind::Float, *size, order)),
         ElemType::Char => Some(DType::new(Kind::Bytes, 1, Endian::NotApplicable)),
-        ElemType::String | ElemType::UserDefined(_) | ElemType::Opaque(_) => None,
+        ElemType::Fixed(n) => Some(DType::new(Kind::Bytes, *n, Endian::NotApplicable)),
+        ElemType::Bool => Some(DType::new(Kind::Bool, 1, Endian::NotApplicable)),
+        ElemType::String | ElemType::UserDefined(_) | ElemType::Opaque(_) | ElemType::Refused(_) => None,
     }
 }
 

@@ -22,11 +22,17 @@ pub enum ElemType {
         size: usize,
     },
     Char,
+    /// Fixed-length byte strings of more than one byte (plain HDF5; netCDF has only `char`).
+    Fixed(usize),
+    /// HDF5 booleans (h5py's enum `{FALSE, TRUE}`), which h5netcdf shows as `bool`.
+    Bool,
     String,
     /// Compound, enum and non-string vlen types, described for the report.
     UserDefined(String),
     /// Opaque blobs: netCDF4-python skips them; h5netcdf shows them as raw bytes (`|V<n>`).
     Opaque(String),
+    /// Types that have no Zarr counterpart, with the reason.
+    Refused(String),
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +59,8 @@ pub struct NcGroup {
 
 #[derive(Debug, Default)]
 pub struct NcModel {
+    /// The reader whose view this is, when not netCDF-C's ([`super::h5model::NAME`]).
+    pub view: Option<&'static str>,
     pub groups: Vec<NcGroup>,
     pub vars: Vec<NcVar>,
     /// Attributes netCDF-C could not read, by `path@name`.

@@ -99,7 +99,7 @@ fn walk_datasets(group: &hdf5::Group, prefix: &str, depth: usize, visit: &mut dy
     }
 }
 
-fn is_dimension_scale(ds: &hdf5::Dataset) -> bool {
+pub(super) fn is_dimension_scale(ds: &hdf5::Dataset) -> bool {
     ds.attr("CLASS")
         .and_then(|a| a.read_scalar::<hdf5::types::FixedAscii<16>>())
         .is_ok_and(|c| c.as_str() == "DIMENSION_SCALE")

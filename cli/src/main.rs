@@ -8,6 +8,7 @@ use std::time::Duration;
 
 mod admin;
 mod isolate;
+mod logging;
 mod netcdf_out;
 mod serve;
 
@@ -20,6 +21,10 @@ use zarrgate_indexer::tree::{index_tree, FileIndexer, InProcess, Outcome, Progre
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// What the log (standard error) shows: error, warn, info, debug or trace. Without it,
+    /// `RUST_LOG` decides (e.g. `warn,zarrgate_gateway=debug`); the default is info.
+    #[arg(long, global = true, value_parser = clap::builder::PossibleValuesParser::new(logging::LEVELS))]
+    log_level: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -444,7 +449,9 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    logging::init(cli.log_level.as_deref());
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("zarrgate: {e:#}");

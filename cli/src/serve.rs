@@ -46,7 +46,7 @@ impl Progress for Quiet {
     fn start(&mut self, _total: usize) {}
     fn file(&mut self, rel: &str, outcome: Outcome) {
         if let Outcome::Indexed(status) = outcome {
-            eprintln!("zarrgate: re-indexed {rel}: {status:?}");
+            tracing::info!("re-indexed {rel}: {status:?}");
         }
     }
 }
@@ -110,7 +110,7 @@ pub fn serve(
     // While the data is indexed, /healthz answers and the rest says the gateway is starting
     // (not over TLS, which needs the handshake of the real server: connections wait instead).
     let (ready, starting) = if options.tls.is_none() && config.collections.iter().any(|c| c.data.is_some()) {
-        eprintln!("zarrgate: {endpoint} answers /healthz; it serves once the data is indexed");
+        tracing::info!("{endpoint} answers /healthz; it serves once the data is indexed");
         let (tx, rx) = tokio::sync::oneshot::channel();
         (Some(tx), Err(runtime.spawn(zarrgate_gateway::server::serve_starting(listener, rx))))
     } else {
@@ -157,7 +157,7 @@ pub fn serve(
             zarrgate_gateway::serve(app, listener, &options, zarrgate_gateway::shutdown_signal()).await
         })
         .with_context(|| format!("the server on {} stopped", options.listen))?;
-    eprintln!("zarrgate: {endpoint} stopped (connections drained)");
+    tracing::info!("{endpoint} stopped (connections drained)");
     Ok(())
 }
 
@@ -165,8 +165,8 @@ pub fn serve(
 fn summary(app: &zarrgate_gateway::App, endpoint: &str, config: &Config) {
     for c in app.collections.values() {
         let (files, joins) = c.counts().unwrap_or_default();
-        eprintln!(
-            "zarrgate: bucket {}: {files} files and {joins} joined datasets from {}; read: {}, compute: {}",
+        tracing::info!(
+            "bucket {}: {files} files and {joins} joined datasets from {}; read: {}, compute: {}",
             c.bucket,
             c.catalog_dir.display(),
             c.read.describe(),
@@ -175,7 +175,7 @@ fn summary(app: &zarrgate_gateway::App, endpoint: &str, config: &Config) {
     }
     let ops = config.ops.as_ref().map_or_else(|| "off".to_string(), |o| format!("results in {}", o.dir.display()));
     let log = config.access_log.as_deref().unwrap_or("off");
-    eprintln!("zarrgate {} on {endpoint}; operations: {ops}; access log: {log}", env!("CARGO_PKG_VERSION"));
+    tracing::info!("zarrgate {} on {endpoint}; operations: {ops}; access log: {log}", env!("CARGO_PKG_VERSION"));
 }
 
 fn open_collection(c: &CollectionConfig, settings: &IndexSettings) -> anyhow::Result<Collection> {
@@ -199,7 +199,7 @@ fn open_collection(c: &CollectionConfig, settings: &IndexSettings) -> anyhow::Re
                 bail!("bucket {}: data directory {} does not exist", c.bucket, data.display());
             }
             let data = std::path::absolute(data)?;
-            eprintln!("zarrgate: indexing {} into {}", data.display(), catalog.display());
+            tracing::info!("indexing {} into {}", data.display(), catalog.display());
             let worker = Isolated::new(settings.file_timeout)?;
             let options = settings.tree_options();
             crate::index_dir(&data, &catalog, options, &worker)?;

@@ -112,13 +112,13 @@ impl AccessLog {
                 }
                 if !buf.is_empty() {
                     if let Err(e) = out.write_all(&buf).and_then(|()| out.flush()) {
-                        eprintln!("zarrgate: writing the access log failed: {e}");
+                        tracing::error!("writing the access log failed: {e}");
                     }
                     buf.clear();
                 }
                 let n = lost.swap(0, Ordering::Relaxed);
                 if n > 0 {
-                    eprintln!("zarrgate: {n} access log lines were dropped (the log could not keep up)");
+                    tracing::warn!("{n} access log lines were dropped (the log could not keep up)");
                 }
             }
         })?;

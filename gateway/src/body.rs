@@ -118,8 +118,8 @@ impl FileStream {
                     match self.ack_progress {
                         Some((last, since)) if n >= last => {
                             if now - since >= lane.timeout() {
-                                eprintln!(
-                                    "zarrgate: a client acknowledged nothing of {} for {:?}; disconnecting",
+                                tracing::warn!(
+                                    "a client acknowledged nothing of {} for {:?}; disconnecting",
                                     self.path.display(),
                                     lane.timeout()
                                 );
@@ -172,7 +172,7 @@ fn read_piece(
 }
 
 fn log_failure(path: &Path, e: &std::io::Error) {
-    eprintln!("zarrgate: streaming {} failed: {e}", path.display());
+    tracing::error!("streaming {} failed: {e}", path.display());
 }
 
 impl Body for ResponseBody {

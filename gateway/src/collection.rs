@@ -205,7 +205,7 @@ impl Collection {
 
     /// Logs a catalog error in full and returns what a client may read of it.
     fn db_failed(&self, e: &CatalogError) -> String {
-        eprintln!("zarrgate: bucket {}: {}", self.bucket, error_chain(e));
+        tracing::error!("bucket {}: {}", self.bucket, error_chain(e));
         format!("the catalog of bucket {} cannot be read now", self.bucket)
     }
 
@@ -237,7 +237,7 @@ impl Collection {
         std::thread::spawn(move || {
             let result = reindex.refresh().and_then(|()| me.refresh());
             if let Err(e) = result {
-                eprintln!("zarrgate: re-indexing bucket {} failed: {e}", me.bucket);
+                tracing::error!("re-indexing bucket {} failed: {e}", me.bucket);
             }
             me.reindexing.store(false, Ordering::Release);
         });
@@ -377,6 +377,7 @@ impl Collection {
             Entry::Unavailable(why) => 64 + why.len() as u32,
         };
         self.loads.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("bucket {}: loaded {id} from the catalog ({weight} bytes cached)", self.bucket);
         let cached = Arc::new(Cached { entry, kind, row: Some(row), checked: AtomicU64::new(generation), weight });
         self.cache.insert(prefix.to_string(), cached.clone());
         Ok(Some(cached))
@@ -429,12 +430,12 @@ fn ready(id: &str, built: Result<Dataset, String>, version: String, public: &dyn
     match built {
         Ok(dataset) => {
             for note in &dataset.notes {
-                eprintln!("zarrgate: {id}: not served: {note}");
+                tracing::warn!("{id}: not served: {note}");
             }
             Entry::Ready { version, dataset: Arc::new(dataset) }
         }
         Err(e) => {
-            eprintln!("zarrgate: {id} cannot be served: {e}");
+            tracing::warn!("{id} cannot be served: {e}");
             Entry::Unavailable(public(format!("{id} cannot be served: {e}")))
         }
     }
@@ -470,6 +471,7 @@ fn weight(dataset: &Dataset) -> u32 {
 /// Reads the generation of the catalog every [`POLL`], until the collection is dropped.
 fn spawn_poller(shared: Arc<Shared>, dir: &Path) -> Result<(), String> {
     let db = CatalogDb::reader(dir).map_err(|e| error_chain(&e))?;
+    let dir = dir.to_path_buf();
     std::thread::Builder::new()
         .name("catalog-poll".into())
         .spawn(move || {
@@ -478,16 +480,17 @@ fn spawn_poller(shared: Arc<Shared>, dir: &Path) -> Result<(), String> {
                 let now = match db.generation() {
                     Ok(g) => g,
                     Err(e) => {
-                        eprintln!("zarrgate: reading the catalog generation: {}", error_chain(&e));
+                        tracing::error!("reading the catalog generation: {}", error_chain(&e));
                         continue;
                     }
                 };
                 if now == shared.generation.load(Ordering::Acquire) {
                     continue;
                 }
+                tracing::debug!("catalog {} is at generation {now}", dir.display());
                 match read_view(&db) {
                     Ok(view) => *shared.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view),
-                    Err(e) => eprintln!("zarrgate: reading the catalog: {}", error_chain(&e)),
+                    Err(e) => tracing::error!("reading the catalog: {}", error_chain(&e)),
                 }
                 shared.generation.fetch_max(now, Ordering::AcqRel);
             }
@@ -526,7 +529,7 @@ impl Bucket for Arc<Collection> {
         // A changed file is logged once (per dataset, while remembered), not once per request.
         if self.stale_logged.get(dataset).is_none() {
             self.stale_logged.insert(dataset.to_string(), ());
-            eprintln!("zarrgate: {why}");
+            tracing::warn!("{why}");
         }
         Collection::source_changed(self);
         self.stale_note().to_string()

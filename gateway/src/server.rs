@@ -162,7 +162,7 @@ pub async fn serve(
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors, say: wait and keep serving.
-                    eprintln!("zarrgate: accept failed: {e}");
+                    tracing::error!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -173,7 +173,7 @@ pub async fn serve(
         let stream = match stream.into_std() {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("zarrgate: a connection from {peer} could not be handed over: {e}");
+                tracing::warn!("a connection from {peer} could not be handed over: {e}");
                 continue;
             }
         };
@@ -199,7 +199,7 @@ pub async fn serve(
     let _ = tokio::task::spawn_blocking(move || {
         for t in threads {
             if t.join().is_err() {
-                eprintln!("zarrgate: a worker thread panicked");
+                tracing::error!("a worker thread panicked");
             }
         }
     })
@@ -261,7 +261,7 @@ fn hand(workers: &[Worker], turn: &mut usize, mut handed: Handed) -> bool {
         match worker.queue.send(handed) {
             Ok(()) => return true,
             Err(mpsc::error::SendError(back)) => {
-                eprintln!("zarrgate: a worker thread has stopped; its connections go to the others");
+                tracing::error!("a worker thread has stopped; its connections go to the others");
                 worker.load.store(STOPPED, Ordering::Relaxed);
                 handed = back;
             }
@@ -283,7 +283,7 @@ async fn serve_handed(
         Some(certs) => match certs.server_config() {
             Ok(config) => Some(tokio_rustls::TlsAcceptor::from(config)),
             Err(e) => {
-                eprintln!("zarrgate: TLS cannot be set up: {e}");
+                tracing::warn!("TLS cannot be set up: {e}");
                 return;
             }
         },
@@ -293,7 +293,7 @@ async fn serve_handed(
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("zarrgate: a connection from {peer} could not be served: {e}");
+                tracing::warn!("a connection from {peer} could not be served: {e}");
                 load.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
@@ -330,7 +330,7 @@ async fn serve_handed(
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(options.shutdown_grace) => {
-            eprintln!("zarrgate: connections still open after {:?}; stopping", options.shutdown_grace);
+            tracing::warn!("connections still open after {:?}; stopping", options.shutdown_grace);
         }
     }
 }
@@ -347,7 +347,7 @@ async fn isolated(app: Arc<App>, req: hyper::Request<hyper::body::Incoming>, ip:
         CatchUnwind(Box::pin(handle(app, req, ip))).await.map_err(|_| "panicked".to_string())
     };
     outcome.unwrap_or_else(|e| {
-        eprintln!("zarrgate: request for {path} failed: {e}");
+        tracing::error!("request for {path} failed: {e}");
         let err = crate::s3::xml::S3Error::internal("The server hit an internal error; it keeps serving.");
         error_document(&err, &path, "0", head)
     })

@@ -123,9 +123,9 @@ impl Certificates {
     /// Reloads, saying in the log what happened.
     pub fn reload_logged(&self, force: bool) {
         match self.reload(force) {
-            Ok(true) => eprintln!("zarrgate: TLS certificate {} loaded", self.cert.display()),
+            Ok(true) => tracing::info!("TLS certificate {} loaded", self.cert.display()),
             Ok(false) => {}
-            Err(e) => eprintln!("zarrgate: {e}; the previous certificate stays in use"),
+            Err(e) => tracing::error!("{e}; the previous certificate stays in use"),
         }
     }
 }

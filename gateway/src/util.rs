@@ -32,7 +32,7 @@ pub fn at(path: &Path, source: std::io::Error) -> std::io::Error {
 pub fn remove_quietly(path: &Path) {
     if let Err(e) = std::fs::remove_file(path) {
         if e.kind() != std::io::ErrorKind::NotFound {
-            eprintln!("zarrgate: cannot delete {}: {e}", path.display());
+            tracing::warn!("cannot delete {}: {e}", path.display());
         }
     }
 }

@@ -357,3 +357,60 @@ def test_the_access_log_has_a_line_per_request(tree, tmp_path):
                         r'HTTP/1\.1" 200 \d+ "-" "python-requests/[^"]+" [0-9A-F]{18} \d+\.\d{3} -$', line.strip()), line
     finally:
         again.stop()
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z +(ERROR|WARN|INFO|DEBUG|TRACE) (.*)$")
+
+
+def _log_lines(gw) -> list[tuple[str, str]]:
+    """The gateway's log as (level, message); every line must carry a timestamp and a level."""
+    out = []
+    for line in "".join(gw.log).splitlines():
+        m = LOG_LINE.match(line)
+        assert m, f"a log line without a timestamp and level: {line!r}"
+        out.append((m.group(1), m.group(2)))
+    return out
+
+
+def _stopped(gw) -> None:
+    gw.stop()
+    deadline = time.monotonic() + 5
+    while "stopped" not in "".join(gw.log) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["flag", "RUST_LOG"])
+def test_the_log_has_levels_and_timestamps(tree, how):
+    _, catalog = tree
+    # debug: each dataset loaded from the catalog is logged, with the bucket
+    args, env = (("--log-level", "debug"), None) if how == "flag" else ((), {"RUST_LOG": "debug"})
+    gw = start_gateway(None, "levels", catalog, extra_args=args, env=env)
+    try:
+        status, _ = get(f"{gw.endpoint}/levels/classic.nc/.zmetadata")
+        assert status == 200
+    finally:
+        _stopped(gw)
+    lines = _log_lines(gw)
+    assert ("INFO", f"{gw.endpoint} stopped (connections drained)") in lines, lines
+    assert any(level == "DEBUG" and "bucket levels: loaded classic.nc from the catalog" in msg
+               for level, msg in lines), lines
+
+    # warn: start-up, loads and the shutdown line are left out; a warning still shows
+    gw = start_gateway(None, "quiet", catalog, extra_args=("--log-level", "warn"))
+    try:
+        (tree[0] / "classic.nc").write_bytes((tree[0] / "classic.nc").read_bytes()[:-1] + b"\x00")
+        os.utime(tree[0] / "classic.nc", (1, 1))
+        status, _ = get(f"{gw.endpoint}/quiet/classic.nc/.zmetadata")
+        status, _ = get(f"{gw.endpoint}/quiet/classic.nc/time/0")
+        assert status == 503
+    finally:
+        _stopped(gw)
+    lines = _log_lines(gw)
+    assert lines and all(level in ("WARN", "ERROR") for level, _ in lines), lines
+    assert any("classic.nc" in msg and "changed" in msg for _, msg in lines), lines
+
+
+def test_an_unknown_log_level_is_refused_with_the_choices():
+    proc = subprocess.run([*zarrgate_bin(), "--log-level", "loud", "keys", "list"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "possible values: error, warn, info, debug, trace" in proc.stderr

@@ -323,7 +323,7 @@ impl Auth {
         let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         match load_keys(&store) {
             Ok(keys) => *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys),
-            Err(e) => eprintln!("zarrgate: cannot re-read keys from {}: {e}", self.db.display()),
+            Err(e) => tracing::warn!("cannot re-read keys from {}: {e}", self.db.display()),
         }
     }
 
@@ -340,7 +340,7 @@ impl Auth {
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         if !batch.is_empty() {
             if let Err(e) = store.add_usage(&batch) {
-                eprintln!("zarrgate: cannot write usage to {}: {e}", self.db.display());
+                tracing::error!("cannot write usage to {}: {e}", self.db.display());
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                 for row in batch {
                     pending.entry((row.key, row.day)).or_default().add(&row.counts);
@@ -350,7 +350,7 @@ impl Auth {
         if !daily.is_empty() {
             let rows: Vec<_> = daily.iter().map(|(e, d, n)| (e.clone(), d.clone(), n.bytes, n.compute_ms)).collect();
             if let Err(e) = store.add_quota_usage(&rows) {
-                eprintln!("zarrgate: cannot write quota counters to {}: {e}", self.db.display());
+                tracing::error!("cannot write quota counters to {}: {e}", self.db.display());
                 self.quotas.put_back(daily);
             }
         }

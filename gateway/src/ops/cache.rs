@@ -275,10 +275,10 @@ impl ResultCache {
                 match read_header(&path) {
                     Ok(Some(entry)) => found.push((key, entry)),
                     Ok(None) => {
-                        eprintln!("zarrgate: deleting corrupt cache file {}", path.display());
+                        tracing::warn!("deleting corrupt cache file {}", path.display());
                         remove_quietly(&path);
                     }
-                    Err(e) => eprintln!("zarrgate: skipping cache file {}: {e}", path.display()),
+                    Err(e) => tracing::warn!("skipping cache file {}: {e}", path.display()),
                 }
             }
         }
@@ -309,13 +309,13 @@ impl ResultCache {
                 index.remove(key);
             }
         } else {
-            eprintln!("zarrgate: cannot read cache file {}: {e}", path.display());
+            tracing::warn!("cannot read cache file {}: {e}", path.display());
         }
         Lookup::Miss
     }
 
     fn delete_corrupt(&self, key: &Key, path: &Path, file: &File) {
-        eprintln!("zarrgate: deleting corrupt cache file {}", path.display());
+        tracing::warn!("deleting corrupt cache file {}", path.display());
         let mut index = self.lock();
         // A writer may have replaced the file since it was read: only the bad one goes.
         let same = match (std::fs::metadata(path), file.metadata()) {

@@ -108,7 +108,7 @@ impl JobStore {
                 Ok(job) => {
                     jobs.insert(job.id.clone(), job);
                 }
-                Err(e) => eprintln!("zarrgate: skipping {} in the job directory: {e}", path.display()),
+                Err(e) => tracing::warn!("skipping {} in the job directory: {e}", path.display()),
             }
         }
         Ok(JobStore { dir: dir.to_path_buf(), jobs: Mutex::new(jobs), writer: Mutex::new(()), updates: Mutex::new(()) })
@@ -193,7 +193,7 @@ impl JobStore {
             let path = self.path_of(&id);
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    eprintln!("zarrgate: cannot delete job file {}: {e}", path.display());
+                    tracing::warn!("cannot delete job file {}: {e}", path.display());
                     continue;
                 }
                 _ => {}
@@ -203,7 +203,7 @@ impl JobStore {
         }
         if pruned > 0 {
             if let Err(e) = sync_dir(&self.dir) {
-                eprintln!("zarrgate: {e}");
+                tracing::warn!("{e}");
             }
         }
         pruned

@@ -166,14 +166,14 @@ impl ChunkSource for DatasetSource<'_> {
         let Some(object) = self.dataset.object(key) else { return Ok(None) };
         store::object_bytes(self.sources, self.dataset, &object).map(Some).map_err(|outcome| match outcome {
             ReadOutcome::Stale(why) => {
-                eprintln!("zarrgate: {why}");
+                tracing::warn!("{why}");
                 SourceError::Stale(
                     "the source of this dataset changed since it was indexed; it is served again once its catalog is brought up to date"
                         .into(),
                 )
             }
             ReadOutcome::Failed(why) => {
-                eprintln!("zarrgate: {key}: {why}");
+                tracing::error!("{key}: {why}");
                 SourceError::Failed(format!(
                     "{key}: could not be read or decoded from this dataset's sources; the server log has the details"
                 ))
@@ -223,7 +223,7 @@ impl Ops {
     /// Runs again the jobs a previous process left accepted or running.
     pub fn resume_jobs(self: &Arc<Self>, app: &Arc<State>) {
         for job in self.jobs.unfinished() {
-            eprintln!("zarrgate: resuming job {} ({})", job.id, job.process);
+            tracing::info!("resuming job {} ({})", job.id, job.process);
             let run = Arc::new(Run::new(self.config.threads));
             self.spawn_job(app.clone(), job, Work::Replay, None, run);
         }
@@ -255,7 +255,7 @@ impl Ops {
         for s in &dataset.sources {
             if let Err(e) = Sources::check(&s.path, s.fingerprint) {
                 collection.source_changed();
-                eprintln!("zarrgate: {e}");
+                tracing::warn!("{e}");
                 return Err(source_problem(match e {
                     ReadError::Stale { .. } => SourceError::Stale(format!(
                         "the source of this dataset changed since it was indexed; {}",
@@ -298,7 +298,7 @@ impl Ops {
                 unseal(&blob)
             }
             Lookup::Corrupt => {
-                eprintln!("zarrgate: cached result {} failed its hash check; recomputing", key.hex());
+                tracing::warn!("cached result {} failed its hash check; recomputing", key.hex());
                 app.metrics.add("zarrgate_ops_cache_corrupt_total", &[], 1);
                 None
             }
@@ -432,7 +432,7 @@ impl Ops {
             tokio::task::spawn_blocking(move || ops.jobs.save(&job)).await
         };
         if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
-            eprintln!("zarrgate: cannot record job {}: {e}", job.id);
+            tracing::error!("cannot record job {}: {e}", job.id);
             app.auth.quotas.end_compute(who, day, 0);
             return Err(Problem::internal("the job could not be recorded; the server log has the details"));
         }
@@ -484,7 +484,7 @@ impl Ops {
                     let (ops, sealed) = (self.clone(), seal(&stored, bytes));
                     let put = tokio::task::spawn_blocking(move || ops.cache.put(&key, sealed)).await;
                     if let Err(e) = put.map_err(std::io::Error::other).and_then(|r| r) {
-                        eprintln!("zarrgate: cannot store result {}: {e}", key.hex());
+                        tracing::error!("cannot store result {}: {e}", key.hex());
                     }
                 }
                 result
@@ -600,7 +600,7 @@ impl Ops {
         match done.map_err(std::io::Error::other).and_then(|r| r) {
             Ok(job) => job,
             Err(e) => {
-                eprintln!("zarrgate: cannot save a job: {e}");
+                tracing::error!("cannot save a job: {e}");
                 None
             }
         }
@@ -679,7 +679,7 @@ pub fn exceeded_problem(e: &Exceeded) -> Problem {
 fn encode(out: &Output, format: Format, writer: &dyn NetcdfWriter) -> Result<Vec<u8>, Problem> {
     match format {
         Format::Nc => writer.write(out).map_err(|e| {
-            eprintln!("zarrgate: writing a NetCDF result failed: {e}");
+            tracing::error!("writing a NetCDF result failed: {e}");
             Problem::internal("writing the NetCDF result failed; the server log has the details")
         }),
         Format::Json => ops::output::to_json(out),

@@ -632,7 +632,7 @@ async fn get_object(app: &Arc<App>, bucket: &dyn Bucket, r: &S3Request<'_>) -> R
             )));
         }
         Err(ReadOutcome::Failed(why)) => {
-            eprintln!("zarrgate: {}: {why}", r.resource());
+            tracing::error!("{}: {why}", r.resource());
             return Err(S3Error::internal("The object could not be read or decoded; the server log has the details."));
         }
         // Only a read that does not wait gives this, and such a read is retried above.

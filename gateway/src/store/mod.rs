@@ -51,7 +51,7 @@ pub trait Bucket: Send + Sync {
     /// bring the bucket up to date if it can (in the background). Returns what happens next,
     /// in words for the client.
     fn source_changed(&self, _dataset: &str, why: &str) -> String {
-        eprintln!("zarrgate: {why}");
+        tracing::warn!("{why}");
         "retry later".into()
     }
 }

@@ -224,11 +224,16 @@ def _commands(text: str) -> list[str]:
 def _run_serve(command: str, env: Env) -> None:
     proc = subprocess.Popen(["bash", "-c", "exec " + command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env.env, cwd=env.work)
-    endpoint = _wait_listening(proc)
-    assert endpoint.startswith(("http://127.0.0.1:", "https://127.0.0.1:")), endpoint
-    _wait_ready(endpoint, env)
-    proc.send_signal(15)
-    assert proc.wait(timeout=30) == 0, proc.stderr.read()[-2000:]
+    try:
+        endpoint = _wait_listening(proc)
+        assert endpoint.startswith(("http://127.0.0.1:", "https://127.0.0.1:")), endpoint
+        _wait_ready(endpoint, env)
+        proc.send_signal(15)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_ready(endpoint: str, env: Env, timeout: float = 120) -> None:
@@ -281,3 +286,31 @@ def test_every_block_not_run_still_exists_and_says_why() -> None:
         assert where in present, f"{where} is listed as not run but is no longer in the docs"
         assert len(why) > 20
     assert len(BLOCKS) >= 15, [b.id for b in BLOCKS]
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def test_every_link_between_the_docs_resolves() -> None:
+    """Links to files of the repository and to their headings (``docs/x.md#heading``) lead
+    somewhere: a README link to a heading that a code fence swallowed once went nowhere."""
+    broken = []
+    for path in DOCS:
+        text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (path.parent / file).resolve() if file else path
+            if not dest.exists():
+                broken.append(f"{path.name}: {target} (no such file)")
+                continue
+            if anchor and dest.suffix == ".md":
+                body = re.sub(r"^```.*?^```", "", dest.read_text(), flags=re.S | re.M)
+                anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", body, re.M)}
+                if anchor not in anchors:
+                    broken.append(f"{path.name}: {target} (no heading #{anchor})")
+    assert not broken, broken

@@ -15,10 +15,12 @@ command -v m4 >/dev/null || need+=(m4)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v curl >/dev/null || need+=(curl)
-# The tests start a real nginx (a TLS-less reverse proxy in front of the gateway), and a
+# The tests start a real nginx (a TLS-less reverse proxy in front of the gateway, and the
+# load balancer in front of replicas), PostgreSQL (the key database replicas share), and a
 # headless Chromium that reads the gateway from a page of another origin (CORS).
 if [[ " $* " == *" test "* || " $* " == *" bench "* ]]; then
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 fi
 if [[ " $* " == *" test "* ]]; then
     command -v chromium >/dev/null || need+=(chromium)

@@ -52,7 +52,7 @@ pub fn create(
     if expires.is_some_and(|e| e <= now) {
         bail!("--expires is in the past");
     }
-    let store = Store::open(db)?;
+    let mut store = Store::open(db)?;
     let k = store.create(name, owner, groups, expires, now)?;
     if json {
         let mut doc = describe(&k, now);
@@ -65,7 +65,7 @@ pub fn create(
 }
 
 pub fn list(db: &Path, json: bool) -> anyhow::Result<()> {
-    let store = Store::open(db)?;
+    let mut store = Store::open(db)?;
     let now = unix_now();
     let keys = store.list()?;
     if json {
@@ -92,14 +92,14 @@ pub fn list(db: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 pub fn show(db: &Path, id: &str) -> anyhow::Result<()> {
-    let store = Store::open(db)?;
+    let mut store = Store::open(db)?;
     let Some(k) = store.get(id)? else { bail!("no key {id}") };
     println!("{}", serde_json::to_string_pretty(&describe(&k, unix_now()))?);
     Ok(())
 }
 
 pub fn revoke(db: &Path, id: &str) -> anyhow::Result<()> {
-    let store = Store::open(db)?;
+    let mut store = Store::open(db)?;
     if !store.revoke(id, unix_now())? {
         bail!("no key {id}");
     }

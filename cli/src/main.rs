@@ -160,7 +160,8 @@ impl DbArgs {
         };
         let explicit = self.db.is_some();
         let path = self.db.clone().or(from_config).unwrap_or_else(serve::default_auth_db);
-        if path.exists() {
+        // A PostgreSQL URL names a server, whose tables are created on first use.
+        if path.exists() || path.to_str().is_some_and(zarrgate_gateway::auth::pg::is_url) {
             return Ok(path);
         }
         if !creating {

@@ -46,6 +46,9 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
         "/readyz" if app.shutting_down.load(Ordering::Relaxed) => {
             return text(StatusCode::SERVICE_UNAVAILABLE, b"shutting down\n")
         }
+        "/readyz" if !app.auth.ready() => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, b"the key database is unreachable\n")
+        }
         "/readyz" => return text(StatusCode::OK, b"ready\n"),
         _ => {}
     }

@@ -79,10 +79,17 @@ class Nginx:
                 self.proc.wait()
 
 
-def start_proxy(upstream: str, work: Path) -> Nginx:
-    """nginx on a free port of 127.0.0.1, proxying everything to `upstream` (http://HOST:PORT)
-    and appending the client's address to `X-Forwarded-For`, as a TLS-terminating proxy does."""
+def start_proxy(upstream: str | list[str], work: Path) -> Nginx:
+    """nginx on a free port of 127.0.0.1, proxying everything to `upstream` (http://HOST:PORT),
+    or round-robin to each of a list of them (a load balancer in front of replicas), and
+    appending the client's address to `X-Forwarded-For`, as a TLS-terminating proxy does."""
     work.mkdir(parents=True, exist_ok=True)
+    if isinstance(upstream, list):
+        servers = "".join(f"server {urlsplit(u).netloc} max_fails=0;\n" for u in upstream)
+        pool = f"upstream replicas {{\n{servers}keepalive 32;\n}}\n"
+        upstream = "http://replicas"
+    else:
+        pool = ""
     port = free_port()
     temp = "".join(f"{kind}_temp_path {work}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     conf = work / "nginx.conf"
@@ -95,6 +102,7 @@ events {{ worker_connections 1024; }}
 http {{
     access_log off;
     {temp}
+    {pool}
     server {{
         listen 127.0.0.1:{port};
         location / {{
@@ -119,6 +127,71 @@ http {{
                 proc.kill()
                 raise AssertionError(f"nginx did not start: {proc.stderr.read().decode(errors='replace')}")
             time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+# ---------------------------------------------------------------------------------------------
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    if versions and (versions[0] / name).exists():
+        return str(versions[0] / name)
+    raise AssertionError("PostgreSQL is not installed: `./make.sh test` installs it (Debian package postgresql)")
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1, owned by an unprivileged user."""
+
+    data: Path
+    port: int
+    user: list[str]  # the command prefix that runs as the cluster's owner
+
+    @property
+    def url(self) -> str:
+        return f"postgres://zarrgate@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run([*self.user, _pg_bin("pg_ctl"), "-D", str(self.data), *args], check=True,
+                       capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.data} -c fsync=off"
+        self._ctl("start", "-w", "-l", str(self.data / "server.log"), "-o", opts)
+
+    def stop(self) -> None:
+        self._ctl("stop", "-m", "fast", "-w")
+
+    def remove(self) -> None:
+        """Stops the cluster if it runs, and deletes it."""
+        subprocess.run([*self.user, _pg_bin("pg_ctl"), "-D", str(self.data), "stop", "-m", "immediate"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(self.data.parent, ignore_errors=True)
+
+
+def start_postgres() -> Postgres:
+    """initdb and pg_ctl as an unprivileged user (PostgreSQL refuses to run as root): the
+    Debian package's `postgres` user when the tests run as root. The cluster lives in a
+    directory of its own under /tmp, which that user can reach (pytest's are root's only)."""
+    import os
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="zarrgate-pg-"))
+    data = work / "pgdata"
+    user: list[str] = []
+    if os.geteuid() == 0:
+        user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(work, "postgres")
+    subprocess.run([*user, _pg_bin("initdb"), "-D", str(data), "-U", "zarrgate", "-A", "trust", "--no-sync"],
+                   check=True, capture_output=True, timeout=120)
+    pg = Postgres(data, free_port(), user)
+    pg.start()
+    return pg
 
 
 # ---------------------------------------------------------------------------------------------

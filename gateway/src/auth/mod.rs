@@ -19,6 +19,7 @@
 //! Errors are this module's own ([`AuthError`], [`Refusal`]); the S3 and operations interfaces
 //! each turn them into their error documents in one place.
 
+pub mod pg;
 pub mod quota;
 pub mod sigv4;
 pub mod store;
@@ -27,6 +28,7 @@ pub mod throttle;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -40,6 +42,19 @@ use throttle::Failures;
 
 /// How often keys are re-read and usage is written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Keys read longer ago than this are not trusted: a revoked key is refused by every replica
+/// within this time, and while the database cannot be read no key is accepted.
+pub const KEYS_STALE_AFTER: Duration = Duration::from_millis(1000);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The database's name for messages (a URL without its password).
+fn db_name(db: &std::path::Path) -> String {
+    pg::redact(&db.to_string_lossy())
+}
 /// Largest clock difference accepted in a signed request (S3's 15 minutes).
 pub const MAX_SKEW_SECONDS: i64 = 15 * 60;
 /// SHA-256 of an empty body.
@@ -182,6 +197,9 @@ pub enum AuthError {
     /// Too many failed authentications of this address or key id.
     #[error("Please reduce your request rate: too many failed authentications of {what}.")]
     Throttled { what: String, retry_after: u64 },
+    /// The key database cannot be reached, so no key can be checked (nor its quota taken).
+    #[error("Keys cannot be checked right now (the key database is unreachable); please retry.")]
+    Unavailable { retry_after: u64 },
 }
 
 /// Why a request was not admitted.
@@ -277,6 +295,11 @@ fn short_key_id(c: Credentials<'_>, malformed: fn(String) -> AuthError) -> Resul
 pub struct Auth {
     db: PathBuf,
     keys: RwLock<Arc<HashMap<String, Arc<KeyRecord>>>>,
+    /// When the keys were last read (milliseconds since the epoch): older than
+    /// [`KEYS_STALE_AFTER`], they may include a revoked key, so none is accepted.
+    keys_read: AtomicI64,
+    /// For a shared (PostgreSQL) database: where requests take their keys' rate tokens.
+    shared: Option<pg::Tokens>,
     pub quotas: Quotas,
     failures: Failures,
     pending: Mutex<HashMap<(String, String), Counts>>,
@@ -289,8 +312,9 @@ impl Auth {
     /// Opens the key database, restores today's quota counters from it, and starts the thread
     /// that re-reads keys and writes usage.
     pub fn start(db: PathBuf, quotas: QuotaConfig) -> Result<Arc<Self>, StoreError> {
-        let store = Store::open(&db)?;
-        let keys = load_keys(&store)?;
+        let mut store = Store::open(&db)?;
+        let keys = load_keys(&mut store)?;
+        let shared = db.to_str().filter(|_| store.is_shared()).map(pg::Tokens::start);
         let failures = Failures::new(quotas.failed_auth.clone());
         let quotas = Quotas::new(quotas);
         let today = day_of(unix_now());
@@ -302,6 +326,8 @@ impl Auth {
         let auth = Arc::new(Auth {
             db,
             keys: RwLock::new(Arc::new(keys)),
+            keys_read: AtomicI64::new(now_ms()),
+            shared,
             quotas,
             failures,
             pending: Mutex::new(HashMap::new()),
@@ -317,13 +343,68 @@ impl Auth {
         Ok(auth)
     }
 
-    /// Re-reads keys and writes pending usage.
+    /// Re-reads keys and writes pending usage; with a shared database, also reads the daily
+    /// quota counters every replica wrote, and connects the requests' connection if it is
+    /// down.
     pub fn refresh(&self) {
         self.flush();
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        match load_keys(&store) {
-            Ok(keys) => *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys),
-            Err(e) => tracing::warn!("cannot re-read keys from {}: {e}", self.db.display()),
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        match load_keys(&mut store) {
+            Ok(keys) => {
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                self.keys_read.store(now_ms(), Ordering::Release);
+            }
+            Err(e) => {
+                let stale = now_ms() - self.keys_read.load(Ordering::Acquire) > KEYS_STALE_AFTER.as_millis() as i64;
+                if stale {
+                    tracing::error!(
+                        "cannot re-read keys from {}: {e}; keys are refused until it answers",
+                        db_name(&self.db)
+                    );
+                } else {
+                    tracing::warn!("cannot re-read keys from {}: {e}", db_name(&self.db));
+                }
+            }
+        }
+        if self.shared.is_some() {
+            let today = day_of(unix_now());
+            if let Ok(rows) = store.quota_usage(&today) {
+                self.quotas.replace_today(
+                    &today,
+                    rows.into_iter().map(|(e, bytes, compute_ms)| (e, Daily { bytes, compute_ms })).collect(),
+                );
+            }
+        }
+    }
+
+    /// True while keys can be checked: they were read from the database within
+    /// [`KEYS_STALE_AFTER`] (and, with a shared database, the requests' connection is up).
+    pub fn ready(&self) -> bool {
+        let fresh = now_ms() - self.keys_read.load(Ordering::Acquire) <= KEYS_STALE_AFTER.as_millis() as i64;
+        fresh && self.shared.as_ref().is_none_or(pg::Tokens::connected)
+    }
+
+    /// Takes one token of each of a key's rate buckets in the shared database, or says which is
+    /// empty; `Err` when the database cannot be reached (the connection is then dropped, and
+    /// the background thread connects again).
+    fn take_shared_tokens(&self, shared: &pg::Tokens, rated: Vec<(String, f64, f64)>) -> Result<(), Refusal> {
+        if rated.is_empty() {
+            return Ok(());
+        }
+        match shared.take(rated.clone()) {
+            Ok(None) => Ok(()),
+            Ok(Some((entity, retry_after))) => {
+                let (rate, burst) =
+                    rated.iter().find(|(e, ..)| *e == entity).map(|(_, r, b)| (*r, *b)).unwrap_or_default();
+                Err(Refusal::Quota(Exceeded {
+                    what: format!("requests per second of {entity} ({rate}/s, burst {burst})"),
+                    retry_after,
+                }))
+            }
+            Err(e) => {
+                tracing::warn!("taking a rate token: {e}");
+                Err(Refusal::Auth(AuthError::Unavailable { retry_after: 1 }))
+            }
         }
     }
 
@@ -340,7 +421,7 @@ impl Auth {
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         if !batch.is_empty() {
             if let Err(e) = store.add_usage(&batch) {
-                tracing::error!("cannot write usage to {}: {e}", self.db.display());
+                tracing::error!("cannot write usage to {}: {e}", db_name(&self.db));
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                 for row in batch {
                     pending.entry((row.key, row.day)).or_default().add(&row.counts);
@@ -350,7 +431,7 @@ impl Auth {
         if !daily.is_empty() {
             let rows: Vec<_> = daily.iter().map(|(e, d, n)| (e.clone(), d.clone(), n.bytes, n.compute_ms)).collect();
             if let Err(e) = store.add_quota_usage(&rows) {
-                tracing::error!("cannot write quota counters to {}: {e}", self.db.display());
+                tracing::error!("cannot write quota counters to {}: {e}", db_name(&self.db));
                 self.quotas.put_back(daily);
             }
         }
@@ -381,6 +462,18 @@ impl Auth {
     pub fn admit(&self, r: &RequestAuth) -> Result<Principal, (Principal, Refusal)> {
         let day = day_of(unix_now());
         match self.authenticate(r) {
+            // Keys' rate buckets live in a shared database when there is one, so that a quota
+            // holds across replicas; anonymous addresses are limited by each replica.
+            Ok(who @ Principal::Key(_)) if self.shared.is_some() => {
+                let shared = self.shared.as_ref().expect("checked");
+                if let Err(e) = self.quotas.check_daily(&who, &day) {
+                    return Err((who, Refusal::Quota(e)));
+                }
+                match self.take_shared_tokens(shared, self.quotas.rated(&who)) {
+                    Ok(()) => Ok(who),
+                    Err(refusal) => Err((who, refusal)),
+                }
+            }
             Ok(who) => match self.quotas.admit(&who, &day) {
                 Ok(()) => Ok(who),
                 Err(e) => Err((who, Refusal::Quota(e))),
@@ -415,6 +508,10 @@ impl Auth {
             }
         };
         let Some(id) = creds.access_key() else { return Ok(Principal::Anonymous { ip: r.ip }) };
+        if now_ms() - self.keys_read.load(Ordering::Acquire) > KEYS_STALE_AFTER.as_millis() as i64 {
+            // A key revoked since the last read must not pass: none does.
+            return Err(AuthError::Unavailable { retry_after: 1 });
+        }
         self.failures.check(r.ip, Some(id)).map_err(throttled)?;
         let checked = match &creds {
             Credentials::None => unreachable!("credentials without a key id are anonymous"),
@@ -502,7 +599,7 @@ impl Drop for Auth {
     }
 }
 
-fn load_keys(store: &Store) -> Result<HashMap<String, Arc<KeyRecord>>, StoreError> {
+fn load_keys(store: &mut Store) -> Result<HashMap<String, Arc<KeyRecord>>, StoreError> {
     Ok(store.list()?.into_iter().map(|k| (k.access_key.clone(), Arc::new(k))).collect())
 }
 

@@ -221,6 +221,22 @@ impl Quotas {
         }
     }
 
+    /// Sets today's counters to what every replica wrote to the shared database (`rows`), plus
+    /// what this one has not written yet.
+    pub fn replace_today(&self, day: &str, rows: Vec<(String, Daily)>) {
+        let mut days = self.days();
+        days.roll(day);
+        let mut today: HashMap<String, Daily> = rows.into_iter().collect();
+        for ((entity, d), n) in &days.pending {
+            if d == day {
+                let t = today.entry(entity.clone()).or_default();
+                t.bytes += n.bytes;
+                t.compute_ms += n.compute_ms;
+            }
+        }
+        days.today = today;
+    }
+
     /// The daily counters added since the last call, by (entity, day), for the database.
     pub fn take_pending(&self) -> Vec<(String, String, Daily)> {
         self.days().pending.drain().map(|((e, d), n)| (e, d, n)).collect()
@@ -236,6 +252,36 @@ impl Quotas {
         }
     }
 
+    /// Refuses a request of `who` on `day` whose daily byte budget is spent.
+    pub fn check_daily(&self, who: &Principal, day: &str) -> Result<(), Exceeded> {
+        self.check_daily_of(&self.entities(who), day)
+    }
+
+    fn check_daily_of(&self, entities: &[(String, &Limits)], day: &str) -> Result<(), Exceeded> {
+        let mut days = self.days();
+        days.roll(day);
+        for (name, limits) in entities {
+            if let Some(max) = limits.bytes_per_day {
+                if days.today.get(name).map_or(0, |d| d.bytes) >= max {
+                    return Err(Exceeded {
+                        what: format!("bytes per day of {name} ({max} bytes)"),
+                        retry_after: seconds_to_midnight(unix_now()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rate buckets `who` draws on: `(entity, requests per second, burst)`, sorted by
+    /// entity.
+    pub fn rated(&self, who: &Principal) -> Vec<(String, f64, f64)> {
+        self.entities(who)
+            .into_iter()
+            .filter_map(|(name, l)| l.requests_per_second.map(|r| (name, r, l.burst.unwrap_or(r.max(1.0)))))
+            .collect()
+    }
+
     /// Admits one request on `day` (`YYYY-MM-DD`), or says which quota is spent and for how
     /// long.
     pub fn admit(&self, who: &Principal, day: &str) -> Result<(), Exceeded> {
@@ -243,20 +289,7 @@ impl Quotas {
         if entities.is_empty() {
             return Ok(());
         }
-        {
-            let mut days = self.days();
-            days.roll(day);
-            for (name, limits) in &entities {
-                if let Some(max) = limits.bytes_per_day {
-                    if days.today.get(name).map_or(0, |d| d.bytes) >= max {
-                        return Err(Exceeded {
-                            what: format!("bytes per day of {name} ({max} bytes)"),
-                            retry_after: seconds_to_midnight(unix_now()),
-                        });
-                    }
-                }
-            }
-        }
+        self.check_daily_of(&entities, day)?;
         let now = Instant::now();
         let rated: Vec<(&String, f64, f64)> = entities
             .iter()

@@ -1,5 +1,6 @@
-//! The key and usage database: one SQLite file (WAL, mode 0600) shared by the gateway and the
-//! admin commands (`zarrgate keys …`, `zarrgate usage`).
+//! The key and usage database, shared by the gateway and the admin commands (`zarrgate keys …`,
+//! `zarrgate usage`): one SQLite file (WAL, mode 0600) by default, or PostgreSQL
+//! (`postgres://…`, [`super::pg`]) for replicas that must share keys, usage and quotas.
 //!
 //! Secrets are stored as issued: SigV4 needs the secret itself to recompute a signature. The
 //! file is readable by its owner only, like `~/.aws/credentials`.
@@ -46,6 +47,12 @@ pub enum StoreError {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
+    },
+    #[error("key database {url}: {source}")]
+    Pg {
+        url: String,
+        #[source]
+        source: postgres::Error,
     },
     #[error("key database {path}: {source}")]
     Io {
@@ -125,12 +132,118 @@ pub struct UsageRow {
     pub counts: Counts,
 }
 
-pub struct Store {
+/// The key database: a SQLite file or a PostgreSQL database.
+pub enum Store {
+    Sqlite(Sqlite),
+    Postgres(Box<super::pg::Postgres>),
+}
+
+impl Store {
+    /// Opens the database `db` names: a `postgres://` URL, else a SQLite file (created with
+    /// mode 0600).
+    pub fn open(db: &Path) -> Result<Self, StoreError> {
+        match db.to_str().filter(|d| super::pg::is_url(d)) {
+            Some(url) => Ok(Store::Postgres(Box::new(super::pg::Postgres::open(url)?))),
+            None => Ok(Store::Sqlite(Sqlite::open(db)?)),
+        }
+    }
+
+    /// True when replicas share this database (so rate quotas are taken in it).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// Creates a key with a fresh id and secret.
+    pub fn create(
+        &mut self,
+        name: &str,
+        owner: &str,
+        groups: &[String],
+        expires: Option<i64>,
+        now: i64,
+    ) -> Result<KeyRecord, StoreError> {
+        let io = |source| StoreError::Io { path: PathBuf::from("/dev/urandom"), source };
+        let record = KeyRecord {
+            access_key: format!("ZG{}", random_chars(18, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567").map_err(io)?),
+            secret: random_chars(40, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+                .map_err(io)?,
+            name: name.to_string(),
+            owner: owner.to_string(),
+            groups: groups.to_vec(),
+            created: now,
+            expires,
+            revoked: None,
+        };
+        match self {
+            Store::Sqlite(s) => s.create(&record)?,
+            Store::Postgres(p) => p.create(&record)?,
+        }
+        Ok(record)
+    }
+
+    pub fn list(&mut self) -> Result<Vec<KeyRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list(),
+            Store::Postgres(p) => p.list(),
+        }
+    }
+
+    pub fn get(&mut self, access_key: &str) -> Result<Option<KeyRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get(access_key),
+            Store::Postgres(p) => p.get(access_key),
+        }
+    }
+
+    /// Revokes a key; false if there is no such key.
+    pub fn revoke(&mut self, access_key: &str, now: i64) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.revoke(access_key, now),
+            Store::Postgres(p) => p.revoke(access_key, now),
+        }
+    }
+
+    /// Adds counts, in one transaction.
+    pub fn add_usage(&mut self, rows: &[UsageRow]) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.add_usage(rows),
+            Store::Postgres(p) => p.add_usage(rows),
+        }
+    }
+
+    /// Adds to the daily quota counters (`(entity, day, bytes, compute ms)`), in one
+    /// transaction.
+    pub fn add_quota_usage(&mut self, rows: &[(String, String, u64, u64)]) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.add_quota_usage(rows),
+            Store::Postgres(p) => p.add_quota_usage(rows),
+        }
+    }
+
+    /// The daily quota counters of `day`: `(entity, bytes, compute ms)`.
+    pub fn quota_usage(&mut self, day: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.quota_usage(day),
+            Store::Postgres(p) => p.quota_usage(day),
+        }
+    }
+
+    /// Usage rows, optionally for one key and from a day (`YYYY-MM-DD`) on.
+    pub fn usage(&mut self, key: Option<&str>, since: Option<&str>) -> Result<Vec<UsageRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.usage(key, since),
+            Store::Postgres(p) => p.usage(key, since),
+        }
+    }
+}
+
+/// The SQLite file.
+pub struct Sqlite {
     path: PathBuf,
     conn: Connection,
 }
 
-impl Store {
+impl Sqlite {
     /// Opens (creating with mode 0600) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let io = |source| StoreError::Io { path: path.to_path_buf(), source };
@@ -140,7 +253,7 @@ impl Store {
         std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         let conn = Connection::open(path).map_err(|source| StoreError::Db { path: path.to_path_buf(), source })?;
-        let store = Store { path: path.to_path_buf(), conn };
+        let store = Sqlite { path: path.to_path_buf(), conn };
         store.db(|c| {
             c.busy_timeout(std::time::Duration::from_secs(5))?;
             c.pragma_update(None, "journal_mode", "WAL")?;
@@ -154,37 +267,17 @@ impl Store {
         f(&self.conn).map_err(|source| StoreError::Db { path: self.path.clone(), source })
     }
 
-    /// Creates a key with a fresh id and secret.
-    pub fn create(
-        &self,
-        name: &str,
-        owner: &str,
-        groups: &[String],
-        expires: Option<i64>,
-        now: i64,
-    ) -> Result<KeyRecord, StoreError> {
-        let io = |source| StoreError::Io { path: self.path.clone(), source };
-        let record = KeyRecord {
-            access_key: format!("ZG{}", random_chars(18, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567").map_err(io)?),
-            secret: random_chars(40, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-                .map_err(io)?,
-            name: name.to_string(),
-            owner: owner.to_string(),
-            groups: groups.to_vec(),
-            created: now,
-            expires,
-            revoked: None,
-        };
+    fn create(&self, record: &KeyRecord) -> Result<(), StoreError> {
         self.db(|c| {
             c.execute(
                 "INSERT INTO keys (access_key, secret, name, owner, groups, created, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![record.access_key, record.secret, record.name, record.owner, record.groups.join(","), now, expires],
+                params![record.access_key, record.secret, record.name, record.owner, record.groups.join(","), record.created, record.expires],
             )
-        })?;
-        Ok(record)
+        })
+        .map(drop)
     }
 
-    pub fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
+    fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.db(|c| {
             let mut stmt = c.prepare(
                 "SELECT access_key, secret, name, owner, groups, created, expires, revoked FROM keys ORDER BY created, access_key",
@@ -194,7 +287,7 @@ impl Store {
         })
     }
 
-    pub fn get(&self, access_key: &str) -> Result<Option<KeyRecord>, StoreError> {
+    fn get(&self, access_key: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.db(|c| {
             c.query_row(
                 "SELECT access_key, secret, name, owner, groups, created, expires, revoked FROM keys WHERE access_key = ?1",
@@ -205,16 +298,14 @@ impl Store {
         })
     }
 
-    /// Revokes a key; false if there is no such key.
-    pub fn revoke(&self, access_key: &str, now: i64) -> Result<bool, StoreError> {
+    fn revoke(&self, access_key: &str, now: i64) -> Result<bool, StoreError> {
         self.db(|c| {
             c.execute("UPDATE keys SET revoked = COALESCE(revoked, ?2) WHERE access_key = ?1", params![access_key, now])
         })
         .map(|n| n > 0)
     }
 
-    /// Adds counts, in one transaction.
-    pub fn add_usage(&mut self, rows: &[UsageRow]) -> Result<(), StoreError> {
+    fn add_usage(&mut self, rows: &[UsageRow]) -> Result<(), StoreError> {
         let path = self.path.clone();
         let run = |c: &mut Connection| -> rusqlite::Result<()> {
             let tx = c.transaction()?;
@@ -245,9 +336,7 @@ impl Store {
         run(&mut self.conn).map_err(|source| StoreError::Db { path, source })
     }
 
-    /// Adds to the daily quota counters (`(entity, day, bytes, compute ms)`), in one
-    /// transaction.
-    pub fn add_quota_usage(&mut self, rows: &[(String, String, u64, u64)]) -> Result<(), StoreError> {
+    fn add_quota_usage(&mut self, rows: &[(String, String, u64, u64)]) -> Result<(), StoreError> {
         let path = self.path.clone();
         let run = |c: &mut Connection| -> rusqlite::Result<()> {
             let tx = c.transaction()?;
@@ -268,8 +357,7 @@ impl Store {
         run(&mut self.conn).map_err(|source| StoreError::Db { path, source })
     }
 
-    /// The daily quota counters of `day`: `(entity, bytes, compute ms)`.
-    pub fn quota_usage(&self, day: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
+    fn quota_usage(&self, day: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
         self.db(|c| {
             let mut stmt = c.prepare("SELECT entity, bytes, compute_ms FROM quota_usage WHERE day = ?1")?;
             let rows = stmt.query_map([day], |r| {
@@ -279,8 +367,7 @@ impl Store {
         })
     }
 
-    /// Usage rows, optionally for one key and from a day (`YYYY-MM-DD`) on.
-    pub fn usage(&self, key: Option<&str>, since: Option<&str>) -> Result<Vec<UsageRow>, StoreError> {
+    fn usage(&self, key: Option<&str>, since: Option<&str>) -> Result<Vec<UsageRow>, StoreError> {
         self.db(|c| {
             let mut stmt = c.prepare(
                 "SELECT key, day, requests, bytes, compute_ms, cache_hits, errors FROM usage
@@ -336,7 +423,7 @@ mod tests {
     fn keys_round_trip_and_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("auth.db");
-        let store = Store::open(&path).unwrap();
+        let mut store = Store::open(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let k = store.create("ci", "ops@example.org", &["esgf".into(), "staff".into()], Some(2_000), 1_000).unwrap();
         assert!(k.access_key.starts_with("ZG") && k.access_key.len() == 20 && k.secret.len() == 40);

@@ -75,6 +75,10 @@ pub fn refusal_problem(refusal: &Refusal) -> Problem {
             retry_after: Some(u32::try_from(*retry_after).unwrap_or(u32::MAX)),
             ..Problem::new(429, "throttled", "Too many failed authentications", e.to_string())
         },
+        Refusal::Auth(e @ AuthError::Unavailable { retry_after }) => Problem {
+            retry_after: Some(u32::try_from(*retry_after).unwrap_or(u32::MAX)),
+            ..Problem::new(503, "unavailable", "Keys cannot be checked now", e.to_string())
+        },
         Refusal::Auth(e @ (AuthError::MalformedHeader(_) | AuthError::MalformedQuery(_) | AuthError::Unsupported)) => {
             Problem::new(400, "unauthorized", "Not authorized", e.to_string())
         }

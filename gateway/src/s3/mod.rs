@@ -132,6 +132,10 @@ pub fn refusal_error(refusal: &Refusal) -> S3Error {
             return S3Error::new(StatusCode::SERVICE_UNAVAILABLE, "SlowDown", e.to_string())
                 .with_header("retry-after", retry_after.to_string())
         }
+        Refusal::Auth(e @ AuthError::Unavailable { retry_after }) => {
+            return S3Error::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string())
+                .with_header("retry-after", retry_after.to_string())
+        }
         Refusal::Auth(AuthError::MalformedHeader(_)) => {
             S3Error::new(StatusCode::BAD_REQUEST, "AuthorizationHeaderMalformed", "")
         }

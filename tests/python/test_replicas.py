@@ -1,0 +1,178 @@
+"""Three gateway replicas sharing a PostgreSQL key database, behind a round-robin nginx.
+
+Real servers, started here on 127.0.0.1: a throwaway PostgreSQL cluster (Debian's initdb and
+pg_ctl, run as an unprivileged user), three ``zarrgate serve`` processes with
+``auth_db = "postgres://…"``, and nginx balancing requests over them. What must hold across
+replicas: a key's quota (exact, whichever replica answers), a revocation (every replica within a
+second), and a database outage (public reads go on, keys get 503 with Retry-After, and
+everything recovers without a restart).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from gateway import REPO, zarrgate_bin
+from servers import request, start_postgres, start_proxy
+
+FIXTURES = REPO / "fixtures" / "data" / "good"
+DATASET = "cal_noleap.nc"
+BURST = 40
+
+
+class Cluster:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pg = start_postgres()
+        self.replicas: list[tuple[subprocess.Popen, str]] = []
+        self.lb = None
+        self.quota_key = self.create_key("quota")
+        self.reader = self.create_key("reader")
+
+    def create_key(self, name: str) -> tuple[str, str]:
+        out = subprocess.run([*zarrgate_bin(), "keys", "create", "--db", self.pg.url, "--name", name,
+                              "--owner", f"{name}@example.org", "--group", "esgf"],
+                             capture_output=True, text=True, check=True).stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines()[:2])
+        return fields["access key"].strip(), fields["secret"].strip()
+
+    def start(self) -> None:
+        data = self.root / "data"
+        data.mkdir()
+        shutil.copy(FIXTURES / DATASET, data / DATASET)
+        catalog = self.root / "catalog"
+        subprocess.run([*zarrgate_bin(), "index", str(data), "--out", str(catalog)], check=True, capture_output=True)
+        for i in range(3):
+            config = self.root / f"replica{i}.toml"
+            config.write_text(f"""
+listen = "127.0.0.1:0"
+auth_db = "{self.pg.url}"
+[ops]
+dir = "{self.root / f'ops{i}'}"
+[[collections]]
+bucket = "open"
+catalog = "{catalog}"
+[[collections]]
+bucket = "closed"
+catalog = "{catalog}"
+read = ["group:esgf"]
+[quotas.key.{self.quota_key[0]}]
+requests_per_second = 0.001
+burst = {BURST}.0
+""")
+            proc = subprocess.Popen([*zarrgate_bin(), "serve", "--config", str(config)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            for line in iter(proc.stdout.readline, ""):
+                if line.startswith("listening on "):
+                    self.replicas.append((proc, line.split()[-1].strip()))
+                    break
+            else:
+                raise AssertionError(f"replica {i} did not start: {proc.stderr.read()[-2000:]}")
+        self.lb = start_proxy([e for _, e in self.replicas], self.root / "nginx")
+        deadline = time.monotonic() + 30
+        while not all(request(f"{e}/readyz").status == 200 for _, e in self.replicas):
+            assert time.monotonic() < deadline, "the replicas never became ready"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.lb:
+            self.lb.stop()
+        for proc, _ in self.replicas:
+            proc.terminate()
+            proc.wait(timeout=30)
+        self.pg.remove()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("replicas"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def bearer(key: tuple[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key[0]}:{key[1]}"}
+
+
+def test_a_key_quota_holds_exactly_across_replicas(cluster):
+    url = f"{cluster.lb.endpoint}/closed/{DATASET}/.zmetadata"
+    with ThreadPoolExecutor(32) as pool:
+        replies = list(pool.map(lambda _: request(url, bearer(cluster.quota_key)), range(3 * BURST)))
+    statuses = [r.status for r in replies]
+    assert statuses.count(200) == BURST, statuses
+    refused = [r for r in replies if r.status != 200]
+    assert all(r.status == 503 and b"<Code>SlowDown</Code>" in r.body and int(r.headers["retry-after"]) >= 1
+               for r in refused), refused[:2]
+    # every replica answered some of them: the quota was not one replica's
+    served = {e: 0 for _, e in cluster.replicas}
+    for _, endpoint in cluster.replicas:
+        served[endpoint] = request(f"{endpoint}/closed/{DATASET}/.zmetadata", bearer(cluster.quota_key)).status
+    assert set(served.values()) == {503}, served
+
+
+def test_a_revoked_key_is_refused_by_every_replica_within_a_second(cluster):
+    key = cluster.create_key("revoked")
+    time.sleep(0.6)
+    for _, endpoint in cluster.replicas:
+        assert request(f"{endpoint}/closed/{DATASET}/.zmetadata", bearer(key)).status == 200
+    subprocess.run([*zarrgate_bin(), "keys", "revoke", "--db", cluster.pg.url, key[0]], check=True,
+                   capture_output=True)
+    t0 = time.monotonic()
+    pending = {e for _, e in cluster.replicas}
+    took = {}
+    while pending and time.monotonic() - t0 < 3:
+        for endpoint in sorted(pending):
+            r = request(f"{endpoint}/closed/{DATASET}/.zmetadata", bearer(key))
+            if r.status == 403:
+                assert b"revoked" in r.body, r.body
+                took[endpoint] = time.monotonic() - t0
+                pending.discard(endpoint)
+        time.sleep(0.02)
+    assert not pending, f"still accepted after 3 s by {pending}"
+    assert max(took.values()) <= 1.0, took
+
+
+def test_with_the_database_down_public_reads_go_on_and_keys_wait(cluster):
+    public = f"{cluster.lb.endpoint}/open/{DATASET}/.zmetadata"
+    closed = f"{cluster.lb.endpoint}/closed/{DATASET}/.zmetadata"
+    assert request(closed, bearer(cluster.reader)).status == 200
+    cluster.pg.stop()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            replies = [request(closed, bearer(cluster.reader)) for _ in range(3)]
+            if all(r.status == 503 for r in replies):
+                break
+            time.sleep(0.1)
+        for r in replies:
+            assert r.status == 503 and b"<Code>ServiceUnavailable</Code>" in r.body, (r.status, r.body)
+            assert r.headers["retry-after"] == "1"
+        # no key passes, not even a known one, and public data is served as before
+        for _ in range(6):
+            assert request(public).status == 200
+        ops = request(f"{cluster.lb.endpoint}/ops/v1/average?dataset=closed/{DATASET}&var=tas&dims=time",
+                      bearer(cluster.reader))
+        assert ops.status == 503 and ops.headers["content-type"] == "application/problem+json", ops
+        for _, endpoint in cluster.replicas:
+            assert request(f"{endpoint}/readyz").status == 503
+            assert request(f"{endpoint}/healthz").status == 200
+    finally:
+        cluster.pg.start()
+    # back by itself, on every replica
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if all(request(f"{e}/readyz").status == 200 for _, e in cluster.replicas):
+            break
+        time.sleep(0.1)
+    for _, endpoint in cluster.replicas:
+        assert request(f"{endpoint}/readyz").status == 200
+        assert request(f"{endpoint}/closed/{DATASET}/.zmetadata", bearer(cluster.reader)).status == 200

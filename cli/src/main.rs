@@ -117,6 +117,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Publish a catalog for gateways that read it elsewhere (replicas, on a shared volume): a
+    /// consistent snapshot of CATALOG into DIR, named in `DIR/CURRENT`. Gateways serving
+    /// `--catalog DIR` switch to it within a second; the last snapshots are kept for readers
+    /// still on them.
+    Publish {
+        /// Catalog directory (written by `zarrgate index`).
+        catalog: PathBuf,
+        /// Directory to publish into (created if missing).
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Index the bundled fixtures and serve them as bucket `demo`, printing client snippets.
     Demo {
         /// Fixture directory (default: fixtures/data/good of this checkout).
@@ -533,6 +544,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("{} holds no catalog", catalog.display()))?;
             let done = zarrgate_core::catalog::legacy::export(&db, &datasets, &out)?;
             eprintln!("exported {} datasets and {} joined datasets to {}", done.datasets, done.joins, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish { catalog, to } => {
+            if zarrgate_core::catalog::db::published(&catalog)?.is_some() {
+                bail!(
+                    "{} is itself a published catalog: publish the catalog `zarrgate index` writes",
+                    catalog.display()
+                );
+            }
+            let db = zarrgate_core::catalog::CatalogDb::open_existing(&catalog)?
+                .with_context(|| format!("{} holds no catalog", catalog.display()))?;
+            let done = db.publish(&to)?;
+            if done.new {
+                println!("published generation {} as {}", done.generation, done.snapshot.display());
+            } else {
+                println!("{} is already at generation {}", to.display(), done.generation);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { data, catalog, server } => {

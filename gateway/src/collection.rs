@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use zarrgate_core::catalog::db::published;
 use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, EntryStatus, Kind};
 use zarrgate_core::error_chain;
 use zarrgate_core::join::doc::JoinDoc;
@@ -75,6 +76,9 @@ pub struct Cached {
 struct Shared {
     generation: AtomicU64,
     view: RwLock<Arc<View>>,
+    /// The database file connections should read: `catalog.db`, or the current snapshot of a
+    /// published catalog (`zarrgate publish`), which the poller follows.
+    file: RwLock<PathBuf>,
 }
 
 /// The catalog's settings and joins at one generation.
@@ -133,7 +137,11 @@ impl Collection {
             .ok()
             .flatten()
             .map_or_else(SystemTime::now, |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64));
-        let shared = Arc::new(Shared { generation: AtomicU64::new(generation), view: RwLock::new(Arc::new(view)) });
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(generation),
+            view: RwLock::new(Arc::new(view)),
+            file: RwLock::new(db.file()),
+        });
         spawn_poller(shared.clone(), &catalog_dir)?;
         Ok(Collection {
             bucket,
@@ -190,7 +198,9 @@ impl Collection {
 
     /// Runs `f` on a pooled connection to the catalog.
     fn with_db<T>(&self, f: impl FnOnce(&CatalogDb) -> Result<T, CatalogError>) -> Result<T, String> {
-        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let current = self.shared.file.read().unwrap_or_else(|p| p.into_inner()).clone();
+        // A connection to a snapshot that is no longer current is dropped.
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop().filter(|db| db.file() == current);
         let db = match pooled {
             Some(db) => db,
             None => CatalogDb::reader(&self.catalog_dir).map_err(|e| self.db_failed(&e))?,
@@ -470,13 +480,26 @@ fn weight(dataset: &Dataset) -> u32 {
 
 /// Reads the generation of the catalog every [`POLL`], until the collection is dropped.
 fn spawn_poller(shared: Arc<Shared>, dir: &Path) -> Result<(), String> {
-    let db = CatalogDb::reader(dir).map_err(|e| error_chain(&e))?;
+    let mut db = CatalogDb::reader(dir).map_err(|e| error_chain(&e))?;
     let dir = dir.to_path_buf();
     std::thread::Builder::new()
         .name("catalog-poll".into())
         .spawn(move || {
             while Arc::strong_count(&shared) > 1 {
                 std::thread::sleep(POLL);
+                // A published catalog moves to a new snapshot file: follow it.
+                match published(&dir) {
+                    Ok(Some(snapshot)) if snapshot != db.file() => match CatalogDb::reader(&dir) {
+                        Ok(newer) => {
+                            tracing::debug!("catalog {}: now reading {}", dir.display(), snapshot.display());
+                            db = newer;
+                            *shared.file.write().unwrap_or_else(|p| p.into_inner()) = db.file();
+                        }
+                        Err(e) => tracing::error!("opening the published catalog: {}", error_chain(&e)),
+                    },
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("reading the published catalog: {}", error_chain(&e)),
+                }
                 let now = match db.generation() {
                     Ok(g) => g,
                     Err(e) => {

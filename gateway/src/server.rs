@@ -204,7 +204,9 @@ pub async fn serve(
         }
     })
     .await;
-    app.auth.flush();
+    // Off the runtime: a PostgreSQL key database's client blocks on a runtime of its own.
+    let auth = app.auth.clone();
+    let _ = std::thread::spawn(move || auth.flush()).join();
     Ok(())
 }
 

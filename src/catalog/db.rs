@@ -23,6 +23,54 @@ use super::{Catalog, CatalogError, EntryStatus, Fingerprint, JoinEntry, CATALOG_
 pub const DB_FILE: &str = "catalog.db";
 const FORMAT: i64 = 1;
 
+/// In a published catalog directory: the name of the current snapshot.
+pub const CURRENT_FILE: &str = "CURRENT";
+/// Snapshots a published directory keeps (the current one and those just before it, which
+/// replicas may still be reading until their next poll).
+const SNAPSHOTS_KEPT: usize = 3;
+
+/// What [`CatalogDb::publish`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Published {
+    pub snapshot: PathBuf,
+    pub generation: u64,
+    /// False if the directory already held this generation.
+    pub new: bool,
+}
+
+/// The current snapshot of a published catalog directory (one `zarrgate publish` writes), if
+/// `dir` is one.
+pub fn published(dir: &Path) -> Result<Option<PathBuf>, CatalogError> {
+    let current = dir.join(CURRENT_FILE);
+    let name = match std::fs::read_to_string(&current) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(CatalogError::Read { path: current, source }),
+    };
+    if !is_snapshot_name(&name) {
+        return Err(CatalogError::Refs { path: current, why: format!("{name:?} is not a catalog snapshot name") });
+    }
+    Ok(Some(dir.join(name)))
+}
+
+fn is_snapshot_name(name: &str) -> bool {
+    name.strip_prefix("catalog-")
+        .and_then(|n| n.strip_suffix(".db"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A path as an SQLite URI (for `immutable=1`).
+fn file_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for b in path.to_string_lossy().bytes() {
+        match b {
+            b'?' | b'#' | b'%' => uri.push_str(&format!("%{b:02X}")),
+            _ => uri.push(b as char),
+        }
+    }
+    uri
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS refs (id INTEGER PRIMARY KEY, packed BLOB NOT NULL);
@@ -133,8 +181,12 @@ impl CatalogDb {
         Ok(db)
     }
 
-    /// Opens the catalog of `dir` if there is one (a database, or a directory to convert).
+    /// Opens the catalog of `dir` if there is one (a database, a published directory, read
+    /// only, or a directory to convert).
     pub fn open_existing(dir: &Path) -> Result<Option<Self>, CatalogError> {
+        if published(dir)?.is_some() {
+            return Self::reader(dir).map(Some);
+        }
         if !dir.join(DB_FILE).exists() && !dir.join(CATALOG_FILE).exists() {
             return Ok(None);
         }
@@ -142,12 +194,83 @@ impl CatalogDb {
         Ok(db.settings()?.is_some().then_some(db))
     }
 
-    /// Another connection to the same database, for reading beside this one.
+    /// Another connection to the same database, for reading beside this one; for a published
+    /// directory, its current snapshot, read only.
     pub fn reader(dir: &Path) -> Result<Self, CatalogError> {
+        if let Some(snapshot) = published(dir)? {
+            return Self::snapshot(&snapshot);
+        }
         let path = dir.join(DB_FILE);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(&path, flags).map_err(db_err(&path))?;
         Self::setup(conn, &path)
+    }
+
+    /// Opens a published snapshot. Snapshots never change once published, so SQLite is told so
+    /// (`immutable=1`): no locks, no journal, which is what makes a snapshot on a shared
+    /// volume safe to read from many hosts while the next one is written beside it.
+    fn snapshot(path: &Path) -> Result<Self, CatalogError> {
+        let err = db_err(path);
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(format!("{}?immutable=1", file_uri(path)), flags).map_err(&err)?;
+        let format: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(&err)?
+            .and_then(|v| v.parse().ok());
+        if format.is_some_and(|f| f > FORMAT) {
+            return Err(CatalogError::Newer { path: path.into() });
+        }
+        Ok(CatalogDb { conn })
+    }
+
+    /// The file this connection reads.
+    pub fn file(&self) -> PathBuf {
+        self.path()
+    }
+
+    /// Publishes a consistent copy of this catalog into `to` for gateways that read it there
+    /// (`serve --catalog TO`, typically on a volume shared with replicas): the copy is written
+    /// beside the current one as `catalog-GENERATION.db`, made durable, then named in
+    /// `CURRENT` by an atomic rename. Older snapshots beyond the last few are deleted.
+    pub fn publish(&self, to: &Path) -> Result<Published, CatalogError> {
+        let write = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CatalogError::Write { path: path.clone(), source }
+        };
+        std::fs::create_dir_all(to).map_err(write(to))?;
+        let tmp = to.join(".publishing.db.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        // One read transaction: the copy is the catalog as of one commit.
+        self.conn.execute("VACUUM INTO ?1", [tmp.to_string_lossy()]).map_err(self.err())?;
+        let generation = {
+            let copy = Connection::open(&tmp).map_err(db_err(&tmp))?;
+            copy.execute_batch("PRAGMA journal_mode = DELETE;").map_err(db_err(&tmp))?;
+            CatalogDb { conn: copy }.generation()?
+        };
+        let name = format!("catalog-{generation:012}.db");
+        let snapshot = to.join(&name);
+        if published(to)?.as_deref() == Some(snapshot.as_path()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(Published { snapshot, generation, new: false });
+        }
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(write(&tmp))?;
+        std::fs::rename(&tmp, &snapshot).map_err(write(&snapshot))?;
+        let current_tmp = to.join(".CURRENT.tmp");
+        std::fs::write(&current_tmp, format!("{name}\n")).map_err(write(&current_tmp))?;
+        std::fs::File::open(&current_tmp).and_then(|f| f.sync_all()).map_err(write(&current_tmp))?;
+        std::fs::rename(&current_tmp, to.join(CURRENT_FILE)).map_err(write(to))?;
+        std::fs::File::open(to).and_then(|d| d.sync_all()).map_err(write(to))?;
+        let mut old: Vec<String> = std::fs::read_dir(to)
+            .map_err(write(to))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| is_snapshot_name(n))
+            .collect();
+        old.sort();
+        for stale in old.iter().rev().skip(SNAPSHOTS_KEPT) {
+            let _ = std::fs::remove_file(to.join(stale));
+        }
+        Ok(Published { snapshot, generation, new: true })
     }
 
     fn setup(conn: Connection, path: &Path) -> Result<Self, CatalogError> {

@@ -10,7 +10,8 @@ Each fenced ``sh`` and ``python`` block is one test, run as written after these 
   ``docs/configuration.md``);
 - ``zarrgate serve`` listens on a free port instead of 9000: the test waits until it listens,
   then stops it and requires a clean exit;
-- ``/data/cmip6``, ``/var/lib/zarrgate/cmip6``, ``/tmp/refs``, ``tas.nc`` and the TLS files
+- ``/data/cmip6``, ``/var/lib/zarrgate/cmip6``, ``/srv/catalogs/cmip6``, ``/tmp/refs``,
+  ``tas.nc`` and the TLS files
   are paths under a temporary directory; ``ZG…`` / ``SECRET`` / ``"…"`` are a key of group
   ``esgf`` (the one a block creates, after its ``keys create``);
 - ``curl`` fails on an HTTP error (``--fail-with-body``), so an example that answers 4xx fails.
@@ -177,6 +178,7 @@ read = ["group:esgf"]
             ("/var/lib/zarrgate/cmip6", str(root / "catalogs" / "cmip6-cli")),
             ("/data/cmip6", str(cmip6)),
             ("/tmp/refs", str(root / "refs")),
+            ("/srv/catalogs/cmip6", str(root / "published")),
             ("/etc/zarrgate/tls/fullchain.pem", str(pki.cert)),
             ("/etc/zarrgate/tls/privkey.pem", str(pki.key)),
             ("zarrgate.toml", str(tls_config)),

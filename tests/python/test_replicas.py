@@ -1,11 +1,13 @@
-"""Three gateway replicas sharing a PostgreSQL key database, behind a round-robin nginx.
+"""Three gateway replicas sharing a PostgreSQL key database and a published catalog, behind a
+round-robin nginx.
 
 Real servers, started here on 127.0.0.1: a throwaway PostgreSQL cluster (Debian's initdb and
 pg_ctl, run as an unprivileged user), three ``zarrgate serve`` processes with
-``auth_db = "postgres://…"``, and nginx balancing requests over them. What must hold across
-replicas: a key's quota (exact, whichever replica answers), a revocation (every replica within a
-second), and a database outage (public reads go on, keys get 503 with Retry-After, and
-everything recovers without a restart).
+``auth_db = "postgres://…"`` serving the catalog ``zarrgate publish`` writes to a shared
+directory, and nginx balancing requests over them. What must hold across replicas: a key's quota
+(exact, whichever replica answers), a revocation (every replica within a second), a database
+outage (public reads go on, keys get 503 with Retry-After, and everything recovers without a
+restart), and a newly published catalog (served by every replica within a second or two).
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class Cluster:
         data = self.root / "data"
         data.mkdir()
         shutil.copy(FIXTURES / DATASET, data / DATASET)
-        catalog = self.root / "catalog"
-        subprocess.run([*zarrgate_bin(), "index", str(data), "--out", str(catalog)], check=True, capture_output=True)
+        self.data, self.work_catalog, self.shared = data, self.root / "catalog", self.root / "shared"
+        self.publish()
+        catalog = self.shared
         for i in range(3):
             config = self.root / f"replica{i}.toml"
             config.write_text(f"""
@@ -79,6 +82,13 @@ burst = {BURST}.0
         while not all(request(f"{e}/readyz").status == 200 for _, e in self.replicas):
             assert time.monotonic() < deadline, "the replicas never became ready"
             time.sleep(0.1)
+
+    def publish(self) -> str:
+        """Indexes the data and publishes the catalog to the replicas' shared directory."""
+        subprocess.run([*zarrgate_bin(), "index", str(self.data), "--out", str(self.work_catalog)], check=True,
+                       capture_output=True)
+        return subprocess.run([*zarrgate_bin(), "publish", str(self.work_catalog), "--to", str(self.shared)],
+                              check=True, capture_output=True, text=True).stdout
 
     def stop(self) -> None:
         if self.lb:
@@ -176,3 +186,35 @@ def test_with_the_database_down_public_reads_go_on_and_keys_wait(cluster):
     for _, endpoint in cluster.replicas:
         assert request(f"{endpoint}/readyz").status == 200
         assert request(f"{endpoint}/closed/{DATASET}/.zmetadata", bearer(cluster.reader)).status == 200
+
+
+def test_a_published_catalog_reaches_every_replica(cluster):
+    shutil.copy(FIXTURES / "classic.nc", cluster.data / "classic.nc")
+    said = cluster.publish()
+    assert said.startswith("published generation "), said
+    t0 = time.monotonic()
+    pending = {e for _, e in cluster.replicas}
+    while pending and time.monotonic() - t0 < 5:
+        for endpoint in sorted(pending):
+            if request(f"{endpoint}/open/classic.nc/.zmetadata").status == 200:
+                pending.discard(endpoint)
+        time.sleep(0.05)
+    assert not pending, f"not served after 5 s by {pending}"
+    assert time.monotonic() - t0 < 2.5
+    # publishing again without a change writes nothing
+    assert "is already at generation" in cluster.publish()
+    # the replicas only read: no journal, WAL or lock files beside the snapshots, which are kept
+    # to the last few
+    names = sorted(p.name for p in cluster.shared.iterdir())
+    assert names[0] == "CURRENT" and all(n.startswith("catalog-") and n.endswith(".db") for n in names[1:]), names
+    assert 1 <= len(names) - 1 <= 3, names
+    # a dataset removed from the tree and published away answers 404 everywhere
+    (cluster.data / "classic.nc").unlink()
+    cluster.publish()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if all(request(f"{e}/open/classic.nc/.zmetadata").status in (404, 503) for _, e in cluster.replicas):
+            break
+        time.sleep(0.05)
+    for _, endpoint in cluster.replicas:
+        assert request(f"{endpoint}/open/classic.nc/.zmetadata").status in (404, 503)

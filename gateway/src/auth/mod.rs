@@ -595,7 +595,11 @@ impl Auth {
 
 impl Drop for Auth {
     fn drop(&mut self) {
-        self.flush();
+        // On a thread of its own: the PostgreSQL client cannot block inside a runtime, and the
+        // gateway drops its state inside one.
+        std::thread::scope(|s| {
+            s.spawn(|| self.flush());
+        });
     }
 }
 

@@ -7,7 +7,7 @@
 //! A connection that fails is dropped; the next call connects again (with a short timeout), so
 //! the gateway recovers by itself when the database is back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -192,42 +192,57 @@ impl Postgres {
         })
     }
 
-    /// Takes one token from each bucket (`(entity, rate per second, burst)`), all or none, in
-    /// one transaction: rows are locked in the order given (sorted by the caller), so two
-    /// replicas never deadlock. Returns, for a refusal, the entity whose bucket is empty and
-    /// the seconds until it has a token.
+    /// Takes one token from each bucket (`(entity, rate per second, burst)`), all or none.
+    /// Returns, for a refusal, the entity whose bucket is empty and the seconds until it has a
+    /// token. One bucket (the usual case) is one statement: refill and take happen in the
+    /// row's update, which PostgreSQL serializes per row across replicas. Several are taken
+    /// in one transaction, rows locked in the order given (sorted by the caller), so two
+    /// replicas never deadlock.
     pub fn take_tokens(&mut self, buckets: &[(String, f64, f64)]) -> Result<Option<(String, u64)>, StoreError> {
+        const TAKE: &str = "
+            INSERT INTO rate_buckets AS b (entity, tokens, updated)
+            VALUES ($1, $3::DOUBLE PRECISION - 1, EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION)
+            ON CONFLICT (entity) DO UPDATE SET
+              tokens = LEAST($3::DOUBLE PRECISION,
+                             b.tokens + GREATEST(0, EXCLUDED.updated - b.updated) * $2::DOUBLE PRECISION) - 1,
+              updated = EXCLUDED.updated
+            WHERE LEAST($3::DOUBLE PRECISION,
+                        b.tokens + GREATEST(0, EXCLUDED.updated - b.updated) * $2::DOUBLE PRECISION) >= 1
+            RETURNING tokens";
+        const LEFT: &str = "
+            SELECT LEAST($3::DOUBLE PRECISION, tokens + GREATEST(0,
+                         EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION - updated) * $2::DOUBLE PRECISION)
+            FROM rate_buckets WHERE entity = $1";
+        let wait = |tokens: f64, rate: f64| ((1.0 - tokens) / rate).ceil().clamp(1.0, u32::MAX as f64) as u64;
         self.run(|c| {
-            let mut tx = c.transaction()?;
-            let now: f64 = tx.query_one("SELECT EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION", &[])?.get(0);
-            let mut refill = Vec::with_capacity(buckets.len());
-            let mut refusal: Option<(String, u64)> = None;
-            for (entity, rate, burst) in buckets {
-                tx.execute(
-                    "INSERT INTO rate_buckets (entity, tokens, updated) VALUES ($1, $2, $3) ON CONFLICT (entity) DO NOTHING",
-                    &[entity, burst, &now],
-                )?;
-                let row = tx.query_one("SELECT tokens, updated FROM rate_buckets WHERE entity = $1 FOR UPDATE", &[entity])?;
-                let (tokens, updated): (f64, f64) = (row.get(0), row.get(1));
-                let tokens = (tokens + (now - updated).max(0.0) * rate).min(*burst);
-                if tokens < 1.0 {
-                    let wait = ((1.0 - tokens) / rate).ceil().clamp(1.0, u32::MAX as f64) as u64;
-                    if refusal.as_ref().is_none_or(|(_, w)| wait > *w) {
-                        refusal = Some((entity.clone(), wait));
-                    }
+            if let [(entity, rate, burst)] = buckets {
+                if c.query_opt(TAKE, &[entity, rate, burst])?.is_some() {
+                    return Ok(None);
                 }
-                refill.push((entity, tokens));
+                let left: f64 = c.query_opt(LEFT, &[entity, rate, burst])?.map_or(0.0, |r| r.get(0));
+                return Ok(Some((entity.clone(), wait(left, *rate))));
             }
-            if refusal.is_some() {
-                tx.rollback()?;
-                return Ok(refusal);
-            }
-            for (entity, tokens) in refill {
-                tx.execute("UPDATE rate_buckets SET tokens = $2, updated = $3 WHERE entity = $1", &[entity, &(tokens - 1.0), &now])?;
+            let mut tx = c.transaction()?;
+            for (entity, rate, burst) in buckets {
+                if tx.query_opt(TAKE, &[entity, rate, burst])?.is_none() {
+                    let left: f64 = tx.query_opt(LEFT, &[entity, rate, burst])?.map_or(0.0, |r| r.get(0));
+                    tx.rollback()?;
+                    return Ok(Some((entity.clone(), wait(left, *rate))));
+                }
             }
             tx.commit()?;
             Ok(None)
         })
+    }
+}
+
+/// The `postgres` client closes its connection by blocking on a runtime of its own, which
+/// panics inside a gateway's: it is dropped on a thread of its own.
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = std::thread::spawn(move || drop(client)).join();
+        }
     }
 }
 
@@ -265,55 +280,70 @@ pub fn is_url(db: &str) -> bool {
 /// What a request asks of [`Tokens`]: one token from each bucket, and where to answer.
 type TokenRequest = (Vec<(String, f64, f64)>, mpsc::SyncSender<Result<Option<(String, u64)>, String>>);
 
-/// Rate tokens taken in the shared database by a thread of their own, which owns the
-/// connection: the `postgres` client runs a runtime of its own, which cannot be entered from a
-/// request's. While the database is unreachable, requests are answered at once (no waiting on
-/// a connection attempt); the thread connects again in the background.
+/// Rate tokens taken in the shared database by threads of their own, each owning a connection:
+/// the `postgres` client runs a runtime of its own, which cannot be entered from a request's.
+/// While the database is unreachable, requests are answered at once (no waiting on a
+/// connection attempt); the threads connect again in the background.
 pub struct Tokens {
     requests: Mutex<mpsc::Sender<TokenRequest>>,
-    connected: Arc<AtomicBool>,
+    /// Threads holding a connection now.
+    live: Arc<AtomicUsize>,
+}
+
+/// Connections (and threads) per gateway for rate tokens: PostgreSQL answers a statement in
+/// a fraction of a millisecond, so a few keep many request threads busy.
+const TOKEN_CONNECTIONS: usize = 4;
+
+/// One token thread: answers requests on its connection, reconnecting while it has none.
+fn token_loop(url: &str, rx: &Mutex<mpsc::Receiver<TokenRequest>>, live: &AtomicUsize) {
+    let mut pg = Postgres::open(url).ok();
+    if pg.is_some() {
+        live.fetch_add(1, Ordering::AcqRel);
+    }
+    loop {
+        // Waiting for a request under the lock hands requests to idle threads one by one.
+        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv_timeout(RECONNECT_EVERY);
+        match next {
+            Ok((buckets, answer)) => {
+                let result = match pg.as_mut() {
+                    Some(p) => p.take_tokens(&buckets).map_err(|e| e.to_string()),
+                    None => Err("not connected".into()),
+                };
+                if result.is_err() && pg.take().is_some() {
+                    live.fetch_sub(1, Ordering::AcqRel);
+                }
+                let _ = answer.send(result);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if pg.is_none() => {
+                pg = Postgres::open(url).ok();
+                if pg.is_some() {
+                    live.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
 
 impl Tokens {
     pub fn start(url: &str) -> Tokens {
         let (tx, rx) = mpsc::channel::<TokenRequest>();
-        let connected = Arc::new(AtomicBool::new(false));
-        let flag = connected.clone();
-        let url = url.to_string();
-        std::thread::Builder::new()
-            .name("rate-tokens".into())
-            .spawn(move || {
-                let mut pg = Postgres::open(&url).ok();
-                flag.store(pg.is_some(), Ordering::Release);
-                loop {
-                    match rx.recv_timeout(RECONNECT_EVERY) {
-                        Ok((buckets, answer)) => {
-                            let result = match pg.as_mut() {
-                                Some(p) => p.take_tokens(&buckets).map_err(|e| e.to_string()),
-                                None => Err("not connected".into()),
-                            };
-                            if result.is_err() {
-                                pg = None;
-                                flag.store(false, Ordering::Release);
-                            }
-                            let _ = answer.send(result);
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) if pg.is_none() => {
-                            pg = Postgres::open(&url).ok();
-                            flag.store(pg.is_some(), Ordering::Release);
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                    }
-                }
-            })
-            .expect("a thread can be started");
-        Tokens { requests: Mutex::new(tx), connected }
+        let rx = Arc::new(Mutex::new(rx));
+        let live = Arc::new(AtomicUsize::new(0));
+        for i in 0..TOKEN_CONNECTIONS {
+            let (rx, live, url) = (rx.clone(), live.clone(), url.to_string());
+            std::thread::Builder::new()
+                .name(format!("rate-tokens-{i}"))
+                .spawn(move || token_loop(&url, &rx, &live))
+                .expect("a thread can be started");
+        }
+        Tokens { requests: Mutex::new(tx), live }
     }
 
-    /// True while the thread holds a connection.
+    /// True while some thread holds a connection.
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.live.load(Ordering::Acquire) > 0
     }
 
     /// Takes one token from each bucket, all or none: `Ok(Some((entity, seconds)))` names an

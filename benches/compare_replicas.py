@@ -52,7 +52,9 @@ def serve(binary: str, config: Path) -> tuple[subprocess.Popen, str]:
 def config(path: Path, auth_db: str, catalog: Path, ops: Path, limited: str | None) -> Path:
     quota = (f"[quotas.key.{limited}]\nrequests_per_second = 1000000.0\nburst = 1000000.0\n"
              if limited else "")
+    # wrk's 64 connections all come from 127.0.0.1: lift the per-address connection limit
     path.write_text(f"""listen = "127.0.0.1:0"
+max_connections_per_client = 4096
 auth_db = "{auth_db}"
 [ops]
 dir = "{ops}"

@@ -180,7 +180,10 @@ fn summary(app: &zarrgate_gateway::App, endpoint: &str, config: &Config) {
 
 fn open_collection(c: &CollectionConfig, settings: &IndexSettings) -> anyhow::Result<Collection> {
     let catalog = c.catalog.clone().unwrap_or_else(|| default_catalog(&c.bucket));
-    if !c.read.is_public() {
+    // A published catalog is read only (often on a read-only volume): the publisher decides
+    // who may read it.
+    let published = zarrgate_core::catalog::db::published(&catalog)?.is_some();
+    if !c.read.is_public() && !published {
         // The references of a restricted collection name its files and hold its metadata and
         // inlined values: readable by the service user only.
         zarrgate_gateway::util::private_dir(&catalog)

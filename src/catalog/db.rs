@@ -254,6 +254,12 @@ impl CatalogDb {
             let _ = std::fs::remove_file(&tmp);
             return Ok(Published { snapshot, generation, new: false });
         }
+        // Snapshots hold every dataset's references: readable by the service's user and group
+        // (the replicas' `fsGroup`), not by everyone.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640)).map_err(write(&tmp))?;
+        }
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(write(&tmp))?;
         std::fs::rename(&tmp, &snapshot).map_err(write(&snapshot))?;
         let current_tmp = to.join(".CURRENT.tmp");

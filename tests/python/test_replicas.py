@@ -31,9 +31,9 @@ BURST = 40
 class Cluster:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.pg = start_postgres()
         self.replicas: list[tuple[subprocess.Popen, str]] = []
         self.lb = None
+        self.pg = start_postgres()
         self.quota_key = self.create_key("quota")
         self.reader = self.create_key("reader")
 
@@ -95,7 +95,11 @@ burst = {BURST}.0
             self.lb.stop()
         for proc, _ in self.replicas:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         self.pg.remove()
 
 
@@ -106,7 +110,7 @@ def cluster(tmp_path_factory):
         c.start()
         yield c
     finally:
-        c.stop()
+        c.stop()  # also when start failed half-way: nothing outlives the tests
 
 
 def bearer(key: tuple[str, str]) -> dict[str, str]:

@@ -28,7 +28,7 @@ pub mod throttle;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -298,6 +298,8 @@ pub struct Auth {
     /// When the keys were last read (milliseconds since the epoch): older than
     /// [`KEYS_STALE_AFTER`], they may include a revoked key, so none is accepted.
     keys_read: AtomicI64,
+    /// The last read of the keys failed (for logging an outage once).
+    db_down: AtomicBool,
     /// For a shared (PostgreSQL) database: where requests take their keys' rate tokens.
     shared: Option<pg::Tokens>,
     pub quotas: Quotas,
@@ -327,6 +329,7 @@ impl Auth {
             db,
             keys: RwLock::new(Arc::new(keys)),
             keys_read: AtomicI64::new(now_ms()),
+            db_down: AtomicBool::new(false),
             shared,
             quotas,
             failures,
@@ -347,26 +350,28 @@ impl Auth {
     /// quota counters every replica wrote, and connects the requests' connection if it is
     /// down.
     pub fn refresh(&self) {
-        self.flush();
+        // Keys first: a slow usage write must not leave them stale (keys read more than
+        // KEYS_STALE_AFTER ago are refused).
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         match load_keys(&mut store) {
             Ok(keys) => {
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
                 self.keys_read.store(now_ms(), Ordering::Release);
-            }
-            Err(e) => {
-                let stale = now_ms() - self.keys_read.load(Ordering::Acquire) > KEYS_STALE_AFTER.as_millis() as i64;
-                if stale {
-                    tracing::error!(
-                        "cannot re-read keys from {}: {e}; keys are refused until it answers",
-                        db_name(&self.db)
-                    );
-                } else {
-                    tracing::warn!("cannot re-read keys from {}: {e}", db_name(&self.db));
+                if self.db_down.swap(false, Ordering::AcqRel) {
+                    tracing::info!("the key database {} answers again", db_name(&self.db));
                 }
             }
+            // Logged once per outage, not every 0.25 s.
+            Err(e) if !self.db_down.swap(true, Ordering::AcqRel) => tracing::error!(
+                "cannot re-read keys from {}: {e}; requests that name a key get 503 until it answers",
+                db_name(&self.db)
+            ),
+            Err(_) => {}
         }
+        drop(store);
+        self.flush();
         if self.shared.is_some() {
+            let store = &mut *self.store.lock().unwrap_or_else(|p| p.into_inner());
             let today = day_of(unix_now());
             if let Ok(rows) = store.quota_usage(&today) {
                 self.quotas.replace_today(
@@ -402,7 +407,7 @@ impl Auth {
                 }))
             }
             Err(e) => {
-                tracing::warn!("taking a rate token: {e}");
+                tracing::debug!("taking a rate token: {e}");
                 Err(Refusal::Auth(AuthError::Unavailable { retry_after: 1 }))
             }
         }

@@ -48,7 +48,7 @@ pub fn published(dir: &Path) -> Result<Option<PathBuf>, CatalogError> {
         Err(source) => return Err(CatalogError::Read { path: current, source }),
     };
     if !is_snapshot_name(&name) {
-        return Err(CatalogError::Refs { path: current, why: format!("{name:?} is not a catalog snapshot name") });
+        return Err(CatalogError::Published { path: current, why: format!("{name:?} is not a catalog snapshot name") });
     }
     Ok(Some(dir.join(name)))
 }
@@ -171,6 +171,12 @@ impl CatalogDb {
     /// Opens (creating it if needed) the catalog of `dir`. A catalog directory of the former
     /// layout (`catalog.json` and one JSON file per dataset) is converted on first use.
     pub fn open(dir: &Path) -> Result<Self, CatalogError> {
+        if published(dir)?.is_some() {
+            return Err(CatalogError::Published {
+                path: dir.into(),
+                why: "it is written by `zarrgate publish` only: index into the catalog you publish from".into(),
+            });
+        }
         std::fs::create_dir_all(dir).map_err(|source| CatalogError::Write { path: dir.into(), source })?;
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path).map_err(db_err(&path))?;
@@ -758,6 +764,37 @@ mod tests {
             Err::<(), _>(CatalogError::Empty)
         });
         assert!(err.is_err() && db.dataset("c.nc").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_published_snapshot_is_read_only_and_follows_the_catalog() {
+        let (work, shared) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut db = CatalogDb::open(work.path()).unwrap();
+        db.write(|w| {
+            w.set_settings(&Settings { root: "/data".into(), url_prefix: None })?;
+            w.put_dataset(&row("a.nc", Some(b"one")))
+        })
+        .unwrap();
+        let first = db.publish(shared.path()).unwrap();
+        assert!(first.new && first.generation == db.generation().unwrap());
+        assert_eq!(db.publish(shared.path()).unwrap(), Published { new: false, ..first });
+        let reader = CatalogDb::reader(shared.path()).unwrap();
+        assert_eq!(reader.file(), shared.path().join(format!("catalog-{:012}.db", db.generation().unwrap())));
+        assert_eq!(reader.dataset("a.nc").unwrap(), Some(row("a.nc", Some(b"one"))));
+        assert!(reader.conn.execute("DELETE FROM datasets", []).is_err(), "a snapshot is read only");
+        for i in 0..4 {
+            db.write(|w| w.put_dataset(&row(&format!("n{i}.nc"), Some(b"x")))).unwrap();
+            assert!(db.publish(shared.path()).unwrap().new);
+        }
+        let newest = CatalogDb::reader(shared.path()).unwrap();
+        assert_eq!(newest.counts().unwrap(), (5, 0));
+        let snapshots = std::fs::read_dir(shared.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("catalog-"));
+        assert_eq!(snapshots.count(), SNAPSHOTS_KEPT);
+        // the old one, still open, reads as it did
+        assert_eq!(reader.counts().unwrap(), (1, 0));
+        assert!(matches!(CatalogDb::open(shared.path()), Err(CatalogError::Published { .. })));
     }
 
     #[test]

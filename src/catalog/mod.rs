@@ -193,6 +193,8 @@ pub enum CatalogError {
     },
     #[error("catalog database {path} was written by a newer zarrgate")]
     Newer { path: PathBuf },
+    #[error("published catalog {path}: {why}")]
+    Published { path: PathBuf, why: String },
     #[error("references {path} are not valid: {why}")]
     Refs { path: PathBuf, why: String },
     #[error(transparent)]

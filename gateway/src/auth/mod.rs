@@ -55,6 +55,7 @@ fn now_ms() -> i64 {
 fn db_name(db: &std::path::Path) -> String {
     pg::redact(&db.to_string_lossy())
 }
+
 /// Largest clock difference accepted in a signed request (S3's 15 minutes).
 pub const MAX_SKEW_SECONDS: i64 = 15 * 60;
 /// SHA-256 of an empty body.
@@ -347,8 +348,7 @@ impl Auth {
     }
 
     /// Re-reads keys and writes pending usage; with a shared database, also reads the daily
-    /// quota counters every replica wrote, and connects the requests' connection if it is
-    /// down.
+    /// quota counters every replica wrote.
     pub fn refresh(&self) {
         // Keys first: a slow usage write must not leave them stale (keys read more than
         // KEYS_STALE_AFTER ago are refused).
@@ -390,8 +390,7 @@ impl Auth {
     }
 
     /// Takes one token of each of a key's rate buckets in the shared database, or says which is
-    /// empty; `Err` when the database cannot be reached (the connection is then dropped, and
-    /// the background thread connects again).
+    /// empty; a 503 refusal when the database cannot be reached.
     fn take_shared_tokens(&self, shared: &pg::Tokens, rated: Vec<(String, f64, f64)>) -> Result<(), Refusal> {
         if rated.is_empty() {
             return Ok(());

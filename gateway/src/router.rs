@@ -49,6 +49,9 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
         "/readyz" if !app.auth.ready() => {
             return text(StatusCode::SERVICE_UNAVAILABLE, b"the key database is unreachable\n")
         }
+        "/readyz" if !app.ops.as_ref().is_none_or(|o| o.store_reachable()) => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, b"the shared object store is unreachable\n")
+        }
         "/readyz" => return text(StatusCode::OK, b"ready\n"),
         _ => {}
     }

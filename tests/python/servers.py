@@ -195,6 +195,56 @@ def start_postgres() -> Postgres:
 
 
 # ---------------------------------------------------------------------------------------------
+# An S3 server (moto, from the venv)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Moto:
+    """moto's S3 server on a port of 127.0.0.1; `stop` and `start` keep the port (its objects
+    are in memory: a restart begins empty)."""
+
+    port: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import sys
+
+        server = Path(sys.executable).parent / "moto_server"
+        self.proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                assert self.proc.poll() is None and time.monotonic() < deadline, "moto_server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+    def create_bucket(self, name: str) -> None:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="test",
+                     aws_secret_access_key="test").create_bucket(Bucket=name)
+
+
+def start_moto() -> Moto:
+    moto = Moto(free_port())
+    moto.start()
+    return moto
+
+
+# ---------------------------------------------------------------------------------------------
 # TLS
 # ---------------------------------------------------------------------------------------------
 

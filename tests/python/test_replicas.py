@@ -12,6 +12,7 @@ restart), and a newly published catalog (served by every replica within a second
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from gateway import REPO, zarrgate_bin
-from servers import request, start_postgres, start_proxy
+from servers import request, start_moto, start_postgres, start_proxy
 
 FIXTURES = REPO / "fixtures" / "data" / "good"
 DATASET = "cal_noleap.nc"
@@ -34,6 +35,8 @@ class Cluster:
         self.replicas: list[tuple[subprocess.Popen, str]] = []
         self.lb = None
         self.pg = start_postgres()
+        self.moto = start_moto()
+        self.moto.create_bucket("zarrgate-ops")
         self.quota_key = self.create_key("quota")
         self.reader = self.create_key("reader")
 
@@ -58,6 +61,13 @@ listen = "127.0.0.1:0"
 auth_db = "{self.pg.url}"
 [ops]
 dir = "{self.root / f'ops{i}'}"
+store = "s3://zarrgate-ops/shared"
+[ops.store_options]
+aws_endpoint = "{self.moto.endpoint}"
+aws_region = "us-east-1"
+aws_allow_http = "true"
+aws_access_key_id = "test"
+aws_secret_access_key = "test"
 [[collections]]
 bucket = "open"
 catalog = "{catalog}"
@@ -101,6 +111,7 @@ burst = {BURST}.0
                 proc.kill()
                 proc.wait()
         self.pg.remove()
+        self.moto.stop()
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +233,56 @@ def test_a_published_catalog_reaches_every_replica(cluster):
         time.sleep(0.05)
     for _, endpoint in cluster.replicas:
         assert request(f"{endpoint}/open/classic.nc/.zmetadata").status in (404, 503)
+
+
+def computations(cluster) -> int:
+    """Averages computed by all replicas together (their Prometheus counters)."""
+    total = 0
+    for _, endpoint in cluster.replicas:
+        text = request(f"{endpoint}/metrics", bearer(cluster.reader)).body.decode()
+        found = re.search(r'^zarrgate_ops_computations_total\{process="average"\} (\d+)', text, re.M)
+        total += int(found.group(1)) if found else 0
+    return total
+
+
+def test_the_same_average_through_every_replica_is_computed_once(cluster):
+    query = f"/ops/v1/average?dataset=open/{DATASET}&var=tas&dims=lat,lon&format=nc"
+    before = computations(cluster)
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda e: request(f"{e}{query}"), [e for _, e in cluster.replicas] * 2))
+    assert all(r.status == 200 for r in replies), [(r.status, r.body[:200]) for r in replies]
+    assert len({r.body for r in replies}) == 1, "every replica answers the same bytes"
+    assert computations(cluster) - before == 1
+    # and later requests anywhere are hits
+    for _, endpoint in cluster.replicas:
+        again = request(f"{endpoint}{query}")
+        assert again.status == 200 and again.headers["x-zarrgate-cache"] == "hit" and again.body == replies[0].body
+    assert computations(cluster) - before == 1
+
+
+def test_with_the_object_store_down_operations_answer_and_jobs_wait(cluster):
+    cluster.moto.stop()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if all(request(f"{e}/readyz").status == 503 for _, e in cluster.replicas):
+                break
+            time.sleep(0.2)
+        for _, endpoint in cluster.replicas:
+            assert request(f"{endpoint}/readyz").body == b"the shared object store is unreachable\n"
+        # computed here, not shared
+        fresh = request(f"{cluster.lb.endpoint}/ops/v1/average?dataset=open/{DATASET}&var=tas&dims=time&format=nc")
+        assert fresh.status == 200 and fresh.headers["x-zarrgate-cache"] == "miss", fresh
+        # a job needs the shared store: refused, clearly
+        job = request(f"{cluster.lb.endpoint}/ops/v1/average?dataset=open/{DATASET}&var=tas&dims=lon&format=nc",
+                      {"Prefer": "respond-async"})
+        assert job.status == 503 and b"store-unavailable" in job.body and job.headers["retry-after"] == "5", job
+        # chunk reads are not affected
+        assert request(f"{cluster.lb.endpoint}/open/{DATASET}/.zmetadata").status == 200
+    finally:
+        cluster.moto.start()
+        cluster.moto.create_bucket("zarrgate-ops")
+    deadline = time.monotonic() + 10
+    while not all(request(f"{e}/readyz").status == 200 for _, e in cluster.replicas):
+        assert time.monotonic() < deadline, "the replicas did not recover"
+        time.sleep(0.2)

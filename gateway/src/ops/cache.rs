@@ -346,7 +346,18 @@ fn write_entry(file: &mut File, hash: &[u8; 32], payload: &[u8], stamp: u64) -> 
 }
 
 /// The payload of a whole file, if its magic and hash are right.
-fn verify(data: Bytes) -> Option<Bytes> {
+/// A payload with the header of the cache's files (magic and blake3), as the shared store
+/// keeps it too.
+pub(crate) fn frame(payload: &Bytes) -> Bytes {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(blake3::hash(payload).as_bytes());
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+/// The payload of a framed blob whose hash checks, else `None`.
+pub(crate) fn verify(data: Bytes) -> Option<Bytes> {
     if data.len() < HEADER || !data.starts_with(MAGIC) {
         return None;
     }

@@ -15,6 +15,7 @@
 pub mod cache;
 pub mod http;
 pub mod jobs;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ use crate::state::State;
 use crate::store::{self, ReadOutcome};
 use cache::{Key, Lookup, ResultCache, Tier};
 use jobs::{JobRecord, JobStore, Status};
+use shared::{Lease, SharedStore};
 
 /// Settings of the operations service (`[ops]` in the config file).
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -60,6 +62,11 @@ pub struct OpsConfig {
     /// Test hook: every computation waits this long before it starts.
     #[serde(skip)]
     pub test_compute_delay: Duration,
+    /// An object store that replicas share results and compute leases through
+    /// (`s3://BUCKET/PREFIX`, `file:///DIR`); none by default.
+    pub store: Option<String>,
+    /// object_store's options for `store` (`aws_endpoint`, `aws_region`, `aws_allow_http`, …).
+    pub store_options: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for OpsConfig {
@@ -75,6 +82,8 @@ impl Default for OpsConfig {
             disk_cache_bytes: 10 << 30,
             sync_wait: Duration::from_secs(20),
             test_compute_delay: Duration::ZERO,
+            store: None,
+            store_options: Default::default(),
         }
     }
 }
@@ -149,6 +158,8 @@ pub struct Ops {
     pub config: OpsConfig,
     pub cache: ResultCache,
     pub jobs: JobStore,
+    /// Results and compute leases shared with other replicas, if configured.
+    shared: Option<SharedStore>,
     writer: Arc<dyn NetcdfWriter>,
     inflight: Mutex<HashMap<Key, Shared>>,
     pool: Arc<Semaphore>,
@@ -198,9 +209,14 @@ impl Ops {
         let cache = ResultCache::open(&config.dir.join("results"), config.memory_cache_bytes, config.disk_cache_bytes)?;
         let jobs = JobStore::open(&config.dir.join("jobs"))?;
         let pool = Arc::new(Semaphore::new(config.workers.max(1)));
+        let shared = match &config.store {
+            Some(url) => Some(SharedStore::open(url, &config.store_options).map_err(std::io::Error::other)?),
+            None => None,
+        };
         Ok(Ops {
             config,
             cache,
+            shared,
             jobs,
             writer,
             inflight: Mutex::new(HashMap::new()),
@@ -214,7 +230,7 @@ impl Ops {
         for p in ["subset", "average"] {
             app.metrics.add("zarrgate_ops_computations_total", &[("process", p)], 0);
         }
-        for t in ["memory", "disk"] {
+        for t in ["memory", "disk", "store"] {
             app.metrics.add("zarrgate_ops_cache_hits_total", &[("tier", t)], 0);
         }
         app.metrics.add("zarrgate_ops_cache_corrupt_total", &[], 0);
@@ -302,8 +318,29 @@ impl Ops {
                 app.metrics.add("zarrgate_ops_cache_corrupt_total", &[], 1);
                 None
             }
-            Lookup::Miss => None,
+            Lookup::Miss => self.lookup_shared(app, key).await,
         }
+    }
+
+    /// A result another replica stored in the shared store, kept in this one's cache too.
+    async fn lookup_shared(self: &Arc<Self>, app: &State, key: &Key) -> Option<(Stored, Bytes)> {
+        let shared = self.shared.as_ref()?;
+        let blob = match shared.get(key).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::debug!("reading shared result {}: {e}", key.hex());
+                return None;
+            }
+        };
+        app.metrics.add("zarrgate_ops_cache_hits_total", &[("tier", "store")], 1);
+        let (ops, k, b) = (self.clone(), *key, blob.clone());
+        let _ = tokio::task::spawn_blocking(move || ops.cache.put(&k, b)).await;
+        unseal(&blob)
+    }
+
+    /// True unless a shared store is configured and cannot be reached now (for `/readyz`).
+    pub fn store_reachable(&self) -> bool {
+        self.shared.as_ref().is_none_or(SharedStore::reachable)
     }
 
     /// Answers a request: from the cache, by computing it now, or as a new job. The pipeline,
@@ -413,6 +450,19 @@ impl Ops {
         inputs: Value,
         day: &str,
     ) -> Result<JobRecord, Problem> {
+        if !self.store_reachable() {
+            app.auth.quotas.end_compute(who, day, 0);
+            return Err(Problem {
+                retry_after: Some(5),
+                ..Problem::new(
+                    503,
+                    "store-unavailable",
+                    "Jobs cannot be accepted now",
+                    "the object store that replicas share results through cannot be reached; \
+                     smaller requests are still answered at once",
+                )
+            });
+        }
         let now = unix_now();
         let job = JobRecord {
             id: JobStore::new_id(),
@@ -479,13 +529,28 @@ impl Ops {
                 if let Some((_, bytes)) = self.lookup(app, &key).await {
                     return Ok(bytes);
                 }
+                // Across replicas: one computes (it holds the lease), the others wait for its
+                // result in the shared store.
+                let leased = match self.wait_for_lease(app, &key).await {
+                    Ok(leased) => leased,
+                    Err(bytes) => return Ok(bytes),
+                };
                 let result = self.compute_now(app, plan, dataset, run).await;
                 if let Ok(bytes) = &result {
                     let (ops, sealed) = (self.clone(), seal(&stored, bytes));
-                    let put = tokio::task::spawn_blocking(move || ops.cache.put(&key, sealed)).await;
+                    let local = sealed.clone();
+                    let put = tokio::task::spawn_blocking(move || ops.cache.put(&key, local)).await;
                     if let Err(e) = put.map_err(std::io::Error::other).and_then(|r| r) {
                         tracing::error!("cannot store result {}: {e}", key.hex());
                     }
+                    if let Some(shared) = &self.shared {
+                        if let Err(e) = shared.put(&key, &sealed).await {
+                            tracing::warn!("result {} computed but not shared: {e}", key.hex());
+                        }
+                    }
+                }
+                if leased {
+                    self.shared.as_ref().expect("leased from it").release(&key).await;
                 }
                 result
             })
@@ -499,6 +564,35 @@ impl Ops {
             collection.source_changed();
         }
         result
+    }
+
+    /// With a shared store: takes the lease on computing `key` (`Ok(true)`), or waits for the
+    /// replica that holds it and gives its result (`Err(bytes)`). `Ok(false)` when there is no
+    /// shared store, or it cannot be reached: then this replica computes without a lease.
+    async fn wait_for_lease(self: &Arc<Self>, app: &State, key: &Key) -> Result<bool, Bytes> {
+        let Some(shared) = &self.shared else { return Ok(false) };
+        loop {
+            match shared.lease(key).await {
+                Ok(Lease::Mine) => {
+                    // The holder before may have stored the result and released just now.
+                    if let Some((_, bytes)) = self.lookup_shared(app, key).await {
+                        shared.release(key).await;
+                        return Err(bytes);
+                    }
+                    return Ok(true);
+                }
+                Ok(Lease::Held { .. }) => {
+                    tokio::time::sleep(shared::POLL).await;
+                    if let Some((_, bytes)) = self.lookup(app, key).await {
+                        return Err(bytes);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("the shared store cannot be reached ({e}): computing {} here", key.hex());
+                    return Ok(false);
+                }
+            }
+        }
     }
 
     /// Runs the computation on the compute pool and encodes the result.

@@ -152,6 +152,7 @@ pub fn serve(
             if let Some(ops) = &app.ops {
                 zarrgate_gateway::ops::Ops::register_metrics(&app);
                 ops.resume_jobs(&app.state);
+                ops.share_jobs(&app.state);
             }
             on_ready(&endpoint);
             zarrgate_gateway::serve(app, listener, &options, zarrgate_gateway::shutdown_signal()).await

@@ -1,5 +1,5 @@
-"""Three gateway replicas sharing a PostgreSQL key database and a published catalog, behind a
-round-robin nginx.
+"""Three gateway replicas sharing a PostgreSQL key database, a published catalog and an object
+store of results and jobs (moto's S3 server), behind a round-robin nginx.
 
 Real servers, started here on 127.0.0.1: a throwaway PostgreSQL cluster (Debian's initdb and
 pg_ctl, run as an unprivileged user), three ``zarrgate serve`` processes with
@@ -7,11 +7,16 @@ pg_ctl, run as an unprivileged user), three ``zarrgate serve`` processes with
 directory, and nginx balancing requests over them. What must hold across replicas: a key's quota
 (exact, whichever replica answers), a revocation (every replica within a second), a database
 outage (public reads go on, keys get 503 with Retry-After, and everything recovers without a
-restart), and a newly published catalog (served by every replica within a second or two).
+restart), a newly published catalog (served by every replica within a second or two), a
+result asked of every replica at once (computed once, the same bytes everywhere), an object
+store outage (operations still answer, jobs are refused), and an async job whose replica is
+killed (another replica finishes it).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -79,14 +84,17 @@ read = ["group:esgf"]
 requests_per_second = 0.001
 burst = {BURST}.0
 """)
+            # every computation takes 3 s more: long enough to kill a replica in the middle
+            # the log goes to a file (a pipe nobody reads would fill up and stop the replica)
             proc = subprocess.Popen([*zarrgate_bin(), "serve", "--config", str(config)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
+                                    stderr=open(self.root / f"replica{i}.log", "w"), text=True,
+                                    env={**os.environ, "ZARRGATE_TEST_COMPUTE_DELAY_MS": "3000"})
             for line in iter(proc.stdout.readline, ""):
                 if line.startswith("listening on "):
                     self.replicas.append((proc, line.split()[-1].strip()))
                     break
             else:
-                raise AssertionError(f"replica {i} did not start: {proc.stderr.read()[-2000:]}")
+                raise AssertionError(f"replica {i} did not start: {(self.root / f'replica{i}.log').read_text()[-2000:]}")
         self.lb = start_proxy([e for _, e in self.replicas], self.root / "nginx")
         deadline = time.monotonic() + 30
         while not all(request(f"{e}/readyz").status == 200 for _, e in self.replicas):
@@ -286,3 +294,42 @@ def test_with_the_object_store_down_operations_answer_and_jobs_wait(cluster):
     while not all(request(f"{e}/readyz").status == 200 for _, e in cluster.replicas):
         assert time.monotonic() < deadline, "the replicas did not recover"
         time.sleep(0.2)
+
+
+def test_an_async_job_outlives_its_replica(cluster):
+    """Last in this file: it kills replica 0."""
+    query = f"/ops/v1/average?dataset=open/{DATASET}&var=tas&dims=lat&format=nc"
+    proc0, ep0 = cluster.replicas[0]
+    accepted = request(f"{ep0}{query}", {"Prefer": "respond-async"})
+    assert accepted.status == 202, accepted
+    location = accepted.headers["location"]
+    time.sleep(1.0)  # the job is shared before its 202, and now runs (for 3 s)
+    proc0.kill()
+    proc0.wait()
+    others = [e for _, e in cluster.replicas[1:]]
+    t0 = time.monotonic()
+    status = None
+    while time.monotonic() - t0 < 60:
+        reply = request(f"{others[0]}{location}")
+        if reply.status == 200:
+            status = json.loads(reply.body)["status"]
+            if status == "successful":
+                break
+        time.sleep(0.5)
+    assert status == "successful", (status, reply.status, reply.body[:300])
+    took = time.monotonic() - t0
+    # its result, from any replica and through the balancer (each learns of the job's end within
+    # a beat, a second), equals the same request answered now
+    def result(endpoint: str):
+        deadline = time.monotonic() + 5
+        while True:
+            r = request(f"{endpoint}{location}/results")
+            if r.status == 200 or time.monotonic() > deadline:
+                return r
+            time.sleep(0.2)
+
+    results = [result(e) for e in [*others, cluster.lb.endpoint]]
+    assert all(r.status == 200 for r in results), [(r.status, r.body[:300] if r.status != 200 else b"") for r in results]
+    direct = request(f"{others[1]}{query}")
+    assert direct.status == 200 and all(r.body == direct.body for r in results)
+    assert took < 30, took

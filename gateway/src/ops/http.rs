@@ -152,9 +152,17 @@ async fn route(
         }
         (&Method::GET, ["jobs", id, "results"]) => match take_wait(query)?.0 {
             Some(wait) => wait_for_job(app, &ops, who, id, wait).await,
-            None => job_results(app, &ops, id, who),
+            None => {
+                if let Some(job) = ops.job(id) {
+                    ops.pull_result_of(&job).await;
+                }
+                job_results(app, &ops, id, who)
+            }
         },
         (&Method::GET | &Method::HEAD, ["results", name]) => {
+            if let Some(key) = name.split_once('.').and_then(|(hash, _)| Key::from_hex(hash)) {
+                ops.pull_shared(&key).await;
+            }
             let if_none_match = req.headers().get("if-none-match").and_then(|v| v.to_str().ok());
             result_file(app, &ops, name, who, if_none_match, method == Method::HEAD)
         }
@@ -325,6 +333,7 @@ async fn wait_for_job(
     loop {
         let job = own_job(app, ops, id, who)?;
         if !matches!(job.status, Status::Accepted | Status::Running) {
+            ops.pull_result_of(&job).await;
             return job_results(app, ops, id, who);
         }
         if tokio::time::Instant::now() >= deadline {

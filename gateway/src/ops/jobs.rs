@@ -60,6 +60,12 @@ pub struct JobRecord {
     pub result_key: Option<String>,
     /// A problem document once failed.
     pub error: Option<serde_json::Value>,
+    /// With a shared store: the replica running the job, and when it last said so (unix
+    /// seconds). A job whose heartbeat stops is taken over by another replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<i64>,
 }
 
 impl JobRecord {
@@ -272,6 +278,8 @@ mod tests {
             updated: created,
             result_key: None,
             error: None,
+            runner: None,
+            heartbeat: None,
         }
     }
 

@@ -236,6 +236,106 @@ impl Ops {
         app.metrics.add("zarrgate_ops_cache_corrupt_total", &[], 0);
     }
 
+    /// With a shared store: every second, shares this replica's jobs (and a heartbeat for those
+    /// it runs), copies the others' records, and takes over jobs whose runner stopped beating
+    /// (a conditional update of the record: one replica wins).
+    pub fn share_jobs(self: &Arc<Self>, app: &Arc<State>) {
+        if self.shared.is_none() {
+            return;
+        }
+        let (ops, app) = (self.clone(), app.clone());
+        tokio::spawn(async move {
+            let mut shared_versions: HashMap<String, (Status, u8, i64)> = HashMap::new();
+            loop {
+                tokio::time::sleep(shared::JOB_BEAT).await;
+                ops.sync_jobs(&app, &mut shared_versions).await;
+            }
+        });
+    }
+
+    async fn sync_jobs(self: &Arc<Self>, app: &Arc<State>, pushed: &mut HashMap<String, (Status, u8, i64)>) {
+        let shared = self.shared.as_ref().expect("called with a shared store");
+        let now = unix_now();
+        let running: Vec<String> = self.running.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let remote = match shared.list_jobs().await {
+            Ok(remote) => remote,
+            Err(e) => {
+                tracing::debug!("listing shared jobs: {e}");
+                return;
+            }
+        };
+        // Ours: share what changed, and beat for what we run.
+        for mut job in self.jobs.list() {
+            let mine = running.contains(&job.id);
+            let seen = (job.status, job.progress, job.updated);
+            if !mine && pushed.get(&job.id) == Some(&seen) {
+                continue;
+            }
+            if let Some((theirs, _)) = remote.get(&job.id) {
+                if !mine && theirs.updated >= job.updated {
+                    continue;
+                }
+                if mine && theirs.status == Status::Dismissed && job.status != Status::Dismissed {
+                    // dismissed through another replica
+                    let _ = self.dismiss(&job.id).await;
+                    continue;
+                }
+            }
+            if mine {
+                job.runner = Some(shared.me().to_string());
+                job.heartbeat = Some(now);
+                if let Some(run) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(&job.id) {
+                    job.progress = run.progress().min(99);
+                }
+            }
+            if shared.put_job(&job).await.is_ok() {
+                pushed.insert(job.id.clone(), seen);
+            }
+        }
+        // Theirs: keep a copy for status requests here, and take over the abandoned ones.
+        for (id, (theirs, version)) in remote {
+            if running.contains(&id) {
+                continue;
+            }
+            let local = self.jobs.get(&id);
+            let abandoned =
+                !theirs.status.is_final() && theirs.heartbeat.unwrap_or(theirs.updated) + shared::JOB_STALE < now;
+            if abandoned {
+                let mut taken = theirs.clone();
+                taken.runner = Some(shared.me().to_string());
+                taken.heartbeat = Some(now);
+                taken.status = Status::Accepted;
+                if shared.take_over_job(&taken, version).await.unwrap_or(false) {
+                    tracing::info!("taking over job {} (its replica stopped)", id);
+                    if self.save_job(taken.clone()).await {
+                        let run = Arc::new(Run::new(self.config.threads));
+                        self.spawn_job(app.clone(), taken, Work::Replay, None, run);
+                    }
+                }
+                continue;
+            }
+            if local.is_none_or(|l| theirs.updated > l.updated || (theirs.status.is_final() && !l.status.is_final())) {
+                let seen = (theirs.status, theirs.progress, theirs.updated);
+                if self.save_job(theirs).await {
+                    pushed.insert(id, seen);
+                }
+            }
+        }
+    }
+
+    /// Saves a record as it is, on the blocking pool.
+    async fn save_job(self: &Arc<Self>, job: JobRecord) -> bool {
+        let ops = self.clone();
+        let saved = tokio::task::spawn_blocking(move || ops.jobs.save(&job)).await;
+        match saved.map_err(std::io::Error::other).and_then(|r| r) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("cannot save a shared job: {e}");
+                false
+            }
+        }
+    }
+
     /// Runs again the jobs a previous process left accepted or running.
     pub fn resume_jobs(self: &Arc<Self>, app: &Arc<State>) {
         for job in self.jobs.unfinished() {
@@ -336,6 +436,28 @@ impl Ops {
         let (ops, k, b) = (self.clone(), *key, blob.clone());
         let _ = tokio::task::spawn_blocking(move || ops.cache.put(&k, b)).await;
         unseal(&blob)
+    }
+
+    /// Copies a result from the shared store into this replica's cache if it is not there
+    /// (a job that another replica finished, a `/results/HASH` link it handed out).
+    pub async fn pull_shared(self: &Arc<Self>, key: &Key) {
+        let Some(shared) = &self.shared else { return };
+        let (ops, k) = (self.clone(), *key);
+        let have = tokio::task::spawn_blocking(move || ops.cache.etag(&k).is_some()).await.unwrap_or(false);
+        if have {
+            return;
+        }
+        if let Ok(Some(blob)) = shared.get(key).await {
+            let (ops, k) = (self.clone(), *key);
+            let _ = tokio::task::spawn_blocking(move || ops.cache.put(&k, blob)).await;
+        }
+    }
+
+    /// [`Ops::pull_shared`] for the result of a finished job.
+    pub async fn pull_result_of(self: &Arc<Self>, job: &JobRecord) {
+        if let Some(key) = job.result_key.as_deref().and_then(Key::from_hex) {
+            self.pull_shared(&key).await;
+        }
     }
 
     /// True unless a shared store is configured and cannot be reached now (for `/readyz`).
@@ -476,6 +598,8 @@ impl Ops {
             updated: now,
             result_key: None,
             error: None,
+            runner: self.shared.as_ref().map(|s| s.me().to_string()),
+            heartbeat: self.shared.is_some().then_some(now),
         };
         let saved = {
             let (ops, job) = (self.clone(), job.clone());
@@ -485,6 +609,21 @@ impl Ops {
             tracing::error!("cannot record job {}: {e}", job.id);
             app.auth.quotas.end_compute(who, day, 0);
             return Err(Problem::internal("the job could not be recorded; the server log has the details"));
+        }
+        // Shared before it is answered: a replica that dies now leaves it to another.
+        if let Some(shared) = &self.shared {
+            if let Err(e) = shared.put_job(&job).await {
+                tracing::error!("cannot share job {}: {e}", job.id);
+                let _ = self
+                    .change(&job.id, |j| {
+                        j.status = Status::Failed;
+                        j.updated = unix_now();
+                        true
+                    })
+                    .await;
+                app.auth.quotas.end_compute(who, day, 0);
+                return Err(Problem::internal("the job could not be recorded; the server log has the details"));
+            }
         }
         app.metrics.add("zarrgate_ops_jobs_total", &[("status", "accepted")], 1);
         Ok(job)
@@ -535,7 +674,19 @@ impl Ops {
                     Ok(leased) => leased,
                     Err(bytes) => return Ok(bytes),
                 };
+                let renewing = leased.then(|| {
+                    let ops = self.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(shared::LEASE / 3).await;
+                            ops.shared.as_ref().expect("leased from it").renew(&key).await;
+                        }
+                    })
+                });
                 let result = self.compute_now(app, plan, dataset, run).await;
+                if let Some(task) = renewing {
+                    task.abort();
+                }
                 if let Ok(bytes) = &result {
                     let (ops, sealed) = (self.clone(), seal(&stored, bytes));
                     let local = sealed.clone();

@@ -28,11 +28,17 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use super::cache::{frame, verify, Key};
 
-/// How long a lease holds without its holder finishing: a computation that takes longer may be
-/// done twice (never wrongly: both write the same bytes under the same key).
-pub const LEASE: Duration = Duration::from_secs(120);
+/// How long a lease holds unless renewed; its holder renews it every third of that while it
+/// computes, so a lease outlives its replica by at most this long. (A holder taken for dead
+/// that still computes only makes the work double, never wrong: both write the same bytes
+/// under the same key.)
+pub const LEASE: Duration = Duration::from_secs(10);
 /// How often a waiting replica looks for the result.
 pub const POLL: Duration = Duration::from_millis(100);
+/// How often a replica shares its jobs and beats for those it runs.
+pub const JOB_BEAT: Duration = Duration::from_secs(1);
+/// Seconds without a heartbeat after which a job is taken over by another replica.
+pub const JOB_STALE: i64 = 10;
 /// Every request to the store gives up after this long (the store is then unreachable).
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -171,14 +177,7 @@ impl SharedStore {
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {}
             Err(e) => return Err(e.to_string()),
         }
-        let (store, p) = (self.store.clone(), path.clone());
-        let current = self
-            .run(async move {
-                let got = store.get(&p).await?;
-                let version = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
-                Ok((got.bytes().await?, version))
-            })
-            .await;
+        let current = self.get_versioned(path.clone()).await;
         let (text, version) = match current {
             Ok(found) => found,
             // released between the create and the read: try again at the next poll
@@ -204,10 +203,74 @@ impl SharedStore {
         }
     }
 
+    /// Extends a lease this replica holds.
+    pub async fn renew(&self, key: &Key) {
+        let body = Bytes::from(format!("{} {}", self.me, now_ms() + LEASE.as_millis() as u64));
+        let (store, path) = (self.store.clone(), self.path("leases", key, ""));
+        let _ = self.run(async move { store.put(&path, PutPayload::from(body)).await }).await;
+    }
+
+    /// An object's bytes with the version a conditional update must name.
+    async fn get_versioned(&self, path: Path) -> object_store::Result<(Bytes, UpdateVersion)> {
+        let store = self.store.clone();
+        self.run(async move {
+            let got = store.get(&path).await?;
+            let version = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
+            Ok((got.bytes().await?, version))
+        })
+        .await
+    }
+
     /// Gives a lease back (after the result is stored, or when the computation failed).
     pub async fn release(&self, key: &Key) {
         let (store, path) = (self.store.clone(), self.path("leases", key, ""));
         let _ = self.run(async move { store.delete(&path).await }).await;
+    }
+
+    /// This replica's name in leases and job records.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Writes a job record for every replica (`jobs/ID.json`).
+    pub async fn put_job(&self, job: &super::jobs::JobRecord) -> Result<(), String> {
+        let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+        let (store, path) = (self.store.clone(), self.prefix.child("jobs").child(format!("{}.json", job.id)));
+        self.run(async move { store.put(&path, PutPayload::from(body)).await })
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Every shared job record, with its version (for [`SharedStore::take_over_job`]).
+    pub async fn list_jobs(&self) -> Result<BTreeMap<String, (super::jobs::JobRecord, UpdateVersion)>, String> {
+        use futures::TryStreamExt as _;
+        let (store, prefix) = (self.store.clone(), self.prefix.child("jobs"));
+        let listed = self.run(async move { store.list(Some(&prefix)).try_collect::<Vec<_>>().await }).await;
+        let mut out = BTreeMap::new();
+        for meta in listed.map_err(|e| e.to_string())? {
+            let Ok((bytes, version)) = self.get_versioned(meta.location).await else { continue };
+            if let Ok(job) = serde_json::from_slice::<super::jobs::JobRecord>(&bytes) {
+                out.insert(job.id.clone(), (job, version));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces a job record only if it is still the version read: true if this replica won.
+    pub async fn take_over_job(&self, job: &super::jobs::JobRecord, version: UpdateVersion) -> Result<bool, String> {
+        let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+        let (store, path) = (self.store.clone(), self.prefix.child("jobs").child(format!("{}.json", job.id)));
+        let put = self
+            .run(async move {
+                store.put_opts(&path, PutPayload::from(body), PutOptions::from(PutMode::Update(version))).await
+            })
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::Precondition { .. } | object_store::Error::NotImplemented) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Reads the store every second, so that `reachable` recovers (and fails) without traffic.

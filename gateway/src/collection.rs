@@ -79,6 +79,9 @@ struct Shared {
     /// The database file connections should read: `catalog.db`, or the current snapshot of a
     /// published catalog (`zarrgate publish`), which the poller follows.
     file: RwLock<PathBuf>,
+    /// The poller's last look at the catalog succeeded (its directory is there and its
+    /// generation could be read), for `/readyz`.
+    readable: AtomicBool,
 }
 
 /// The catalog's settings and joins at one generation.
@@ -141,6 +144,7 @@ impl Collection {
             generation: AtomicU64::new(generation),
             view: RwLock::new(Arc::new(view)),
             file: RwLock::new(db.file()),
+            readable: AtomicBool::new(true),
         });
         spawn_poller(shared.clone(), &catalog_dir)?;
         Ok(Collection {
@@ -179,6 +183,11 @@ impl Collection {
     pub fn with_cache_memory(mut self, bytes: u64) -> Self {
         self.cache = new_cache(bytes);
         self
+    }
+
+    /// False while the catalog cannot be read (its directory or database is gone).
+    pub fn catalog_readable(&self) -> bool {
+        self.shared.readable.load(Ordering::Acquire)
     }
 
     /// Files and joined datasets in the catalog.
@@ -499,6 +508,16 @@ fn spawn_poller(shared: Arc<Shared>, dir: &Path) -> Result<(), String> {
                     },
                     Ok(_) => {}
                     Err(e) => tracing::error!("reading the published catalog: {}", error_chain(&e)),
+                }
+                // An unmounted volume or a removed directory: an open connection would go on
+                // reading the old file, so the directory itself is looked at.
+                let there = std::fs::metadata(&dir).is_ok_and(|m| m.is_dir()) && db.file().exists();
+                if shared.readable.swap(there, Ordering::AcqRel) != there {
+                    if there {
+                        tracing::info!("catalog {} can be read again", dir.display());
+                    } else {
+                        tracing::error!("catalog {} cannot be read: its directory or database is gone", dir.display());
+                    }
                 }
                 let now = match db.generation() {
                     Ok(g) => g,

@@ -52,6 +52,9 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>, peer: Ip
         "/readyz" if !app.ops.as_ref().is_none_or(|o| o.store_reachable()) => {
             return text(StatusCode::SERVICE_UNAVAILABLE, b"the shared object store is unreachable\n")
         }
+        "/readyz" if app.collections.values().any(|c| !c.catalog_readable()) => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, b"a catalog cannot be read\n")
+        }
         "/readyz" => return text(StatusCode::OK, b"ready\n"),
         _ => {}
     }

@@ -414,3 +414,29 @@ def test_an_unknown_log_level_is_refused_with_the_choices():
     proc = subprocess.run([*zarrgate_bin(), "--log-level", "loud", "keys", "list"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "possible values: error, warn, info, debug, trace" in proc.stderr
+
+
+def test_readiness_fails_while_the_catalog_cannot_be_read(tree):
+    _, catalog = tree
+    gw = start_gateway(None, "ready", catalog)
+    away = catalog.with_name("catalog.away")
+    try:
+        assert get(f"{gw.endpoint}/readyz")[0] == 200
+        catalog.rename(away)  # an unmounted volume, say
+        deadline = time.monotonic() + 5
+        while get(f"{gw.endpoint}/readyz")[0] != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status, body = get(f"{gw.endpoint}/readyz")
+        assert status == 503 and body == b"a catalog cannot be read\n"
+        assert get(f"{gw.endpoint}/healthz")[0] == 200
+        away.rename(catalog)
+        deadline = time.monotonic() + 5
+        while get(f"{gw.endpoint}/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert get(f"{gw.endpoint}/readyz")[0] == 200
+    finally:
+        if away.exists():
+            away.rename(catalog)
+        gw.stop()
+    assert "cannot be read: its directory or database is gone" in "".join(gw.log)
+    assert "can be read again" in "".join(gw.log)

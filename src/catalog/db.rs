@@ -219,10 +219,15 @@ impl CatalogDb {
         let err = db_err(path);
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(format!("{}?immutable=1", file_uri(path)), flags).map_err(&err)?;
+        Self::checked(conn, path)
+    }
+
+    /// A connection to a catalog this build can read (not one of a newer format).
+    fn checked(conn: Connection, path: &Path) -> Result<Self, CatalogError> {
         let format: Option<i64> = conn
             .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| r.get::<_, String>(0))
             .optional()
-            .map_err(&err)?
+            .map_err(db_err(path))?
             .and_then(|v| v.parse().ok());
         if format.is_some_and(|f| f > FORMAT) {
             return Err(CatalogError::Newer { path: path.into() });
@@ -299,15 +304,7 @@ impl CatalogDb {
         } else {
             conn.execute_batch(SCHEMA).map_err(&err)?;
         }
-        let format: Option<i64> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| r.get::<_, String>(0))
-            .optional()
-            .map_err(&err)?
-            .and_then(|v| v.parse().ok());
-        if format.is_some_and(|f| f > FORMAT) {
-            return Err(CatalogError::Newer { path: path.into() });
-        }
-        Ok(CatalogDb { conn })
+        Self::checked(conn, path)
     }
 
     fn path(&self) -> PathBuf {

@@ -96,10 +96,16 @@ burst = {BURST}.0
             else:
                 raise AssertionError(f"replica {i} did not start: {(self.root / f'replica{i}.log').read_text()[-2000:]}")
         self.lb = start_proxy([e for _, e in self.replicas], self.root / "nginx")
-        deadline = time.monotonic() + 30
-        while not all(request(f"{e}/readyz").status == 200 for _, e in self.replicas):
-            assert time.monotonic() < deadline, "the replicas never became ready"
+        assert self.wait_ready(200, 30), "the replicas never became ready"
+
+    def wait_ready(self, status: int, seconds: float) -> bool:
+        """Waits until every replica's /readyz answers `status`; false if that took too long."""
+        deadline = time.monotonic() + seconds
+        while not all(request(f"{e}/readyz").status == status for _, e in self.replicas):
+            if time.monotonic() > deadline:
+                return False
             time.sleep(0.1)
+        return True
 
     def publish(self) -> str:
         """Indexes the data and publishes the catalog to the replicas' shared directory."""
@@ -201,11 +207,7 @@ def test_with_the_database_down_public_reads_go_on_and_keys_wait(cluster):
     finally:
         cluster.pg.start()
     # back by itself, on every replica
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if all(request(f"{e}/readyz").status == 200 for _, e in cluster.replicas):
-            break
-        time.sleep(0.1)
+    cluster.wait_ready(200, 10)
     for _, endpoint in cluster.replicas:
         assert request(f"{endpoint}/readyz").status == 200
         assert request(f"{endpoint}/closed/{DATASET}/.zmetadata", bearer(cluster.reader)).status == 200
@@ -271,11 +273,7 @@ def test_the_same_average_through_every_replica_is_computed_once(cluster):
 def test_with_the_object_store_down_operations_answer_and_jobs_wait(cluster):
     cluster.moto.stop()
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if all(request(f"{e}/readyz").status == 503 for _, e in cluster.replicas):
-                break
-            time.sleep(0.2)
+        cluster.wait_ready(503, 10)
         for _, endpoint in cluster.replicas:
             assert request(f"{endpoint}/readyz").body == b"the shared object store is unreachable\n"
         # computed here, not shared
@@ -290,10 +288,7 @@ def test_with_the_object_store_down_operations_answer_and_jobs_wait(cluster):
     finally:
         cluster.moto.start()
         cluster.moto.create_bucket("zarrgate-ops")
-    deadline = time.monotonic() + 10
-    while not all(request(f"{e}/readyz").status == 200 for _, e in cluster.replicas):
-        assert time.monotonic() < deadline, "the replicas did not recover"
-        time.sleep(0.2)
+    assert cluster.wait_ready(200, 10), "the replicas did not recover"
 
 
 def test_an_async_job_outlives_its_replica(cluster):

@@ -16,10 +16,10 @@
 //! The client runs on a small runtime of its own: the gateway's worker runtimes each drive
 //! their own connections, and the store's connection pool must outlive any one request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -50,7 +50,11 @@ pub struct SharedStore {
     reachable: Arc<AtomicBool>,
     /// This replica, in the leases it writes.
     me: String,
+    /// Job records as last read, by location: (ETag, record, version).
+    jobs_seen: Mutex<HashMap<String, JobSeen>>,
 }
+
+type JobSeen = (Option<String>, super::jobs::JobRecord, UpdateVersion);
 
 /// What [`SharedStore::lease`] found.
 #[derive(Debug, PartialEq, Eq)]
@@ -95,8 +99,14 @@ impl SharedStore {
             .build()
             .map_err(|e| format!("cannot start the object store's runtime: {e}"))?;
         let me = format!("{}:{}", hostname(), std::process::id());
-        let shared =
-            SharedStore { store, prefix, runtime: Some(runtime), reachable: Arc::new(AtomicBool::new(true)), me };
+        let shared = SharedStore {
+            store,
+            prefix,
+            runtime: Some(runtime),
+            reachable: Arc::new(AtomicBool::new(true)),
+            me,
+            jobs_seen: Mutex::default(),
+        };
         shared.spawn_probe();
         Ok(shared)
     }
@@ -247,13 +257,27 @@ impl SharedStore {
         use futures::TryStreamExt as _;
         let (store, prefix) = (self.store.clone(), self.prefix.child("jobs"));
         let listed = self.run(async move { store.list(Some(&prefix)).try_collect::<Vec<_>>().await }).await;
+        let listed = listed.map_err(|e| e.to_string())?;
+        // Records whose ETag the listing shows unchanged are not read again: a replica lists
+        // every second, and most records do not change between two looks.
+        let mut seen = std::mem::take(&mut *self.jobs_seen.lock().unwrap_or_else(|p| p.into_inner()));
         let mut out = BTreeMap::new();
-        for meta in listed.map_err(|e| e.to_string())? {
-            let Ok((bytes, version)) = self.get_versioned(meta.location).await else { continue };
-            if let Ok(job) = serde_json::from_slice::<super::jobs::JobRecord>(&bytes) {
-                out.insert(job.id.clone(), (job, version));
-            }
+        let mut kept = HashMap::new();
+        for meta in listed {
+            let known =
+                seen.remove(meta.location.as_ref()).filter(|(etag, ..)| meta.e_tag.is_some() && *etag == meta.e_tag);
+            let (etag, job, version) = match known {
+                Some(entry) => entry,
+                None => {
+                    let Ok((bytes, version)) = self.get_versioned(meta.location.clone()).await else { continue };
+                    let Ok(job) = serde_json::from_slice::<super::jobs::JobRecord>(&bytes) else { continue };
+                    (version.e_tag.clone(), job, version)
+                }
+            };
+            out.insert(job.id.clone(), (job.clone(), version.clone()));
+            kept.insert(meta.location.to_string(), (etag, job, version));
         }
+        *self.jobs_seen.lock().unwrap_or_else(|p| p.into_inner()) = kept;
         Ok(out)
     }
 

@@ -53,6 +53,7 @@ bench: build
 	$(PY) benches/compare_ops.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 	$(PY) benches/compare_join.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 	$(PY) benches/compare_replicas.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
+	$(PY) benches/compare_discovery.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 
 fixtures: venv
 	$(PY) fixtures/generate.py

@@ -136,6 +136,29 @@ def listing(client: Client, prefix: str, delimiter: str | None, repeat: int = 5)
     return {"first_ms": times[0] * 1e3, "median_ms": statistics.median(times) * 1e3, "entries": entries}
 
 
+def stac_search(client: Client, ids: list[str], repeat: int = 200) -> dict:
+    """STAC searches over the whole archive, each kind `repeat` times: p50 and p99."""
+    rng = random.Random(11)
+    kinds = {
+        "facet_match": lambda: {"query": json.dumps({"source_id": {"eq": "AWI-ESM-1-1-LR"}})},
+        "facet_none": lambda: {"query": json.dumps({"variable_id": {"eq": "pr"}})},
+        "bbox_datetime": lambda: {"bbox": "-10,35,30,60", "datetime": "1855-01-01T00:00:00Z/1856-01-01T00:00:00Z"},
+        "datetime_none": lambda: {"datetime": "3000-01-01T00:00:00Z/.."},
+        "ids": lambda: {"ids": rng.choice(ids)},
+        "page_after_token": lambda: {"limit": "10", "token": f"next:arch:{rng.choice(ids)}"},
+    }
+    out = {}
+    for kind, params in kinds.items():
+        times, returned = [], 0
+        for _ in range(repeat):
+            status, body, secs = client.get("/stac/search?" + urllib.parse.urlencode(params()))
+            assert status == 200, body[:300]
+            times.append(secs)
+            returned = len(json.loads(body)["features"])
+        out[kind] = {"p50_ms": percentile(times, 50) * 1e3, "p99_ms": percentile(times, 99) * 1e3, "returned": returned}
+    return out
+
+
 def kerchunk_bytes(path: Path) -> int | None:
     try:
         from kerchunk.hdf import SingleHdf5ToZarr
@@ -193,6 +216,7 @@ def measure(exe: str, source: Path, work: Path, n: int, sample: int) -> dict:
         out["list_members_delimiter"] = listing(client, f"{MODEL}/", "/")
         out["list_files_delimiter"] = listing(client, f"{member_dir(0)}/", "/")
         out["list_no_delimiter"] = listing(client, "", None)
+        out["stac_search"] = stac_search(client, ids)
         out["rss_end_mb"] = rss_mb(proc.pid)
 
         # One file changed (written again in place), then the catalog brought up to date.

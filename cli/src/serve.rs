@@ -132,9 +132,13 @@ pub fn serve(
     };
     let db = config.auth_db.clone().unwrap_or_else(default_auth_db);
     let auth = zarrgate_gateway::auth::Auth::start(db, config.quotas.clone())?;
-    let mut app = AppBuilder::new(collections, auth).metrics_policy(config.metrics.clone()).trusted_proxies(
-        TrustedProxies::new(config.trusted_proxies.clone(), config.trusted_proxy_header.unwrap_or_default()),
-    );
+    let mut app = AppBuilder::new(collections, auth)
+        .metrics_policy(config.metrics.clone())
+        .trusted_proxies(TrustedProxies::new(
+            config.trusted_proxies.clone(),
+            config.trusted_proxy_header.unwrap_or_default(),
+        ))
+        .public_url(config.public_url.clone(), scheme);
     if let Some(target) = &config.access_log {
         use zarrgate_gateway::access_log::{AccessLog, Target};
         app = app.access_log(AccessLog::open(&Target::parse(target), config.access_log_format.unwrap_or_default())?);

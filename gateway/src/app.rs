@@ -31,6 +31,10 @@ pub struct App {
     pub access_log: Option<crate::access_log::AccessLog>,
     /// Bounds the reads handed to the blocking pool.
     pub reads: Arc<tokio::sync::Semaphore>,
+    /// The URL clients reach the gateway at, for absolute links (`public_url`); by default
+    /// `scheme://` and the request's `Host`.
+    pub public_url: Option<String>,
+    pub scheme: &'static str,
 }
 
 impl App {
@@ -38,6 +42,21 @@ impl App {
     pub fn request_id(&self) -> String {
         let n = self.next_request.fetch_add(1, Ordering::Relaxed);
         format!("{:08X}{:010X}", self.request_prefix, n & 0xFF_FFFF_FFFF)
+    }
+}
+
+impl App {
+    /// The gateway's absolute URL as a client of this request reaches it (no trailing slash).
+    pub fn base_url(&self, headers: &hyper::HeaderMap) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        let host = headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b)))
+            .unwrap_or("localhost");
+        format!("{}://{host}", self.scheme)
     }
 }
 
@@ -57,6 +76,8 @@ pub struct AppBuilder {
     ops: Option<Arc<crate::ops::Ops>>,
     metrics_policy: Option<Policy>,
     proxies: TrustedProxies,
+    public_url: Option<String>,
+    scheme: &'static str,
 }
 
 impl AppBuilder {
@@ -68,6 +89,8 @@ impl AppBuilder {
             ops: None,
             metrics_policy: None,
             proxies: TrustedProxies::default(),
+            public_url: None,
+            scheme: "http",
         }
     }
 
@@ -94,6 +117,13 @@ impl AppBuilder {
         self
     }
 
+    /// How links name the gateway: `public_url` if set, else `scheme` and the request's host.
+    pub fn public_url(mut self, public_url: Option<String>, scheme: &'static str) -> Self {
+        self.public_url = public_url;
+        self.scheme = scheme;
+        self
+    }
+
     pub fn build(self) -> App {
         let restricted = self.collections.iter().any(|c| !c.read.is_public());
         let default_metrics = if restricted { Policy::Authenticated } else { Policy::Public };
@@ -113,6 +143,8 @@ impl AppBuilder {
             request_prefix: request_prefix(),
             access_log: self.access_log,
             reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS)),
+            public_url: self.public_url,
+            scheme: self.scheme,
         }
     }
 }

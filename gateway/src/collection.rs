@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use zarrgate_core::catalog::db::published;
-use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, EntryStatus, Kind};
+use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, EntryStatus, ItemQuery, ItemsExtent, Kind};
 use zarrgate_core::error_chain;
 use zarrgate_core::join::doc::JoinDoc;
 
@@ -193,6 +193,26 @@ impl Collection {
     /// Files and joined datasets in the catalog.
     pub fn counts(&self) -> Result<(u64, u64), String> {
         self.with_db(|db| db.counts())
+    }
+
+    /// Discovery records matching `q` (see [`CatalogDb::items`]).
+    pub fn items(&self, q: &ItemQuery) -> Result<Vec<(String, zarrgate_core::catalog::Item)>, String> {
+        self.with_db(|db| db.items(q))
+    }
+
+    /// The box and time range of every record, and how many there are.
+    pub fn items_extent(&self) -> Result<ItemsExtent, String> {
+        self.with_db(|db| db.items_extent())
+    }
+
+    /// Datasets whose ids start with directory `dir` (`""` for the whole bucket).
+    pub fn count_under(&self, dir: &str) -> Result<u64, String> {
+        self.with_db(|db| db.count_under(dir))
+    }
+
+    /// Whether `id` is a dataset of the catalog (a file or a join), and which.
+    pub fn kind_of(&self, id: &str) -> Result<Option<Kind>, String> {
+        self.with_db(|db| db.kind_of(&format!("{id}/")))
     }
 
     /// Bytes of loaded datasets held now (an estimate), and how many.

@@ -77,6 +77,10 @@ pub struct Config {
     pub cache_memory: Option<String>,
     #[serde(default)]
     pub quotas: QuotaConfig,
+    /// The URL clients reach the gateway at (`https://data.example.org`), for the absolute
+    /// links of the STAC and OGC API documents and the pages' snippets; by default the
+    /// request's `Host` with the listener's scheme.
+    pub public_url: Option<String>,
     #[serde(default)]
     pub collections: Vec<CollectionConfig>,
     /// Server-side operations (see docs/operations.md); the directory defaults to
@@ -171,7 +175,8 @@ impl Config {
 /// S3 bucket naming rules (3–63 lowercase letters, digits, dots and hyphens), minus the names
 /// of our own endpoints.
 /// Paths the gateway serves itself, so no bucket may have their names.
-pub const RESERVED_BUCKETS: &[&str] = &["healthz", "readyz", "metrics", "ops", "processes", "jobs", "results"];
+pub const RESERVED_BUCKETS: &[&str] =
+    &["healthz", "readyz", "metrics", "ops", "processes", "jobs", "results", "ogc", "stac", "browse", "kerchunk"];
 
 pub fn check_bucket_name(name: &str) -> Result<(), ConfigError> {
     let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');

@@ -22,7 +22,7 @@ use zarrgate_core::join::{self as join, ByteReader, JoinedArray, Mode, INLINE};
 
 use crate::source::{ReadError, Sources};
 use zarrgate_core::refs::{Reference, ReferenceSet};
-use zarrgate_core::report::{StoredChunk, TranscodeSpec};
+use zarrgate_core::report::{StoredChunk, TranscodeSpec, VariableReport};
 use zarrgate_core::zarr::{consolidated_v2, ArrayMetadataV2, DType, Endian, Kind, Order, Separator, ZarrFormat2};
 
 use crate::transcode::{served_typestr, Pipeline};
@@ -78,6 +78,8 @@ pub struct Dataset {
     pub last_modified: hyper::header::HeaderValue,
     /// Variables left out, with the reason.
     pub notes: Vec<String>,
+    /// What the indexer did with each variable of a file (empty for joins).
+    pub statuses: BTreeMap<String, VariableReport>,
 }
 
 fn etag(parts: &[&[u8]]) -> String {
@@ -181,6 +183,7 @@ impl Dataset {
             modified,
             last_modified: http_date(modified),
             notes,
+            statuses: set.meta.as_ref().map(|m| m.variables.clone()).unwrap_or_default(),
         })
     }
 
@@ -211,6 +214,7 @@ impl Dataset {
             modified,
             last_modified: http_date(modified),
             notes: doc.notes,
+            statuses: BTreeMap::new(),
         })
     }
 

@@ -16,6 +16,7 @@
 //! - [`s3`]: the S3 API (routing, listing, ranges, conditionals, XML errors).
 //! - [`auth`]: SigV4 and bearer keys, policies, quotas, usage (SQLite).
 //! - [`ops`]: server-side subset and average: HTTP and OGC API, result cache, jobs.
+//! - [`web`]: discovery: HTML pages (`/browse/`), the STAC API (`/stac`), Kerchunk downloads.
 //! - [`metrics`]: Prometheus counters.
 //! - [`body`]: response bodies, streaming large byte ranges.
 //! - [`sendfile`]: zero-copy sending of large byte ranges through the connection's I/O.
@@ -48,6 +49,7 @@ pub mod store;
 pub mod tls;
 pub mod transcode;
 pub mod util;
+pub mod web;
 
 pub use app::{App, AppBuilder};
 pub use collection::{Collection, Reindex};

@@ -32,6 +32,8 @@ use crate::util::{decode_component, parse_query};
 enum Face {
     S3,
     Ops,
+    /// Pages, STAC and Kerchunk downloads ([`crate::web`]).
+    Web,
 }
 
 /// Answers one request from `peer`.
@@ -173,10 +175,17 @@ async fn answer(
 ) -> (HttpResponse, Principal) {
     let request_id = request_id.to_string();
     let raw_path = req.uri().path().to_string();
-    let face = if ops_http::is_ops_path(&raw_path) { Face::Ops } else { Face::S3 };
+    let face = if ops_http::is_ops_path(&raw_path) {
+        Face::Ops
+    } else if crate::web::is_web_path(&raw_path) {
+        Face::Web
+    } else {
+        Face::S3
+    };
     let head = req.method() == Method::HEAD;
     let label = |path: &str| match face {
         Face::Ops => "ops".to_string(),
+        Face::Web => "web".to_string(),
         Face::S3 => s3::bucket_of(&app, path, req.headers()),
     };
 
@@ -188,7 +197,7 @@ async fn answer(
             Err(refusal) => refused(&app, face, &refusal, "", &raw_path, &request_id, head),
             Ok(()) => match face {
                 Face::S3 => s3::error_response(&app, &s3::invalid_uri(), "", &raw_path, &request_id, head),
-                Face::Ops => ops_http::problem_response(&zarrgate_core::ops::Problem::invalid(
+                Face::Ops | Face::Web => ops_http::problem_response(&zarrgate_core::ops::Problem::invalid(
                     "query",
                     "the URL is not valid UTF-8 once decoded",
                 )),
@@ -223,6 +232,7 @@ async fn answer(
     } else {
         match face {
             Face::Ops => ops_http::handle(app.clone(), req, who.clone(), query).await,
+            Face::Web => crate::web::handle(app.clone(), req, who.clone(), path.clone(), query).await,
             Face::S3 => {
                 let call = s3::S3Call { who: &who, request_id: &request_id, path: &path, query };
                 s3::handle(&app, &req, call).await
@@ -245,7 +255,7 @@ fn refused(
 ) -> HttpResponse {
     match face {
         Face::S3 => s3::error_response(app, &s3::refusal_error(refusal), bucket, resource, request_id, head),
-        Face::Ops => {
+        Face::Ops | Face::Web => {
             let code = match refusal {
                 crate::auth::Refusal::Quota(_) => None,
                 crate::auth::Refusal::Auth(_) => Some(s3::refusal_error(refusal).code),

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
-use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, EntryStatus, Fingerprint, JoinEntry, JoinRow};
-use zarrgate_core::join::doc::{JoinDoc, SourceFile};
+use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, EntryStatus, Fingerprint, Item, JoinEntry, JoinRow};
+use zarrgate_core::join::doc::{DocSource, JoinDoc, SourceFile};
 use zarrgate_core::join::{parallel_map, ByteReader, CoordValue, Edit, Force, Joiner, Member, Node};
 use zarrgate_core::ops::store::{parse_json, Attrs};
 use zarrgate_core::refs::{Reference, ReferenceSet};
@@ -276,9 +276,16 @@ fn ncml_files(node: &NcNode, out: &mut BTreeSet<String>) {
 }
 
 /// Reads member files by position, opening each once.
-struct Files {
+pub(crate) struct Files {
     paths: Vec<PathBuf>,
     open: Vec<OnceLock<std::io::Result<std::fs::File>>>,
+}
+
+impl Files {
+    pub(crate) fn new(paths: Vec<PathBuf>) -> Files {
+        let open = paths.iter().map(|_| OnceLock::new()).collect();
+        Files { paths, open }
+    }
 }
 
 impl ByteReader for Files {
@@ -297,6 +304,8 @@ impl ByteReader for Files {
 /// A joined dataset as it should now be in the catalog.
 pub struct Built {
     pub row: JoinRow,
+    /// What discovery knows of it (for a changed, built join).
+    pub item: Option<Item>,
     /// False when the stored row is current (its inputs did not change).
     pub changed: bool,
 }
@@ -316,7 +325,7 @@ pub fn build_all(
             Ok(d) => d,
             Err((id, error)) => {
                 let row = JoinRow { id, entry: JoinEntry::failed(vec![], error, String::new()), doc: None };
-                joins.push(Built { row, changed: true });
+                joins.push(Built { row, item: None, changed: true });
                 continue;
             }
         };
@@ -338,6 +347,7 @@ fn build_one(
 ) -> Result<Built, CatalogError> {
     let failed = |members, error, inputs| Built {
         row: JoinRow { id: def.id.clone(), entry: JoinEntry::failed(members, error, inputs), doc: None },
+        item: None,
         changed: true,
     };
     let members = match resolve_members(def, files, db)? {
@@ -348,12 +358,12 @@ fn build_one(
     if reuse {
         if let Some(old) = db.join(&def.id)? {
             if old.entry.inputs == inputs {
-                return Ok(Built { row: old, changed: false });
+                return Ok(Built { row: old, item: None, changed: false });
             }
         }
     }
     Ok(match build(root, db, def, &members) {
-        Ok((doc, notes)) => {
+        Ok((doc, notes, item)) => {
             let members = members.into_iter().map(|(m, _)| m).collect();
             let entry = JoinEntry {
                 status: EntryStatus::Ok,
@@ -363,7 +373,7 @@ fn build_one(
                 notes,
                 inputs,
             };
-            Built { row: JoinRow { id: def.id.clone(), entry, doc: Some(doc) }, changed: true }
+            Built { row: JoinRow { id: def.id.clone(), entry, doc: Some(doc) }, item, changed: true }
         }
         Err(e) => failed(members.into_iter().map(|(m, _)| m).collect(), e, inputs),
     })
@@ -426,12 +436,15 @@ fn inputs_key(def: &Definition, members: &[(String, Fingerprint)]) -> Result<Str
 }
 
 /// The deflated join document and the join's notes.
+/// A built join: its deflated document, the notes of the join, and its discovery record.
+type BuiltDoc = (Vec<u8>, Vec<String>, Option<Item>);
+
 fn build(
     root: &Path,
     db: &CatalogDb,
     def: &Definition,
     members: &[(String, Fingerprint)],
-) -> Result<(Vec<u8>, Vec<String>), String> {
+) -> Result<BuiltDoc, String> {
     let mut packed = Vec::with_capacity(members.len());
     for (m, _) in members {
         let row = db.dataset(m).map_err(|e| e.to_string())?;
@@ -449,10 +462,7 @@ fn build(
     })?;
     let index: BTreeMap<&str, usize> = members.iter().enumerate().map(|(i, (m, _))| (m.as_str(), i)).collect();
     let (node, force, edits) = node_of(def, &loaded, &index)?;
-    let reader = Files {
-        paths: members.iter().map(|(m, _)| root.join(m)).collect(),
-        open: members.iter().map(|_| OnceLock::new()).collect(),
-    };
+    let reader = Files::new(members.iter().map(|(m, _)| root.join(m)).collect());
     let joiner = Joiner::new(&loaded, &reader, force).map_err(|e| e.to_string())?;
     let mut joined = joiner.join(&node).map_err(|e| e.to_string())?;
     joined.apply(&edits).map_err(|e| e.to_string())?;
@@ -460,7 +470,9 @@ fn build(
     let sources =
         members.iter().map(|(m, fingerprint)| SourceFile { path: m.clone(), fingerprint: *fingerprint }).collect();
     let doc = JoinDoc::new(joined, sources);
-    Ok((packed::deflate(&doc.to_json_bytes()), notes))
+    // A join whose description fails is still served; it is only not found by search.
+    let item = Item::describe(&def.id, &DocSource { doc: &doc, reader: &reader }).ok();
+    Ok((packed::deflate(&doc.to_json_bytes()), notes, item))
 }
 
 /// The join tree of a definition over its loaded members.

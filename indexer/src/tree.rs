@@ -10,7 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, DatasetRow, EntryStatus, Fingerprint, Settings};
+use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, DatasetRow, EntryStatus, Fingerprint, Item, Settings};
+use zarrgate_core::join::RefSource;
 use zarrgate_core::report::VariableStatus;
 
 use zarrgate_core::refs::ReferenceSet;
@@ -166,7 +167,8 @@ pub fn index_tree(
             w.clear()
         })?;
     }
-    let reuse = same_tree && !options.force;
+    // A catalog written before discovery records were kept is described again, once.
+    let reuse = same_tree && !options.force && (total == 0 || db.described()?);
     let mut summary = TreeSummary { removed: if same_tree { 0 } else { total as usize }, ..Default::default() };
     progress.start(files.len());
     // Indexes into `files`: no second list of paths.
@@ -181,7 +183,7 @@ pub fn index_tree(
             todo.push(i as u32);
         }
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<DatasetRow>(BATCH_ROWS);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(DatasetRow, Option<Item>)>(BATCH_ROWS);
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| -> Result<(), TreeError> {
         for _ in 0..options.jobs.max(1) {
@@ -193,23 +195,25 @@ pub fn index_tree(
                 let path = root.join(rel);
                 let fingerprint = Fingerprint::of_path(&path).unwrap_or_default();
                 let url = options.url_prefix.as_ref().map(|p| format!("{}{rel}", with_slash(p)));
-                let row = row_of(rel, fingerprint, indexer.index(&path, url));
-                if tx.send(row).is_err() {
+                let indexed = indexer.index(&path, url);
+                let item = indexed.as_ref().ok().and_then(|set| describe(rel, &path, set));
+                let row = row_of(rel, fingerprint, indexed);
+                if tx.send((row, item)).is_err() {
                     break;
                 }
             });
         }
         drop(tx);
-        let mut batch: Vec<DatasetRow> = Vec::with_capacity(BATCH_ROWS);
+        let mut batch: Vec<(DatasetRow, Option<Item>)> = Vec::with_capacity(BATCH_ROWS);
         let mut since = std::time::Instant::now();
-        for row in rx {
+        for (row, item) in rx {
             match row.status {
                 EntryStatus::Ok => summary.ok += 1,
                 EntryStatus::Partial => summary.partial += 1,
                 EntryStatus::Failed => summary.failed += 1,
             }
             progress.file(&row.id, Outcome::Indexed(row.status));
-            batch.push(row);
+            batch.push((row, item));
             if batch.len() >= BATCH_ROWS || since.elapsed() >= COMMIT_EVERY {
                 commit(&mut db, &mut batch)?;
                 since = std::time::Instant::now();
@@ -233,18 +237,27 @@ pub fn index_tree(
         db.write(|w| {
             for built in joins.iter().filter(|b| b.changed) {
                 w.put_join(&built.row)?;
+                w.put_item(&built.row.id, built.item.as_ref())?;
             }
             w.retain_joins(&ids)
         })?;
     }
+    if !db.described()? {
+        db.write(|w| w.set_described())?;
+    }
     Ok(summary)
 }
 
-fn commit(db: &mut CatalogDb, batch: &mut Vec<DatasetRow>) -> Result<(), TreeError> {
+fn commit(db: &mut CatalogDb, batch: &mut Vec<(DatasetRow, Option<Item>)>) -> Result<(), TreeError> {
     if batch.is_empty() {
         return Ok(());
     }
-    db.write(|w| batch.iter().try_for_each(|row| w.put_dataset(row)))?;
+    db.write(|w| {
+        batch.iter().try_for_each(|(row, item)| {
+            w.put_dataset(row)?;
+            w.put_item(&row.id, item.as_ref())
+        })
+    })?;
     batch.clear();
     Ok(())
 }
@@ -339,6 +352,13 @@ fn row_of(rel: &str, fingerprint: Fingerprint, result: Result<ReferenceSet, Stri
             DatasetRow { id: rel.to_string(), fingerprint, status: EntryStatus::Failed, error: Some(msg), refs: None }
         }
     }
+}
+
+/// The discovery record of an indexed file, read through its references (`None` when its
+/// metadata cannot be read: the file is still served, only not found by search).
+fn describe(rel: &str, path: &Path, set: &ReferenceSet) -> Option<Item> {
+    let reader = crate::join::Files::new(vec![path.to_path_buf()]);
+    Item::describe(rel, &RefSource { refs: set, reader: &reader, source: 0 }).ok()
 }
 
 fn with_slash(prefix: &str) -> String {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _};
 
+use super::items::Item;
 use super::{Catalog, CatalogError, EntryStatus, Fingerprint, JoinEntry, CATALOG_FILE};
 
 pub const DB_FILE: &str = "catalog.db";
@@ -84,6 +85,18 @@ CREATE TABLE IF NOT EXISTS joins (
     prefix TEXT PRIMARY KEY, status TEXT NOT NULL, members TEXT NOT NULL, doc BLOB,
     error TEXT, notes TEXT NOT NULL, inputs TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS items (
+    prefix TEXT PRIMARY KEY, west REAL, south REAL, east REAL, north REAL, start TEXT, stop TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS items_start ON items (start);
+CREATE INDEX IF NOT EXISTS items_stop ON items (stop);
+CREATE TABLE IF NOT EXISTS item_docs (
+    prefix TEXT PRIMARY KEY, facets TEXT NOT NULL, properties TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS facets (
+    name TEXT NOT NULL, value TEXT NOT NULL, prefix TEXT NOT NULL, PRIMARY KEY (name, value, prefix)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS facets_of ON facets (prefix);
 ";
 
 /// Row counts kept in `meta` by triggers, so that counting the catalog never scans it. Made
@@ -100,6 +113,52 @@ CREATE TRIGGER IF NOT EXISTS joins_added AFTER INSERT ON joins
 CREATE TRIGGER IF NOT EXISTS joins_removed AFTER DELETE ON joins
     BEGIN UPDATE meta SET value = CAST(value AS INTEGER) - 1 WHERE key = 'joins'; END;
 ";
+
+/// A search of the discovery records; every part given must match.
+#[derive(Clone, Debug, Default)]
+pub struct ItemQuery {
+    /// West, south, east, north: records whose box meets it.
+    pub bbox: Option<[f64; 4]>,
+    /// RFC 3339 bounds: records whose time range meets them.
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub ids: Vec<String>,
+    /// Facet name and the values it may have.
+    pub facets: Vec<(String, Vec<String>)>,
+    /// Records after this id (a page's last).
+    pub after: String,
+    pub limit: usize,
+}
+
+/// The union of a catalog's discovery records: box, first and last time, and how many.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ItemsExtent {
+    pub bbox: Option<[f64; 4]>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub count: u64,
+}
+
+fn item_of_row(r: &rusqlite::Row) -> rusqlite::Result<(String, Item)> {
+    let b: [Option<f64>; 4] = [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?];
+    let bbox = match b {
+        [Some(w), Some(s), Some(e), Some(n)] => Some([w, s, e, n]),
+        _ => None,
+    };
+    let facets: String = r.get(7)?;
+    let properties: String = r.get(8)?;
+    let item = Item {
+        bbox,
+        start: r.get(5)?,
+        end: r.get(6)?,
+        facets: serde_json::from_str(&facets).unwrap_or_default(),
+        properties: match serde_json::from_str(&properties) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => Default::default(),
+        },
+    };
+    Ok((id_of(r.get(0)?), item))
+}
 
 /// One indexed file.
 #[derive(Clone, Debug, PartialEq)]
@@ -516,6 +575,119 @@ impl CatalogDb {
 
     /// Datasets and joins in the catalog, from the counters (a scan only for a database made
     /// before them).
+    /// Whether discovery records were written for every dataset (false for a catalog written
+    /// before they were kept).
+    pub fn described(&self) -> Result<bool, CatalogError> {
+        Ok(self.meta("described")?.is_some())
+    }
+
+    /// Files and joined datasets whose ids start with `dir` (a directory, ending with `/`).
+    pub fn count_under(&self, dir: &str) -> Result<u64, CatalogError> {
+        let end = format!("{dir}\u{10FFFF}");
+        self.conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM datasets WHERE prefix > ?1 AND prefix < ?2)
+                      + (SELECT count(*) FROM joins WHERE prefix > ?1 AND prefix < ?2)",
+                [dir, &end],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(self.err())
+    }
+
+    fn has_items(&self) -> Result<bool, CatalogError> {
+        self.conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'items')", [], |r| r.get(0))
+            .map_err(self.err())
+    }
+
+    /// The discovery records that match `q`, in id order: at most `q.limit`, after `q.after`.
+    /// (A catalog written before records were kept has none.)
+    pub fn items(&self, q: &ItemQuery) -> Result<Vec<(String, Item)>, CatalogError> {
+        if !self.has_items()? {
+            return Ok(Vec::new());
+        }
+        // The narrow table is searched; the documents are read for the page's rows only.
+        let mut sql = String::from(
+            "SELECT prefix, west, south, east, north, start, stop, d.facets, d.properties
+             FROM items JOIN item_docs d USING (prefix) WHERE prefix > ?1",
+        );
+        let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(prefix_of(&q.after))];
+        if q.after.is_empty() {
+            args[0] = Box::new(String::new());
+        }
+        let mut arg = |sql: &mut String, text: &str, value: Box<dyn rusqlite::ToSql>| {
+            args.push(value);
+            sql.push_str(&text.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some([w, s, e, n]) = q.bbox {
+            arg(&mut sql, " AND north >= ?", Box::new(s));
+            arg(&mut sql, " AND south <= ?", Box::new(n));
+            // Longitude arcs: a box crossing 180° (west > east) is two.
+            let arcs = if w <= e { vec![(w, e)] } else { vec![(w, 180.0), (-180.0, e)] };
+            sql.push_str(" AND (");
+            for (i, (a, b)) in arcs.into_iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                arg(&mut sql, "(west <= east AND east >= ?", Box::new(a));
+                arg(&mut sql, " AND west <= ?)", Box::new(b));
+                arg(&mut sql, " OR (west > east AND (east >= ?", Box::new(a));
+                arg(&mut sql, " OR west <= ?))", Box::new(b));
+            }
+            sql.push(')');
+        }
+        if let Some(a) = &q.start {
+            arg(&mut sql, " AND stop >= ?", Box::new(a.clone()));
+        }
+        if let Some(b) = &q.end {
+            arg(&mut sql, " AND start <= ?", Box::new(b.clone()));
+        }
+        if !q.ids.is_empty() {
+            sql.push_str(" AND prefix IN (");
+            for (i, id) in q.ids.iter().enumerate() {
+                arg(&mut sql, if i == 0 { "?" } else { ", ?" }, Box::new(prefix_of(id)));
+            }
+            sql.push(')');
+        }
+        for (name, values) in &q.facets {
+            arg(&mut sql, " AND prefix IN (SELECT prefix FROM facets WHERE name = ?", Box::new(name.clone()));
+            sql.push_str(" AND value IN (");
+            for (i, v) in values.iter().enumerate() {
+                arg(&mut sql, if i == 0 { "?" } else { ", ?" }, Box::new(v.clone()));
+            }
+            sql.push_str("))");
+        }
+        arg(&mut sql, " ORDER BY prefix LIMIT ?", Box::new(q.limit as i64));
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(self.err())?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())), item_of_row)
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err())?;
+        Ok(rows)
+    }
+
+    /// The union of every record's box and time range, and how many records there are.
+    pub fn items_extent(&self) -> Result<ItemsExtent, CatalogError> {
+        if !self.has_items()? {
+            return Ok(ItemsExtent::default());
+        }
+        self.conn
+            .query_row(
+                "SELECT min(west), min(south), max(east), max(north), min(start), max(stop), count(*) FROM items",
+                [],
+                |r| {
+                    let b: [Option<f64>; 4] = [r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?];
+                    let bbox = match b {
+                        [Some(w), Some(s), Some(e), Some(n)] => Some([w, s, e, n]),
+                        _ => None,
+                    };
+                    Ok(ItemsExtent { bbox, start: r.get(4)?, end: r.get(5)?, count: r.get::<_, i64>(6)? as u64 })
+                },
+            )
+            .map_err(self.err())
+    }
+
     pub fn counts(&self) -> Result<(u64, u64), CatalogError> {
         let count = |table: &str| -> Result<u64, CatalogError> {
             if let Some(n) = self.meta(table)?.and_then(|v| v.parse::<u64>().ok()) {
@@ -573,9 +745,19 @@ impl Writer<'_> {
             .map_err(self.err)
     }
 
+    /// Records that every dataset has its discovery record.
+    pub fn set_described(&self) -> Result<(), CatalogError> {
+        self.set_meta("described", Some("1"))
+    }
+
     /// Removes every dataset and join.
     pub fn clear(&self) -> Result<(), CatalogError> {
-        self.tx.execute_batch("DELETE FROM datasets; DELETE FROM refs; DELETE FROM joins;").map_err(self.err)
+        self.tx
+            .execute_batch(
+                "DELETE FROM datasets; DELETE FROM refs; DELETE FROM joins; DELETE FROM items; DELETE FROM item_docs;
+                 DELETE FROM facets;",
+            )
+            .map_err(self.err)
     }
 
     pub fn put_dataset(&self, row: &DatasetRow) -> Result<(), CatalogError> {
@@ -626,6 +808,7 @@ impl Writer<'_> {
 
     pub fn remove_dataset(&self, id: &str) -> Result<(), CatalogError> {
         let prefix = prefix_of(id);
+        self.remove_item(&prefix)?;
         self.tx
             .execute("DELETE FROM refs WHERE id = (SELECT refs FROM datasets WHERE prefix = ?1)", [&prefix])
             .map_err(self.err)?;
@@ -654,6 +837,43 @@ impl Writer<'_> {
             .map_err(self.err)
     }
 
+    /// Sets (or with `None`, removes) the discovery record of dataset or join `id`.
+    pub fn put_item(&self, id: &str, item: Option<&Item>) -> Result<(), CatalogError> {
+        let prefix = prefix_of(id);
+        self.remove_item(&prefix)?;
+        let Some(item) = item else { return Ok(()) };
+        let [w, s, e, n] = item.bbox.map_or([None; 4], |b| b.map(Some));
+        let facets = serde_json::to_string(&item.facets).expect("strings serialize");
+        self.tx
+            .execute(
+                "INSERT INTO items (prefix, west, south, east, north, start, stop) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![prefix, w, s, e, n, item.start, item.end],
+            )
+            .map_err(self.err)?;
+        self.tx
+            .execute(
+                "INSERT INTO item_docs (prefix, facets, properties) VALUES (?1, ?2, ?3)",
+                params![prefix, facets, item.properties_json()],
+            )
+            .map_err(self.err)?;
+        for (name, value) in &item.facets {
+            self.tx
+                .execute(
+                    "INSERT OR IGNORE INTO facets (name, value, prefix) VALUES (?1, ?2, ?3)",
+                    params![name, value, prefix],
+                )
+                .map_err(self.err)?;
+        }
+        Ok(())
+    }
+
+    fn remove_item(&self, prefix: &str) -> Result<(), CatalogError> {
+        for table in ["items", "item_docs", "facets"] {
+            self.tx.execute(&format!("DELETE FROM {table} WHERE prefix = ?1"), [prefix]).map_err(self.err)?;
+        }
+        Ok(())
+    }
+
     /// Removes every join not in `keep`.
     pub fn retain_joins(&self, keep: &std::collections::BTreeSet<String>) -> Result<(), CatalogError> {
         let mut stmt = self.tx.prepare("SELECT prefix FROM joins").map_err(self.err)?;
@@ -663,6 +883,7 @@ impl Writer<'_> {
             .map_err(self.err)?;
         for prefix in all {
             if !keep.contains(&id_of(prefix.clone())) {
+                self.remove_item(&prefix)?;
                 self.tx.execute("DELETE FROM joins WHERE prefix = ?1", [&prefix]).map_err(self.err)?;
             }
         }
@@ -792,6 +1013,60 @@ mod tests {
         // the old one, still open, reads as it did
         assert_eq!(reader.counts().unwrap(), (1, 0));
         assert!(matches!(CatalogDb::open(shared.path()), Err(CatalogError::Published { .. })));
+    }
+
+    fn item(bbox: [f64; 4], start: &str, end: &str, source: &str) -> Item {
+        Item {
+            bbox: Some(bbox),
+            start: Some(start.into()),
+            end: Some(end.into()),
+            facets: [("source_id".to_string(), source.to_string())].into(),
+            properties: Default::default(),
+        }
+    }
+
+    #[test]
+    fn items_are_searched_by_box_time_facet_and_id_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = CatalogDb::open(dir.path()).unwrap();
+        db.write(|w| {
+            w.put_item(
+                "a.nc",
+                Some(&item([0.0, 40.0, 20.0, 60.0], "2000-01-01T00:00:00Z", "2000-12-31T00:00:00Z", "X")),
+            )?;
+            w.put_item(
+                "b.nc",
+                Some(&item([170.0, -10.0, -170.0, 10.0], "2001-01-01T00:00:00Z", "2001-12-31T00:00:00Z", "Y")),
+            )?;
+            w.put_item(
+                "c.nc",
+                Some(&item([-180.0, -90.0, 180.0, 90.0], "1990-01-01T00:00:00Z", "2010-01-01T00:00:00Z", "X")),
+            )
+        })
+        .unwrap();
+        let ids_in = |db: &CatalogDb, q: ItemQuery| -> Vec<String> {
+            db.items(&ItemQuery { limit: 10, ..q }).unwrap().into_iter().map(|(id, _)| id).collect()
+        };
+        let ids = |q: ItemQuery| ids_in(&db, q);
+        assert_eq!(ids(ItemQuery::default()), ["a.nc", "b.nc", "c.nc"]);
+        // A box over the Pacific meets the item crossing 180° and the global one.
+        assert_eq!(ids(ItemQuery { bbox: Some([175.0, -5.0, 179.0, 5.0]), ..Default::default() }), ["b.nc", "c.nc"]);
+        // A query box crossing 180° too.
+        assert_eq!(ids(ItemQuery { bbox: Some([160.0, 45.0, 10.0, 50.0]), ..Default::default() }), ["a.nc", "c.nc"]);
+        let during = |a: &str, b: &str| ItemQuery { start: Some(a.into()), end: Some(b.into()), ..Default::default() };
+        assert_eq!(ids(during("2001-06-01T00:00:00Z", "2001-06-02T00:00:00Z")), ["b.nc", "c.nc"]);
+        assert_eq!(ids(during("2020-01-01T00:00:00Z", "2021-01-01T00:00:00Z")), Vec::<String>::new());
+        let facet = |v: &str| ItemQuery { facets: vec![("source_id".into(), vec![v.into()])], ..Default::default() };
+        assert_eq!(ids(facet("X")), ["a.nc", "c.nc"]);
+        assert_eq!(ids(ItemQuery { ids: vec!["b.nc".into()], ..Default::default() }), ["b.nc"]);
+        assert_eq!(ids(ItemQuery { after: "a.nc".into(), ..Default::default() }), ["b.nc", "c.nc"]);
+        // Removing a dataset removes its record.
+        db.write(|w| w.remove_dataset("a.nc")).unwrap();
+        assert_eq!(ids_in(&db, facet("X")), ["c.nc"]);
+        let extent = db.items_extent().unwrap();
+        assert_eq!((extent.bbox, extent.count), (Some([-180.0, -90.0, 180.0, 90.0]), 2));
+        assert_eq!(extent.start.as_deref(), Some("1990-01-01T00:00:00Z"));
+        assert_eq!(extent.end.as_deref(), Some("2010-01-01T00:00:00Z"));
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //! reference sets, and the joined datasets.
 //!
 //! - [`db`]: the catalog database (SQLite), what the indexer writes and the gateway reads.
+//! - [`items`]: what discovery (STAC search) knows of each dataset.
 //! - [`packed`]: the compact stored form of a reference set.
 //! - [`legacy`]: the former directory layout (`catalog.json` and one JSON file per
 //!   dataset), which is the export format and is converted into a database on first use.
 
 pub mod db;
+pub mod items;
 pub mod legacy;
 pub mod packed;
 
-pub use db::{CatalogDb, DatasetRow, JoinRow, Kind, Settings};
+pub use db::{CatalogDb, DatasetRow, ItemQuery, ItemsExtent, JoinRow, Kind, Settings};
+pub use items::Item;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -18,11 +18,11 @@ use std::io::{Read as _, Write as _};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::array::{ChunkRef, Encoding, JoinedArray, Mode, Part};
+use super::array::{ByteReader, ChunkRef, Encoding, JoinedArray, Mode, Part, INLINE, MISSING};
 use super::Joined;
 use crate::catalog::Fingerprint;
 use crate::ops::output::zattrs;
-use crate::ops::store::Attrs;
+use crate::ops::store::{Attrs, ChunkSource, SourceError};
 use crate::zarr::{consolidated_v2, ArrayMetadataV2};
 
 /// Format marker and version.
@@ -45,6 +45,41 @@ pub struct JoinDoc {
     pub metadata: BTreeMap<String, Vec<u8>>,
     pub arrays: BTreeMap<String, JoinedArray>,
     pub notes: Vec<String>,
+}
+
+/// A joined dataset read as a store (metadata documents and chunks), with its member files
+/// read through `reader`: what the indexer describes a join from.
+pub struct DocSource<'a> {
+    pub doc: &'a JoinDoc,
+    pub reader: &'a dyn ByteReader,
+}
+
+impl ChunkSource for DocSource<'_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        if let Some(bytes) = self.doc.metadata.get(key) {
+            return Ok(Some(bytes.clone()));
+        }
+        let Some((var, chunk)) = key.rsplit_once('/') else { return Ok(None) };
+        let Some(array) = self.doc.arrays.get(var) else { return Ok(None) };
+        let Ok(idx) = chunk.split('.').map(str::parse::<u64>).collect::<Result<Vec<u64>, _>>() else {
+            return Ok(None);
+        };
+        if idx.len() != array.meta.shape.len() || idx.iter().zip(array.grid()).any(|(i, n)| *i >= n) {
+            return Ok(None);
+        }
+        let failed = |e: String| SourceError::Failed(format!("{key}: {e}"));
+        if array.mode != Mode::Direct {
+            return array.assemble(&idx, self.reader).map(Some).map_err(|e| failed(e.to_string()));
+        }
+        let Some((part, r)) = array.direct(&idx) else { return Ok(None) };
+        if r.length == MISSING {
+            Ok(None)
+        } else if r.offset & INLINE != 0 {
+            Ok(Some(array.inline_bytes(r).to_vec()))
+        } else {
+            self.reader.read(part.source, r.offset, u64::from(r.length)).map(Some).map_err(|e| failed(e.to_string()))
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]

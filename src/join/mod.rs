@@ -235,10 +235,10 @@ const MATERIALIZE_LIMIT: u64 = 64 << 20;
 const DECODE_ATTRS: &[&str] = &["_FillValue", "missing_value", "scale_factor", "add_offset", "_Unsigned"];
 
 /// Reads store keys of one member's reference set.
-struct RefSource<'a> {
-    refs: &'a ReferenceSet,
-    reader: &'a dyn ByteReader,
-    source: u32,
+pub struct RefSource<'a> {
+    pub refs: &'a ReferenceSet,
+    pub reader: &'a dyn ByteReader,
+    pub source: u32,
 }
 
 impl ChunkSource for RefSource<'_> {

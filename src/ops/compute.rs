@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use super::kernel::{gather, strides, Decoded, KernelError, Layout, Run, WeightedSum};
 use super::output::{OutVar, Output};
-use super::request::{Axis, Problem, Process, Request, Weights};
+use super::request::{Axis, Format, Problem, Process, Request, Weights};
 use super::select::{axes, coordinate, read_coordinate, read_decoded, select, Axes, Mask, Selection};
 use super::store::{looks_f32, Attrs, ChunkSource, StoreView, Variable, NAN};
 use crate::cftime;
@@ -50,6 +50,7 @@ fn computable(dtype: &DType) -> bool {
 
 /// Checks `request` against the dataset and works out what it will read and write.
 pub fn plan(view: StoreView, source: &dyn ChunkSource, request: Request) -> Result<Plan, Problem> {
+    let request = if request.format == Format::Png { picture_defaults(&view, request)? } else { request };
     let mut vars = Vec::new();
     let mut read_bytes = 0u64;
     let mut output_bytes = 0u64;
@@ -103,6 +104,40 @@ pub fn plan(view: StoreView, source: &dyn ChunkSource, request: Request) -> Resu
         vars.push((var, ax, sel));
     }
     Ok(Plan { request, view, vars, read_bytes, output_bytes, work_bytes })
+}
+
+/// What a picture shows unless the request says otherwise: a map takes the first index of
+/// every dimension that is not horizontal (the first time and level); a series (its horizontal
+/// dimensions reduced to a point by `isel`, or averaged over) keeps time and takes the first
+/// index of the rest. Dimensions the request selects or averages are left as asked.
+fn picture_defaults(view: &StoreView, mut request: Request) -> Result<Request, Problem> {
+    let Some(var) = request.vars.first().and_then(|n| view.variables.get(n)) else { return Ok(request) };
+    let ax = axes(view, var);
+    let mut horizontal: Vec<&String> =
+        var.dims.iter().filter(|d| matches!(ax.by_dim.get(*d), Some(Axis::Latitude | Axis::Longitude))).collect();
+    if horizontal.is_empty() {
+        horizontal = var.dims.iter().rev().take(2).collect();
+    }
+    let point = |d: &String| {
+        request.isel.iter().any(|r| &r.dim == d && matches!((r.start, r.stop), (Some(a), Some(b)) if b - a == 1))
+    };
+    let averaged = |d: &String| ax.by_dim.get(d).is_some_and(|a| request.dims.contains(a));
+    let series = horizontal.iter().all(|d| point(d) || averaged(d));
+    let mut defaults = Vec::new();
+    for d in &var.dims {
+        let axis = ax.by_dim.get(d);
+        let chosen = request.isel.iter().any(|r| &r.dim == d)
+            || averaged(d)
+            || (axis == Some(&Axis::Time) && (request.time.is_some() || series))
+            || (axis == Some(&Axis::Level) && request.level.is_some())
+            || horizontal.contains(&d);
+        if !chosen {
+            defaults.push(super::request::IndexRange { dim: d.clone(), start: Some(0), stop: Some(1) });
+        }
+    }
+    request.isel.extend(defaults);
+    request.isel.sort_by(|a, b| a.dim.cmp(&b.dim));
+    Ok(request)
 }
 
 /// Cells of an average's result and of its accumulators: the dimensions that are not

@@ -8,10 +8,12 @@
 //! - [`kernel`]: gathering and weighted sums over chunks, on a bounded number of threads.
 //! - [`compute`]: planning (cost and size estimates) and running a request.
 //! - [`output`]: the format-neutral result and its JSON, CSV and Zarr encodings.
+//! - [`picture`]: the PNG encoding: a map or a time series with axes and a colour bar.
 
 pub mod compute;
 pub mod kernel;
 pub mod output;
+pub mod picture;
 pub mod request;
 pub mod select;
 pub mod store;

@@ -80,10 +80,12 @@ pub enum Format {
     Zarr,
     Json,
     Csv,
+    /// A quick-look picture (see [`super::picture`]).
+    Png,
 }
 
 impl Format {
-    pub const NAMES: [&'static str; 4] = ["nc", "zarr", "json", "csv"];
+    pub const NAMES: [&'static str; 5] = ["nc", "zarr", "json", "csv", "png"];
 
     pub fn parse(s: &str) -> Option<Format> {
         Some(match s.trim().to_ascii_lowercase().as_str() {
@@ -91,6 +93,7 @@ impl Format {
             "zarr" => Format::Zarr,
             "json" => Format::Json,
             "csv" => Format::Csv,
+            "png" => Format::Png,
             _ => return None,
         })
     }
@@ -104,6 +107,7 @@ impl Format {
             Format::Nc => "application/x-netcdf",
             Format::Zarr | Format::Json => "application/json",
             Format::Csv => "text/csv; charset=utf-8",
+            Format::Png => "image/png",
         }
     }
 }
@@ -140,6 +144,8 @@ pub struct Request {
     pub weights: Weights,
     pub freq: Option<cftime::Freq>,
     pub format: Format,
+    /// Width and height of a picture (`format=png` only).
+    pub size: Option<(u32, u32)>,
 }
 
 /// An RFC 9457 problem document.
@@ -205,7 +211,7 @@ impl Problem {
 }
 
 /// Every argument name, for "unknown argument" errors.
-const SUBSET_ARGS: [&str; 7] = ["dataset", "var", "time", "area", "level", "isel", "format"];
+const SUBSET_ARGS: [&str; 8] = ["dataset", "var", "time", "area", "level", "isel", "format", "size"];
 const AVERAGE_ARGS: [&str; 3] = ["dims", "weights", "freq"];
 
 /// An argument value as it arrived: text from a query string, or JSON from an execution body.
@@ -256,6 +262,7 @@ impl Request {
             weights: Weights::None,
             freq: None,
             format: Format::Nc,
+            size: None,
         };
         let mut seen = std::collections::BTreeSet::new();
         for (name, raw) in args {
@@ -337,6 +344,25 @@ impl Request {
                 let f = raw.text();
                 self.format = Format::parse(&f).ok_or_else(|| Problem::not_one_of("format", &f, &Format::NAMES))?;
             }
+            "size" => {
+                let t = raw.text();
+                let bad =
+                    || Problem::invalid("size", format!("size is WIDTHxHEIGHT in pixels (e.g. 800x500), not {t:?}"));
+                let (w, h) = t
+                    .to_ascii_lowercase()
+                    .split_once('x')
+                    .map(|(w, h)| (w.trim().to_string(), h.trim().to_string()))
+                    .ok_or_else(bad)?;
+                let (w, h) = (w.parse::<u32>().map_err(|_| bad())?, h.parse::<u32>().map_err(|_| bad())?);
+                let (min, max) = (super::picture::MIN_SIZE, super::picture::MAX_SIDE);
+                if w < min.0 || h < min.1 || w > max || h > max {
+                    return Err(Problem::invalid(
+                        "size",
+                        format!("a picture is at least {}x{} and at most {max} pixels on a side", min.0, min.1),
+                    ));
+                }
+                self.size = Some((w, h));
+            }
             _ => unreachable!("argument names are checked by the caller"),
         }
         Ok(())
@@ -348,6 +374,12 @@ impl Request {
         }
         if self.vars.is_empty() {
             return Err(Problem::invalid("var", "var is required: the variable(s) to compute on"));
+        }
+        if self.size.is_some() && self.format != Format::Png {
+            return Err(Problem::invalid("size", "size is for pictures (format=png)"));
+        }
+        if self.format == Format::Png && self.vars.len() != 1 {
+            return Err(Problem::invalid("var", "a picture (format=png) shows one variable"));
         }
         if self.process == Process::Average && self.dims.is_empty() && self.freq.is_none() {
             return Err(Problem {
@@ -381,6 +413,10 @@ impl Request {
         }
         if !self.isel.is_empty() {
             doc["isel"] = json!(self.isel.iter().map(|r| json!([r.dim, r.start, r.stop])).collect::<Vec<_>>());
+        }
+        if self.format == Format::Png {
+            let (w, h) = self.size.unwrap_or(super::picture::DEFAULT_SIZE);
+            doc["size"] = json!([w, h]);
         }
         if self.process == Process::Average {
             doc["dims"] = json!(self.dims.iter().map(|d| d.name()).collect::<Vec<_>>());

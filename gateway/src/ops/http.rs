@@ -15,7 +15,7 @@ use zarrgate_core::ops::{Format, Problem, Process, Raw, Request as OpRequest};
 
 use super::cache::{Key, Lookup};
 use super::jobs::{JobRecord, Status};
-use super::{exceeded_problem, unpack, unseal, Answer, Ops, Stored};
+use super::{exceeded_problem, ogc, unpack, unseal, Answer, Ops, Stored};
 use crate::app::App;
 use crate::auth::{AuthError, Principal, Refusal};
 use crate::body::{HttpResponse, ResponseBody};
@@ -29,7 +29,9 @@ const MAX_BODY: usize = 64 * 1024;
 pub fn is_ops_path(path: &str) -> bool {
     // `/results/HASH.EXT` is a result; `/results/HASH/KEY` is the S3 bucket of Zarr results.
     let result_file = path.strip_prefix("/results/").is_some_and(|rest| !rest.contains('/'));
-    path.starts_with("/ops/")
+    path == super::ogc::ROOT
+        || path.starts_with("/ogc/")
+        || path.starts_with("/ops/")
         || path == "/processes"
         || path.starts_with("/processes/")
         || path == "/jobs"
@@ -37,7 +39,7 @@ pub fn is_ops_path(path: &str) -> bool {
         || result_file
 }
 
-fn respond(status: u16, content_type: &str, body: Bytes) -> HttpResponse {
+pub fn respond(status: u16, content_type: &str, body: Bytes) -> HttpResponse {
     let mut r = Response::new(ResponseBody::from(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = r.headers_mut();
@@ -46,7 +48,7 @@ fn respond(status: u16, content_type: &str, body: Bytes) -> HttpResponse {
     r
 }
 
-fn json_response(status: u16, doc: &Value) -> HttpResponse {
+pub fn json_response(status: u16, doc: &Value) -> HttpResponse {
     respond(status, "application/json", Bytes::from(serde_json::to_vec_pretty(doc).expect("JSON values serialize")))
 }
 
@@ -125,15 +127,29 @@ async fn route(
     let ops = ops_of(app)?.clone();
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let mut parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // The OGC API root: `/ogc/processes` is `/processes`, and so on.
+    let under_root = parts.first() == Some(&"ogc");
+    if under_root {
+        parts.remove(0);
+    }
     let prefer_async =
         req.headers().get("prefer").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("respond-async"));
+    let get = method == Method::GET || method == Method::HEAD;
     match (&method, parts.as_slice()) {
+        (_, [] | [""]) if get && under_root => Ok(json_response(200, &ogc::landing(&app.base_url(req.headers())))),
+        (_, ["conformance"]) if get && under_root => Ok(json_response(200, &ogc::conformance())),
+        (_, ["api"]) if get && under_root => {
+            let doc = ogc::openapi(&app.base_url(req.headers()));
+            Ok(respond(200, ogc::OPENAPI_TYPE, Bytes::from(serde_json::to_vec_pretty(&doc).expect("JSON serializes"))))
+        }
         (&Method::GET, ["processes"]) => Ok(json_response(200, &process_list())),
         (&Method::GET, ["processes", id]) => Ok(json_response(200, &describe(process(id)?))),
         (&Method::POST, ["processes", id, "execution"]) => {
-            let (request, inputs) = parse_post(id, req).await?;
-            execute(app, &ops, who, request, inputs, prefer_async, 201, None).await
+            let base = app.base_url(req.headers());
+            let (request, inputs, document) = parse_post(id, req).await?;
+            let resp = execute(app, &ops, who, request, inputs, prefer_async, 201, None).await?;
+            Ok(if document { results_document(resp, &base) } else { resp })
         }
         (&Method::GET, ["ops", "v1", id]) => {
             let (wait, query) = take_wait(query)?;
@@ -166,18 +182,24 @@ async fn route(
             let if_none_match = req.headers().get("if-none-match").and_then(|v| v.to_str().ok());
             result_file(app, &ops, name, who, if_none_match, method == Method::HEAD)
         }
-        (_, ["processes" | "jobs" | "ops" | "results", ..]) if method != Method::GET => Err(Problem::new(
-            405,
-            "method-not-allowed",
-            "Method not allowed",
-            format!("{method} is not allowed on {path}"),
-        )),
+        (_, ["processes" | "jobs" | "ops" | "results" | "conformance" | "api", ..] | [] | [""])
+            if method != Method::GET =>
+        {
+            Err(Problem::new(
+                405,
+                "method-not-allowed",
+                "Method not allowed",
+                format!("{method} is not allowed on {path}"),
+            ))
+        }
         _ => Err(Problem::not_found(format!("there is nothing at {path}"))),
     }
 }
 
-/// `POST /processes/ID/execution` with `{"inputs": {...}}`: the request and its inputs as sent.
-async fn parse_post(id: &str, req: Request<hyper::body::Incoming>) -> Result<(OpRequest, Value), Problem> {
+/// `POST /processes/ID/execution` with `{"inputs": {...}}`: the request, its inputs as sent,
+/// and whether a results document (`"response": "document"`) was asked for rather than the
+/// raw result.
+async fn parse_post(id: &str, req: Request<hyper::body::Incoming>) -> Result<(OpRequest, Value, bool), Problem> {
     let process = process(id)?;
     let body = read_body(req).await?;
     let doc: Value =
@@ -187,15 +209,42 @@ async fn parse_post(id: &str, req: Request<hyper::body::Incoming>) -> Result<(Op
         .and_then(Value::as_object)
         .cloned()
         .ok_or_else(|| Problem::invalid("inputs", "the body is {\"inputs\": {...}}"))?;
+    let document = match doc.get("response").and_then(Value::as_str) {
+        None | Some("raw") => false,
+        Some("document") => true,
+        Some(other) => return Err(Problem::not_one_of("response", other, &["raw", "document"])),
+    };
     let request = OpRequest::parse(process, inputs.iter().map(|(k, v)| (k.as_str(), Raw::Json(v))))?;
-    Ok((request, Value::Object(inputs)))
+    Ok((request, Value::Object(inputs), document))
+}
+
+/// A raw synchronous result turned into an OGC results document naming where the result is
+/// (`{"result": {"href": …, "type": …}}`); a job's status document passes unchanged.
+fn results_document(resp: HttpResponse, base: &str) -> HttpResponse {
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if resp.status() != StatusCode::OK {
+        return resp;
+    }
+    let (Some(location), content_type) = (header("content-location"), header("content-type")) else { return resp };
+    let mut r = json_response(
+        200,
+        &json!({"result": {"href": format!("{base}{location}"), "type": content_type.unwrap_or_default()}}),
+    );
+    for name in ["x-zarrgate-cache", "x-zarrgate-compute-ms"] {
+        if let Some(v) = resp.headers().get(name) {
+            r.headers_mut().insert(name, v.clone());
+        }
+    }
+    r
 }
 
 /// `GET /ops/v1/ID?...`: the request and its arguments. The signing parameters of a presigned
 /// URL are for authentication, not arguments.
 fn parse_get(id: &str, query: Vec<(String, String)>) -> Result<(OpRequest, Value), Problem> {
     let process = process(id)?;
-    let query: Vec<(String, String)> = query.into_iter().filter(|(k, _)| !k.starts_with("X-Amz-")).collect();
+    // An empty argument is an absent one, as HTML forms send the fields left blank.
+    let query: Vec<(String, String)> =
+        query.into_iter().filter(|(k, v)| !k.starts_with("X-Amz-") && !v.trim().is_empty()).collect();
     let request = OpRequest::parse(process, query.iter().map(|(k, v)| (k.as_str(), Raw::Text(v))))?;
     let inputs: Map<String, Value> = query.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     Ok((request, Value::Object(inputs)))

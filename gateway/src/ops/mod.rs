@@ -4,6 +4,7 @@
 //! - [`cache`]: the two-tier, hash-verified result cache.
 //! - [`jobs`]: job records, persisted before a job is acknowledged.
 //! - [`http`]: `/ops/v1`, OGC API – Processes, `/jobs`, `/results`.
+//! - [`ogc`]: the OGC API's landing page, conformance and OpenAPI document (`/ogc`).
 //!
 //! # Flow of a request
 //! 1. The canonical request and the source fingerprints give the cache key; a hit answers at once.
@@ -15,6 +16,7 @@
 pub mod cache;
 pub mod http;
 pub mod jobs;
+pub mod ogc;
 pub mod shared;
 
 use std::collections::HashMap;
@@ -767,7 +769,7 @@ impl Ops {
             lower_priority();
             let source = DatasetSource { sources: &app2.sources, dataset: &ds };
             let result = ops::execute(&plan, &source, &run)
-                .and_then(|out| encode(&out, plan.request.format, writer.as_ref()).map(Bytes::from));
+                .and_then(|out| encode(&out, &plan.request, writer.as_ref()).map(Bytes::from));
             let _ = tx.send(result);
         });
         spawned.map_err(|e| Problem::internal(format!("cannot start a compute thread: {e}")))?;
@@ -921,8 +923,8 @@ pub fn exceeded_problem(e: &Exceeded) -> Problem {
 }
 
 /// Encodes a result in the requested format.
-fn encode(out: &Output, format: Format, writer: &dyn NetcdfWriter) -> Result<Vec<u8>, Problem> {
-    match format {
+fn encode(out: &Output, request: &Request, writer: &dyn NetcdfWriter) -> Result<Vec<u8>, Problem> {
+    match request.format {
         Format::Nc => writer.write(out).map_err(|e| {
             tracing::error!("writing a NetCDF result failed: {e}");
             Problem::internal("writing the NetCDF result failed; the server log has the details")
@@ -930,6 +932,10 @@ fn encode(out: &Output, format: Format, writer: &dyn NetcdfWriter) -> Result<Vec
         Format::Json => ops::output::to_json(out),
         Format::Csv => ops::output::to_csv(out),
         Format::Zarr => Ok(pack(&ops::output::to_zarr(out))),
+        Format::Png => {
+            let (w, h) = request.size.unwrap_or(ops::picture::DEFAULT_SIZE);
+            ops::picture::to_png(out, w, h)
+        }
     }
 }
 

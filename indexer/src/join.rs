@@ -439,12 +439,7 @@ fn inputs_key(def: &Definition, members: &[(String, Fingerprint)]) -> Result<Str
 /// A built join: its deflated document, the notes of the join, and its discovery record.
 type BuiltDoc = (Vec<u8>, Vec<String>, Option<Item>);
 
-fn build(
-    root: &Path,
-    db: &CatalogDb,
-    def: &Definition,
-    members: &[(String, Fingerprint)],
-) -> Result<BuiltDoc, String> {
+fn build(root: &Path, db: &CatalogDb, def: &Definition, members: &[(String, Fingerprint)]) -> Result<BuiltDoc, String> {
     let mut packed = Vec::with_capacity(members.len());
     for (m, _) in members {
         let row = db.dataset(m).map_err(|e| e.to_string())?;

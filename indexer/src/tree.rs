@@ -167,8 +167,11 @@ pub fn index_tree(
             w.clear()
         })?;
     }
-    // A catalog written before discovery records were kept is described again, once.
-    let reuse = same_tree && !options.force && (total == 0 || db.described()?);
+    let reuse = same_tree && !options.force;
+    // A catalog written before discovery records were kept gets them once: its unchanged files
+    // are described from their stored references (not indexed again), its joins rebuilt.
+    let described = total == 0 || db.described()?;
+    let mut describe_only: Vec<u32> = Vec::new();
     let mut summary = TreeSummary { removed: if same_tree { 0 } else { total as usize }, ..Default::default() };
     progress.start(files.len());
     // Indexes into `files`: no second list of paths.
@@ -177,6 +180,9 @@ pub fn index_tree(
         let now = Fingerprint::of_path(&root.join(rel)).ok();
         let unchanged = reuse && now.is_some() && db.dataset_state(rel)?.is_some_and(|(old, _)| Some(old) == now);
         if unchanged {
+            if !described {
+                describe_only.push(i as u32);
+            }
             summary.skipped += 1;
             progress.file(rel, Outcome::Skipped);
         } else {
@@ -222,7 +228,8 @@ pub fn index_tree(
         commit(&mut db, &mut batch)
     })?;
     summary.removed += remove_missing(&mut db, &files)?;
-    let joins = crate::join::build_all(&root, &files, &db, reuse, definitions)?;
+    describe_stored(&mut db, &root, &files, &describe_only)?;
+    let joins = crate::join::build_all(&root, &files, &db, reuse && described, definitions)?;
     for built in &joins {
         match built.row.entry.status {
             EntryStatus::Failed => summary.joins_failed += 1,
@@ -246,6 +253,21 @@ pub fn index_tree(
         db.write(|w| w.set_described())?;
     }
     Ok(summary)
+}
+
+/// Writes the discovery records of files indexed before records were kept, from the references
+/// the catalog holds, a batch at a time.
+fn describe_stored(db: &mut CatalogDb, root: &Path, files: &[String], which: &[u32]) -> Result<(), TreeError> {
+    for batch in which.chunks(BATCH_ROWS) {
+        let mut items = Vec::with_capacity(batch.len());
+        for &n in batch {
+            let rel = &files[n as usize];
+            let set = db.dataset(rel)?.and_then(|row| row.refs).and_then(|p| packed::unpack(&p).ok());
+            items.push((rel, set.and_then(|set| describe(rel, &root.join(rel), &set))));
+        }
+        db.write(|w| items.iter().try_for_each(|(rel, item)| w.put_item(rel, item.as_ref())))?;
+    }
+    Ok(())
 }
 
 fn commit(db: &mut CatalogDb, batch: &mut Vec<(DatasetRow, Option<Item>)>) -> Result<(), TreeError> {

@@ -155,7 +155,11 @@ impl Joined {
                     self.attrs_of(variable.as_deref())?.remove(name);
                 }
                 Edit::SetAttribute { variable, name, value } => {
-                    self.attrs_of(variable.as_deref())?.insert(name.clone(), value.clone());
+                    let attrs = self.attrs_of(variable.as_deref())?;
+                    if let Some(why) = reinterprets_times(attrs, name, value) {
+                        return Err(JoinError::Edit(format!("{} {why}", variable.as_deref().unwrap_or("(global)"))));
+                    }
+                    attrs.insert(name.clone(), value.clone());
                 }
             }
         }
@@ -172,6 +176,31 @@ impl Joined {
                 .ok_or_else(|| JoinError::Edit(format!("no variable {v} to change attributes of"))),
         }
     }
+}
+
+/// Why setting attribute `name` to `value` would read a variable's stored times as other
+/// instants than they are: its values are time numbers in its current units and calendar (the
+/// files', or the first file's when the join re-encoded them), and new units or a new calendar
+/// would not change the numbers, only what they are read as (THREDDS takes new numbers from
+/// `coordValue` in that case, which zarrgate does not implement yet).
+fn reinterprets_times(attrs: &Attrs, name: &str, value: &Value) -> Option<String> {
+    let current = attrs.get("units").and_then(Value::as_str)?;
+    if !current.to_ascii_lowercase().contains(" since ") || !matches!(name, "units" | "calendar") {
+        return None;
+    }
+    let old = attrs.get(name).and_then(Value::as_str).unwrap_or(if name == "calendar" { "standard" } else { "" });
+    let new = value.as_str().unwrap_or_default();
+    let same = match name {
+        "units" => TimeUnits::parse(old, "").ok().zip(TimeUnits::parse(new, "").ok()).is_some_and(|(a, b)| a == b),
+        _ => Calendar::parse(old).is_some() && Calendar::parse(old) == Calendar::parse(new),
+    };
+    (!same).then(|| {
+        format!(
+            "holds times in {name} {old:?}: the NcML sets {name} to {new:?} without the values that go with it, \
+             which would read every stored time as another instant (refused; give the files' {name}, or \
+             leave the attribute out)"
+        )
+    })
 }
 
 /// Overrides of refusals.
@@ -821,6 +850,37 @@ mod tests {
         assert_eq!(f64s(time), vec![0.0, 1.0, 3.0, 4.0]);
         let tas = &j.variables["tas"];
         assert_eq!(tas.array.parts[0].source, 1, "a.nc is the first part");
+    }
+
+    #[test]
+    fn new_time_units_without_their_values_are_refused() {
+        let lat = [1.0, 2.0];
+        let members = [
+            member("a.nc", &[0.0, 3600.0], "seconds since 1970-01-01", "standard", &lat, None),
+            member("b.nc", &[7200.0], "seconds since 1970-01-01", "standard", &lat, None),
+        ];
+        let set = |name: &str, value: &str| Edit::SetAttribute {
+            variable: Some("time".into()),
+            name: name.into(),
+            value: Value::from(value),
+        };
+        // THREDDS's test case: the files' seconds read as hours since 2006 would be the year 133161.
+        let mut j = join(&members, along_time(2)).unwrap();
+        let e = j.apply(&[set("units", "hours since 2006-06-16 00:00")]).unwrap_err().to_string();
+        assert!(e.contains("time holds times in units \"seconds since 1970-01-01\"") && e.contains("refused"), "{e}");
+        let e = j.apply(&[set("calendar", "noleap")]).unwrap_err().to_string();
+        assert!(e.contains("calendar"), "{e}");
+        // The same units in other words, the same calendar, and other attributes are fine.
+        j.apply(&[
+            set("units", "seconds since 1970-1-1 00:00:00"),
+            set("calendar", "gregorian"),
+            set("long_name", "t"),
+        ])
+        .unwrap();
+        assert_eq!(j.variables["time"].attrs["long_name"], "t");
+        // Units given to a variable that holds no times are the author's to give.
+        j.apply(&[Edit::SetAttribute { variable: Some("tas".into()), name: "units".into(), value: Value::from("K") }])
+            .unwrap();
     }
 
     #[test]

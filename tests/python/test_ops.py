@@ -177,7 +177,7 @@ ERRORS = [
 ALLOWED = {
     "weights": {"none", "coslat", "area"},
     "freq": {"day", "month", "year"},
-    "format": {"nc", "zarr", "json", "csv"},
+    "format": {"nc", "zarr", "json", "csv", "png"},
 }
 
 

@@ -243,7 +243,7 @@ def test_average_describes_allowed_values_and_defaults(ops):
     assert allowed("weights") == {"none", "coslat", "area"}
     assert collect(inputs["weights"], "default")[:1] == ["none"]
     assert allowed("freq") == {"day", "month", "year"}
-    assert allowed("format") == {"nc", "zarr", "json", "csv"}
+    assert allowed("format") == {"nc", "zarr", "json", "csv", "png"}
     assert collect(inputs["format"], "default")[:1] == ["nc"]
     assert {"time", "level", "latitude", "longitude", "realization"} <= allowed("dims")
 

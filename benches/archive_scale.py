@@ -145,7 +145,7 @@ def stac_search(client: Client, ids: list[str], repeat: int = 200) -> dict:
         "bbox_datetime": lambda: {"bbox": "-10,35,30,60", "datetime": "1855-01-01T00:00:00Z/1856-01-01T00:00:00Z"},
         "datetime_none": lambda: {"datetime": "3000-01-01T00:00:00Z/.."},
         "ids": lambda: {"ids": rng.choice(ids)},
-        "page_after_token": lambda: {"limit": "10", "token": f"next:arch:{rng.choice(ids)}"},
+        "page_after_token": lambda: {"limit": "10", "token": f"next:arch:{rng.randint(1, len(ids))}"},
     }
     out = {}
     for kind, params in kinds.items():

@@ -196,7 +196,7 @@ impl Collection {
     }
 
     /// Discovery records matching `q` (see [`CatalogDb::items`]).
-    pub fn items(&self, q: &ItemQuery) -> Result<Vec<(String, zarrgate_core::catalog::Item)>, String> {
+    pub fn items(&self, q: &ItemQuery) -> Result<Vec<(i64, String, zarrgate_core::catalog::Item)>, String> {
         self.with_db(|db| db.items(q))
     }
 

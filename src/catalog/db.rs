@@ -85,18 +85,16 @@ CREATE TABLE IF NOT EXISTS joins (
     prefix TEXT PRIMARY KEY, status TEXT NOT NULL, members TEXT NOT NULL, doc BLOB,
     error TEXT, notes TEXT NOT NULL, inputs TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS items (
-    prefix TEXT PRIMARY KEY, west REAL, south REAL, east REAL, north REAL, start TEXT, stop TEXT
+CREATE TABLE IF NOT EXISTS stac_items (
+    id INTEGER PRIMARY KEY, prefix TEXT NOT NULL UNIQUE,
+    west REAL, south REAL, east REAL, north REAL, start TEXT, stop TEXT
+);
+CREATE INDEX IF NOT EXISTS stac_items_stop ON stac_items (stop);
+CREATE TABLE IF NOT EXISTS stac_docs (id INTEGER PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS stac_facets (
+    name TEXT NOT NULL, value TEXT NOT NULL, item INTEGER NOT NULL, PRIMARY KEY (name, value, item)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS items_start ON items (start);
-CREATE INDEX IF NOT EXISTS items_stop ON items (stop);
-CREATE TABLE IF NOT EXISTS item_docs (
-    prefix TEXT PRIMARY KEY, facets TEXT NOT NULL, properties TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS facets (
-    name TEXT NOT NULL, value TEXT NOT NULL, prefix TEXT NOT NULL, PRIMARY KEY (name, value, prefix)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS facets_of ON facets (prefix);
+CREATE INDEX IF NOT EXISTS stac_facets_of ON stac_facets (item);
 ";
 
 /// Row counts kept in `meta` by triggers, so that counting the catalog never scans it. Made
@@ -125,8 +123,8 @@ pub struct ItemQuery {
     pub ids: Vec<String>,
     /// Facet name and the values it may have.
     pub facets: Vec<(String, Vec<String>)>,
-    /// Records after this id (a page's last).
-    pub after: String,
+    /// Records after this number (a page's last; 0 for the first page).
+    pub after: i64,
     pub limit: usize,
 }
 
@@ -139,25 +137,18 @@ pub struct ItemsExtent {
     pub count: u64,
 }
 
-fn item_of_row(r: &rusqlite::Row) -> rusqlite::Result<(String, Item)> {
-    let b: [Option<f64>; 4] = [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?];
+fn item_of_row(r: &rusqlite::Row) -> rusqlite::Result<(i64, String, Item)> {
+    let b: [Option<f64>; 4] = [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?];
     let bbox = match b {
         [Some(w), Some(s), Some(e), Some(n)] => Some([w, s, e, n]),
         _ => None,
     };
-    let facets: String = r.get(7)?;
-    let properties: String = r.get(8)?;
-    let item = Item {
-        bbox,
-        start: r.get(5)?,
-        end: r.get(6)?,
-        facets: serde_json::from_str(&facets).unwrap_or_default(),
-        properties: match serde_json::from_str(&properties) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => Default::default(),
-        },
-    };
-    Ok((id_of(r.get(0)?), item))
+    let doc: Vec<u8> = r.get(8)?;
+    let mut item = super::packed::inflate(&doc).ok().map(|json| Item::from_doc_json(&json)).unwrap_or_default();
+    item.bbox = bbox;
+    item.start = r.get(6)?;
+    item.end = r.get(7)?;
+    Ok((r.get(0)?, id_of(r.get(1)?), item))
 }
 
 /// One indexed file.
@@ -597,32 +588,47 @@ impl CatalogDb {
 
     fn has_items(&self) -> Result<bool, CatalogError> {
         self.conn
-            .query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'items')", [], |r| r.get(0))
+            .query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'stac_items')", [], |r| r.get(0))
             .map_err(self.err())
     }
 
-    /// The discovery records that match `q`, in id order: at most `q.limit`, after `q.after`.
-    /// (A catalog written before records were kept has none.)
-    pub fn items(&self, q: &ItemQuery) -> Result<Vec<(String, Item)>, CatalogError> {
+    /// The discovery records that match `q`, in the order they were written (a record's
+    /// number, which a re-index renews): at most `q.limit`, after number `q.after`. (A catalog
+    /// written before records were kept has none.)
+    ///
+    /// With a facet of one value, the facet's index drives the search (its entries for one value
+    /// are in record order, so a page stops as soon as it is full, however rare or common the
+    /// value); otherwise the records are read in order and every filter checked.
+    pub fn items(&self, q: &ItemQuery) -> Result<Vec<(i64, String, Item)>, CatalogError> {
         if !self.has_items()? {
             return Ok(Vec::new());
         }
-        // The narrow table is searched; the documents are read for the page's rows only.
-        let mut sql = String::from(
-            "SELECT prefix, west, south, east, north, start, stop, d.facets, d.properties
-             FROM items JOIN item_docs d USING (prefix) WHERE prefix > ?1",
-        );
-        let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(prefix_of(&q.after))];
-        if q.after.is_empty() {
-            args[0] = Box::new(String::new());
-        }
+        let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
         let mut arg = |sql: &mut String, text: &str, value: Box<dyn rusqlite::ToSql>| {
             args.push(value);
             sql.push_str(&text.replace('?', &format!("?{}", args.len())));
         };
+        let driver = q.facets.iter().position(|(_, values)| values.len() == 1);
+        let mut sql =
+            String::from("SELECT i.id, i.prefix, i.west, i.south, i.east, i.north, i.start, i.stop, d.doc FROM ");
+        let order = match driver {
+            Some(k) => {
+                let (name, values) = &q.facets[k];
+                sql.push_str("stac_facets f JOIN stac_items i ON i.id = f.item JOIN stac_docs d ON d.id = i.id");
+                arg(&mut sql, " WHERE f.name = ?", Box::new(name.clone()));
+                arg(&mut sql, " AND f.value = ?", Box::new(values[0].clone()));
+                arg(&mut sql, " AND f.item > ?", Box::new(q.after));
+                "f.item"
+            }
+            None => {
+                sql.push_str("stac_items i JOIN stac_docs d ON d.id = i.id");
+                arg(&mut sql, " WHERE i.id > ?", Box::new(q.after));
+                "i.id"
+            }
+        };
         if let Some([w, s, e, n]) = q.bbox {
-            arg(&mut sql, " AND north >= ?", Box::new(s));
-            arg(&mut sql, " AND south <= ?", Box::new(n));
+            arg(&mut sql, " AND i.north >= ?", Box::new(s));
+            arg(&mut sql, " AND i.south <= ?", Box::new(n));
             // Longitude arcs: a box crossing 180° (west > east) is two.
             let arcs = if w <= e { vec![(w, e)] } else { vec![(w, 180.0), (-180.0, e)] };
             sql.push_str(" AND (");
@@ -630,35 +636,38 @@ impl CatalogDb {
                 if i > 0 {
                     sql.push_str(" OR ");
                 }
-                arg(&mut sql, "(west <= east AND east >= ?", Box::new(a));
-                arg(&mut sql, " AND west <= ?)", Box::new(b));
-                arg(&mut sql, " OR (west > east AND (east >= ?", Box::new(a));
-                arg(&mut sql, " OR west <= ?))", Box::new(b));
+                arg(&mut sql, "(i.west <= i.east AND i.east >= ?", Box::new(a));
+                arg(&mut sql, " AND i.west <= ?)", Box::new(b));
+                arg(&mut sql, " OR (i.west > i.east AND (i.east >= ?", Box::new(a));
+                arg(&mut sql, " OR i.west <= ?))", Box::new(b));
             }
             sql.push(')');
         }
         if let Some(a) = &q.start {
-            arg(&mut sql, " AND stop >= ?", Box::new(a.clone()));
+            arg(&mut sql, " AND i.stop >= ?", Box::new(a.clone()));
         }
         if let Some(b) = &q.end {
-            arg(&mut sql, " AND start <= ?", Box::new(b.clone()));
+            arg(&mut sql, " AND i.start <= ?", Box::new(b.clone()));
         }
         if !q.ids.is_empty() {
-            sql.push_str(" AND prefix IN (");
+            sql.push_str(" AND i.prefix IN (");
             for (i, id) in q.ids.iter().enumerate() {
                 arg(&mut sql, if i == 0 { "?" } else { ", ?" }, Box::new(prefix_of(id)));
             }
             sql.push(')');
         }
-        for (name, values) in &q.facets {
-            arg(&mut sql, " AND prefix IN (SELECT prefix FROM facets WHERE name = ?", Box::new(name.clone()));
-            sql.push_str(" AND value IN (");
+        for (k, (name, values)) in q.facets.iter().enumerate() {
+            if Some(k) == driver {
+                continue;
+            }
+            arg(&mut sql, " AND EXISTS (SELECT 1 FROM stac_facets g WHERE g.name = ?", Box::new(name.clone()));
+            sql.push_str(" AND g.item = i.id AND g.value IN (");
             for (i, v) in values.iter().enumerate() {
                 arg(&mut sql, if i == 0 { "?" } else { ", ?" }, Box::new(v.clone()));
             }
             sql.push_str("))");
         }
-        arg(&mut sql, " ORDER BY prefix LIMIT ?", Box::new(q.limit as i64));
+        arg(&mut sql, &format!(" ORDER BY {order} LIMIT ?"), Box::new(q.limit as i64));
         let mut stmt = self.conn.prepare_cached(&sql).map_err(self.err())?;
         let rows = stmt
             .query_map(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())), item_of_row)
@@ -674,7 +683,7 @@ impl CatalogDb {
         }
         self.conn
             .query_row(
-                "SELECT min(west), min(south), max(east), max(north), min(start), max(stop), count(*) FROM items",
+                "SELECT min(west), min(south), max(east), max(north), min(start), max(stop), count(*) FROM stac_items",
                 [],
                 |r| {
                     let b: [Option<f64>; 4] = [r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?];
@@ -754,8 +763,8 @@ impl Writer<'_> {
     pub fn clear(&self) -> Result<(), CatalogError> {
         self.tx
             .execute_batch(
-                "DELETE FROM datasets; DELETE FROM refs; DELETE FROM joins; DELETE FROM items; DELETE FROM item_docs;
-                 DELETE FROM facets;",
+                "DELETE FROM datasets; DELETE FROM refs; DELETE FROM joins; DELETE FROM stac_items;
+                 DELETE FROM stac_docs; DELETE FROM stac_facets;",
             )
             .map_err(self.err)
     }
@@ -843,33 +852,40 @@ impl Writer<'_> {
         self.remove_item(&prefix)?;
         let Some(item) = item else { return Ok(()) };
         let [w, s, e, n] = item.bbox.map_or([None; 4], |b| b.map(Some));
-        let facets = serde_json::to_string(&item.facets).expect("strings serialize");
         self.tx
-            .execute(
-                "INSERT INTO items (prefix, west, south, east, north, start, stop) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![prefix, w, s, e, n, item.start, item.end],
+            .prepare_cached(
+                "INSERT INTO stac_items (prefix, west, south, east, north, start, stop) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
+            .and_then(|mut st| st.execute(params![prefix, w, s, e, n, item.start, item.end]))
             .map_err(self.err)?;
+        let row = self.tx.last_insert_rowid();
         self.tx
-            .execute(
-                "INSERT INTO item_docs (prefix, facets, properties) VALUES (?1, ?2, ?3)",
-                params![prefix, facets, item.properties_json()],
-            )
+            .prepare_cached("INSERT INTO stac_docs (id, doc) VALUES (?1, ?2)")
+            .and_then(|mut st| st.execute(params![row, super::packed::deflate(&item.doc_json())]))
+            .map_err(self.err)?;
+        let mut st = self
+            .tx
+            .prepare_cached("INSERT OR IGNORE INTO stac_facets (name, value, item) VALUES (?1, ?2, ?3)")
             .map_err(self.err)?;
         for (name, value) in &item.facets {
-            self.tx
-                .execute(
-                    "INSERT OR IGNORE INTO facets (name, value, prefix) VALUES (?1, ?2, ?3)",
-                    params![name, value, prefix],
-                )
-                .map_err(self.err)?;
+            st.execute(params![name, value, row]).map_err(self.err)?;
         }
         Ok(())
     }
 
     fn remove_item(&self, prefix: &str) -> Result<(), CatalogError> {
-        for table in ["items", "item_docs", "facets"] {
-            self.tx.execute(&format!("DELETE FROM {table} WHERE prefix = ?1"), [prefix]).map_err(self.err)?;
+        let row: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT id FROM stac_items WHERE prefix = ?1")
+            .and_then(|mut st| st.query_row([prefix], |r| r.get(0)).optional())
+            .map_err(self.err)?;
+        let Some(row) = row else { return Ok(()) };
+        for sql in [
+            "DELETE FROM stac_facets WHERE item = ?1",
+            "DELETE FROM stac_docs WHERE id = ?1",
+            "DELETE FROM stac_items WHERE id = ?1",
+        ] {
+            self.tx.prepare_cached(sql).and_then(|mut st| st.execute([row])).map_err(self.err)?;
         }
         Ok(())
     }
@@ -1045,7 +1061,7 @@ mod tests {
         })
         .unwrap();
         let ids_in = |db: &CatalogDb, q: ItemQuery| -> Vec<String> {
-            db.items(&ItemQuery { limit: 10, ..q }).unwrap().into_iter().map(|(id, _)| id).collect()
+            db.items(&ItemQuery { limit: 10, ..q }).unwrap().into_iter().map(|(_, id, _)| id).collect()
         };
         let ids = |q: ItemQuery| ids_in(&db, q);
         assert_eq!(ids(ItemQuery::default()), ["a.nc", "b.nc", "c.nc"]);
@@ -1059,7 +1075,15 @@ mod tests {
         let facet = |v: &str| ItemQuery { facets: vec![("source_id".into(), vec![v.into()])], ..Default::default() };
         assert_eq!(ids(facet("X")), ["a.nc", "c.nc"]);
         assert_eq!(ids(ItemQuery { ids: vec!["b.nc".into()], ..Default::default() }), ["b.nc"]);
-        assert_eq!(ids(ItemQuery { after: "a.nc".into(), ..Default::default() }), ["b.nc", "c.nc"]);
+        // Pages continue after a record's number (records are numbered as written).
+        let first = db.items(&ItemQuery { limit: 1, ..Default::default() }).unwrap();
+        assert_eq!(ids(ItemQuery { after: first[0].0, ..Default::default() }), ["b.nc", "c.nc"]);
+        // Two facets: one drives the search, the other is checked.
+        let both = ItemQuery {
+            facets: vec![("source_id".into(), vec!["X".into(), "Y".into()]), ("source_id".into(), vec!["Y".into()])],
+            ..Default::default()
+        };
+        assert_eq!(ids(both), ["b.nc"]);
         // Removing a dataset removes its record.
         db.write(|w| w.remove_dataset("a.nc")).unwrap();
         assert_eq!(ids_in(&db, facet("X")), ["c.nc"]);

@@ -167,9 +167,19 @@ impl Item {
         }
     }
 
-    /// The stored form of the properties.
-    pub fn properties_json(&self) -> String {
-        Value::Object(self.properties.clone()).to_string()
+    /// The stored form of the facets and properties (the box and times are columns).
+    pub fn doc_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&json!({"facets": self.facets, "properties": self.properties})).expect("JSON serializes")
+    }
+
+    /// The facets and properties of [`Item::doc_json`] (nothing of a document that is not one).
+    pub fn from_doc_json(bytes: &[u8]) -> Item {
+        let doc: Value = serde_json::from_slice(bytes).unwrap_or_default();
+        Item {
+            facets: serde_json::from_value(doc["facets"].clone()).unwrap_or_default(),
+            properties: doc["properties"].as_object().cloned().unwrap_or_default(),
+            ..Item::default()
+        }
     }
 }
 

@@ -497,6 +497,12 @@ def test_the_ogc_landing_page_links_what_clients_need(gw):
     for rel in ("http://www.opengis.net/def/rel/ogc/1.0/processes", "http://www.opengis.net/def/rel/ogc/1.0/conformance",
                 "http://www.opengis.net/def/rel/ogc/1.0/job-list"):
         assert requests.get(rels[rel]["href"], timeout=30).status_code == 200
+    # The API definition is a valid OpenAPI 3.0 document.
+    from openapi_spec_validator import validate
+
+    api = requests.get(rels["service-desc"]["href"], timeout=30)
+    assert api.headers["content-type"] == rels["service-desc"]["type"]
+    validate(api.json())
 
 
 # --- S3 is untouched ---------------------------------------------------------------------------

@@ -109,11 +109,11 @@ pub fn page(app: &App, who: &Principal, base: &str, rest: &str, query: &[(String
         let after = query.iter().find(|(k, _)| k == "after").map(|(_, v)| v.as_str());
         collection(app, who, bucket).and_then(|c| {
             if path.is_empty() || path.ends_with('/') {
-                directory(app, &c, path, after)
+                directory(&c, path, after)
             } else {
                 match c.kind_of(path).map_err(|e| Problem::new(503, "unavailable", "Unavailable", e))? {
                     Some(kind) => dataset_page(app, &c, path, kind, base),
-                    None => directory(app, &c, &format!("{path}/"), after),
+                    None => directory(&c, &format!("{path}/"), after),
                 }
             }
         })
@@ -160,7 +160,6 @@ fn buckets(app: &App, who: &Principal) -> HttpResponse {
 }
 
 fn directory(
-    _app: &App,
     c: &std::sync::Arc<crate::collection::Collection>,
     dir: &str,
     after: Option<&str>,
@@ -442,7 +441,7 @@ fn forms(
         .items(&ItemQuery { ids: vec![id.to_string()], limit: 1, ..Default::default() })
         .ok()
         .and_then(|mut v| v.pop())
-        .map(|(_, i)| i);
+        .map(|(_, _, i)| i);
     let time_hint = item
         .as_ref()
         .and_then(|i| Some(format!("{}/{}", i.start.as_deref()?.get(..10)?, i.end.as_deref()?.get(..10)?)))

@@ -18,7 +18,6 @@ pub mod stac;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::{Method, Request};
 use serde_json::{json, Map, Value};
@@ -29,7 +28,7 @@ use crate::auth::Principal;
 use crate::body::HttpResponse;
 use crate::collection::{Collection, Entry};
 use crate::dataset::{Body, Dataset};
-use crate::ops::http::{json_response, problem_response, respond};
+use crate::ops::http::{json_response, problem_response};
 
 /// Largest search body.
 const MAX_BODY: usize = 64 * 1024;
@@ -173,9 +172,4 @@ fn kerchunk(app: &App, who: &Principal, base: &str, rest: &str) -> Result<HttpRe
         r.headers_mut().insert("content-disposition", v);
     }
     Ok(r)
-}
-
-/// A plain answer (pages' stylesheet, PNG passthrough).
-pub fn bytes_response(content_type: &str, body: Bytes) -> HttpResponse {
-    respond(200, content_type, body)
 }

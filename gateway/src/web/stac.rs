@@ -28,6 +28,9 @@ const CONFORMANCE: &[&str] = &[
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
 ];
 
+/// Most ids one search may name.
+const MAX_IDS: usize = 1000;
+
 /// Items per page unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 1000;
@@ -71,7 +74,7 @@ pub fn get(
             let c = collection(app, who, bucket)?;
             let id = rest.trim_matches('/').splitn(4, '/').nth(3).unwrap_or("");
             let q = ItemQuery { ids: vec![id.to_string()], limit: 1, ..Default::default() };
-            let (id, item) = c
+            let (_, id, item) = c
                 .items(&q)
                 .map_err(unavailable)?
                 .into_iter()
@@ -242,8 +245,8 @@ struct Search {
     collections: Vec<String>,
     facets: Vec<(String, Vec<String>)>,
     limit: usize,
-    /// Where the previous page ended: `BUCKET:ID`.
-    token: Option<(String, String)>,
+    /// Where the previous page ended: `BUCKET:RECORD`.
+    token: Option<(String, i64)>,
 }
 
 /// How the next page is asked for: the same GET with a token, or the same POST body with one.
@@ -255,6 +258,19 @@ enum Paging {
 impl Search {
     fn from_query(query: &[(String, String)]) -> Result<Search, Problem> {
         let mut s = Search { limit: DEFAULT_LIMIT, ..Default::default() };
+        s.read_query(query)?;
+        s.checked()
+    }
+
+    fn checked(self) -> Result<Search, Problem> {
+        if self.ids.len() > MAX_IDS {
+            return Err(Problem::invalid("ids", format!("a search names at most {MAX_IDS} ids")));
+        }
+        Ok(self)
+    }
+
+    fn read_query(&mut self, query: &[(String, String)]) -> Result<(), Problem> {
+        let s = self;
         for (k, v) in query {
             match k.as_str() {
                 "bbox" => s.bbox = Some(bbox(&v.split(',').map(str::trim).map(number).collect::<Result<Vec<_>, _>>()?)?),
@@ -274,7 +290,7 @@ impl Search {
                 _ => return Err(Problem::invalid(k, format!("search has no parameter {k:?}; its parameters are bbox, datetime, ids, collections, limit, query and token"))),
             }
         }
-        Ok(s)
+        Ok(())
     }
 
     fn from_json(body: &Value) -> Result<Search, Problem> {
@@ -324,7 +340,7 @@ impl Search {
                 _ => {}
             }
         }
-        Ok(s)
+        s.checked()
     }
 }
 
@@ -366,10 +382,10 @@ fn limit(v: &str) -> Result<usize, Problem> {
     }
 }
 
-fn token(v: &str) -> Result<(String, String), Problem> {
+fn token(v: &str) -> Result<(String, i64), Problem> {
     let t = v.strip_prefix("next:").unwrap_or(v);
-    t.split_once(':')
-        .map(|(b, id)| (b.to_string(), id.to_string()))
+    t.rsplit_once(':')
+        .and_then(|(b, n)| Some((b.to_string(), n.parse::<i64>().ok()?)))
         .ok_or_else(|| Problem::invalid("token", "not a token this API gave"))
 }
 
@@ -496,12 +512,12 @@ fn run(app: &App, who: &Principal, base: &str, s: &Search, paging: &Paging) -> R
         cs.retain(|c| &c.bucket >= bucket);
     }
     let mut features = Vec::new();
-    let mut last: Option<(String, String)> = None;
+    let mut last: Option<(String, i64)> = None;
     let mut more = false;
     for c in &cs {
         let after = match &s.token {
-            Some((b, id)) if *b == c.bucket => id.clone(),
-            _ => String::new(),
+            Some((b, n)) if *b == c.bucket => *n,
+            _ => 0,
         };
         let want = s.limit - features.len();
         let q = ItemQuery {
@@ -518,9 +534,9 @@ fn run(app: &App, who: &Principal, base: &str, s: &Search, paging: &Paging) -> R
             rows.truncate(want);
             more = true;
         }
-        for (id, item) in &rows {
+        for (n, id, item) in &rows {
             features.push(item_doc(c, id, item, base));
-            last = Some((c.bucket.clone(), id.clone()));
+            last = Some((c.bucket.clone(), *n));
         }
         if features.len() >= s.limit {
             // The next collection may still hold matches.
@@ -529,8 +545,8 @@ fn run(app: &App, who: &Principal, base: &str, s: &Search, paging: &Paging) -> R
         }
     }
     let mut links = vec![link("root", &format!("{base}/stac"), "application/json")];
-    if let (true, Some((bucket, id))) = (more, &last) {
-        let token = format!("next:{bucket}:{id}");
+    if let (true, Some((bucket, n))) = (more, &last) {
+        let token = format!("next:{bucket}:{n}");
         links.push(match paging {
             Paging::Get(url) => {
                 let mut q = next_query(s);

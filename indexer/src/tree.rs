@@ -189,11 +189,16 @@ pub fn index_tree(
             todo.push(i as u32);
         }
     }
+    // Three stages, so that no index worker waits on anything but its file: lanes hand each
+    // file to a worker process; finishers pack its references and describe it; this thread
+    // commits.
+    let (indexed_tx, indexed_rx) = std::sync::mpsc::sync_channel::<Indexed>(BATCH_ROWS);
+    let indexed_rx = std::sync::Mutex::new(indexed_rx);
     let (tx, rx) = std::sync::mpsc::sync_channel::<(DatasetRow, Option<Item>)>(BATCH_ROWS);
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| -> Result<(), TreeError> {
         for _ in 0..options.jobs.max(1) {
-            let (tx, next, todo, root, files) = (tx.clone(), &next, &todo, &root, &files);
+            let (indexed_tx, next, todo, root, files) = (indexed_tx.clone(), &next, &todo, &root, &files);
             scope.spawn(move || loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&n) = todo.get(i) else { break };
@@ -201,10 +206,20 @@ pub fn index_tree(
                 let path = root.join(rel);
                 let fingerprint = Fingerprint::of_path(&path).unwrap_or_default();
                 let url = options.url_prefix.as_ref().map(|p| format!("{}{rel}", with_slash(p)));
-                let indexed = indexer.index(&path, url);
-                let item = indexed.as_ref().ok().and_then(|set| describe(rel, &path, set));
-                let row = row_of(rel, fingerprint, indexed);
-                if tx.send((row, item)).is_err() {
+                let result = indexer.index(&path, url);
+                if indexed_tx.send(Indexed { rel, path, fingerprint, result }).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(indexed_tx);
+        for _ in 0..options.jobs.max(1) {
+            let (tx, indexed_rx) = (tx.clone(), &indexed_rx);
+            scope.spawn(move || loop {
+                let next = indexed_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok(Indexed { rel, path, fingerprint, result }) = next else { break };
+                let item = result.as_ref().ok().and_then(|set| describe(rel, &path, set));
+                if tx.send((row_of(rel, fingerprint, result), item)).is_err() {
                     break;
                 }
             });
@@ -268,6 +283,14 @@ fn describe_stored(db: &mut CatalogDb, root: &Path, files: &[String], which: &[u
         db.write(|w| items.iter().try_for_each(|(rel, item)| w.put_item(rel, item.as_ref())))?;
     }
     Ok(())
+}
+
+/// A file as its worker indexed it, on its way to be packed and described.
+struct Indexed<'a> {
+    rel: &'a str,
+    path: PathBuf,
+    fingerprint: Fingerprint,
+    result: Result<ReferenceSet, String>,
 }
 
 fn commit(db: &mut CatalogDb, batch: &mut Vec<(DatasetRow, Option<Item>)>) -> Result<(), TreeError> {

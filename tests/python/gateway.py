@@ -45,6 +45,19 @@ def wait_for(predicate, timeout: float = 120, step: float = 0.3):
     raise AssertionError("condition not reached in time")
 
 
+def chromium() -> str:
+    """Debian's headless Chromium: CI fails without it (./make.sh test installs it), a local
+    run skips."""
+    import pytest
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (./make.sh test installs it)")
+        pytest.skip("chromium is not installed (./make.sh test installs it)")
+    return exe
+
+
 def debug_build() -> Path:
     """The debug binary cargo builds, in ``$CARGO_TARGET_DIR`` when that is set."""
     return Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target").resolve() / "debug" / "zarrgate"

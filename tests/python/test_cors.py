@@ -4,7 +4,6 @@ reads the gateway with headless Chromium, through a preflight, as a real browser
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway import REPO, zarrgate_bin
+from gateway import REPO, chromium, zarrgate_bin
 
 FIXTURES = REPO / "fixtures" / "data" / "good"
 
@@ -39,15 +38,6 @@ async function read(path) {
 })();
 </script></body></html>
 """
-
-
-def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (./make.sh test installs it)")
-        pytest.skip("chromium is not installed (./make.sh test installs it)")
-    return exe
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 import requests
 import xarray as xr
 
-from gateway import REPO, Gateway, corpus_missing, zarrgate_bin
+from gateway import REPO, Gateway, chromium, corpus_missing, zarrgate_bin
 
 FIXTURES = Path(os.environ.get("ZARRGATE_FIXTURES", REPO / "fixtures" / "data" / "good"))
 CORPUS = Path(os.environ.get("ZARRGATE_CORPUS", REPO.parent / "shared" / "corpus"))
@@ -92,15 +92,6 @@ def cmip6_files() -> list[Path]:
 
 
 # --- pages -----------------------------------------------------------------------------------
-
-
-def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (./make.sh test installs it)")
-        pytest.skip("chromium is not installed (./make.sh test installs it)")
-    return exe
 
 
 def browse(url: str, tmp: Path, shot: str | None = None) -> tuple[str, list[str]]:

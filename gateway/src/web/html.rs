@@ -50,21 +50,9 @@ details{margin:.2rem 0}
 .muted{color:#5b6476}
 ";
 
-/// Escapes text for HTML (element content and quoted attribute values).
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
+/// Escapes text for HTML (element content and quoted attribute values): the XML escaping of
+/// S3 documents serves both.
+pub use crate::s3::xml::escape as esc;
 
 fn html(status: u16, title: &str, body: &str) -> HttpResponse {
     let doc = format!(

@@ -445,33 +445,11 @@ fn instant(s: &str, end: bool) -> Option<String> {
     let sec: f64 = c[2].parse().ok()?;
     let secs = if end { sec.ceil() } else { sec.floor() } as i64;
     // Shift by the offset through a day count (proleptic Gregorian, as RFC 3339 is).
-    let days = days_from_civil(y, m, day);
+    let days = crate::dates::days_from_civil(y, m, day);
     let total = days * 86400 + h * 3600 + mi * 60 + secs - offset_minutes * 60;
     let (days, rem) = (total.div_euclid(86400), total.rem_euclid(86400));
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = crate::dates::civil_from_days(days);
     Some(format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60))
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// The query extension's facet filters: `{"NAME": {"eq": V}}` or `{"NAME": {"in": [V, …]}}`.

@@ -8,13 +8,17 @@
 //!   second snaps to the second (cftime issue #187), so 4020.000001 s decodes to 01:07:00.
 //! - Encoding divides exact integer microseconds, correctly rounded, as `date2num` does.
 //! - Reference dates are read with cftime's pattern: text after it (" UTC") is ignored, and a
-//!   fraction of a second is truncated after a float round trip (".000249" is 248 µs).
+//!   fraction of a second is truncated after a float round trip (".000249" is 248 µs). For the
+//!   standard calendars xarray reads them with pandas first, and so does [`TimeUnits::parse`]
+//!   (module `pandas`: "Jan 1, 2000", "1/15/2000 06:00", ".000249" exactly).
 //!
 //! Years follow cftime's CF defaults. `standard` and `julian` have no year 0: 1 BC is year -1
 //! and is a leap year (so are -5, -9, …); year 0 is refused. `proleptic_gregorian` and the
 //! idealized calendars count astronomically and do have a year 0. Day numbers are cftime's
 //! `toordinal()`: the Julian Day Number for the real-world calendars, days since 0000-01-01 for
 //! the idealized ones. Everything is integer arithmetic; no function here panics.
+
+mod pandas;
 
 const DAY_US: i128 = 86_400_000_000;
 /// Days before each month (and the year's length at index 12), in common and leap years.
@@ -315,16 +319,32 @@ pub struct TimeUnits {
 }
 
 impl TimeUnits {
-    /// Parses `units` as cftime does (unit aliases, `since` in any case, the reference read by
-    /// cftime's ISO 8601 pattern), with `calendar` as in [`Calendar::parse`] and "" meaning
-    /// `standard`. Month and year units are refused, as is a reference date missing from the
-    /// calendar.
+    /// Parses `units` as xarray does. For the standard calendars that is pandas first (see
+    /// [`pandas`]: "Jan 1, 2000", "1/15/2000 06:00" and ISO text as pandas reads it), then,
+    /// where xarray falls back, cftime (unit aliases, `since` in any case, the reference read
+    /// by cftime's ISO 8601 pattern), which is all there is for the other calendars.
+    /// `calendar` is as in [`Calendar::parse`], "" meaning `standard`. Month and year units
+    /// are refused, as is a reference date missing from the calendar or one that pandas may
+    /// read in a way not reproduced here.
     pub fn parse(units: &str, calendar: &str) -> Result<TimeUnits, String> {
         let calendar = match calendar.trim() {
             "" => Calendar::Standard,
             name => Calendar::parse(name).ok_or_else(|| format!("unknown calendar '{name}'"))?,
         };
         let context = |why: String| format!("time units '{units}': {why}");
+        if matches!(calendar, Calendar::Standard | Calendar::ProlepticGregorian) {
+            match pandas::read_units(units) {
+                pandas::Reading::Pandas(unit, epoch, utc_offset_minutes) => {
+                    return Ok(TimeUnits { unit, epoch, calendar, utc_offset_minutes });
+                }
+                pandas::Reading::Unknown => {
+                    return Err(context(
+                        "xarray reads this reference date with pandas in a way not reproduced here".into(),
+                    ));
+                }
+                pandas::Reading::Cftime => {}
+            }
+        }
         let (word, reference) =
             split_since(units).ok_or_else(|| context("expected 'UNIT since REFERENCE'".to_string()))?;
         let unit = TimeUnit::from_word(&word.to_lowercase()).map_err(context)?;
@@ -973,10 +993,13 @@ mod tests {
             ("milliseconds since 2000-01-01", "standard", 1.0005, "2000-01-01T00:00:00.001000"),
             ("milliseconds since 2000-01-01", "standard", -0.0005, "1999-12-31T23:59:59.999999"),
             ("milliseconds since 2000-01-01", "standard", 1000000000000000.0, "+33688-09-26T01:46:40"),
-            ("microseconds since 2000-01-01 00:00:00.000249", "standard", 0.0, "2000-01-01T00:00:00.000248"),
-            ("microseconds since 2000-01-01 00:00:00.000249", "standard", 0.5, "2000-01-01T00:00:00.000248"),
-            ("microseconds since 2000-01-01 00:00:00.000249", "standard", 1.5, "2000-01-01T00:00:00.000250"),
-            ("microseconds since 2000-01-01 00:00:00.000249", "standard", -2.5, "2000-01-01T00:00:00.000246"),
+            // cftime truncates the reference's fraction; pandas (xarray's reader for standard
+            // calendars within datetime64[ns]) does not: see `pandas`.
+            ("microseconds since 2000-01-01 00:00:00.000249", "noleap", 0.0, "2000-01-01T00:00:00.000248"),
+            ("microseconds since 2000-01-01 00:00:00.000249", "noleap", 0.5, "2000-01-01T00:00:00.000248"),
+            ("microseconds since 2000-01-01 00:00:00.000249", "noleap", 1.5, "2000-01-01T00:00:00.000250"),
+            ("microseconds since 2000-01-01 00:00:00.000249", "noleap", -2.5, "2000-01-01T00:00:00.000246"),
+            ("microseconds since 1600-01-01 00:00:00.000249", "standard", 0.0, "1600-01-01T00:00:00.000248"),
             ("msec since 2000-01-01 12:30:45.5 -01", "noleap", 0.0, "2000-01-01T13:30:45.500000"),
             ("Days SINCE 1850-01-01 00:00:00 UTC", "standard", 1.0, "1850-01-02T00:00:00"),
             ("d since 1850-01-01 12", "", 0.0, "1850-01-01T00:00:00"),
@@ -1114,7 +1137,7 @@ mod tests {
             ("days after 2000-01-01", "standard", "UNIT since REFERENCE"),
             ("days since", "standard", "UNIT since REFERENCE"),
             ("days", "standard", "UNIT since REFERENCE"),
-            ("days since 2000", "standard", "cannot read"),
+            ("days since 2000", "noleap", "cannot read"),
             ("days since yesterday", "standard", "cannot read"),
             ("days since 1582-10-10", "standard", "does not exist"),
             ("days since 2000-02-30", "standard", "does not exist"),

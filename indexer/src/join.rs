@@ -12,6 +12,9 @@ use serde_json::Value;
 use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, EntryStatus, Fingerprint, Item, JoinEntry, JoinRow};
 use zarrgate_core::join::doc::{DocSource, JoinDoc, SourceFile};
 use zarrgate_core::join::{parallel_map, ByteReader, CoordValue, Edit, Force, Joiner, Member, Node};
+
+use crate::ncml::{self, NcNode};
+use crate::paths::{join_path, split_dir};
 use zarrgate_core::ops::store::{parse_json, Attrs};
 use zarrgate_core::refs::{Reference, ReferenceSet};
 
@@ -83,15 +86,6 @@ pub struct NewDim {
     pub variables: Option<Vec<String>>,
 }
 
-/// An NcML element, with locations relative to the data root.
-#[derive(Clone, Debug)]
-pub enum NcNode {
-    File(String),
-    Existing { dim: String, children: Vec<NcNode> },
-    New { dim: String, variables: Vec<String>, values: Vec<String>, children: Vec<NcNode> },
-    Union(Vec<NcNode>),
-}
-
 /// File names of ESGF/DRS datasets: `PREFIX_START-END.EXT`.
 fn drs_name() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
@@ -138,7 +132,7 @@ pub fn find(root: &Path, files: &[String], drs: bool) -> Vec<Result<Definition, 
                 let spec: Spec = toml::from_str(&text).map_err(|e| format!("{rel}: {e}"))?;
                 Plan::Spec { dir, spec }
             } else {
-                let (node, edits) = parse_ncml(&text, &dir, files).map_err(|e| format!("{rel}: {e}"))?;
+                let (node, edits) = ncml::parse(&text, &dir, files).map_err(|e| format!("{rel}: {e}"))?;
                 Plan::Ncml { dir, node, edits }
             };
             Ok(Definition { id: id.clone(), origin: rel.clone(), plan, text })
@@ -146,36 +140,6 @@ pub fn find(root: &Path, files: &[String], drs: bool) -> Vec<Result<Definition, 
         out.push(def.map_err(|e| (id, e)));
     }
     out
-}
-
-fn split_dir(rel: &str) -> (&str, &str) {
-    match rel.rfind('/') {
-        Some(i) => (&rel[..i], &rel[i + 1..]),
-        None => ("", rel),
-    }
-}
-
-fn join_path(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
-}
-
-/// Resolves `a/../b` and `./` in a relative path; `None` when it leaves the root.
-fn normalize(path: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    for p in path.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            p => parts.push(p),
-        }
-    }
-    Some(parts.join("/"))
 }
 
 /// A glob as a regex: `**` crosses directories, `*` and `?` do not.
@@ -258,20 +222,13 @@ impl Definition {
         match &self.plan {
             Plan::Drs { files } => out.extend(files.iter().cloned()),
             Plan::Spec { .. } => {}
-            Plan::Ncml { node, .. } => ncml_files(node, &mut out),
+            Plan::Ncml { node, .. } => {
+                let mut files = Vec::new();
+                node.files(&mut files);
+                out.extend(files);
+            }
         }
         out.into_iter().collect()
-    }
-}
-
-fn ncml_files(node: &NcNode, out: &mut BTreeSet<String>) {
-    match node {
-        NcNode::File(f) => {
-            out.insert(f.clone());
-        }
-        NcNode::Existing { children, .. } | NcNode::New { children, .. } | NcNode::Union(children) => {
-            children.iter().for_each(|c| ncml_files(c, out))
-        }
     }
 }
 
@@ -375,7 +332,15 @@ fn build_one(
             };
             Built { row: JoinRow { id: def.id.clone(), entry, doc: Some(doc) }, item, changed: true }
         }
-        Err(e) => failed(members.into_iter().map(|(m, _)| m).collect(), e, inputs),
+        Err(e) => {
+            // A spec's or an NcML's refusal names its file.
+            let e = if matches!(def.plan, Plan::Drs { .. }) || e.starts_with(&def.origin) {
+                e
+            } else {
+                format!("{}: {e}", def.origin)
+            };
+            failed(members.into_iter().map(|(m, _)| m).collect(), e, inputs)
+        }
     })
 }
 
@@ -408,6 +373,9 @@ fn resolve_members(
         _ => def.members(),
     };
     if members.is_empty() {
+        if matches!(&def.plan, Plan::Ncml { node: NcNode::Empty, .. }) {
+            return Ok(Ok(vec![])); // the NcML is the whole dataset
+        }
         return Ok(Err(format!("{}: no files", def.origin)));
     }
     let mut out = Vec::new();
@@ -462,8 +430,14 @@ fn build(root: &Path, db: &CatalogDb, def: &Definition, members: &[(String, Fing
     let mut joined = joiner.join(&node).map_err(|e| e.to_string())?;
     joined.apply(&edits).map_err(|e| e.to_string())?;
     let notes = joined.notes.clone();
-    let sources =
+    let mut sources: Vec<SourceFile> =
         members.iter().map(|(m, fingerprint)| SourceFile { path: m.clone(), fingerprint: *fingerprint }).collect();
+    if sources.is_empty() {
+        // A dataset of the NcML alone is served from the join document; the NcML is its
+        // source, so that a changed NcML is noticed like a changed file.
+        let meta = std::fs::metadata(root.join(&def.origin)).map_err(|e| format!("{}: {e}", def.origin))?;
+        sources.push(SourceFile { path: def.origin.clone(), fingerprint: Fingerprint::of(&meta) });
+    }
     let doc = JoinDoc::new(joined, sources);
     // A join whose description fails is still served; it is only not found by search.
     let item = Item::describe(&def.id, &DocSource { doc: &doc, reader: &reader }).ok();
@@ -479,7 +453,7 @@ fn node_of(
     match &def.plan {
         Plan::Drs { files } => {
             let children = files.iter().map(|f| Node::File(index[f.as_str()])).collect();
-            Ok((Node::Existing { dim: String::new(), children }, Force::default(), vec![]))
+            Ok((Node::Existing { dim: String::new(), children, coords: vec![] }, Force::default(), vec![]))
         }
         Plan::Spec { dir, spec } => {
             let mut force = Force::default();
@@ -491,7 +465,7 @@ fn node_of(
             }
             Ok((spec_node(def, dir, spec, members)?, force, vec![]))
         }
-        Plan::Ncml { node, edits, .. } => Ok((ncml_node(node, index)?, Force::default(), edits.clone())),
+        Plan::Ncml { node, edits, .. } => Ok((ncml_node(node, members, index)?, Force::default(), edits.clone())),
     }
 }
 
@@ -523,7 +497,11 @@ fn new_dim_node(
 ) -> Result<Node, String> {
     let along = |files: Vec<usize>| -> Result<Node, String> {
         match &spec.join {
-            Some(dim) => Ok(Node::Existing { dim: dim.clone(), children: files.into_iter().map(Node::File).collect() }),
+            Some(dim) => Ok(Node::Existing {
+                dim: dim.clone(),
+                children: files.into_iter().map(Node::File).collect(),
+                coords: vec![],
+            }),
             None if files.len() == 1 => Ok(Node::File(files[0])),
             None => Err(format!(
                 "{}: {} and {} would be joined but the spec names no `join` dimension",
@@ -571,161 +549,82 @@ fn new_dim_node(
     Ok(Node::New { dim: nd.name.clone(), values, variables: nd.variables.clone(), children })
 }
 
-fn ncml_node(node: &NcNode, index: &BTreeMap<&str, usize>) -> Result<Node, String> {
-    let kids = |c: &[NcNode]| c.iter().map(|n| ncml_node(n, index)).collect::<Result<Vec<_>, _>>();
+fn ncml_node(node: &NcNode, members: &[Member], index: &BTreeMap<&str, usize>) -> Result<Node, String> {
+    let kids = |c: &[NcNode]| c.iter().map(|n| ncml_node(n, members, index)).collect::<Result<Vec<_>, _>>();
     Ok(match node {
         NcNode::File(f) => Node::File(*index.get(f.as_str()).ok_or_else(|| format!("{f} is not indexed"))?),
-        NcNode::Existing { dim, children } => Node::Existing { dim: dim.clone(), children: kids(children)? },
-        NcNode::New { dim, variables, values, children } => Node::New {
-            dim: dim.clone(),
-            values: CoordValue::infer(values),
-            variables: (!variables.is_empty()).then(|| variables.clone()),
-            children: kids(children)?,
-        },
+        NcNode::Existing { dim, children, coords, ncoords } => {
+            for (child, n) in children.iter().zip(ncoords) {
+                if let Some(n) = n {
+                    let mut files = Vec::new();
+                    child.files(&mut files);
+                    let found = files.first().and_then(|f| dim_length(&members[index[f.as_str()]], dim));
+                    if files.len() == 1 && found != Some(*n) {
+                        return Err(format!(
+                            "{}: ncoords=\"{n}\", but it has {} along {dim}",
+                            files[0],
+                            found.map_or("no coordinate".into(), |f| f.to_string())
+                        ));
+                    }
+                }
+            }
+            let coords = match coords.iter().filter(|c| c.is_some()).count() {
+                0 => vec![],
+                n if n == coords.len() => coords.iter().flatten().cloned().collect(),
+                _ => return Err(format!("joinExisting along {dim}: coordValue is given on some members but not all")),
+            };
+            Node::Existing { dim: dim.clone(), children: kids(children)?, coords }
+        }
+        NcNode::New { dim, variables, values, children } => {
+            let mut files = Vec::new();
+            node.files(&mut files);
+            let scalar = files.first().is_some_and(|f| dim_length_of_scalar(&members[index[f.as_str()]], dim));
+            let values = if values.iter().all(Option::is_none) && scalar {
+                vec![] // the files' scalar `dim` becomes the coordinate
+            } else {
+                let texts: Vec<String> = values
+                    .iter()
+                    .zip(children)
+                    .map(|(v, c)| match (v, c) {
+                        (Some(v), _) => v.clone(),
+                        (None, NcNode::File(f)) => split_dir(f).1.to_string(),
+                        (None, _) => String::new(),
+                    })
+                    .collect();
+                CoordValue::infer(&texts)
+            };
+            Node::New {
+                dim: dim.clone(),
+                values,
+                variables: (!variables.is_empty()).then(|| variables.clone()),
+                children: kids(children)?,
+            }
+        }
         NcNode::Union(children) => Node::Union(kids(children)?),
+        NcNode::Edited { node, edits } => {
+            Node::Edited { node: Box::new(ncml_node(node, members, index)?), edits: edits.clone() }
+        }
+        NcNode::Empty => Node::Empty,
     })
 }
 
-/// Parses the NcML subset of `docs/joins.md`. Locations become paths relative to the root.
-pub fn parse_ncml(text: &str, dir: &str, files: &[String]) -> Result<(NcNode, Vec<Edit>), String> {
-    let doc = roxmltree::Document::parse(text).map_err(|e| format!("not valid XML: {e}"))?;
-    let root = doc.root_element();
-    if root.tag_name().name() != "netcdf" {
-        return Err(format!("the root element is <{}>, not <netcdf>", root.tag_name().name()));
-    }
-    let node = ncml_netcdf(root, dir, files)?.ok_or("the NcML names no files (no location and no aggregation)")?;
-    let mut edits = Vec::new();
-    for child in root.children().filter(|c| c.is_element()) {
-        match child.tag_name().name() {
-            "attribute" => edits.push(attribute_edit(child, None)?),
-            "remove" => {
-                let name = attr(child, "name")?;
-                edits.push(match child.attribute("type").unwrap_or("attribute") {
-                    "variable" => Edit::RemoveVariable(name),
-                    _ => Edit::RemoveAttribute { variable: None, name },
-                });
-            }
-            "variable" => {
-                let name = attr(child, "name")?;
-                if let Some(old) = child.attribute("orgName") {
-                    edits.push(Edit::RenameVariable { from: old.to_string(), to: name.clone() });
-                }
-                for a in child.children().filter(|c| c.is_element()) {
-                    match a.tag_name().name() {
-                        "attribute" => edits.push(attribute_edit(a, Some(&name))?),
-                        "remove" => {
-                            edits.push(Edit::RemoveAttribute { variable: Some(name.clone()), name: attr(a, "name")? })
-                        }
-                        other => return Err(format!("<{other}> inside <variable> is not supported")),
-                    }
-                }
-            }
-            "aggregation" | "dimension" => {}
-            other => return Err(format!("<{other}> is not supported")),
-        }
-    }
-    Ok((node, edits))
-}
-
-fn attr(node: roxmltree::Node, name: &str) -> Result<String, String> {
-    node.attribute(name)
-        .map(str::to_string)
-        .ok_or_else(|| format!("<{}> needs a {name} attribute", node.tag_name().name()))
-}
-
-fn attribute_edit(node: roxmltree::Node, variable: Option<&str>) -> Result<Edit, String> {
-    let name = attr(node, "name")?;
-    let text = node.attribute("value").map(str::to_string).unwrap_or_else(|| node.text().unwrap_or("").to_string());
-    let numeric =
-        matches!(node.attribute("type").unwrap_or("String"), "double" | "float" | "int" | "short" | "long" | "byte");
-    let value = if numeric {
-        let numbers = text
-            .split(|c: char| c.is_whitespace() || c == ',')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse::<f64>().map_err(|_| format!("attribute {name}: {s:?} is not a number")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let as_json = |x: f64| if x.fract() == 0.0 && x.abs() < 9e15 { Value::from(x as i64) } else { Value::from(x) };
-        match numbers.as_slice() {
-            [x] => as_json(*x),
-            xs => Value::Array(xs.iter().map(|x| as_json(*x)).collect()),
-        }
-    } else {
-        Value::from(text)
+/// A variable's `.zarray` in a member's consolidated metadata.
+fn zarray(m: &Member, var: &str) -> Option<Value> {
+    let zmeta = match m.refs.refs.get(".zmetadata")? {
+        Reference::Inline(b) => serde_json::from_slice::<Value>(b).ok()?,
+        _ => return None,
     };
-    Ok(Edit::SetAttribute { variable: variable.map(str::to_string), name, value })
+    zmeta.get("metadata")?.get(format!("{var}/.zarray"))?.clone().into()
 }
 
-/// A `<netcdf>` element: a file, or its aggregation.
-fn ncml_netcdf(node: roxmltree::Node, dir: &str, files: &[String]) -> Result<Option<NcNode>, String> {
-    if let Some(agg) = node.children().find(|c| c.tag_name().name() == "aggregation") {
-        return ncml_aggregation(agg, dir, files).map(Some);
-    }
-    match node.attribute("location") {
-        Some(loc) => Ok(Some(NcNode::File(location(dir, loc)?))),
-        None => Ok(None),
-    }
+/// The length of dimension `dim` in a member (from the variable of that name).
+fn dim_length(m: &Member, dim: &str) -> Option<u64> {
+    zarray(m, dim)?.get("shape")?.as_array()?.first()?.as_u64()
 }
 
-fn location(dir: &str, loc: &str) -> Result<String, String> {
-    let loc = loc.strip_prefix("file:").unwrap_or(loc);
-    if loc.starts_with('/') {
-        return Err(format!("location {loc:?} is absolute; locations are relative to the NcML file"));
-    }
-    normalize(&join_path(dir, loc)).ok_or_else(|| format!("location {loc:?} is outside the data directory"))
-}
-
-fn ncml_aggregation(agg: roxmltree::Node, dir: &str, files: &[String]) -> Result<NcNode, String> {
-    let kind = attr(agg, "type")?;
-    let mut children = Vec::new();
-    let mut values = Vec::new();
-    for c in agg.children().filter(|c| c.is_element()) {
-        match c.tag_name().name() {
-            "netcdf" => {
-                if let Some(n) = ncml_netcdf(c, dir, files)? {
-                    let value = c.attribute("coordValue").map(str::to_string).unwrap_or_else(|| match &n {
-                        NcNode::File(f) => split_dir(f).1.to_string(),
-                        _ => String::new(),
-                    });
-                    values.push(value);
-                    children.push(n);
-                }
-            }
-            "scan" => {
-                let base = location(dir, c.attribute("location").unwrap_or("."))?;
-                let suffix = c.attribute("suffix").unwrap_or("");
-                let re = c.attribute("regExp").map(Regex::new).transpose().map_err(|e| format!("scan regExp: {e}"))?;
-                let subdirs = c.attribute("subdirs").unwrap_or("true") == "true";
-                let prefix = if base.is_empty() { String::new() } else { format!("{base}/") };
-                for f in files {
-                    let Some(rest) = f.strip_prefix(&prefix) else { continue };
-                    let name = split_dir(rest).1;
-                    if (!subdirs && rest.contains('/')) || !name.ends_with(suffix) {
-                        continue;
-                    }
-                    if re.as_ref().is_some_and(|re| !re.is_match(name)) {
-                        continue;
-                    }
-                    values.push(name.to_string());
-                    children.push(NcNode::File(f.clone()));
-                }
-            }
-            "variableAgg" | "dimension" | "attribute" | "promoteGlobalAttribute" => {}
-            other => return Err(format!("<{other}> inside <aggregation> is not supported")),
-        }
-    }
-    if children.is_empty() {
-        return Err(format!("the {kind} aggregation names no files"));
-    }
-    Ok(match kind.as_str() {
-        "joinExisting" => NcNode::Existing { dim: attr(agg, "dimName")?, children },
-        "joinNew" => {
-            let variables = agg.children().filter(|c| c.tag_name().name() == "variableAgg");
-            let variables = variables.map(|v| attr(v, "name")).collect::<Result<Vec<_>, _>>()?;
-            NcNode::New { dim: attr(agg, "dimName")?, variables, values, children }
-        }
-        "union" => NcNode::Union(children),
-        other => return Err(format!("aggregation type {other:?} is not supported (joinExisting, joinNew, union)")),
-    })
+/// Whether a member has a scalar variable named `name`.
+fn dim_length_of_scalar(m: &Member, name: &str) -> bool {
+    zarray(m, name).and_then(|z| z.get("shape").and_then(Value::as_array).map(Vec::is_empty)).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -772,11 +671,11 @@ mod tests {
               </aggregation></netcdf>
               <netcdf location="o.nc"/>
             </aggregation></netcdf>"#;
-        let (node, edits) = parse_ncml(text, "n", &files).unwrap();
+        let (node, edits) = ncml::parse(text, "n", &files).unwrap();
         let NcNode::Union(kids) = node else { panic!("union expected") };
         assert!(matches!(&kids[0], NcNode::Existing { children, .. } if children.len() == 2));
         assert!(matches!(&kids[1], NcNode::File(f) if f == "n/o.nc"));
         assert_eq!(edits.len(), 4);
-        assert!(parse_ncml(r#"<netcdf><aggregation type="joinExisting" dimName="t"><netcdf location="../../x.nc"/></aggregation></netcdf>"#, "n", &files).is_err());
+        assert!(ncml::parse(r#"<netcdf><aggregation type="joinExisting" dimName="t"><netcdf location="../../x.nc"/></aggregation></netcdf>"#, "n", &files).is_err());
     }
 }

@@ -8,6 +8,8 @@
 //!   HDF5 (`H5Dchunk_iter`).
 //! - [`store`]: builds a reference set key by key and records each variable's fate.
 //! - [`join`]: joined datasets of a tree (DRS names, `NAME.join.toml`, `NAME.ncml`).
+//! - [`ncml`]: what NcML means here, element by element, and its parser.
+//! - [`paths`]: relative paths inside a data tree.
 //! - [`tree`]: indexes a directory into a catalog, incrementally, with per-file reports.
 //! - [`error`]: [`IndexError`], one variant per way a file can fail, each naming the file.
 //!
@@ -18,6 +20,8 @@ pub mod error;
 pub mod hdf;
 pub mod join;
 pub mod nc3;
+pub mod ncml;
+pub mod paths;
 pub mod store;
 pub mod tree;
 

@@ -20,6 +20,7 @@
 pub mod array;
 mod compare;
 pub mod doc;
+mod edit;
 mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +34,7 @@ use crate::refs::{Reference, ReferenceSet};
 use crate::zarr::{ArrayMetadataV2, Codec, DType, Endian, Kind};
 
 pub use array::{ByteReader, ChunkRef, Encoding, JoinedArray, Mode, Part, INLINE};
+pub use edit::{ncml_dtype, Edit, Given};
 use plan::values_array;
 
 /// What to join.
@@ -40,14 +42,21 @@ use plan::values_array;
 pub enum Node {
     /// A member file, by index.
     File(usize),
-    /// Concatenated along an existing dimension, in the order of its coordinate.
-    Existing { dim: String, children: Vec<Node> },
+    /// Concatenated along an existing dimension, in the order of its coordinate; or, when
+    /// `coords` gives each child's coordinate values (NcML `coordValue`), in the order given,
+    /// with those values.
+    Existing { dim: String, children: Vec<Node>, coords: Vec<Vec<String>> },
     /// Stacked along a new, leading dimension whose coordinate takes `values`. `variables`
     /// names what gets the dimension (default: what varies along a joined dimension, else every
     /// data variable).
     New { dim: String, values: Vec<CoordValue>, variables: Option<Vec<String>>, children: Vec<Node> },
     /// The variables of every child together.
     Union(Vec<Node>),
+    /// A child with names and attributes changed before it is joined (a nested NcML
+    /// `<netcdf>`).
+    Edited { node: Box<Node>, edits: Vec<Edit> },
+    /// No file: a dataset made by edits alone (NcML without a location).
+    Empty,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -104,6 +113,8 @@ pub struct Joined {
     pub variables: BTreeMap<String, JoinedVariable>,
     /// What the join left out or changed, for the catalog and the report.
     pub notes: Vec<String>,
+    /// Variables whose values the NcML gave (`coordValue`, `<values>`).
+    pub given: BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -112,95 +123,6 @@ pub struct JoinedVariable {
     /// Served attributes (without `_ARRAY_DIMENSIONS`).
     pub attrs: Attrs,
     pub array: JoinedArray,
-}
-
-/// A change to a joined dataset's metadata (NcML `variable`, `remove` and `attribute`).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Edit {
-    RenameVariable {
-        from: String,
-        to: String,
-    },
-    RemoveVariable(String),
-    /// Of a variable, or global when `variable` is `None`.
-    RemoveAttribute {
-        variable: Option<String>,
-        name: String,
-    },
-    SetAttribute {
-        variable: Option<String>,
-        name: String,
-        value: Value,
-    },
-}
-
-impl Joined {
-    /// Applies edits in order; naming a variable that does not exist is an error.
-    pub fn apply(&mut self, edits: &[Edit]) -> Result<(), JoinError> {
-        for e in edits {
-            match e {
-                Edit::RenameVariable { from, to } => {
-                    let v = self
-                        .variables
-                        .remove(from)
-                        .ok_or_else(|| JoinError::Edit(format!("rename: no variable {from}")))?;
-                    self.variables.insert(to.clone(), v);
-                }
-                Edit::RemoveVariable(name) => {
-                    self.variables
-                        .remove(name)
-                        .ok_or_else(|| JoinError::Edit(format!("remove: no variable {name}")))?;
-                }
-                Edit::RemoveAttribute { variable, name } => {
-                    self.attrs_of(variable.as_deref())?.remove(name);
-                }
-                Edit::SetAttribute { variable, name, value } => {
-                    let attrs = self.attrs_of(variable.as_deref())?;
-                    if let Some(why) = reinterprets_times(attrs, name, value) {
-                        return Err(JoinError::Edit(format!("{} {why}", variable.as_deref().unwrap_or("(global)"))));
-                    }
-                    attrs.insert(name.clone(), value.clone());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn attrs_of(&mut self, variable: Option<&str>) -> Result<&mut Attrs, JoinError> {
-        match variable {
-            None => Ok(&mut self.attrs),
-            Some(v) => self
-                .variables
-                .get_mut(v)
-                .map(|v| &mut v.attrs)
-                .ok_or_else(|| JoinError::Edit(format!("no variable {v} to change attributes of"))),
-        }
-    }
-}
-
-/// Why setting attribute `name` to `value` would read a variable's stored times as other
-/// instants than they are: its values are time numbers in its current units and calendar (the
-/// files', or the first file's when the join re-encoded them), and new units or a new calendar
-/// would not change the numbers, only what they are read as (THREDDS takes new numbers from
-/// `coordValue` in that case, which zarrgate does not implement yet).
-fn reinterprets_times(attrs: &Attrs, name: &str, value: &Value) -> Option<String> {
-    let current = attrs.get("units").and_then(Value::as_str)?;
-    if !current.to_ascii_lowercase().contains(" since ") || !matches!(name, "units" | "calendar") {
-        return None;
-    }
-    let old = attrs.get(name).and_then(Value::as_str).unwrap_or(if name == "calendar" { "standard" } else { "" });
-    let new = value.as_str().unwrap_or_default();
-    let same = match name {
-        "units" => TimeUnits::parse(old, "").ok().zip(TimeUnits::parse(new, "").ok()).is_some_and(|(a, b)| a == b),
-        _ => Calendar::parse(old).is_some() && Calendar::parse(old) == Calendar::parse(new),
-    };
-    (!same).then(|| {
-        format!(
-            "holds times in {name} {old:?}: the NcML sets {name} to {new:?} without the values that go with it, \
-             which would read every stored time as another instant (refused; give the files' {name}, or \
-             leave the attribute out)"
-        )
-    })
 }
 
 /// Overrides of refusals.
@@ -228,6 +150,8 @@ struct VDataset {
     joined: BTreeSet<String>,
     /// Member indices, in join order.
     files: Vec<usize>,
+    /// Variables whose values the NcML gave.
+    given: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -315,7 +239,7 @@ impl<'a> Joiner<'a> {
             }
             variables.insert(name.clone(), JoinedVariable { dims: v.dims.clone(), attrs, array });
         }
-        Ok(Joined { attrs: ds.attrs, variables, notes: self.notes.into_inner() })
+        Ok(Joined { attrs: ds.attrs, variables, notes: self.notes.into_inner(), given: ds.given })
     }
 
     fn name(&self, member: usize) -> &str {
@@ -325,9 +249,9 @@ impl<'a> Joiner<'a> {
     fn eval(&mut self, node: &Node) -> Result<VDataset, JoinError> {
         match node {
             Node::File(i) => self.file(*i),
-            Node::Existing { dim, children } => {
+            Node::Existing { dim, children, coords } => {
                 let kids = children.iter().map(|c| self.eval(c)).collect::<Result<Vec<_>, _>>()?;
-                self.existing(dim, kids)
+                self.existing(dim, kids, coords)
             }
             Node::New { dim, values, variables, children } => {
                 let kids = children.iter().map(|c| self.eval(c)).collect::<Result<Vec<_>, _>>()?;
@@ -337,6 +261,18 @@ impl<'a> Joiner<'a> {
                 let kids = children.iter().map(|c| self.eval(c)).collect::<Result<Vec<_>, _>>()?;
                 self.union(kids)
             }
+            Node::Edited { node, edits } => {
+                let mut ds = self.eval(node)?;
+                edit::apply_to_piece(&mut ds, edits)?;
+                Ok(ds)
+            }
+            Node::Empty => Ok(VDataset {
+                attrs: Attrs::new(),
+                vars: BTreeMap::new(),
+                joined: BTreeSet::new(),
+                files: vec![],
+                given: BTreeSet::new(),
+            }),
         }
     }
 
@@ -359,13 +295,19 @@ impl<'a> Joiner<'a> {
                 self.note_once(format!("{name} is left out: it needs server-side decoding, which joins do not do yet"));
             }
         }
-        Ok(VDataset { attrs: view.attrs.clone(), vars, joined: BTreeSet::new(), files: vec![i] })
+        Ok(VDataset {
+            attrs: view.attrs.clone(),
+            vars,
+            joined: BTreeSet::new(),
+            files: vec![i],
+            given: BTreeSet::new(),
+        })
     }
 
     /// Joins pieces along an existing dimension (time when `dim` is empty): in the order of
     /// their coordinate, on one grid, each variable along `dim` concatenated and the others
     /// taken from the first piece once checked the same in all.
-    fn existing(&mut self, dim: &str, kids: Vec<VDataset>) -> Result<VDataset, JoinError> {
+    fn existing(&mut self, dim: &str, kids: Vec<VDataset>, coords: &[Vec<String>]) -> Result<VDataset, JoinError> {
         if kids.is_empty() {
             return err(format!("nothing to join along {dim}"));
         }
@@ -378,11 +320,16 @@ impl<'a> Joiner<'a> {
         } else {
             dim
         };
-        let kids = self.in_coordinate_order(dim, kids)?;
+        let kids = if coords.is_empty() { self.in_coordinate_order(dim, kids)? } else { kids };
         self.check_one_grid(dim, &kids)?;
         let base = &kids[0];
-        let mut out =
-            VDataset { attrs: base.attrs.clone(), vars: BTreeMap::new(), joined: base.joined.clone(), files: vec![] };
+        let mut out = VDataset {
+            attrs: base.attrs.clone(),
+            vars: BTreeMap::new(),
+            joined: base.joined.clone(),
+            files: vec![],
+            given: BTreeSet::new(),
+        };
         out.joined.insert(dim.to_string());
         for k in &kids {
             out.files.extend(&k.files);
@@ -400,7 +347,55 @@ impl<'a> Joiner<'a> {
                 out.vars.insert(name, joined);
             }
         }
+        if !coords.is_empty() {
+            let coordinate = self.given_coordinate(dim, &kids, coords)?;
+            out.vars.insert(dim.to_string(), coordinate);
+            out.given.insert(dim.to_string());
+        }
         Ok(out)
+    }
+
+    /// The coordinate of a join along `dim` whose values the NcML gives for each piece
+    /// (`coordValue`, as many values as the piece's length along `dim`): of the type of the
+    /// files' coordinate (float64 without one), with the first file's attributes.
+    fn given_coordinate(&self, dim: &str, kids: &[VDataset], coords: &[Vec<String>]) -> Result<VVar, JoinError> {
+        if coords.len() != kids.len() {
+            return err(format!("{dim}: coordValue is given for {} of {} pieces", coords.len(), kids.len()));
+        }
+        let mut texts = Vec::new();
+        for (k, c) in kids.iter().zip(coords) {
+            let n = dim_lengths(k).get(dim).copied().unwrap_or(0);
+            if c.len() as u64 != n {
+                return err(format!(
+                    "{}: coordValue gives {} values ({}) for {n} along {dim}",
+                    self.name(k.files[0]),
+                    c.len(),
+                    c.join(" ")
+                ));
+            }
+            texts.extend(c.iter().cloned());
+        }
+        let file_var = kids[0].vars.get(dim).filter(|v| v.dims.len() == 1 && v.dims[0] == dim);
+        let dtype = match file_var.map(|v| &v.content) {
+            Some(Content::Parts(p)) => self.views[p[0].member].variables[&p[0].var].meta.dtype,
+            _ => DType::new(Kind::Float, 8, Endian::Little),
+        };
+        let dtype = if matches!(dtype.kind, Kind::Int | Kind::UInt | Kind::Float) {
+            DType::new(dtype.kind, dtype.size, Endian::Little)
+        } else {
+            DType::new(Kind::Float, 8, Endian::Little)
+        };
+        let n = texts.len() as u64;
+        let mut bytes = vec![0u8; texts.len() * dtype.size];
+        for (t, out) in texts.iter().zip(bytes.chunks_mut(dtype.size)) {
+            let x: f64 = t.trim().parse().map_err(|_| {
+                JoinError::Refused(format!("{dim}: coordValue {t:?} is not a number (the coordinate holds numbers)"))
+            })?;
+            array::write_element(&dtype, x, out);
+        }
+        let meta = ArrayMetadataV2::plain(&[n], &[n.max(1)], dtype, Value::Null);
+        let attrs = file_var.map(|v| v.attrs.clone()).unwrap_or_default();
+        Ok(VVar { dims: vec![dim.to_string()], shape: vec![n], attrs, content: Content::Values(meta, bytes) })
     }
 
     /// The pieces in the order of their coordinate along `dim` (when they have one), checked to
@@ -505,14 +500,21 @@ impl<'a> Joiner<'a> {
         if kids.is_empty() {
             return err(format!("nothing to join along the new dimension {dim}"));
         }
-        if kids.len() != values.len() {
+        // Without values, each piece's scalar variable named `dim` is promoted to the
+        // coordinate (as THREDDS does).
+        let promote = values.is_empty();
+        if kids.len() != values.len() && !promote {
             return err(format!("{dim}: {} values for {} pieces", values.len(), kids.len()));
         }
         let base = &kids[0];
-        if base.vars.contains_key(dim) || base.vars.values().any(|v| v.dims.iter().any(|d| d == dim)) {
+        let scalar = base.vars.get(dim).is_some_and(|v| v.dims.is_empty());
+        if promote && !scalar {
+            return err(format!("{dim}: no coordinate values, and {} has no scalar {dim}", self.name(base.files[0])));
+        }
+        if (base.vars.contains_key(dim) && !scalar) || base.vars.values().any(|v| v.dims.iter().any(|d| d == dim)) {
             return err(format!("the new dimension {dim} already exists in {}", self.name(base.files[0])));
         }
-        let selected: BTreeSet<String> = match variables {
+        let mut selected: BTreeSet<String> = match variables {
             Some(v) => v.iter().cloned().collect(),
             None if !base.joined.is_empty() => base
                 .vars
@@ -522,8 +524,17 @@ impl<'a> Joiner<'a> {
                 .collect(),
             None => base.vars.keys().filter(|n| !is_coordinate(base, n)).cloned().collect(),
         };
-        let mut out =
-            VDataset { attrs: base.attrs.clone(), vars: BTreeMap::new(), joined: base.joined.clone(), files: vec![] };
+        selected.remove(dim);
+        if promote {
+            selected.insert(dim.to_string());
+        }
+        let mut out = VDataset {
+            attrs: base.attrs.clone(),
+            vars: BTreeMap::new(),
+            joined: base.joined.clone(),
+            files: vec![],
+            given: BTreeSet::new(),
+        };
         out.joined.insert(dim.to_string());
         for k in &kids {
             out.files.extend(&k.files);
@@ -577,17 +588,25 @@ impl<'a> Joiner<'a> {
                 return err(format!("{name}, named for the new dimension {dim}, is in none of the files"));
             }
         }
-        out.vars.insert(dim.to_string(), coordinate_var(dim, values));
+        if !promote {
+            out.vars.insert(dim.to_string(), coordinate_var(dim, values));
+        }
         Ok(out)
     }
 
     fn union(&mut self, kids: Vec<VDataset>) -> Result<VDataset, JoinError> {
         let Some(base) = kids.first() else { return err("an empty union") };
-        let mut out =
-            VDataset { attrs: base.attrs.clone(), vars: BTreeMap::new(), joined: BTreeSet::new(), files: vec![] };
+        let mut out = VDataset {
+            attrs: base.attrs.clone(),
+            vars: BTreeMap::new(),
+            joined: BTreeSet::new(),
+            files: vec![],
+            given: BTreeSet::new(),
+        };
         for k in &kids {
             out.files.extend(&k.files);
             out.joined.extend(k.joined.iter().cloned());
+            out.given.extend(k.given.iter().cloned());
         }
         for name in union_names(&kids) {
             let holders: Vec<VDataset> = kids.iter().filter(|k| k.vars.contains_key(&name)).cloned().collect();
@@ -826,7 +845,7 @@ mod tests {
     }
 
     fn along_time(n: usize) -> Node {
-        Node::Existing { dim: String::new(), children: (0..n).map(Node::File).collect() }
+        Node::Existing { dim: String::new(), children: (0..n).map(Node::File).collect(), coords: vec![] }
     }
 
     fn f64s(v: &JoinedVariable) -> Vec<f64> {
@@ -881,6 +900,77 @@ mod tests {
         // Units given to a variable that holds no times are the author's to give.
         j.apply(&[Edit::SetAttribute { variable: Some("tas".into()), name: "units".into(), value: Value::from("K") }])
             .unwrap();
+        // Another fill value would mask other values.
+        let fill =
+            Edit::SetAttribute { variable: Some("tas".into()), name: "_FillValue".into(), value: Value::from(0) };
+        assert!(j.apply(&[fill]).unwrap_err().to_string().contains("_FillValue"));
+    }
+
+    #[test]
+    fn coord_values_give_the_joined_coordinate_and_allow_new_units() {
+        let lat = [1.0, 2.0];
+        let members = [
+            member("a.nc", &[1.15e9], "seconds since 1970-01-01", "standard", &lat, None),
+            member("b.nc", &[1.15e9 + 3600.0], "seconds since 1970-01-01", "standard", &lat, None),
+        ];
+        // In the order written, with the given values, whatever the files hold.
+        let node = Node::Existing {
+            dim: "time".into(),
+            children: vec![Node::File(1), Node::File(0)],
+            coords: vec![vec!["12".into()], vec!["13".into()]],
+        };
+        let mut j = join(&members, node).unwrap();
+        assert_eq!(f64s(&j.variables["time"]), vec![12.0, 13.0]);
+        assert_eq!(j.variables["tas"].array.parts[0].source, 1);
+        let units = Value::from("hours since 2006-06-16 00:00");
+        j.apply(&[Edit::SetAttribute { variable: Some("time".into()), name: "units".into(), value: units.clone() }])
+            .unwrap();
+        assert_eq!(j.variables["time"].attrs["units"], units);
+        // As many values as steps, or refused.
+        let node = Node::Existing {
+            dim: "time".into(),
+            children: vec![Node::File(0), Node::File(1)],
+            coords: vec![vec!["12".into(), "13".into()], vec!["14".into()]],
+        };
+        assert!(join(&members, node).unwrap_err().to_string().contains("coordValue gives 2 values"));
+    }
+
+    #[test]
+    fn values_replace_add_and_declare_variables() {
+        let members = [member("a.nc", &[0.0, 1.0], "days since 2000-01-01", "standard", &[1.0, 2.0], None)];
+        let mut j = join(&members, Node::File(0)).unwrap();
+        let le = |k, s| DType::new(k, s, Endian::Little);
+        j.apply(&[
+            Edit::Values {
+                name: "time".into(),
+                dims: None,
+                dtype: None,
+                values: Given::Range { start: 10.0, increment: 0.5, npts: None },
+            },
+            Edit::Dimension { name: "n".into(), length: 3 },
+            Edit::Values {
+                name: "w".into(),
+                dims: Some(vec!["n".into()]),
+                dtype: Some(le(Kind::Int, 2)),
+                values: Given::List(vec!["1".into(), "-2".into(), "3".into()]),
+            },
+            // A declaration of what the files have changes nothing.
+            Edit::Values {
+                name: "lat".into(),
+                dims: Some(vec!["lat".into()]),
+                dtype: Some(le(Kind::Float, 8)),
+                values: Given::Missing,
+            },
+        ])
+        .unwrap();
+        assert_eq!(f64s(&j.variables["time"]), vec![10.0, 10.5]);
+        assert_eq!(f64s(&j.variables["w"]), vec![1.0, -2.0, 3.0]);
+        assert_eq!(f64s(&j.variables["lat"]), vec![1.0, 2.0]);
+        let bad =
+            Edit::Values { name: "lat".into(), dims: None, dtype: Some(le(Kind::Int, 4)), values: Given::Missing };
+        assert!(j.apply(&[bad]).unwrap_err().to_string().contains("changing a type or shape is refused"));
+        let short = Edit::Values { name: "lat".into(), dims: None, dtype: None, values: Given::List(vec!["1".into()]) };
+        assert!(j.apply(&[short]).unwrap_err().to_string().contains("1 values for 2 elements"));
     }
 
     #[test]

@@ -34,9 +34,9 @@ pub const SUPPORT: &[(&str, &str, &str)] = &[
     ("enumTypedef", "type", "yes"),
     ("enum", "", "yes"),
     ("enum", "key", "yes"),
-    ("group", "", "refused: groups in NcML are not implemented"),
-    ("group", "name", "refused: groups in NcML are not implemented"),
-    ("group", "orgName", "refused: groups in NcML are not implemented"),
+    ("group", "", "yes: in datasets of the NcML alone (refused over files: joins are of the root group)"),
+    ("group", "name", "yes"),
+    ("group", "orgName", "refused: files' groups are not joined"),
     ("dimension", "", "yes"),
     ("dimension", "name", "yes"),
     ("dimension", "length", "yes: for new variables; an existing dimension must have it"),
@@ -162,6 +162,11 @@ pub fn parse(text: &str, dir: &str, files: &[String]) -> Result<(NcNode, Vec<Edi
     }
     check_support(root)?;
     let node = dataset(root, dir, files)?.unwrap_or(NcNode::Empty);
+    if !matches!(node, NcNode::Empty) && root.descendants().any(|n| n.tag_name().name() == "group") {
+        return Err("<group> is refused over files: joins are of the root group (groups are implemented in \
+                    datasets of the NcML alone)"
+            .into());
+    }
     let edits = changes(root, true)?;
     Ok((node, edits))
 }
@@ -307,10 +312,7 @@ fn scan(c: roxmltree::Node, dir: &str, files: &[String]) -> Result<Vec<String>, 
 fn changes(node: roxmltree::Node, top: bool) -> Result<Vec<Edit>, String> {
     let mut edits = Vec::new();
     let mut removals = Vec::new();
-    let enums: Vec<(String, String)> = elements(node)
-        .filter(|c| c.tag_name().name() == "enumTypedef")
-        .map(|e| Ok((attr(e, "name")?, e.attribute("type").unwrap_or("enum1").to_string())))
-        .collect::<Result<_, String>>()?;
+    let enums = enum_types(node)?;
     if elements(node).any(|c| c.tag_name().name() == "explicit") {
         if !top {
             return Err("<explicit/> inside a nested <netcdf> is refused: it is implemented at the top level".into());
@@ -334,9 +336,10 @@ fn changes(node: roxmltree::Node, top: bool) -> Result<Vec<Edit>, String> {
                     edits.push(Edit::Dimension { name, length });
                 }
             }
-            "variable" => variable(c, top, &enums, &mut edits, &mut removals)?,
+            "variable" => variable(c, "", top, &enums, &mut edits, &mut removals)?,
             "attribute" => edits.push(attribute(c, None)?),
             "remove" => removals.push(remove(c, None)?),
+            "group" => group(c, "", &enums, &mut edits)?,
             "aggregation" | "readMetadata" | "explicit" | "enumTypedef" => {}
             other => return Err(format!("<{other}> is not supported here")),
         }
@@ -345,14 +348,58 @@ fn changes(node: roxmltree::Node, top: bool) -> Result<Vec<Edit>, String> {
     Ok(edits)
 }
 
+/// `enumTypedef` (name, type) pairs declared directly in `node`.
+fn enum_types(node: roxmltree::Node) -> Result<Vec<(String, String)>, String> {
+    elements(node)
+        .filter(|c| c.tag_name().name() == "enumTypedef")
+        .map(|e| Ok((attr(e, "name")?, e.attribute("type").unwrap_or("enum1").to_string())))
+        .collect()
+}
+
+/// A `<group>` of a dataset of the NcML alone, below `parent` (`""` for the root).
+fn group(g: roxmltree::Node, parent: &str, outer: &[(String, String)], edits: &mut Vec<Edit>) -> Result<(), String> {
+    let path = format!("{parent}{}", attr(g, "name")?);
+    edits.push(Edit::Group { path: path.clone() });
+    let mut enums = enum_types(g)?;
+    enums.extend(outer.iter().cloned());
+    let prefix = format!("{path}/");
+    for c in elements(g) {
+        match c.tag_name().name() {
+            "dimension" if c.attribute("orgName").is_none() => {
+                let name = attr(c, "name")?;
+                let len = attr(c, "length")?;
+                let length =
+                    len.trim().parse().map_err(|_| format!("dimension {name}: length {len:?} is not a count"))?;
+                edits.push(Edit::Dimension { name: format!("{prefix}{name}"), length });
+            }
+            "attribute" => match attribute(c, None)? {
+                Edit::SetAttribute { name, value, .. } => {
+                    edits.push(Edit::GroupAttribute { group: path.clone(), name, value })
+                }
+                _ => return Err(format!("group {path}: an attribute needs a value")),
+            },
+            "variable" => {
+                let mut removals = Vec::new();
+                variable(c, &prefix, true, &enums, edits, &mut removals)?;
+                edits.extend(removals);
+            }
+            "group" => group(c, &prefix, &enums, edits)?,
+            "enumTypedef" => {}
+            other => return Err(format!("<{other}> inside <group> is refused: not implemented")),
+        }
+    }
+    Ok(())
+}
+
 fn variable(
     c: roxmltree::Node,
+    prefix: &str,
     top: bool,
     enums: &[(String, String)],
     edits: &mut Vec<Edit>,
     removals: &mut Vec<Edit>,
 ) -> Result<(), String> {
-    let name = attr(c, "name")?;
+    let name = format!("{prefix}{}", attr(c, "name")?);
     if let Some(old) = c.attribute("orgName") {
         edits.push(Edit::RenameVariable { from: old.to_string(), to: name.clone() });
     }

@@ -123,6 +123,10 @@ impl JoinDoc {
         let mut metadata = BTreeMap::new();
         metadata.insert(".zgroup".to_string(), br#"{"zarr_format":2}"#.to_vec());
         metadata.insert(".zattrs".to_string(), zattrs(&joined.attrs, None));
+        for (path, attrs) in &joined.groups {
+            metadata.insert(format!("{path}/.zgroup"), br#"{"zarr_format":2}"#.to_vec());
+            metadata.insert(format!("{path}/.zattrs"), zattrs(attrs, None));
+        }
         let mut arrays = BTreeMap::new();
         for (name, v) in joined.variables {
             let zarray = serde_json::to_vec(&v.array.meta).expect("metadata serializes");

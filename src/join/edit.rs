@@ -69,6 +69,16 @@ pub enum Edit {
     Explicit {
         keep: Vec<String>,
     },
+    /// A `<group>` (path `a/b`) of a dataset of the NcML alone; its variables and dimensions
+    /// are named `a/b/NAME`.
+    Group {
+        path: String,
+    },
+    GroupAttribute {
+        group: String,
+        name: String,
+        value: Value,
+    },
 }
 
 /// The `<values>` of a variable.
@@ -327,6 +337,7 @@ fn describe(e: &Edit) -> String {
         Edit::Values { name, .. } => format!("<values> of {name}"),
         Edit::Explicit { .. } => "<explicit/>".into(),
         Edit::Dimension { name, .. } => format!("<dimension name={name:?}> with a length"),
+        Edit::Group { path } | Edit::GroupAttribute { group: path, .. } => format!("<group name={path:?}>"),
         other => format!("{other:?}"),
     }
 }
@@ -364,6 +375,20 @@ impl Joined {
                     self.set_values(name, dims.as_deref(), *dtype, values, &declared)?
                 }
                 Edit::Explicit { keep } => explicit = Some(self.keep_only(keep)),
+                Edit::Group { path } => {
+                    let mut at = String::new();
+                    for part in path.split('/') {
+                        at = if at.is_empty() { part.to_string() } else { format!("{at}/{part}") };
+                        self.groups.entry(at.clone()).or_default();
+                    }
+                }
+                Edit::GroupAttribute { group, name, value } => {
+                    let attrs = self
+                        .groups
+                        .get_mut(group)
+                        .ok_or_else(|| JoinError::Edit(format!("no group {group} to set attribute {name} of")))?;
+                    attrs.insert(name.clone(), value.clone());
+                }
                 Edit::SetAttribute { variable, name, value } if value.is_null() => {
                     // An attribute without a value keeps (or, with <explicit/>, takes) the files'.
                     let Some(x) = &explicit else { continue };
@@ -450,10 +475,21 @@ impl Joined {
             (None, Some(v)) => v.dims.clone(),
             (None, None) => return Err(JoinError::Edit(format!("the new variable {name} needs a shape"))),
         };
+        // A dimension is looked for in the variable's group, then in each group above it.
+        let scoped = |d: &str| {
+            let mut group = name.rsplit_once('/').map(|(g, _)| g.to_string());
+            while let Some(g) = group {
+                if let Some(n) = declared.get(&format!("{g}/{d}")) {
+                    return Some(*n);
+                }
+                group = g.rsplit_once('/').map(|(g, _)| g.to_string());
+            }
+            declared.get(d).or_else(|| lengths.get(d)).copied()
+        };
         let shape = dims
             .iter()
             .map(|d| {
-                declared.get(d).or_else(|| lengths.get(d)).copied().ok_or_else(|| {
+                scoped(d).ok_or_else(|| {
                     JoinError::Edit(format!("{name}: dimension {d} is neither in the files nor declared in the NcML"))
                 })
             })

@@ -115,6 +115,8 @@ pub struct Joined {
     pub notes: Vec<String>,
     /// Variables whose values the NcML gave (`coordValue`, `<values>`).
     pub given: BTreeSet<String>,
+    /// Sub-groups (`a/b`) with their attributes; their variables are named `a/b/NAME`.
+    pub groups: BTreeMap<String, Attrs>,
 }
 
 #[derive(Debug)]
@@ -239,7 +241,13 @@ impl<'a> Joiner<'a> {
             }
             variables.insert(name.clone(), JoinedVariable { dims: v.dims.clone(), attrs, array });
         }
-        Ok(Joined { attrs: ds.attrs, variables, notes: self.notes.into_inner(), given: ds.given })
+        Ok(Joined {
+            attrs: ds.attrs,
+            variables,
+            notes: self.notes.into_inner(),
+            given: ds.given,
+            groups: BTreeMap::new(),
+        })
     }
 
     fn name(&self, member: usize) -> &str {

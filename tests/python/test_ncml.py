@@ -209,7 +209,19 @@ def build(root: Path) -> dict[str, Case]:
   <variable name="small" type="ubyte" shape="y"><values>200 255</values></variable>
   <variable name="state" type="enum1" typedef="trilean" shape="x"><values>0 1 2 1</values></variable>
   <variable name="names" type="String" shape="y"><values>alpha beta</values></variable>
-  <variable name="scale" type="double" shape=""><values>0.001</values></variable>"""))
+  <variable name="scale" type="double" shape=""><values>0.001</values></variable>
+  <group name="sub">
+    <dimension name="z" length="3"/>
+    <attribute name="purpose" value="a sub-group"/>
+    <variable name="depth" type="float" shape="z">
+      <attribute name="units" value="m"/>
+      <values>1.5 2.5 3.5</values>
+    </variable>
+    <variable name="xs" type="int" shape="x"><values>1 2 3 4</values></variable>
+    <group name="inner">
+      <variable name="flag" type="byte" shape=""><values>1</values></variable>
+    </group>
+  </group>"""))
     cases["standalone"] = Case("standalone/standalone")
 
     # 3c. <explicit/>: only what the NcML declares
@@ -322,7 +334,7 @@ def open_served(gw, dataset: str) -> xr.Dataset:
         return xr.open_zarr(f"s3://{gw.bucket}/{dataset}", storage_options=options, consolidated=True).load()
 
 
-def oracle(path: Path, without: tuple[str, ...] = ()) -> xr.Dataset:
+def oracle(path: Path, without: tuple[str, ...] = (), group: str = "/") -> xr.Dataset:
     """xncml's reading of the NcML, decoded as xarray decodes a file. xncml marks every variable
     the NcML names with a `group_path` attribute of its own, which is not part of the data.
 
@@ -340,7 +352,7 @@ def oracle(path: Path, without: tuple[str, ...] = ()) -> xr.Dataset:
         path.write_text(text)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = xncml.open_ncml(path).load()
+        ds = xncml.open_ncml(path, group=group).load()
     for v in ds.variables.values():
         v.attrs.pop("group_path", None)
     return xr.decode_cf(ds)
@@ -453,6 +465,25 @@ def test_a_dataset_of_the_ncml_alone(served):
     assert got.counts.dtype == np.uint16 and got.small.dtype == np.uint8 and got.state.dtype == np.int8
     assert got.field.values.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
     assert float(got.scale) == 0.001
+
+
+def test_groups_of_a_dataset_of_the_ncml_alone(served):
+    """A <group> is a Zarr group. xncml flattens a group's variables and attributes into the
+    root's (its `group="/sub"`), so the oracle's variables are taken by name and the group's
+    attributes are the NcML's."""
+    root, gw, _, _ = served
+    options = {"anon": True, "endpoint_url": gw.endpoint, "skip_instance_cache": True}
+    sub = xr.open_zarr(f"s3://{BUCKET}/standalone/standalone", group="sub", storage_options=options).load()
+    want = oracle(root / "standalone/standalone.ncml", without=("field", "names"), group="/sub")
+    want = want[["depth", "xs"]]
+    want = want.drop_vars([c for c in want.coords if c != "depth"])
+    want.attrs = {"purpose": "a sub-group"}
+    assert compare(sub, want) == []
+    assert sub.depth.attrs == {"units": "m"} and sub.sizes == {"z": 3, "x": 4}
+    inner = xr.open_zarr(f"s3://{BUCKET}/standalone/standalone", group="sub/inner", storage_options=options).load()
+    assert inner.flag.dtype == np.int8 and int(inner.flag) == 1
+    top = open_served(gw, "standalone/standalone")
+    assert "depth" not in top.variables and "flag" not in top.variables
 
 
 def test_a_changed_standalone_ncml_is_noticed(served, tmp_path):

@@ -15,7 +15,7 @@ export CMAKE := $(abspath $(VENV))/bin/cmake
 export ZARRGATE_BIN ?= $(abspath $(or $(CARGO_TARGET_DIR),target))/debug/zarrgate
 export ZARRGATE_SERVE_BIN ?= $(ZARRGATE_BIN)
 
-.PHONY: all venv build test test-rust test-python demo bench fixtures clean
+.PHONY: all venv build oidc-provider test test-rust test-python demo bench fixtures clean
 
 all: build
 
@@ -31,7 +31,15 @@ build: venv
 
 # Formatting and lints first (rustup's default profile has both; a minimal toolchain without
 # them says so and goes on to the tests).
-test: build
+# The OpenID Provider of the identity tests (tests/oidc: npm's oidc-provider, pinned by its lock).
+OP_DIR := tests/oidc
+$(OP_DIR)/node_modules/.installed: $(OP_DIR)/package-lock.json
+	npm ci --prefix $(OP_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+oidc-provider: $(OP_DIR)/node_modules/.installed
+
+test: build oidc-provider
 	@if $(CARGO) fmt --version >/dev/null 2>&1; then $(CARGO) fmt --all -- --check; \
 	else echo "rustfmt is not installed: formatting not checked"; fi
 	@if $(CARGO) clippy --version >/dev/null 2>&1; then $(CARGO) clippy --workspace --all-targets -- -D warnings; \
@@ -45,7 +53,7 @@ test: build
 demo: build
 	$(ZARRGATE_BIN) demo --listen 127.0.0.1:9000
 
-bench: build
+bench: build oidc-provider
 	$(CARGO) build --release -p zarrgate
 	$(CARGO) bench --bench index
 	$(PY) benches/compare_kerchunk.py
@@ -54,6 +62,7 @@ bench: build
 	$(PY) benches/compare_join.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 	$(PY) benches/compare_replicas.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 	$(PY) benches/compare_discovery.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
+	$(PY) benches/compare_identity.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 
 fixtures: venv
 	$(PY) fixtures/generate.py

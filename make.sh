@@ -17,16 +17,22 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v curl >/dev/null || need+=(curl)
 # The tests start a real nginx (a TLS-less reverse proxy in front of the gateway, and the
 # load balancer in front of replicas), PostgreSQL (the key database replicas share), and a
-# headless Chromium that reads the gateway from a page of another origin (CORS).
+# headless Chromium that reads the gateway from a page of another origin (CORS), and an
+# OpenID Provider on Node.js.
 if [[ " $* " == *" test "* || " $* " == *" bench "* ]]; then
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 fi
 if [[ " $* " == *" test "* ]]; then
     command -v chromium >/dev/null || need+=(chromium)
+    # The OpenID Provider the identity tests log in with (npm's oidc-provider).
+    command -v node >/dev/null || need+=(nodejs)
+    command -v npm >/dev/null || need+=(npm)
 fi
 if [[ " $* " == *" bench "* ]]; then
     command -v wrk >/dev/null || need+=(wrk)
+    command -v node >/dev/null || need+=(nodejs)
+    command -v npm >/dev/null || need+=(npm)
 fi
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"

@@ -131,7 +131,8 @@ pub fn serve(
         }
     };
     let db = config.auth_db.clone().unwrap_or_else(default_auth_db);
-    let auth = zarrgate_gateway::auth::Auth::start(db, config.quotas.clone())?;
+    let logins = zarrgate_gateway::auth::Logins::new(&config.oidc, &config.sts).map_err(anyhow::Error::msg)?;
+    let auth = zarrgate_gateway::auth::Auth::start(db, config.quotas.clone(), logins)?;
     let mut app = AppBuilder::new(collections, auth)
         .metrics_policy(config.metrics.clone())
         .trusted_proxies(TrustedProxies::new(

@@ -77,6 +77,12 @@ pub struct Config {
     pub cache_memory: Option<String>,
     #[serde(default)]
     pub quotas: QuotaConfig,
+    /// OpenID issuers whose bearer tokens are accepted (`[[oidc]]`, docs/identity.md).
+    #[serde(default)]
+    pub oidc: Vec<crate::auth::oidc::IssuerConfig>,
+    /// Temporary S3 credentials from a login (`[sts]`).
+    #[serde(default)]
+    pub sts: crate::auth::session::SessionConfig,
     /// The URL clients reach the gateway at (`https://data.example.org`), for the absolute
     /// links of the STAC and OGC API documents and the pages' snippets; by default the
     /// request's `Host` with the listener's scheme.

@@ -46,6 +46,7 @@ pub mod server;
 pub mod source;
 pub mod state;
 pub mod store;
+pub mod sts;
 pub mod tls;
 pub mod transcode;
 pub mod util;

@@ -1,5 +1,5 @@
 //! One entry for every request: health and readiness, metrics, operations (OGC API and
-//! `/ops/v1`) and S3.
+//! `/ops/v1`), pages and STAC, STS (`POST /` with a form) and S3.
 //!
 //! In order, for every request but the health probes:
 //! 1. the client's address, from the peer or, behind a trusted proxy, the one it names;
@@ -207,6 +207,8 @@ async fn answer(
         return (resp, who);
     };
 
+    // An OpenID token may need its issuer's keys, or an introspection, before it is checked.
+    app.auth.prepare(req.headers()).await;
     let admitted = app.auth.admit(&RequestAuth {
         method: req.method().as_str(),
         raw_path: &raw_path,
@@ -227,8 +229,11 @@ async fn answer(
     };
 
     let bucket = label(&path);
+    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok());
     let resp = if path == "/metrics" {
         metrics(&app, &who, &raw_path, &request_id, head)
+    } else if face == Face::S3 && crate::sts::is_sts(req.method(), &path, content_type, &query) {
+        crate::sts::handle(app.clone(), req, query, &request_id).await
     } else {
         match face {
             Face::Ops => ops_http::handle(app.clone(), req, who.clone(), query).await,

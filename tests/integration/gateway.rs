@@ -46,7 +46,8 @@ fn serves_a_catalog_by_byte_range_and_stops_on_its_shutdown_future() {
     let expected = file[*offset as usize..(*offset + *length) as usize].to_vec();
 
     let collection = Collection::open("demo".into(), catalog.path().to_path_buf(), None).unwrap();
-    let auth = Auth::start(catalog.path().join("auth.db"), Default::default()).unwrap();
+    let logins = zarrgate_gateway::auth::Logins::new(&[], &Default::default()).unwrap();
+    let auth = Auth::start(catalog.path().join("auth.db"), Default::default(), logins).unwrap();
     let app = Arc::new(AppBuilder::new(vec![Arc::new(collection)], auth).build());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();

@@ -233,8 +233,9 @@ def start_gateway(
     )
 
 
-def sigv4_headers(path: str, host: str, key: str, secret: str, when=None) -> dict:
-    """SigV4 headers for a GET of `path` sent with `Host: host`, signed at `when` (default: now).
+def sigv4_headers(path: str, host: str, key: str, secret: str, when=None, session_token: str | None = None) -> dict:
+    """SigV4 headers for a GET of `path` sent with `Host: host`, signed at `when` (default: now),
+    with `X-Amz-Security-Token` for temporary credentials.
 
     An implementation independent of the gateway's (which is checked against the AWS
     documentation's examples in Rust), for the auth tests and the benchmark.
@@ -248,6 +249,8 @@ def sigv4_headers(path: str, host: str, key: str, secret: str, when=None) -> dic
     day = amz_date[:8]
     payload = hashlib.sha256(b"").hexdigest()
     headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+    if session_token:
+        headers["x-amz-security-token"] = session_token
     names = ";".join(sorted(headers))
     canonical = "\n".join(
         ["GET", urllib.parse.quote(path, safe="/~"), "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", names, payload]
@@ -258,8 +261,11 @@ def sigv4_headers(path: str, host: str, key: str, secret: str, when=None) -> dic
     for part in (day, "us-east-1", "s3", "aws4_request"):
         k = hmac.new(k, part.encode(), hashlib.sha256).digest()
     signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
-    return {
+    out = {
         "x-amz-content-sha256": payload,
         "x-amz-date": amz_date,
         "Authorization": f"AWS4-HMAC-SHA256 Credential={key}/{scope}, SignedHeaders={names}, Signature={signature}",
     }
+    if session_token:
+        out["x-amz-security-token"] = session_token
+    return out

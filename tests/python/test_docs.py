@@ -47,6 +47,16 @@ NOT_RUN = {
         "stopped; the demo's buckets and snippets are what this module serves and runs",
     ("docs/benchmarks.md", "./make.sh bench      # or: .venv/bin/python benches/compare_ops.py --bin target/release/zarrgate"):
         "the benchmarks take far longer than a test; they run in make bench",
+    # docs/identity.md's client recipes need an OpenID Provider, a token and a gateway with an
+    # [[oidc]] issuer; test_identity.py makes the same calls against a real provider.
+    ("docs/identity.md", 'curl -H "Authorization: Bearer $TOKEN" https://data.example.org/cmip6/CMIP6/…/tas_Amon_….nc/.zmetadata'):
+        "needs an OpenID token (test_identity.py::test_curl_and_fsspec_read_a_restricted_collection_with_a_token)",
+    ("docs/identity.md", "import fsspec"):
+        "needs an OpenID token (test_identity.py::test_curl_and_fsspec_read_a_restricted_collection_with_a_token)",
+    ("docs/identity.md", "export AWS_WEB_IDENTITY_TOKEN_FILE=$HOME/.config/zarrgate/token"):
+        "needs an OpenID token (test_identity.py::test_boto3_web_identity_reads_the_restricted_collection)",
+    ("docs/identity.md", "import boto3"):
+        "needs an OpenID token (test_identity.py::test_s3fs_with_temporary_credentials_equals_the_original)",
 }
 
 

@@ -1,8 +1,11 @@
 //! Who is asking, may they, and how much have they used.
 //!
 //! # Flow of a request
-//! 1. [`Auth::admit`]: [`Auth::authenticate`] (SigV4 in a header or a presigned URL,
-//!    `Authorization: Bearer ACCESS_KEY:SECRET`, or anonymous), then the quotas
+//! 1. [`Auth::admit`]: [`Auth::authenticate`] (SigV4 in a header or a presigned URL, with an
+//!    access key or with temporary credentials from a login ([`session`]),
+//!    `Authorization: Bearer ACCESS_KEY:SECRET`, `Authorization: Bearer TOKEN` from an OpenID
+//!    issuer ([`oidc`]; [`Auth::prepare`] fetches what checking it needs first), or anonymous),
+//!    then the quotas
 //!    ([`quota::Quotas::admit`]: rate and daily bytes). Credentials that are present are always
 //!    checked, also on public collections, as S3 does. A request whose credentials fail is
 //!    admitted as its client address (anonymous quota) and counted by [`throttle::Failures`];
@@ -19,8 +22,10 @@
 //! Errors are this module's own ([`AuthError`], [`Refusal`]); the S3 and operations interfaces
 //! each turn them into their error documents in one place.
 
+pub mod oidc;
 pub mod pg;
 pub mod quota;
+pub mod session;
 pub mod sigv4;
 pub mod store;
 pub mod throttle;
@@ -201,6 +206,14 @@ pub enum AuthError {
     /// The key database cannot be reached, so no key can be checked (nor its quota taken).
     #[error("Keys cannot be checked right now (the key database is unreachable); please retry.")]
     Unavailable { retry_after: u64 },
+    /// An OpenID bearer token that does not let its holder in.
+    #[error("{0}")]
+    InvalidToken(String),
+    /// Temporary credentials without their session token, or with one that is not theirs.
+    #[error("{0}")]
+    SessionToken(&'static str),
+    #[error("The provided token has expired.")]
+    ExpiredToken,
 }
 
 /// Why a request was not admitted.
@@ -226,15 +239,23 @@ pub struct RequestAuth<'a> {
 /// The credentials a request carries, read but not checked.
 enum Credentials<'a> {
     None,
-    Bearer { id: &'a str, secret: &'a str },
-    Signed { signed: sigv4::SignedRequest, payload: &'a str },
+    Bearer {
+        id: &'a str,
+        secret: &'a str,
+    },
+    /// An OpenID token (a JWT or an opaque token).
+    Token(&'a str),
+    Signed {
+        signed: sigv4::SignedRequest,
+        payload: &'a str,
+    },
 }
 
 impl Credentials<'_> {
     /// The access key id the credentials name (at most [`throttle::MAX_KEY_ID`] bytes).
     fn access_key(&self) -> Option<&str> {
         match self {
-            Credentials::None => None,
+            Credentials::None | Credentials::Token(_) => None,
             Credentials::Bearer { id, .. } => Some(id),
             Credentials::Signed { signed, .. } => Some(&signed.credential.access_key),
         }
@@ -249,10 +270,12 @@ fn credentials<'a>(r: &'a RequestAuth) -> Result<Credentials<'a>, AuthError> {
     }
     if let Some(auth) = header("authorization") {
         if let Some(token) = auth.strip_prefix("Bearer ") {
-            let (id, secret) = token
-                .trim()
-                .split_once(':')
-                .ok_or_else(|| AuthError::MalformedHeader("A bearer token is ACCESS_KEY:SECRET.".into()))?;
+            let Some((id, secret)) = token.trim().split_once(':') else {
+                if token.trim().is_empty() {
+                    return Err(AuthError::MalformedHeader("The bearer token is empty.".into()));
+                }
+                return Ok(Credentials::Token(token.trim()));
+            };
             return short_key_id(Credentials::Bearer { id, secret }, AuthError::MalformedHeader);
         }
         let signed =
@@ -307,14 +330,28 @@ pub struct Auth {
     failures: Failures,
     pending: Mutex<HashMap<(String, String), Counts>>,
     store: Mutex<Store>,
-    /// Derived signing keys by (access key, scope): four HMACs saved per request.
+    /// Derived signing keys by (access key id, scope): four HMACs saved per request.
     signing_keys: moka::sync::Cache<(String, String), Arc<Vec<u8>>>,
+    /// OpenID issuers and temporary credentials.
+    pub logins: Logins,
+}
+
+/// What logins need: the OpenID issuers, and the secret of temporary credentials.
+pub struct Logins {
+    pub oidc: oidc::Oidc,
+    pub sessions: session::Sessions,
+}
+
+impl Logins {
+    pub fn new(issuers: &[oidc::IssuerConfig], sts: &session::SessionConfig) -> Result<Logins, String> {
+        Ok(Logins { oidc: oidc::Oidc::new(issuers)?, sessions: session::Sessions::new(sts)? })
+    }
 }
 
 impl Auth {
     /// Opens the key database, restores today's quota counters from it, and starts the thread
     /// that re-reads keys and writes usage.
-    pub fn start(db: PathBuf, quotas: QuotaConfig) -> Result<Arc<Self>, StoreError> {
+    pub fn start(db: PathBuf, quotas: QuotaConfig, logins: Logins) -> Result<Arc<Self>, StoreError> {
         let mut store = Store::open(&db)?;
         let keys = load_keys(&mut store)?;
         let shared = db.to_str().filter(|_| store.is_shared()).map(pg::Tokens::start);
@@ -337,6 +374,7 @@ impl Auth {
             pending: Mutex::new(HashMap::new()),
             store: Mutex::new(store),
             signing_keys: moka::sync::Cache::new(MAX_SIGNING_KEYS),
+            logins,
         });
         let weak = Arc::downgrade(&auth);
         std::thread::spawn(move || loop {
@@ -497,6 +535,14 @@ impl Auth {
         self.quotas.admit(&Principal::Anonymous { ip }, &day_of(unix_now())).map_err(Refusal::Quota)
     }
 
+    /// Fetches what checking the request's OpenID token needs (the issuer's keys, or the
+    /// introspection of an opaque token); called before [`Auth::admit`], which does not wait.
+    pub async fn prepare(&self, headers: &HeaderMap) {
+        if !self.logins.oidc.is_empty() {
+            self.logins.oidc.prepare(headers).await;
+        }
+    }
+
     /// Identifies the sender of a request. Credentials that fail are counted against the
     /// address and the key id they name from it; while either has failed too often,
     /// credentials are refused unchecked. Only failures that could be guesses count: not an
@@ -511,19 +557,36 @@ impl Auth {
                 return Err(e);
             }
         };
+        if let Credentials::Token(token) = creds {
+            self.failures.check(r.ip, None).map_err(throttled)?;
+            if self.logins.oidc.is_empty() {
+                return Err(AuthError::MalformedHeader(
+                    "A bearer token is ACCESS_KEY:SECRET (this gateway accepts no OpenID tokens).".into(),
+                ));
+            }
+            return match self.logins.oidc.identify(token, unix_now()) {
+                // Expiry is the token's, checked with the issuer's leeway.
+                Ok(record) => Ok(Principal::Key(record)),
+                Err(e) => {
+                    self.failures.record(r.ip, None);
+                    Err(AuthError::InvalidToken(e.0))
+                }
+            };
+        }
         let Some(id) = creds.access_key() else { return Ok(Principal::Anonymous { ip: r.ip }) };
-        if now_ms() - self.keys_read.load(Ordering::Acquire) > KEYS_STALE_AFTER.as_millis() as i64 {
+        let temporary = id.starts_with(session::PREFIX);
+        if !temporary && now_ms() - self.keys_read.load(Ordering::Acquire) > KEYS_STALE_AFTER.as_millis() as i64 {
             // A key revoked since the last read must not pass: none does.
             return Err(AuthError::Unavailable { retry_after: 1 });
         }
         self.failures.check(r.ip, Some(id)).map_err(throttled)?;
         let checked = match &creds {
-            Credentials::None => unreachable!("credentials without a key id are anonymous"),
+            Credentials::None | Credentials::Token(_) => unreachable!("answered above"),
             Credentials::Bearer { id, secret } => self.check_bearer(id, secret),
             Credentials::Signed { signed, payload } => self.verify(r, signed, payload, unix_now()),
         };
         checked.map(Principal::Key).inspect_err(|e| {
-            if !matches!(e, AuthError::Skewed | AuthError::Denied(_)) {
+            if !matches!(e, AuthError::Skewed | AuthError::Denied(_) | AuthError::ExpiredToken) {
                 self.failures.record(r.ip, Some(id));
             }
         })
@@ -557,7 +620,25 @@ impl Auth {
         payload: &str,
         now: i64,
     ) -> Result<Arc<KeyRecord>, AuthError> {
-        let key = self.key(&signed.credential.access_key)?;
+        let key = if signed.credential.access_key.starts_with(session::PREFIX) {
+            let token = r
+                .headers
+                .get("x-amz-security-token")
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| r.query.iter().find(|(k, _)| k == "X-Amz-Security-Token").map(|(_, v)| v.as_str()));
+            let opened = self.logins.sessions.open(&signed.credential.access_key, token, now);
+            Arc::new(opened.map_err(|e| match e {
+                session::SessionError::Missing => {
+                    AuthError::SessionToken("Temporary credentials need their session token (X-Amz-Security-Token).")
+                }
+                session::SessionError::Invalid => {
+                    AuthError::SessionToken("The security token included in the request is invalid.")
+                }
+                session::SessionError::Expired => AuthError::ExpiredToken,
+            })?)
+        } else {
+            self.key(&signed.credential.access_key)?
+        };
         let when = sigv4::parse_amz_date(&signed.amz_date)
             .ok_or(AuthError::Denied("AWS authentication requires a valid Date or x-amz-date header."))?;
         match signed.expires {
@@ -593,7 +674,8 @@ impl Auth {
 
     fn signing_key(&self, key: &KeyRecord, c: &sigv4::Credential) -> Arc<Vec<u8>> {
         let scope = format!("{}/{}/{}", c.date, c.region, c.service);
-        self.signing_keys.get_with((key.access_key.clone(), scope), || Arc::new(sigv4::signing_key(&key.secret, c)))
+        // By the credential's key id: temporary credentials of one login have other secrets.
+        self.signing_keys.get_with((c.access_key.clone(), scope), || Arc::new(sigv4::signing_key(&key.secret, c)))
     }
 }
 
@@ -660,9 +742,12 @@ mod tests {
     fn a_hundred_thousand_identities_at_a_time_leave_memory_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let anonymous = quota::Limits { requests_per_second: Some(10.0), ..Default::default() };
-        let auth =
-            Auth::start(dir.path().join("keys.db"), QuotaConfig { anonymous: Some(anonymous), ..Default::default() })
-                .unwrap();
+        let auth = Auth::start(
+            dir.path().join("keys.db"),
+            QuotaConfig { anonymous: Some(anonymous), ..Default::default() },
+            Logins::new(&[], &Default::default()).unwrap(),
+        )
+        .unwrap();
         let round = |k: u32| {
             for i in 0..100_000u32 {
                 let n = k * 100_000 + i;

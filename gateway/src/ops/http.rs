@@ -84,6 +84,12 @@ pub fn refusal_problem(refusal: &Refusal) -> Problem {
         Refusal::Auth(e @ (AuthError::MalformedHeader(_) | AuthError::MalformedQuery(_) | AuthError::Unsupported)) => {
             Problem::new(400, "unauthorized", "Not authorized", e.to_string())
         }
+        Refusal::Auth(e @ AuthError::InvalidToken(_)) => {
+            Problem::new(401, "invalid-token", "The bearer token is not accepted", e.to_string())
+        }
+        Refusal::Auth(e @ AuthError::ExpiredToken) => {
+            Problem::new(400, "expired-token", "The session has expired", e.to_string())
+        }
         Refusal::Auth(e) => Problem::new(403, "unauthorized", "Not authorized", e.to_string()),
     }
 }

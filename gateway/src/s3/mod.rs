@@ -69,6 +69,8 @@ const AUTH_CODES: &[&str] = &[
     "AuthorizationHeaderMalformed",
     "AuthorizationQueryParametersError",
     "InvalidRequest",
+    "InvalidToken",
+    "ExpiredToken",
 ];
 
 /// A request the router admitted: who sent it, its id, and its decoded path and query.
@@ -147,11 +149,21 @@ pub fn refusal_error(refusal: &Refusal) -> S3Error {
         Refusal::Auth(AuthError::BadSignature(_)) => forbidden("SignatureDoesNotMatch"),
         Refusal::Auth(AuthError::Skewed) => forbidden("RequestTimeTooSkewed"),
         Refusal::Auth(AuthError::Denied(_)) => forbidden("AccessDenied"),
+        // RFC 6750: a bearer token that is not accepted is 401 with a challenge.
+        Refusal::Auth(AuthError::InvalidToken(why)) => S3Error::new(StatusCode::UNAUTHORIZED, "InvalidToken", "")
+            .with_header("www-authenticate", bearer_challenge(why)),
+        Refusal::Auth(AuthError::SessionToken(_)) => forbidden("InvalidToken"),
+        Refusal::Auth(AuthError::ExpiredToken) => S3Error::new(StatusCode::BAD_REQUEST, "ExpiredToken", ""),
     };
     if let Refusal::Auth(e) = refusal {
         err.message = e.to_string();
     }
     err
+}
+
+/// The `WWW-Authenticate` challenge of a refused bearer token (quotes cannot appear in it).
+pub fn bearer_challenge(why: &str) -> String {
+    format!(r#"Bearer realm="zarrgate", error="invalid_token", error_description="{}""#, why.replace(['"', '\\'], "'"))
 }
 
 /// The configured bucket a request addresses, or empty: the label of its metrics.

@@ -208,7 +208,7 @@ async fn answer(
     };
 
     // An OpenID token may need its issuer's keys, or an introspection, before it is checked.
-    app.auth.prepare(req.headers()).await;
+    app.auth.prepare(req.headers(), ip).await;
     let admitted = app.auth.admit(&RequestAuth {
         method: req.method().as_str(),
         raw_path: &raw_path,

@@ -2,8 +2,9 @@
 //! credentials ([`crate::auth::session`]), as AWS STS does, so boto3's web-identity support
 //! (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`) and s3fs work unchanged.
 //!
-//! Requests are `POST /` with a form body, or `GET /?Action=…`, unsigned; answers and errors
-//! are STS's XML documents (errors: `ErrorResponse`, mapped here and nowhere else).
+//! Requests are `POST /` with a form body, unsigned (`GET /?Action=…` is refused: a token in a
+//! URL ends up in logs); answers and errors are STS's XML documents (errors: `ErrorResponse`,
+//! mapped here and nowhere else).
 
 use std::sync::Arc;
 
@@ -73,7 +74,11 @@ async fn answer(
     mut params: Vec<(String, String)>,
     request_id: &str,
 ) -> Result<String, StsError> {
-    if req.method() == Method::POST {
+    if req.method() != Method::POST {
+        // A token in a URL ends up in access logs and proxies' logs.
+        return Err(sender("InvalidRequest", "send AssumeRoleWithWebIdentity with POST and a form body, not in a URL"));
+    }
+    {
         let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
         let body = limited.collect().await.map_err(|_| sender("InvalidParameterValue", "the form is too large"))?;
         params.extend(url::form_urlencoded::parse(&body.to_bytes()).into_owned());

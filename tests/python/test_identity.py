@@ -338,3 +338,6 @@ def test_sts_refuses_bad_tokens_with_sts_errors(gw, op):
     assert r.status_code == 400 and ET.fromstring(r.content).find(".//{*}Code").text == "ValidationError", r.text
     r = requests.post(gw.endpoint + "/", data=dict(form, Action="AssumeRole"), timeout=30)
     assert r.status_code == 400 and ET.fromstring(r.content).find(".//{*}Code").text == "InvalidAction", r.text
+    # a token in a URL would be logged: refused
+    r = requests.get(gw.endpoint + "/", params=dict(form, DurationSeconds="3600"), timeout=30)
+    assert r.status_code == 400 and ET.fromstring(r.content).find(".//{*}Code").text == "InvalidRequest", r.text

@@ -537,8 +537,10 @@ impl Auth {
 
     /// Fetches what checking the request's OpenID token needs (the issuer's keys, or the
     /// introspection of an opaque token); called before [`Auth::admit`], which does not wait.
-    pub async fn prepare(&self, headers: &HeaderMap) {
-        if !self.logins.oidc.is_empty() {
+    /// Nothing is fetched for an address whose authentications are being throttled: a flood
+    /// of made-up tokens must not become a flood of requests to the issuer.
+    pub async fn prepare(&self, headers: &HeaderMap, ip: IpAddr) {
+        if !self.logins.oidc.is_empty() && self.failures.check(ip, None).is_ok() {
             self.logins.oidc.prepare(headers).await;
         }
     }

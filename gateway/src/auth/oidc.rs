@@ -194,14 +194,16 @@ impl Oidc {
             None => {
                 let digest = digest(token);
                 for issuer in self.issuers.iter().filter(|i| i.config.introspection_client_id.is_some()) {
-                    if issuer.introspected.contains_key(&digest) {
-                        return;
-                    }
-                    let answer = issuer.introspect(&self.http, token).await;
-                    let done = answer.is_ok();
-                    issuer.introspected.insert(digest, Arc::new(answer));
-                    if done {
-                        return;
+                    let answer = match issuer.introspected.get(&digest) {
+                        Some(known) => known,
+                        None => {
+                            let answer = Arc::new(issuer.introspect(&self.http, token).await);
+                            issuer.introspected.insert(digest, answer.clone());
+                            answer
+                        }
+                    };
+                    if answer.is_ok() {
+                        return; // this issuer knows the token; no other is asked
                     }
                 }
             }
@@ -233,10 +235,9 @@ impl Oidc {
         match jwt_parts(token) {
             Some((header, claims)) => {
                 let (i, issuer) = self.issuer_of(&claims).ok_or_else(|| {
-                    TokenError(format!(
-                        "The token's issuer {} is not one this gateway accepts.",
-                        claims.get("iss").and_then(Value::as_str).unwrap_or("(none)")
-                    ))
+                    let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("(none)");
+                    let iss: String = iss.chars().take(200).collect();
+                    TokenError(format!("The token's issuer {iss} is not one this gateway accepts."))
                 })?;
                 let generation = issuer.generation.load(std::sync::atomic::Ordering::Acquire);
                 let record = Arc::new(issuer.verify_signed(token, &header)?);

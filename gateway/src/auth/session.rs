@@ -15,8 +15,9 @@ use sha2::Sha256;
 
 use super::store::KeyRecord;
 
-/// First letters of a temporary access key id (AWS's are `ASIA…`).
-pub const PREFIX: &str = "ZGS";
+/// First letters of a temporary access key id (AWS's are `ASIA…`). Access keys are `ZG` and
+/// base32 (`A`–`Z`, `2`–`7`), so no key starts with `ZG0`.
+pub const PREFIX: &str = "ZG0";
 
 /// `[sts]` in the configuration.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -178,6 +179,8 @@ mod tests {
         let s = Sessions::new(&SessionConfig::default()).unwrap();
         let c = s.mint(&login(), 1_000, 1_500).unwrap();
         assert!(c.access_key_id.starts_with(PREFIX) && c.access_key_id.len() == 20);
+        // no access key can look like one: `zarrgate keys create` makes ZG + base32
+        assert!(!"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567".contains(&PREFIX[2..3]));
         let k = s.open(&c.access_key_id, Some(&c.session_token), 1_100).unwrap();
         assert_eq!(
             (k.access_key.as_str(), k.groups.clone(), k.secret.clone()),

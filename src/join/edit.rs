@@ -507,7 +507,18 @@ impl Joined {
             (None, Some(v)) => v.array.meta.dtype,
             (None, None) => return Err(JoinError::Edit(format!("the new variable {name} needs a type"))),
         };
-        let n: u64 = shape.iter().product();
+        let n = shape.iter().try_fold(1u64, |a, b| a.checked_mul(*b)).unwrap_or(u64::MAX);
+        let count = match values {
+            Given::Range { npts: Some(p), .. } => (*p).max(n),
+            _ => n,
+        };
+        if count.saturating_mul(dtype.size.max(8) as u64) > super::MATERIALIZE_LIMIT {
+            return Err(JoinError::Edit(format!(
+                "{name}: {count} values given by the NcML are more than it may hold ({} MiB); \
+                 such a variable belongs in a file",
+                super::MATERIALIZE_LIMIT >> 20
+            )));
+        }
         let fill = match existing {
             Some(v) if v.array.meta.dtype == dtype => v.attrs.get(FILL).cloned().unwrap_or(Value::Null),
             _ => Value::Null,

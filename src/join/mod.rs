@@ -979,6 +979,17 @@ mod tests {
         assert!(j.apply(&[bad]).unwrap_err().to_string().contains("changing a type or shape is refused"));
         let short = Edit::Values { name: "lat".into(), dims: None, dtype: None, values: Given::List(vec!["1".into()]) };
         assert!(j.apply(&[short]).unwrap_err().to_string().contains("1 values for 2 elements"));
+        // What the NcML gives stays small: a huge axis belongs in a file.
+        let huge = [
+            Edit::Dimension { name: "big".into(), length: 10_000_000_000 },
+            Edit::Values {
+                name: "b".into(),
+                dims: Some(vec!["big".into()]),
+                dtype: Some(le(Kind::Float, 8)),
+                values: Given::Range { start: 0.0, increment: 1.0, npts: None },
+            },
+        ];
+        assert!(j.apply(&huge).unwrap_err().to_string().contains("more than it may hold"));
     }
 
     #[test]

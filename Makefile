@@ -46,7 +46,7 @@ test: build oidc-provider
 	else echo "clippy is not installed: lints not checked"; fi
 	python3 $(MODCYCLES) src gateway/src indexer/src cli/src
 	$(CARGO) test --workspace
-	$(PY) -m pytest tests/python -q -p no:cacheprovider
+	$(PY) -m pytest tests/python -q -p no:cacheprovider --durations=30
 
 # Index the bundled fixtures, serve them on 127.0.0.1:9000 as bucket "demo", print client
 # snippets (Ctrl-C stops it).

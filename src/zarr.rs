@@ -74,6 +74,29 @@ pub enum Codec {
 }
 
 impl ArrayMetadataV2 {
+    /// A `.zarray` document, read even when its codecs are ones this crate does not decode
+    /// (blosc, zstd, …): then without them, and their ids are returned. For arrays whose chunks
+    /// are passed through as stored, where only the shape, chunks and dtype matter.
+    pub fn parse_lenient(doc: &[u8]) -> Result<(ArrayMetadataV2, Vec<String>), serde_json::Error> {
+        let value: Value = serde_json::from_slice(doc)?;
+        if let Ok(meta) = serde_json::from_value::<ArrayMetadataV2>(value.clone()) {
+            return Ok((meta, vec![]));
+        }
+        let mut plain = value.clone();
+        if let Some(o) = plain.as_object_mut() {
+            o.insert("compressor".into(), Value::Null);
+            o.insert("filters".into(), Value::Null);
+        }
+        let meta = serde_json::from_value::<ArrayMetadataV2>(plain)?;
+        let codecs = [value.get("compressor")]
+            .into_iter()
+            .flatten()
+            .chain(value.get("filters").and_then(Value::as_array).into_iter().flatten())
+            .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        Ok((meta, codecs))
+    }
+
     /// An array without codecs (chunks of length 0 become 1, as Zarr requires).
     pub fn plain(shape: &[u64], chunks: &[u64], dtype: DType, fill_value: Value) -> Self {
         ArrayMetadataV2 {

@@ -13,6 +13,7 @@ use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, EntryStatus, Finge
 use zarrgate_core::join::doc::{DocSource, JoinDoc, SourceFile};
 use zarrgate_core::join::{parallel_map, ByteReader, CoordValue, Edit, Force, Joiner, Member, Node};
 
+use crate::import;
 use crate::ncml::{self, NcNode};
 use crate::paths::{join_path, split_dir};
 use zarrgate_core::ops::store::{parse_json, Attrs};
@@ -45,6 +46,9 @@ pub enum Plan {
         dir: String,
         spec: Spec,
     },
+    /// Kerchunk references made elsewhere (`NAME.kerchunk.json`, [`import`]); the definition's
+    /// text is the reference file.
+    Import,
     Ncml {
         dir: String,
         node: NcNode,
@@ -118,6 +122,8 @@ pub fn find(root: &Path, files: &[String], drs: bool) -> Vec<Result<Definition, 
             SPEC_SUFFIX
         } else if name.ends_with(NCML_SUFFIX) {
             NCML_SUFFIX
+        } else if name.ends_with(import::SUFFIX) {
+            import::SUFFIX
         } else {
             continue;
         };
@@ -131,6 +137,8 @@ pub fn find(root: &Path, files: &[String], drs: bool) -> Vec<Result<Definition, 
             let plan = if kind == SPEC_SUFFIX {
                 let spec: Spec = toml::from_str(&text).map_err(|e| format!("{rel}: {e}"))?;
                 Plan::Spec { dir, spec }
+            } else if kind == import::SUFFIX {
+                Plan::Import
             } else {
                 let (node, edits) = ncml::parse(&text, &dir, files).map_err(|e| format!("{rel}: {e}"))?;
                 Plan::Ncml { dir, node, edits }
@@ -221,7 +229,7 @@ impl Definition {
         let mut out = BTreeSet::new();
         match &self.plan {
             Plan::Drs { files } => out.extend(files.iter().cloned()),
-            Plan::Spec { .. } => {}
+            Plan::Spec { .. } | Plan::Import => {}
             Plan::Ncml { node, .. } => {
                 let mut files = Vec::new();
                 node.files(&mut files);
@@ -307,6 +315,9 @@ fn build_one(
         item: None,
         changed: true,
     };
+    if matches!(def.plan, Plan::Import) {
+        return import_one(root, db, reuse, def);
+    }
     let members = match resolve_members(def, files, db)? {
         Ok(m) => m,
         Err(e) => return Ok(failed(def.members(), e, String::new())),
@@ -342,6 +353,41 @@ fn build_one(
             failed(members.into_iter().map(|(m, _)| m).collect(), e, inputs)
         }
     })
+}
+
+/// An imported reference file: checked and stored again whenever it or a file it points at
+/// changed.
+fn import_one(root: &Path, db: &CatalogDb, reuse: bool, def: &Definition) -> Result<Built, CatalogError> {
+    let doc = match import::build(root, &def.origin, &def.text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let error = format!("{}: {e}", def.origin);
+            eprintln!("zarrgate: import {}: {error}", def.id);
+            let row = JoinRow { id: def.id.clone(), entry: JoinEntry::failed(vec![], error, String::new()), doc: None };
+            return Ok(Built { row, item: None, changed: true });
+        }
+    };
+    let members: Vec<(String, Fingerprint)> = doc.sources.iter().map(|s| (s.path.clone(), s.fingerprint)).collect();
+    let inputs = inputs_key(def, &members)?;
+    if reuse {
+        if let Some(old) = db.join(&def.id)? {
+            if old.entry.inputs == inputs && old.entry.status == EntryStatus::Ok {
+                return Ok(Built { row: old, item: None, changed: false });
+            }
+        }
+    }
+    let reader = Files::new(doc.sources.iter().map(|s| root.join(&s.path)).collect());
+    let item = Item::describe(&def.id, &DocSource { doc: &doc, reader: &reader }).ok();
+    let entry = JoinEntry {
+        status: EntryStatus::Ok,
+        members: members.into_iter().map(|(m, _)| m).collect(),
+        refs: Some(format!("joins/{}.json", def.id)),
+        error: None,
+        notes: doc.notes.clone(),
+        inputs,
+    };
+    let row = JoinRow { id: def.id.clone(), entry, doc: Some(packed::deflate(&doc.to_json_bytes())) };
+    Ok(Built { row, item, changed: true })
 }
 
 /// The member files of a definition with their fingerprints (each must be indexed), or why
@@ -466,6 +512,7 @@ fn node_of(
             Ok((spec_node(def, dir, spec, members)?, force, vec![]))
         }
         Plan::Ncml { node, edits, .. } => Ok((ncml_node(node, members, index)?, Force::default(), edits.clone())),
+        Plan::Import => Err("an imported reference file is not a join".into()),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`store`]: builds a reference set key by key and records each variable's fate.
 //! - [`join`]: joined datasets of a tree (DRS names, `NAME.join.toml`, `NAME.ncml`).
 //! - [`ncml`]: what NcML means here, element by element, and its parser.
+//! - [`import`]: Kerchunk references made by other tools (`NAME.kerchunk.json`).
 //! - [`paths`]: relative paths inside a data tree.
 //! - [`tree`]: indexes a directory into a catalog, incrementally, with per-file reports.
 //! - [`error`]: [`IndexError`], one variant per way a file can fail, each naming the file.
@@ -18,6 +19,7 @@
 
 pub mod error;
 pub mod hdf;
+pub mod import;
 pub mod join;
 pub mod nc3;
 pub mod ncml;

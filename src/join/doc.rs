@@ -214,7 +214,8 @@ impl JoinDoc {
                 a.encodings.into_iter().map(|e| Encoding { meta: e.meta, attrs: e.attrs }).collect();
             let parts = read_parts(&unpack(&a.parts)?).map_err(|e| format!("{name}: {e}"))?;
             let inline = if a.inline.is_empty() { Vec::new() } else { unpack(&a.inline)? };
-            let meta: ArrayMetadataV2 = serde_json::from_slice(
+            // Imported references may use codecs the gateway passes through without decoding.
+            let (meta, _) = ArrayMetadataV2::parse_lenient(
                 stored.metadata.get(&format!("{name}/.zarray")).ok_or(format!("{name} has no .zarray"))?.as_bytes(),
             )
             .map_err(|e| format!("{name}/.zarray: {e}"))?;

@@ -188,12 +188,18 @@ struct Summary {
     attrs: Attrs,
 }
 
-fn summary(refs: &ReferenceSet) -> Summary {
+/// The documents of a member's consolidated metadata (`.zmetadata`'s `metadata`), read as
+/// Zarr writes JSON (`NaN` fill values included).
+fn consolidated(refs: &ReferenceSet) -> serde_json::Map<String, Value> {
     let doc = match refs.refs.get(".zmetadata") {
         Some(Reference::Inline(b)) => parse_json(b).unwrap_or(Value::Null),
         _ => Value::Null,
     };
-    let meta = doc.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+    doc.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default()
+}
+
+fn summary(refs: &ReferenceSet) -> Summary {
+    let meta = consolidated(refs);
     let attrs = meta.get(".zattrs").and_then(Value::as_object).cloned().unwrap_or_default();
     let mut vars: BTreeMap<String, Attrs> = BTreeMap::new();
     for key in meta.keys() {
@@ -625,7 +631,7 @@ fn ncml_node(node: &NcNode, members: &[Member], index: &BTreeMap<&str, usize>) -
         NcNode::New { dim, variables, values, children } => {
             let mut files = Vec::new();
             node.files(&mut files);
-            let scalar = files.first().is_some_and(|f| dim_length_of_scalar(&members[index[f.as_str()]], dim));
+            let scalar = files.first().is_some_and(|f| has_scalar(&members[index[f.as_str()]], dim));
             let values = if values.iter().all(Option::is_none) && scalar {
                 vec![] // the files' scalar `dim` becomes the coordinate
             } else {
@@ -657,11 +663,7 @@ fn ncml_node(node: &NcNode, members: &[Member], index: &BTreeMap<&str, usize>) -
 
 /// A variable's `.zarray` in a member's consolidated metadata.
 fn zarray(m: &Member, var: &str) -> Option<Value> {
-    let zmeta = match m.refs.refs.get(".zmetadata")? {
-        Reference::Inline(b) => serde_json::from_slice::<Value>(b).ok()?,
-        _ => return None,
-    };
-    zmeta.get("metadata")?.get(format!("{var}/.zarray"))?.clone().into()
+    consolidated(&m.refs).remove(&format!("{var}/.zarray"))
 }
 
 /// The length of dimension `dim` in a member (from the variable of that name).
@@ -670,7 +672,7 @@ fn dim_length(m: &Member, dim: &str) -> Option<u64> {
 }
 
 /// Whether a member has a scalar variable named `name`.
-fn dim_length_of_scalar(m: &Member, name: &str) -> bool {
+fn has_scalar(m: &Member, name: &str) -> bool {
     zarray(m, name).and_then(|z| z.get("shape").and_then(Value::as_array).map(Vec::is_empty)).unwrap_or(false)
 }
 

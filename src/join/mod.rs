@@ -156,6 +156,13 @@ struct VDataset {
     given: BTreeSet<String>,
 }
 
+impl VDataset {
+    /// A dataset with `attrs` and no variable, files or given values yet.
+    fn with_attrs(attrs: Attrs, joined: BTreeSet<String>) -> VDataset {
+        VDataset { attrs, vars: BTreeMap::new(), joined, files: vec![], given: BTreeSet::new() }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct VVar {
     dims: Vec<String>,
@@ -274,13 +281,7 @@ impl<'a> Joiner<'a> {
                 edit::apply_to_piece(&mut ds, edits)?;
                 Ok(ds)
             }
-            Node::Empty => Ok(VDataset {
-                attrs: Attrs::new(),
-                vars: BTreeMap::new(),
-                joined: BTreeSet::new(),
-                files: vec![],
-                given: BTreeSet::new(),
-            }),
+            Node::Empty => Ok(VDataset::with_attrs(Attrs::new(), BTreeSet::new())),
         }
     }
 
@@ -331,13 +332,7 @@ impl<'a> Joiner<'a> {
         let kids = if coords.is_empty() { self.in_coordinate_order(dim, kids)? } else { kids };
         self.check_one_grid(dim, &kids)?;
         let base = &kids[0];
-        let mut out = VDataset {
-            attrs: base.attrs.clone(),
-            vars: BTreeMap::new(),
-            joined: base.joined.clone(),
-            files: vec![],
-            given: BTreeSet::new(),
-        };
+        let mut out = VDataset::with_attrs(base.attrs.clone(), base.joined.clone());
         out.joined.insert(dim.to_string());
         for k in &kids {
             out.files.extend(&k.files);
@@ -536,13 +531,7 @@ impl<'a> Joiner<'a> {
         if promote {
             selected.insert(dim.to_string());
         }
-        let mut out = VDataset {
-            attrs: base.attrs.clone(),
-            vars: BTreeMap::new(),
-            joined: base.joined.clone(),
-            files: vec![],
-            given: BTreeSet::new(),
-        };
+        let mut out = VDataset::with_attrs(base.attrs.clone(), base.joined.clone());
         out.joined.insert(dim.to_string());
         for k in &kids {
             out.files.extend(&k.files);
@@ -604,13 +593,7 @@ impl<'a> Joiner<'a> {
 
     fn union(&mut self, kids: Vec<VDataset>) -> Result<VDataset, JoinError> {
         let Some(base) = kids.first() else { return err("an empty union") };
-        let mut out = VDataset {
-            attrs: base.attrs.clone(),
-            vars: BTreeMap::new(),
-            joined: BTreeSet::new(),
-            files: vec![],
-            given: BTreeSet::new(),
-        };
+        let mut out = VDataset::with_attrs(base.attrs.clone(), BTreeSet::new());
         for k in &kids {
             out.files.extend(&k.files);
             out.joined.extend(k.joined.iter().cloned());

@@ -181,7 +181,7 @@ impl Oidc {
     }
 
     pub async fn prepare_token(&self, token: &str) {
-        if self.recognized(&digest(token), unix_now()).is_some() {
+        if self.recognized(&digest(token), crate::dates::unix_now()).is_some() {
             return;
         }
         match jwt_parts(token) {
@@ -233,14 +233,14 @@ impl Oidc {
             return Ok(record);
         }
         match jwt_parts(token) {
-            Some((header, claims)) => {
+            Some((_, claims)) => {
                 let (i, issuer) = self.issuer_of(&claims).ok_or_else(|| {
                     let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("(none)");
                     let iss: String = iss.chars().take(200).collect();
                     TokenError(format!("The token's issuer {iss} is not one this gateway accepts."))
                 })?;
                 let generation = issuer.generation.load(std::sync::atomic::Ordering::Acquire);
-                let record = Arc::new(issuer.verify_signed(token, &header)?);
+                let record = Arc::new(issuer.verify_signed(token)?);
                 self.verified.insert(digest, (i, generation, record.clone()));
                 Ok(record)
             }
@@ -262,10 +262,6 @@ impl Oidc {
 
 fn digest(token: &str) -> [u8; 32] {
     *blake3::hash(token.as_bytes()).as_bytes()
-}
-
-fn unix_now() -> i64 {
-    crate::dates::unix_now()
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header that is not an access key pair.
@@ -363,14 +359,14 @@ impl Issuer {
         Ok(())
     }
 
-    fn verify_signed(&self, token: &str, header: &jsonwebtoken::Header) -> Result<KeyRecord, TokenError> {
+    fn verify_signed(&self, token: &str) -> Result<KeyRecord, TokenError> {
         // The header again, strictly: `alg: none` and unknown algorithms end here.
         let strict = jsonwebtoken::decode_header(token).map_err(|_| {
             TokenError("The token's header cannot be read or names an algorithm that is not accepted.".into())
         })?;
         let key = {
             let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-            match &header.kid {
+            match &strict.kid {
                 Some(kid) => known.keys.get(kid).cloned(),
                 None => known
                     .unnamed

@@ -77,7 +77,8 @@ impl Sessions {
                 }
                 trimmed
             }
-            None => random_bytes(32)?,
+            // 48 characters of a 64-letter alphabet: 288 random bits.
+            None => random(48, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")?.into_bytes(),
         };
         Ok(Sessions { secret, max_duration: config.max_duration_seconds.unwrap_or(12 * 3600) })
     }
@@ -95,8 +96,7 @@ impl Sessions {
 
     /// New credentials for `who` (a login), valid until `expires`.
     pub fn mint(&self, who: &KeyRecord, now: i64, expires: i64) -> Result<Credentials, String> {
-        let id: String = random_bytes(9)?.iter().map(|b| format!("{b:02X}")).collect();
-        let access_key_id = format!("{PREFIX}{}", &id[..17]);
+        let access_key_id = format!("{PREFIX}{}", random(17, b"0123456789ABCDEF")?);
         let claims = Claims {
             k: access_key_id.clone(),
             n: who.access_key.clone(),
@@ -148,13 +148,8 @@ impl Sessions {
     }
 }
 
-fn random_bytes(n: usize) -> Result<Vec<u8>, String> {
-    use std::io::Read as _;
-    let mut buf = vec![0; n];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
-    Ok(buf)
+fn random(n: usize, alphabet: &[u8]) -> Result<String, String> {
+    super::store::random_chars(n, alphabet).map_err(|e| format!("cannot read /dev/urandom: {e}"))
 }
 
 #[cfg(test)]

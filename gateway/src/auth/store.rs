@@ -407,7 +407,8 @@ fn row_to_key(r: &rusqlite::Row) -> rusqlite::Result<KeyRecord> {
 
 /// `n` characters drawn uniformly from `alphabet` (of 32 or 64 symbols) with the kernel's
 /// random generator.
-fn random_chars(n: usize, alphabet: &[u8]) -> std::io::Result<String> {
+/// `n` characters drawn from `alphabet` (whose length is a power of two) with `/dev/urandom`.
+pub(crate) fn random_chars(n: usize, alphabet: &[u8]) -> std::io::Result<String> {
     use std::io::Read as _;
     let mut bytes = vec![0u8; n];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -261,7 +262,7 @@ print(len(body), hashlib.sha256(body).hexdigest())
     env |= {"AWS_WEB_IDENTITY_TOKEN_FILE": str(token_file), "AWS_ROLE_ARN": "arn:aws:iam::000000000000:role/reader",
             "AWS_ROLE_SESSION_NAME": "ci", "AWS_ENDPOINT_URL_STS": gw.endpoint, "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
-    out = subprocess.run([str(REPO / ".venv/bin/python"), "-c", script], capture_output=True, text=True, env=env,
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     import hashlib

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 mod admin;
@@ -62,6 +63,10 @@ enum Command {
         no_drs_join: bool,
         #[command(flatten)]
         removals: RemovalArgs,
+        /// A TOML file whose `[[remote]]` tables allow the remote objects that imported
+        /// references name (a `serve` config file will do; docs/remote.md).
+        #[arg(long)]
+        remote_config: Option<PathBuf>,
     },
     /// Index files named on standard input (what tree indexing runs in child processes).
     #[command(hide = true)]
@@ -431,6 +436,7 @@ impl ServerArgs {
             file_timeout: Duration::from_secs(self.file_timeout),
             no_drs_join: self.no_drs_join,
             removals: self.removals.removals(),
+            remote: None,
         }
     }
 }
@@ -486,13 +492,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             worker,
             no_drs_join,
             removals,
+            remote_config,
         } => {
             if path.is_dir() {
                 let Some(out) = out else { bail!("indexing a directory needs --out CATALOG_DIR") };
                 let jobs = jobs.unwrap_or_else(cpus);
                 let isolated = isolate::Isolated::new(Duration::from_secs(file_timeout))?;
                 let removals = removals.removals();
-                index_dir(&path, &out, TreeOptions { url_prefix, force, jobs, no_drs_join, removals }, &isolated)
+                let remote = match &remote_config {
+                    None => None,
+                    Some(file) => {
+                        let text =
+                            std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+                        let settings = zarrgate_remote::Settings::from_toml(&text)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                        Some(Arc::new(zarrgate_remote::Remote::new(&settings).map_err(anyhow::Error::msg)?))
+                    }
+                };
+                let options = TreeOptions { url_prefix, force, jobs, no_drs_join, removals, remote };
+                index_dir(&path, &out, options, &isolated)
             } else {
                 if out.is_some() {
                     bail!("--out is for directories; use -o OUT.json for a single file");

@@ -19,6 +19,8 @@ pub struct IndexSettings {
     pub file_timeout: Duration,
     pub no_drs_join: bool,
     pub removals: zarrgate_indexer::tree::Removals,
+    /// Reads the remote objects of imported references (the config's `[[remote]]`).
+    pub remote: Option<Arc<zarrgate_remote::Remote>>,
 }
 
 impl IndexSettings {
@@ -29,6 +31,7 @@ impl IndexSettings {
             jobs: self.jobs,
             no_drs_join: self.no_drs_join,
             removals: self.removals,
+            remote: self.remote.clone(),
         }
     }
 }
@@ -116,6 +119,8 @@ pub fn serve(
     } else {
         (None, Ok(listener))
     };
+    let remote = config.remote()?;
+    let settings = &IndexSettings { remote: remote.clone(), ..settings.clone() };
     let mut collections = Vec::new();
     let cache = config.cache_bytes()? / config.collections.len().max(1) as u64;
     for c in &config.collections {
@@ -139,7 +144,8 @@ pub fn serve(
             config.trusted_proxies.clone(),
             config.trusted_proxy_header.unwrap_or_default(),
         ))
-        .public_url(config.public_url.clone(), scheme);
+        .public_url(config.public_url.clone(), scheme)
+        .remote(remote);
     if let Some(target) = &config.access_log {
         use zarrgate_gateway::access_log::{AccessLog, Target};
         app = app.access_log(AccessLog::open(&Target::parse(target), config.access_log_format.unwrap_or_default())?);

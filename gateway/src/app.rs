@@ -78,6 +78,7 @@ pub struct AppBuilder {
     proxies: TrustedProxies,
     public_url: Option<String>,
     scheme: &'static str,
+    remote: Option<Arc<zarrgate_remote::Remote>>,
 }
 
 impl AppBuilder {
@@ -91,7 +92,14 @@ impl AppBuilder {
             proxies: TrustedProxies::default(),
             public_url: None,
             scheme: "http",
+            remote: None,
         }
+    }
+
+    /// Reads the sources that are remote objects (none without it).
+    pub fn remote(mut self, remote: Option<Arc<zarrgate_remote::Remote>>) -> Self {
+        self.remote = remote;
+        self
     }
 
     /// Writes a line per answered request (health probes aside).
@@ -129,7 +137,7 @@ impl AppBuilder {
         let default_metrics = if restricted { Policy::Authenticated } else { Policy::Public };
         let state = State {
             collections: self.collections.into_iter().map(|c| (c.bucket.clone(), c)).collect(),
-            sources: Sources::default(),
+            sources: Sources::new(self.remote),
             auth: self.auth,
             metrics: Metrics::default(),
         };

@@ -92,6 +92,25 @@ pub struct Config {
     /// Server-side operations (see docs/operations.md); the directory defaults to
     /// ~/.cache/zarrgate/ops.
     pub ops: Option<crate::ops::OpsConfig>,
+    /// Remote objects that imported references may name (`[[remote]]`, docs/remote.md).
+    #[serde(default)]
+    pub remote: Vec<zarrgate_remote::PrefixConfig>,
+    /// How remote reads are cached and retried (`[remote_cache]`).
+    #[serde(default)]
+    pub remote_cache: zarrgate_remote::CacheConfig,
+}
+
+impl Config {
+    /// The reader of remote objects, if any `[[remote]]` prefix is configured.
+    pub fn remote(&self) -> Result<Option<std::sync::Arc<zarrgate_remote::Remote>>, ConfigError> {
+        if self.remote.is_empty() {
+            return Ok(None);
+        }
+        let settings =
+            zarrgate_remote::Settings { remote: self.remote.clone(), remote_cache: self.remote_cache.clone() };
+        let remote = zarrgate_remote::Remote::new(&settings).map_err(ConfigError::Invalid)?;
+        Ok(Some(std::sync::Arc::new(remote)))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -80,6 +80,8 @@ pub struct Dataset {
     pub notes: Vec<String>,
     /// What the indexer did with each variable of a file (empty for joins).
     pub statuses: BTreeMap<String, VariableReport>,
+    /// Whether some source is a remote object (every read of it may ask the network).
+    pub remote: bool,
 }
 
 fn etag(parts: &[&[u8]]) -> String {
@@ -184,13 +186,17 @@ impl Dataset {
             last_modified: http_date(modified),
             notes,
             statuses: set.meta.as_ref().map(|m| m.variables.clone()).unwrap_or_default(),
+            remote: false,
         })
     }
 
-    /// Builds the store of a joined dataset; member paths are relative to `root`.
+    /// Builds the store of a joined dataset; member paths are relative to `root`, or URLs of
+    /// remote objects.
     pub fn from_join(doc: JoinDoc, root: &Path, version: String) -> Result<Self, String> {
+        let path = |p: &str| if zarrgate_remote::is_remote(p) { PathBuf::from(p) } else { root.join(p) };
         let sources: Vec<Source> =
-            doc.sources.iter().map(|s| Source { path: root.join(&s.path), fingerprint: s.fingerprint }).collect();
+            doc.sources.iter().map(|s| Source { path: path(&s.path), fingerprint: s.fingerprint }).collect();
+        let remote = sources.iter().any(|s| s.fingerprint.is_remote());
         if sources.is_empty() {
             return Err("a joined dataset without member files".into());
         }
@@ -215,6 +221,7 @@ impl Dataset {
             last_modified: http_date(modified),
             notes: doc.notes,
             statuses: BTreeMap::new(),
+            remote,
         })
     }
 

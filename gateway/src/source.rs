@@ -9,6 +9,10 @@
 //! Reads on a server thread use [`Wait::CachedOnly`]: a range that is not all in the page cache
 //! is refused at once instead of stalling every connection of that thread on the disk, and the
 //! caller reads it again on the blocking pool.
+//!
+//! A source whose path is a URL (`s3://`, `https://`, …) is an object of an object store or an
+//! HTTP server, read through [`zarrgate_remote::Remote`] with the same checks: its fingerprint
+//! holds the object's size, `Last-Modified` and `ETag`.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
@@ -16,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use zarrgate_core::catalog::Fingerprint;
+use zarrgate_remote::{Remote, RemoteError};
 
 /// At most this many files stay open.
 const MAX_OPEN: u64 = 256;
@@ -26,6 +31,9 @@ pub enum ReadError {
     Stale { path: PathBuf, why: String },
     #[error("{path}: the range is not in the page cache")]
     NotCached { path: PathBuf },
+    /// A remote source cannot be reached now (after retries); a later request may succeed.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -118,15 +126,41 @@ impl OpenFile {
 /// millions of files never holds more than [`MAX_OPEN`] descriptors).
 pub struct Sources {
     open: moka::sync::Cache<PathBuf, Arc<OpenFile>>,
+    /// Reads sources named by URL, when the configuration allows any.
+    remote: Option<Arc<Remote>>,
 }
 
 impl Default for Sources {
     fn default() -> Self {
-        Sources { open: moka::sync::Cache::new(MAX_OPEN) }
+        Sources::new(None)
     }
 }
 
+/// The URL of a remote source, if `path` names one.
+pub fn remote_url(path: &Path) -> Option<&str> {
+    path.to_str().filter(|p| zarrgate_remote::is_remote(p))
+}
+
 impl Sources {
+    pub fn new(remote: Option<Arc<Remote>>) -> Self {
+        Sources { open: moka::sync::Cache::new(MAX_OPEN), remote }
+    }
+
+    /// Fails unless the source `path` (a file or a remote object) still has the fingerprint
+    /// it had when indexed.
+    pub fn verify(&self, path: &Path, expected: Fingerprint) -> Result<(), ReadError> {
+        match remote_url(path) {
+            Some(url) => self.remote(url)?.check(url, expected).map_err(from_remote),
+            None => Self::check(path, expected).map(|_| ()),
+        }
+    }
+
+    fn remote(&self, url: &str) -> Result<&Remote, ReadError> {
+        self.remote.as_deref().ok_or_else(|| {
+            ReadError::Unavailable(format!("{url}: this gateway has no [[remote]] configuration to read it with"))
+        })
+    }
+
     /// Fails unless `path` still has the fingerprint it had when indexed.
     pub fn check(path: &Path, expected: Fingerprint) -> Result<std::fs::Metadata, ReadError> {
         let stale = |why: String| ReadError::Stale { path: path.to_path_buf(), why };
@@ -164,6 +198,10 @@ impl Sources {
         length: u64,
         wait: Wait,
     ) -> Result<Vec<u8>, ReadError> {
+        if let Some(url) = remote_url(path) {
+            let bytes = self.remote(url)?.read(url, expected, offset, length, wait == Wait::CachedOnly);
+            return bytes.map(Vec::from).map_err(from_remote);
+        }
         let cached = self.open.get(path);
         let handle = match cached {
             Some(h) => h,
@@ -203,6 +241,17 @@ impl Sources {
         let handle = Arc::new(OpenFile { file, dev: fmeta.dev(), ino: fmeta.ino() });
         self.open.insert(path.to_path_buf(), handle.clone());
         Ok(handle)
+    }
+}
+
+fn from_remote(e: RemoteError) -> ReadError {
+    match e {
+        RemoteError::Stale { url, why } => ReadError::Stale { path: url.into(), why },
+        RemoteError::Missing { url } => ReadError::Stale { path: url.into(), why: "it was deleted".into() },
+        RemoteError::NotCached { url } => ReadError::NotCached { path: url.into() },
+        e @ (RemoteError::Unavailable { .. } | RemoteError::NotConfigured { .. } | RemoteError::BadConfig { .. }) => {
+            ReadError::Unavailable(e.to_string())
+        }
     }
 }
 

@@ -4,15 +4,17 @@
 //!
 //! - Kerchunk v0 (a flat map) and v1 (`refs`, `templates`, and `gen` with plain `{{name}}`
 //!   substitutions); inline text, `base64:` values and JSON objects.
-//! - URLs are local paths inside the data directory: relative to the reference file, absolute,
-//!   or `file://`. Remote URLs are refused (not implemented yet).
+//! - URLs are local paths inside the data directory (relative to the reference file, absolute,
+//!   or `file://`), or remote objects (`s3://`, `gs://`, `az://`, `http(s)://`) under a
+//!   `[[remote]]` prefix of the configuration, read through [`zarrgate_remote`].
 //! - Chunks are passed through as stored, whatever their codecs; a codec the gateway does not
 //!   know only keeps operations from reading that variable (noted in the catalog).
 //! - Every referenced file must exist and every byte range must lie inside it; otherwise the
 //!   dataset is refused with the key that is wrong, never served with fill values.
 //! - The dataset is stored as a join document: each chunk is a byte range of one source (or
-//!   inline), served as it is. The sources' fingerprints are recorded, so a replaced file
-//!   answers 503 and is indexed again, as for joins.
+//!   inline), served as it is. The sources' fingerprints are recorded (for an object: its
+//!   size, `Last-Modified` and `ETag`), so a replaced file or object answers 503 and is never
+//!   served with other bytes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ use zarrgate_core::refs::{Reference, ReferenceSet};
 use zarrgate_core::zarr::{consolidated_v2, ArrayMetadataV2};
 
 use crate::paths::{join_path, normalize, split_dir};
+use zarrgate_remote::Remote;
 
 /// Suffix of an imported reference file.
 pub const SUFFIX: &str = ".kerchunk.json";
@@ -34,12 +37,12 @@ pub const SUFFIX: &str = ".kerchunk.json";
 const MAX_GENERATED: u64 = 10_000_000;
 
 /// The dataset of reference file `rel` (relative to `root`), whose text is `text`.
-pub fn build(root: &Path, rel: &str, text: &str) -> Result<JoinDoc, String> {
+pub fn build(root: &Path, rel: &str, text: &str, remote: Option<&Remote>) -> Result<JoinDoc, String> {
     let doc: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     let doc = expand_gen(doc)?;
     let set = ReferenceSet::from_json(&doc).map_err(|e| e.to_string())?;
     let (dir, _) = split_dir(rel);
-    let mut sources = Sources { root, dir, list: Vec::new() };
+    let mut sources = Sources { root, dir, remote, list: Vec::new() };
     let mut metadata: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (key, r) in &set.refs {
         let name = key.rsplit('/').next().unwrap_or(key);
@@ -156,13 +159,28 @@ pub fn build(root: &Path, rel: &str, text: &str) -> Result<JoinDoc, String> {
 struct Sources<'a> {
     root: &'a Path,
     dir: &'a str,
+    remote: Option<&'a Remote>,
     list: Vec<(String, u64, Fingerprint)>,
 }
 
 impl Sources<'_> {
     /// The index and size of the file `url` (of key `key`) names, checked once per file.
     fn get(&mut self, set: &ReferenceSet, key: &str, url: &str) -> Result<(u32, u64), String> {
-        let path = local_path(self.root, self.dir, &set.render_url(url)).map_err(|e| format!("key {key:?}: {e}"))?;
+        let url = set.render_url(url);
+        if zarrgate_remote::is_remote(&url) {
+            if let Some(i) = self.list.iter().position(|(p, _, _)| *p == url) {
+                return Ok((i as u32, self.list[i].1));
+            }
+            let remote = self.remote.filter(|r| r.covers(&url)).ok_or_else(|| {
+                format!(
+                    "key {key:?}: {url} is a remote object, and no [[remote]] prefix of the configuration covers it"
+                )
+            })?;
+            let fingerprint = remote.stat(&url).map_err(|e| format!("key {key:?}: {e}"))?;
+            self.list.push((url, fingerprint.size, fingerprint));
+            return Ok(((self.list.len() - 1) as u32, fingerprint.size));
+        }
+        let path = local_path(self.root, self.dir, &url).map_err(|e| format!("key {key:?}: {e}"))?;
         if let Some(i) = self.list.iter().position(|(p, _, _)| *p == path) {
             return Ok((i as u32, self.list[i].1));
         }
@@ -197,8 +215,8 @@ fn len32(key: &str, n: u64) -> Result<u32, String> {
 /// The path, relative to the data root, of a reference URL in the file of directory `dir`.
 fn local_path(root: &Path, dir: &str, url: &str) -> Result<String, String> {
     let path = url.strip_prefix("file://").unwrap_or(url);
-    if path.contains("://") || path.starts_with("s3:") || path.starts_with("gs:") {
-        return Err(format!("{url} is a remote source, which is not supported yet (local files only)"));
+    if path.contains("://") {
+        return Err(format!("{url}: the scheme is not one of s3, gs, az, http or https"));
     }
     let rel = if path.starts_with('/') {
         let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
@@ -329,6 +347,6 @@ mod tests {
         assert_eq!(local_path(root, "d", "file:///nonexistent-root/d/b.nc").unwrap(), "d/b.nc");
         assert!(local_path(root, "d", "../../etc/passwd").is_err());
         assert!(local_path(root, "d", "/etc/passwd").is_err());
-        assert!(local_path(root, "d", "s3://bucket/a.nc").unwrap_err().contains("remote"));
+        assert!(local_path(root, "d", "ftp://host/a.nc").unwrap_err().contains("scheme"));
     }
 }

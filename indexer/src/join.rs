@@ -18,6 +18,7 @@ use crate::ncml::{self, NcNode};
 use crate::paths::{join_path, split_dir};
 use zarrgate_core::ops::store::{parse_json, Attrs};
 use zarrgate_core::refs::{Reference, ReferenceSet};
+use zarrgate_remote::Remote;
 
 /// Suffix of a dataset spec file.
 pub const SPEC_SUFFIX: &str = ".join.toml";
@@ -289,6 +290,7 @@ pub fn build_all(
     db: &CatalogDb,
     reuse: bool,
     definitions: Vec<Result<Definition, (String, String)>>,
+    remote: Option<&Remote>,
 ) -> Result<Vec<Built>, CatalogError> {
     let mut joins = Vec::new();
     for def in definitions {
@@ -300,7 +302,7 @@ pub fn build_all(
                 continue;
             }
         };
-        let built = build_one(root, files, db, reuse, &def)?;
+        let built = build_one(root, files, db, reuse, &def, remote)?;
         if let Some(e) = &built.row.entry.error {
             eprintln!("zarrgate: join {}: {e}", def.id);
         }
@@ -315,6 +317,7 @@ fn build_one(
     db: &CatalogDb,
     reuse: bool,
     def: &Definition,
+    remote: Option<&Remote>,
 ) -> Result<Built, CatalogError> {
     let failed = |members, error, inputs| Built {
         row: JoinRow { id: def.id.clone(), entry: JoinEntry::failed(members, error, inputs), doc: None },
@@ -322,7 +325,7 @@ fn build_one(
         changed: true,
     };
     if matches!(def.plan, Plan::Import) {
-        return import_one(root, db, reuse, def);
+        return import_one(root, db, reuse, def, remote);
     }
     let members = match resolve_members(def, files, db)? {
         Ok(m) => m,
@@ -362,28 +365,62 @@ fn build_one(
 }
 
 /// An imported reference file: checked and stored again whenever it or a file it points at
-/// changed.
-fn import_one(root: &Path, db: &CatalogDb, reuse: bool, def: &Definition) -> Result<Built, CatalogError> {
-    let doc = match import::build(root, &def.origin, &def.text) {
+/// changed. A file or object that changed while the reference file did not is refused: the
+/// references were made for its old bytes, and may no longer describe the new ones.
+fn import_one(
+    root: &Path,
+    db: &CatalogDb,
+    reuse: bool,
+    def: &Definition,
+    remote: Option<&Remote>,
+) -> Result<Built, CatalogError> {
+    let failed = |error: String, inputs: String| {
+        eprintln!("zarrgate: import {}: {error}", def.id);
+        let row = JoinRow { id: def.id.clone(), entry: JoinEntry::failed(vec![], error, inputs), doc: None };
+        Built { row, item: None, changed: true }
+    };
+    // The reference file alone (its text and fingerprint): the import's inputs start with it.
+    let file = Fingerprint::of_path(&root.join(&def.origin)).unwrap_or_default();
+    let definition = format!("{}+", inputs_key(def, &[(def.origin.clone(), file)])?);
+    let changed_mark = format!("{definition}changed");
+    let old = db.join(&def.id)?;
+    if let Some(old) = old.as_ref().filter(|o| o.entry.inputs == changed_mark) {
+        // Refused before for a changed source; only a new reference file lifts it.
+        return Ok(Built { row: old.clone(), item: None, changed: false });
+    }
+    let doc = match import::build(root, &def.origin, &def.text, remote) {
         Ok(doc) => doc,
-        Err(e) => {
-            let error = format!("{}: {e}", def.origin);
-            eprintln!("zarrgate: import {}: {error}", def.id);
-            let row = JoinRow { id: def.id.clone(), entry: JoinEntry::failed(vec![], error, String::new()), doc: None };
-            return Ok(Built { row, item: None, changed: true });
-        }
+        Err(e) => return Ok(failed(format!("{}: {e}", def.origin), String::new())),
     };
     let members: Vec<(String, Fingerprint)> = doc.sources.iter().map(|s| (s.path.clone(), s.fingerprint)).collect();
-    let inputs = inputs_key(def, &members)?;
-    if reuse {
-        if let Some(old) = db.join(&def.id)? {
-            if old.entry.inputs == inputs && old.entry.status == EntryStatus::Ok {
-                return Ok(Built { row: old, item: None, changed: false });
+    let inputs = format!("{definition}{}", inputs_key(def, &members)?);
+    if let Some(old) = &old {
+        if reuse && old.entry.inputs == inputs && old.entry.status == EntryStatus::Ok {
+            return Ok(Built { row: old.clone(), item: None, changed: false });
+        }
+        if old.entry.inputs.starts_with(&definition) {
+            let previous =
+                old.doc.as_deref().and_then(|d| packed::inflate(d).ok()).and_then(|b| JoinDoc::from_json(&b).ok());
+            for before in previous.iter().flat_map(|p| p.sources.iter()) {
+                let Some(now) = doc.sources.iter().find(|s| s.path == before.path) else { continue };
+                if let Some(why) = before.fingerprint.changed(&now.fingerprint) {
+                    let error = format!(
+                        "{}: {} changed after its references were imported ({why}); they may no longer describe \
+                         its bytes, so the dataset is not served until the reference file is made again",
+                        def.origin, now.path
+                    );
+                    return Ok(failed(error, changed_mark));
+                }
             }
         }
     }
-    let reader = Files::new(doc.sources.iter().map(|s| root.join(&s.path)).collect());
-    let item = Item::describe(&def.id, &DocSource { doc: &doc, reader: &reader }).ok();
+    let local = doc.sources.iter().all(|s| !zarrgate_remote::is_remote(&s.path));
+    let item = local
+        .then(|| {
+            let reader = Files::new(doc.sources.iter().map(|s| root.join(&s.path)).collect());
+            Item::describe(&def.id, &DocSource { doc: &doc, reader: &reader }).ok()
+        })
+        .flatten();
     let entry = JoinEntry {
         status: EntryStatus::Ok,
         members: members.into_iter().map(|(m, _)| m).collect(),

@@ -35,6 +35,8 @@ pub struct TreeOptions {
     pub no_drs_join: bool,
     /// How many datasets one run may remove.
     pub removals: Removals,
+    /// Reads the remote objects that imported references name (`[[remote]]` of the config).
+    pub remote: Option<std::sync::Arc<zarrgate_remote::Remote>>,
 }
 
 /// A guard against emptying a catalog: a data directory that is not mounted, or a catalog
@@ -244,7 +246,7 @@ pub fn index_tree(
     })?;
     summary.removed += remove_missing(&mut db, &files)?;
     describe_stored(&mut db, &root, &files, &describe_only)?;
-    let joins = crate::join::build_all(&root, &files, &db, reuse && described, definitions)?;
+    let joins = crate::join::build_all(&root, &files, &db, reuse && described, definitions, options.remote.as_deref())?;
     for built in &joins {
         match built.row.entry.status {
             EntryStatus::Failed => summary.joins_failed += 1,

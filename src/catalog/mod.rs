@@ -65,6 +65,23 @@ impl Fingerprint {
         Ok(Self::of(&std::fs::metadata(path)?))
     }
 
+    /// An object of an object store or HTTP server: its size, its `Last-Modified` and a
+    /// 64-bit digest of its `ETag` (FNV-1a), marked by a device number no file has.
+    pub fn remote(size: u64, modified_ns: i64, etag: Option<&str>) -> Self {
+        let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in etag.unwrap_or("").bytes() {
+            digest = (digest ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Fingerprint { size, mtime_ns: modified_ns, ino: digest, dev: Self::REMOTE, ctime_ns: 0 }
+    }
+
+    /// The device number of [`Fingerprint::remote`].
+    pub const REMOTE: u64 = u64::MAX;
+
+    pub fn is_remote(&self) -> bool {
+        self.dev == Self::REMOTE
+    }
+
     /// Whether inode, device and change time were recorded (not a catalog from before them).
     pub fn knows_identity(&self) -> bool {
         self.ino != 0 || self.ctime_ns != 0
@@ -79,7 +96,11 @@ impl Fingerprint {
         if now.mtime_ns != self.mtime_ns {
             return Some("its modification time changed".into());
         }
-        if self.knows_identity() {
+        if self.is_remote() && now.is_remote() {
+            if now.ino != self.ino {
+                return Some("its ETag changed".into());
+            }
+        } else if self.knows_identity() {
             if (now.ino, now.dev) != (self.ino, self.dev) {
                 return Some("it was replaced by another file".into());
             }

@@ -37,6 +37,9 @@ pub enum SourceError {
     Stale(String),
     #[error("{0}")]
     Failed(String),
+    /// A remote source cannot be reached now; the client retries later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// One array of the store.

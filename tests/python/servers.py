@@ -129,6 +129,44 @@ http {{
             time.sleep(0.05)
 
 
+def start_file_server(root: Path, work: Path, port: int | None = None, fail_flag: Path | None = None) -> Nginx:
+    """nginx serving the files under `root` on 127.0.0.1 (ranges, ETag and Last-Modified, as
+    a THREDDS `fileServer` or any web server does); while `fail_flag` exists, every request
+    gets 500. `port` keeps the address of a server started again."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    temp = "".join(f"{kind}_temp_path {work}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    failing = f"if (-f {fail_flag}) {{ return 500; }}" if fail_flag else ""
+    conf = work / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    {temp}
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{ {failing} }}
+    }}
+}}
+""")
+    proc = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(work)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return Nginx(proc, f"http://127.0.0.1:{port}", work)
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"nginx did not start: {proc.stderr.read().decode(errors='replace')}")
+            time.sleep(0.05)
+
+
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL
 # ---------------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def malformed(data: Path) -> dict[str, tuple[str, str]]:
         "missing_file": (with_ref([str(data / "files" / "nowhere.nc"), 0, 10]), f'key "{chunk}"'),
         "beyond_the_end": (with_ref([url, size - 5, 100]), "beyond the end"),
         "not_json": ('{"version": 1, "refs": {', "not valid JSON"),
-        "remote": (with_ref(["s3://bucket/x.nc", offset, length]), "remote source"),
+        "remote": (with_ref(["s3://bucket/x.nc", offset, length]), "no [[remote]] prefix"),
         "outside": (with_ref(["/etc/hostname", 0, 1]), "outside the data directory"),
         "expression": (json.dumps({"version": 1, "refs": good["refs"], "gen": [
             {"key": "x/{{i*2}}", "url": "a.nc", "dimensions": {"i": [0, 1]}}]}), "only plain dimension names"),

@@ -191,6 +191,10 @@ impl ChunkSource for DatasetSource<'_> {
                     "{key}: could not be read or decoded from this dataset's sources; the server log has the details"
                 ))
             }
+            ReadOutcome::Unavailable(why) => {
+                tracing::warn!("{key}: {why}");
+                SourceError::Unavailable(format!("{key}: a source of this dataset cannot be reached now; try again later"))
+            }
             ReadOutcome::NotCached => unreachable!("object_bytes waits for the disk"),
         })
     }
@@ -369,21 +373,38 @@ impl Ops {
 
     /// Refuses a dataset whose source files changed since indexing (and starts the re-index):
     /// its cache key would still name the old result.
-    fn check_fresh(collection: &Arc<Collection>, dataset: &Dataset) -> Result<(), Problem> {
-        for s in &dataset.sources {
-            if let Err(e) = Sources::check(&s.path, s.fingerprint) {
+    async fn check_fresh(
+        app: &Arc<State>,
+        collection: &Arc<Collection>,
+        dataset: &Arc<Dataset>,
+    ) -> Result<(), Problem> {
+        let verify = |app: &State, dataset: &Dataset| -> Result<(), ReadError> {
+            dataset.sources.iter().try_for_each(|s| app.sources.verify(&s.path, s.fingerprint))
+        };
+        let checked = if dataset.remote {
+            // Asks the network: not on a thread of the runtime.
+            let (app, dataset) = (app.clone(), dataset.clone());
+            tokio::task::spawn_blocking(move || verify(&app, &dataset))
+                .await
+                .unwrap_or_else(|e| Err(ReadError::Unavailable(format!("checking the sources failed: {e}"))))
+        } else {
+            verify(app, dataset)
+        };
+        match checked {
+            Ok(()) => Ok(()),
+            Err(e @ ReadError::Stale { .. }) => {
                 collection.source_changed();
                 tracing::warn!("{e}");
-                return Err(source_problem(match e {
-                    ReadError::Stale { .. } => SourceError::Stale(format!(
-                        "the source of this dataset changed since it was indexed; {}",
-                        collection.stale_note()
-                    )),
-                    _ => stale_or_failed(&e),
-                }));
+                Err(source_problem(SourceError::Stale(format!(
+                    "the source of this dataset changed since it was indexed; {}",
+                    collection.stale_note()
+                ))))
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                Err(source_problem(stale_or_failed(&e)))
             }
         }
-        Ok(())
     }
 
     /// The cache key: the canonical request and what the dataset was built from.
@@ -482,7 +503,7 @@ impl Ops {
         prefer_async: bool,
     ) -> Result<Answer, Problem> {
         let (collection, dataset) = Self::resolve(app, &req)?;
-        Self::check_fresh(&collection, &dataset)?;
+        Self::check_fresh(app, &collection, &dataset).await?;
         let key = Self::key(&req, &dataset);
         let format = req.format;
         if let Some((_, bytes)) = self.lookup(app, &key).await {
@@ -900,6 +921,9 @@ fn stale_or_failed(e: &ReadError) -> SourceError {
         ReadError::Stale { .. } => SourceError::Stale(
             "the source of this dataset changed since it was indexed; it is served again once its catalog is brought up to date".into(),
         ),
+        ReadError::Unavailable(_) => {
+            SourceError::Unavailable("a source of this dataset cannot be reached now; try again later".into())
+        }
         ReadError::Io { .. } | ReadError::NotCached { .. } => SourceError::Failed(
             "a source file of this dataset could not be read; the server log has the details".into(),
         ),
@@ -910,6 +934,7 @@ fn source_problem(e: SourceError) -> Problem {
     match e {
         SourceError::Stale(why) => Problem::new(503, "source-changed", "Source changed", why),
         SourceError::Failed(why) => Problem::internal(why),
+        SourceError::Unavailable(why) => Problem::new(503, "source-unavailable", "Source unavailable", why),
     }
 }
 

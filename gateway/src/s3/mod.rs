@@ -647,6 +647,11 @@ async fn get_object(app: &Arc<App>, bucket: &dyn Bucket, r: &S3Request<'_>) -> R
                 "The source file of dataset {id} changed since it was indexed; {next}."
             )));
         }
+        Err(ReadOutcome::Unavailable(why)) => {
+            tracing::warn!("{}: {why}", r.resource());
+            app.metrics.add("zarrgate_unavailable_sources_total", &[("bucket", &r.bucket)], 1);
+            return Err(S3Error::unavailable("A source of this object cannot be reached now; try again later."));
+        }
         Err(ReadOutcome::Failed(why)) => {
             tracing::error!("{}: {why}", r.resource());
             return Err(S3Error::internal("The object could not be read or decoded; the server log has the details."));

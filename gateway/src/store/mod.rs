@@ -17,7 +17,7 @@ use hyper::header::HeaderValue;
 use crate::body::{FileStream, ResponseBody, PIECE};
 use crate::dataset::{AssembleError, Body, Dataset, Object};
 use crate::sendfile::Lane;
-use crate::source::{ReadError, Sources, Wait};
+use crate::source::{remote_url, ReadError, Sources, Wait};
 pub use list::{ListPage, ListQuery};
 
 /// What a listing, and a HEAD, show of one object.
@@ -90,6 +90,8 @@ pub enum ReadOutcome {
     Failed(String),
     /// Not in the page cache, and the read was not to wait for the disk.
     NotCached,
+    /// A remote source cannot be reached now: 503, try again later.
+    Unavailable(String),
 }
 
 impl From<ReadError> for ReadOutcome {
@@ -98,6 +100,7 @@ impl From<ReadError> for ReadOutcome {
             ReadError::Stale { .. } => ReadOutcome::Stale(e.to_string()),
             ReadError::Io { .. } => ReadOutcome::Failed(e.to_string()),
             ReadError::NotCached { .. } => ReadOutcome::NotCached,
+            ReadError::Unavailable(why) => ReadOutcome::Unavailable(why),
         }
     }
 }
@@ -127,6 +130,9 @@ impl Found {
     pub fn quick(&self, part: Part, lane: bool) -> bool {
         match &self.contents {
             Contents::Memory(_) => true,
+            // Every read of a dataset with remote sources may ask the network (at least to
+            // check that an object is unchanged).
+            Contents::Dataset { dataset, .. } if dataset.remote => false,
             Contents::Dataset { object, .. } => match &object.body {
                 Body::Inline(_) => true,
                 Body::Range { .. } => part.head || part.end - part.start <= PIECE || lane,
@@ -165,20 +171,20 @@ fn read_object(
     let slice = |bytes: Vec<u8>| ResponseBody::from(Bytes::from(bytes).slice(start as usize..end as usize));
     match &object.body {
         Body::Inline(bytes) => {
-            check(dataset, 0)?;
+            check(sources, dataset, 0)?;
             Ok(ResponseBody::from(bytes.slice(start as usize..end as usize)))
         }
         Body::Range { source, .. } | Body::Transcoded { source, .. } if head => {
-            check(dataset, *source)?;
+            check(sources, dataset, *source)?;
             Ok(ResponseBody::empty())
         }
         Body::Assembled { .. } if head => {
-            check(dataset, 0)?;
+            check(sources, dataset, 0)?;
             Ok(ResponseBody::empty())
         }
         Body::Range { source, offset, .. } => {
             let (path, fp) = (dataset.source(*source), dataset.sources[*source].fingerprint);
-            if end - start > PIECE {
+            if end - start > PIECE && remote_url(path).is_none() {
                 let file = sources.open(path, fp)?;
                 return Ok(ResponseBody::File(FileStream::new(
                     file,
@@ -201,7 +207,7 @@ fn read_object(
 pub fn object_bytes(sources: &Sources, dataset: &Dataset, object: &Object) -> Result<Vec<u8>, ReadOutcome> {
     match &object.body {
         Body::Inline(bytes) => {
-            check(dataset, 0)?;
+            check(sources, dataset, 0)?;
             Ok(bytes.to_vec())
         }
         Body::Range { source, offset, length } => {
@@ -225,7 +231,7 @@ pub fn object_bytes(sources: &Sources, dataset: &Dataset, object: &Object) -> Re
     }
 }
 
-fn check(dataset: &Dataset, source: usize) -> Result<(), ReadOutcome> {
-    Sources::check(dataset.source(source), dataset.sources[source].fingerprint)?;
+fn check(sources: &Sources, dataset: &Dataset, source: usize) -> Result<(), ReadOutcome> {
+    sources.verify(dataset.source(source), dataset.sources[source].fingerprint)?;
     Ok(())
 }

@@ -1,0 +1,474 @@
+//! Objects in object stores (`s3://`, `gs://`, `az://`) and on HTTP servers (`http(s)://`) as
+//! byte sources, read by range through `object_store`.
+//!
+//! - **Which URLs.** Only URLs under a configured prefix (`[[remote]]` in the config file) are
+//!   read; each prefix carries object_store's options for it (endpoint, region, credentials,
+//!   `allow_http`, …). Any other URL is [`RemoteError::NotConfigured`]: a data tree cannot make
+//!   the gateway fetch what its operator did not allow.
+//! - **Fingerprints.** [`Remote::stat`] takes an object's size, `Last-Modified` and `ETag`
+//!   ([`Fingerprint::remote`]) when it is indexed or imported. Every read compares what the
+//!   server says of the object with it; a changed object is [`RemoteError::Stale`], and its
+//!   bytes are never returned.
+//! - **Reads.** Pooled connections, per-request timeouts and retries with exponential backoff
+//!   are object_store's. Ranges are kept in a cache bounded in bytes; concurrent reads of one
+//!   range wait for one request. A cached range is served without asking the server while the
+//!   object was seen unchanged within `revalidate_seconds`; after that one `HEAD` checks it.
+//! - **Failures.** A server that cannot be reached, or that still answers 5xx after the
+//!   retries, is [`RemoteError::Unavailable`] (a 503 with `Retry-After` to clients); the next
+//!   request tries again.
+//!
+//! Callers are synchronous (the indexer, and the gateway's blocking pool): requests run on a
+//! small runtime of this module's own and the caller waits for the answer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, RetryConfig};
+use serde::Deserialize;
+use zarrgate_core::catalog::Fingerprint;
+
+/// One `[[remote]]` table: the URLs under `prefix` and object_store's options for them.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixConfig {
+    /// For example `s3://cmip6/`, `https://data.example.org/thredds/fileServer/`.
+    pub prefix: String,
+    /// object_store's configuration keys (`aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_skip_signature`, `allow_http`,
+    /// `google_service_account`, `azure_storage_account_name`, …).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// `[remote_cache]`: how remote reads are cached and retried.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Bytes of ranges kept in memory.
+    pub cache_bytes: u64,
+    /// How long an object seen unchanged is trusted before a cached range of it is served again
+    /// without a `HEAD`.
+    pub revalidate_seconds: f64,
+    /// Retries of a failed request (5xx, connection errors), with exponential backoff.
+    pub retries: usize,
+    /// The longest a request and its retries may take.
+    pub timeout_seconds: f64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { cache_bytes: 256 << 20, revalidate_seconds: 1.0, retries: 3, timeout_seconds: 10.0 }
+    }
+}
+
+/// The remote sources a process may read: every `[[remote]]` table and `[remote_cache]` of a
+/// config file (other keys are ignored, so a gateway's config file serves the indexer too).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Settings {
+    #[serde(default)]
+    pub remote: Vec<PrefixConfig>,
+    #[serde(default)]
+    pub remote_cache: CacheConfig,
+}
+
+impl Settings {
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml_settings(text)
+    }
+}
+
+fn toml_settings(text: &str) -> Result<Settings, String> {
+    #[derive(Deserialize)]
+    struct Only {
+        #[serde(default)]
+        remote: Vec<PrefixConfig>,
+        #[serde(default)]
+        remote_cache: CacheConfig,
+    }
+    let only: Only = toml::from_str(text).map_err(|e| e.to_string())?;
+    Ok(Settings { remote: only.remote, remote_cache: only.remote_cache })
+}
+
+/// Whether `url` names a remote object (a scheme other than `file`).
+pub fn is_remote(url: &str) -> bool {
+    ["s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://", "http://", "https://"]
+        .iter()
+        .any(|s| url.len() >= s.len() && url[..s.len()].eq_ignore_ascii_case(s))
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{url}: no [[remote]] prefix of the configuration covers it")]
+    NotConfigured { url: String },
+    #[error("{url}: {why}")]
+    BadConfig { url: String, why: String },
+    #[error("{url} does not exist")]
+    Missing { url: String },
+    #[error("the remote object {url} changed since it was indexed ({why})")]
+    Stale { url: String, why: String },
+    #[error("{url} cannot be read now: {why}")]
+    Unavailable { url: String, why: String },
+    /// The range is not in the cache (or the object is not known unchanged), and the read was
+    /// not to wait for the network.
+    #[error("{url}: not cached")]
+    NotCached { url: String },
+}
+
+type RangeKey = (Arc<str>, u64, u64);
+
+/// Reads remote objects; one per process, shared.
+pub struct Remote {
+    runtime: Option<tokio::runtime::Runtime>,
+    prefixes: Vec<PrefixConfig>,
+    cache: CacheConfig,
+    stores: Mutex<HashMap<(usize, String), Arc<dyn ObjectStore>>>,
+    ranges: moka::sync::Cache<RangeKey, (Fingerprint, Bytes)>,
+    /// Objects seen unchanged lately, with the fingerprint they had.
+    seen: moka::sync::Cache<Arc<str>, Fingerprint>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("prefixes", &self.prefixes).finish()
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its tasks, which is not allowed inside another runtime.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Remote {
+    pub fn new(settings: &Settings) -> Result<Self, String> {
+        for p in &settings.remote {
+            if !is_remote(&p.prefix) {
+                return Err(format!(
+                    "[[remote]] prefix {:?} is not an s3://, gs://, az:// or http(s):// URL",
+                    p.prefix
+                ));
+            }
+        }
+        let c = &settings.remote_cache;
+        if !(c.revalidate_seconds >= 0.0 && c.timeout_seconds > 0.0) {
+            return Err("[remote_cache]: revalidate_seconds must be ≥ 0 and timeout_seconds > 0".into());
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("zarrgate-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the remote reader: {e}"))?;
+        let mut prefixes = settings.remote.clone();
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
+        Ok(Remote {
+            runtime: Some(runtime),
+            prefixes,
+            cache: c.clone(),
+            stores: Mutex::new(HashMap::new()),
+            ranges: moka::sync::Cache::builder()
+                .max_capacity(c.cache_bytes)
+                .weigher(|k: &RangeKey, v: &(Fingerprint, Bytes)| {
+                    u32::try_from(v.1.len() + k.0.len() + 64).unwrap_or(u32::MAX)
+                })
+                .build(),
+            seen: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs_f64(c.revalidate_seconds))
+                .build(),
+        })
+    }
+
+    /// Whether some `[[remote]]` prefix covers `url`.
+    pub fn covers(&self, url: &str) -> bool {
+        self.prefixes.iter().any(|p| url.starts_with(&p.prefix))
+    }
+
+    /// The fingerprint of the object `url` now.
+    pub fn stat(&self, url: &str) -> Result<Fingerprint, RemoteError> {
+        let (store, path) = self.locate(url)?;
+        let meta = self.wait(async move { store.head(&path).await }).map_err(|e| failure(url, e))?;
+        Ok(fingerprint(&meta))
+    }
+
+    /// Fails unless the object `url` still has the fingerprint `expected` (asking the server
+    /// at most once per `revalidate_seconds`).
+    pub fn check(&self, url: &str, expected: Fingerprint) -> Result<(), RemoteError> {
+        if self.seen.get(url) == Some(expected) {
+            return Ok(());
+        }
+        let now = match self.stat(url) {
+            Err(RemoteError::Missing { .. }) => {
+                return Err(RemoteError::Stale { url: url.into(), why: "it was deleted".into() })
+            }
+            other => other?,
+        };
+        if let Some(why) = expected.changed(&now) {
+            self.forget(url);
+            return Err(RemoteError::Stale { url: url.into(), why });
+        }
+        self.seen.insert(url.into(), expected);
+        Ok(())
+    }
+
+    /// `length` bytes at `offset` of the object `url`, which must still have the fingerprint
+    /// `expected`. With `cached_only`, only what the cache holds of an object seen unchanged
+    /// lately; anything else is [`RemoteError::NotCached`].
+    pub fn read(
+        &self,
+        url: &str,
+        expected: Fingerprint,
+        offset: u64,
+        length: u64,
+        cached_only: bool,
+    ) -> Result<Bytes, RemoteError> {
+        if offset.checked_add(length).is_none_or(|end| end > expected.size) {
+            return Err(RemoteError::Stale { url: url.into(), why: "it is shorter than its references".into() });
+        }
+        let key: RangeKey = (url.into(), offset, length);
+        if let Some((fp, bytes)) = self.ranges.get(&key) {
+            if fp == expected {
+                if cached_only && self.seen.get(url) != Some(expected) {
+                    return Err(RemoteError::NotCached { url: url.into() });
+                }
+                self.check(url, expected)?;
+                return Ok(bytes);
+            }
+        }
+        if cached_only {
+            return Err(RemoteError::NotCached { url: url.into() });
+        }
+        // Concurrent reads of one range wait for one request.
+        let loaded = self.ranges.try_get_with(key.clone(), || self.fetch(url, expected, offset, length));
+        match loaded {
+            Ok((fp, bytes)) if fp == expected => Ok(bytes),
+            Ok(_) => {
+                // A range cached from another version of the object: read it again.
+                self.ranges.invalidate(&key);
+                let (fp, bytes) = self.fetch(url, expected, offset, length)?;
+                self.ranges.insert(key, (fp, bytes.clone()));
+                Ok(bytes)
+            }
+            Err(e) => Err((*e).clone()),
+        }
+    }
+
+    /// One ranged GET; the object's fingerprint in the answer must be `expected`.
+    fn fetch(
+        &self,
+        url: &str,
+        expected: Fingerprint,
+        offset: u64,
+        length: u64,
+    ) -> Result<(Fingerprint, Bytes), RemoteError> {
+        if length == 0 {
+            self.check(url, expected)?;
+            return Ok((expected, Bytes::new()));
+        }
+        let (store, path) = self.locate(url)?;
+        let options = GetOptions { range: Some(GetRange::Bounded(offset..offset + length)), ..Default::default() };
+        let got = self.wait(async move {
+            let result = store.get_opts(&path, options).await?;
+            let meta = result.meta.clone();
+            let bytes = result.bytes().await?;
+            Ok::<_, object_store::Error>((meta, bytes))
+        });
+        let (meta, bytes) = match got {
+            Err(object_store::Error::NotFound { .. }) => {
+                self.forget(url);
+                return Err(RemoteError::Stale { url: url.into(), why: "it was deleted".into() });
+            }
+            other => other.map_err(|e| failure(url, e))?,
+        };
+        let now = fingerprint(&meta);
+        if let Some(why) = expected.changed(&now) {
+            self.forget(url);
+            return Err(RemoteError::Stale { url: url.into(), why });
+        }
+        if bytes.len() as u64 != length {
+            return Err(RemoteError::Stale { url: url.into(), why: "it is shorter than its references".into() });
+        }
+        self.seen.insert(url.into(), expected);
+        Ok((expected, bytes))
+    }
+
+    fn forget(&self, url: &str) {
+        self.seen.invalidate(url);
+    }
+
+    /// Runs `fut` on this reader's runtime and waits for it (from any thread, also one of
+    /// another runtime's blocking pool).
+    fn wait<T: Send + 'static>(&self, fut: impl std::future::Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.runtime.as_ref().expect("the runtime lives as long as the reader").spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().expect("a remote request task ended without an answer")
+    }
+
+    /// The store that holds `url` (made on first use, one per prefix and bucket or host) and
+    /// the object's path in it.
+    fn locate(&self, url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), RemoteError> {
+        let bad = |why: String| RemoteError::BadConfig { url: url.into(), why };
+        let (index, prefix) = self
+            .prefixes
+            .iter()
+            .enumerate()
+            .find(|(_, p)| url.starts_with(&p.prefix))
+            .ok_or_else(|| RemoteError::NotConfigured { url: url.into() })?;
+        let parsed = url::Url::parse(url).map_err(|e| bad(format!("not a URL: {e}")))?;
+        let host = parsed.host_str().unwrap_or_default().to_string();
+        let base = match parsed.port() {
+            Some(port) => format!("{}://{host}:{port}", parsed.scheme()),
+            None => format!("{}://{host}", parsed.scheme()),
+        };
+        let path = ObjectPath::from_url_path(parsed.path()).map_err(|e| bad(e.to_string()))?;
+        let mut stores = self.stores.lock().expect("the store map is never poisoned");
+        if let Some(store) = stores.get(&(index, base.clone())) {
+            return Ok((store.clone(), path));
+        }
+        let store = build_store(&base, parsed.scheme(), &prefix.options, &self.cache).map_err(bad)?;
+        stores.insert((index, base), store.clone());
+        Ok((store, path))
+    }
+}
+
+fn build_store(
+    base: &str,
+    scheme: &str,
+    options: &BTreeMap<String, String>,
+    cache: &CacheConfig,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    let timeout = Duration::from_secs_f64(cache.timeout_seconds);
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: cache.retries,
+        retry_timeout: timeout,
+    };
+    let client = ClientOptions::new().with_timeout(timeout).with_connect_timeout(Duration::from_secs(5));
+    let key_error = |k: &str, e: object_store::Error| format!("option {k:?}: {e}");
+    let store: Arc<dyn ObjectStore> = match scheme.to_ascii_lowercase().as_str() {
+        "s3" | "s3a" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(base)
+                .with_retry(retry)
+                .with_client_options(client);
+            for (k, v) in options {
+                b = b.with_config(k.parse().map_err(|e| key_error(k, e))?, v);
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }
+        "gs" | "gcs" => {
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(base)
+                .with_retry(retry)
+                .with_client_options(client);
+            for (k, v) in options {
+                b = b.with_config(k.parse().map_err(|e| key_error(k, e))?, v);
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }
+        "az" | "abfs" | "abfss" => {
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(base)
+                .with_retry(retry)
+                .with_client_options(client);
+            for (k, v) in options {
+                b = b.with_config(k.parse().map_err(|e| key_error(k, e))?, v);
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }
+        "http" | "https" => {
+            let mut client = client.with_allow_http(scheme.eq_ignore_ascii_case("http"));
+            for (k, v) in options {
+                client = client.with_config(k.parse().map_err(|e| key_error(k, e))?, v);
+            }
+            let b = object_store::http::HttpBuilder::new().with_url(base).with_retry(retry).with_client_options(client);
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }
+        other => return Err(format!("the scheme {other}:// is not supported")),
+    };
+    Ok(store)
+}
+
+fn fingerprint(meta: &object_store::ObjectMeta) -> Fingerprint {
+    let modified = meta.last_modified.timestamp_nanos_opt().unwrap_or(0);
+    Fingerprint::remote(meta.size, modified, meta.e_tag.as_deref())
+}
+
+fn failure(url: &str, e: object_store::Error) -> RemoteError {
+    match e {
+        object_store::Error::NotFound { .. } => RemoteError::Missing { url: url.into() },
+        object_store::Error::Precondition { .. } | object_store::Error::NotModified { .. } => {
+            RemoteError::Stale { url: url.into(), why: "its ETag changed".into() }
+        }
+        e => RemoteError::Unavailable { url: url.into(), why: e.to_string() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_come_from_a_config_file_that_holds_other_keys_too() {
+        let s = Settings::from_toml(
+            r#"
+listen = "127.0.0.1:9000"
+[[collections]]
+bucket = "x"
+[[remote]]
+prefix = "s3://cmip6/"
+options = { aws_endpoint = "http://127.0.0.1:9999", aws_allow_http = "true" }
+[remote_cache]
+retries = 1
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.remote.len(), 1);
+        assert_eq!(s.remote[0].options["aws_endpoint"], "http://127.0.0.1:9999");
+        assert_eq!(s.remote_cache.retries, 1);
+        assert_eq!(s.remote_cache.cache_bytes, CacheConfig::default().cache_bytes);
+    }
+
+    #[test]
+    fn only_configured_prefixes_are_read() {
+        let s = Settings {
+            remote: vec![PrefixConfig { prefix: "https://data.example.org/files/".into(), options: BTreeMap::new() }],
+            ..Default::default()
+        };
+        let r = Remote::new(&s).unwrap();
+        assert!(r.covers("https://data.example.org/files/a.nc"));
+        let err = r.stat("https://other.example.org/a.nc").unwrap_err();
+        assert!(matches!(err, RemoteError::NotConfigured { .. }), "{err}");
+        assert!(Remote::new(&Settings {
+            remote: vec![PrefixConfig { prefix: "/data/".into(), options: BTreeMap::new() }],
+            ..Default::default()
+        })
+        .is_err());
+        assert!(is_remote("S3://b/k") && is_remote("https://h/x") && !is_remote("file:///x") && !is_remote("a/b"));
+    }
+
+    #[test]
+    fn a_range_beyond_the_recorded_size_is_stale_without_a_request() {
+        let s = Settings {
+            remote: vec![PrefixConfig { prefix: "http://127.0.0.1:9/".into(), options: BTreeMap::new() }],
+            ..Default::default()
+        };
+        let r = Remote::new(&s).unwrap();
+        let fp = Fingerprint::remote(10, 0, Some("\"e\""));
+        let err = r.read("http://127.0.0.1:9/x", fp, 8, 5, false).unwrap_err();
+        assert!(matches!(err, RemoteError::Stale { .. }), "{err}");
+        assert!(matches!(r.read("http://127.0.0.1:9/x", fp, 0, 5, true), Err(RemoteError::NotCached { .. })));
+    }
+}

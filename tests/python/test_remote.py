@@ -1,0 +1,337 @@
+"""Kerchunk references whose chunks live in an S3 server and on an HTTP server, through a real
+gateway.
+
+moto's S3 server (from the venv) holds fixture and corpus files in a bucket, and nginx serves
+the same files over HTTP, both on 127.0.0.1. kerchunk 0.2.10 writes references for them by
+reading them from those servers (s3:// and http:// URLs); the gateway imports the references
+(`NAME.kerchunk.json`, with `[[remote]]` prefixes in its config) and serves them. The datasets
+must equal fsspec's `reference://` over the same references and xarray on the original files;
+a replaced object answers 503 and is never served with other bytes; a server that stops, or
+answers 500, gives 503 with `Retry-After` until it is back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import xarray as xr
+
+from gateway import CORPUS, REPO, Gateway, export_catalog, wait_for, zarrgate_bin
+from servers import free_port, start_file_server, start_moto
+
+BUCKET = "remote"
+ARCHIVE = "archive"
+FIXTURES = REPO / "fixtures" / "data" / "good"
+FILES = [FIXTURES / n for n in ("cal_noleap.nc", "classic.nc", "packed_be_int16.nc", "groups.nc", "nan_fill.nc")]
+#: a NetCDF-4 and a NetCDF-3 file of the corpus (few chunks: every chunk is a request of a
+#: debug build through s3fs)
+CORPUS_FILES = [
+    CORPUS / "mini-esgf-data/test_data/badc/cmip6/data/CMIP6/CMIP/NCAR/CESM2-FV2/historical/r1i1p1f1/Omon/tos/gn"
+             "/v20191120/tos_Omon_CESM2-FV2_historical_r1i1p1f1_gn_200001.nc",
+    CORPUS / "mini-esgf-data/test_data/pool/data/C3SCMIP5/BCC/bcc-csm1-1/rcp85/mon/ocean/Omon/r1i1p1/zos/v20120705"
+             "/zos_Omon_bcc-csm1-1_rcp85_r1i1p1_200601.nc",
+]
+S3_OPTIONS = {"key": "test", "secret": "test", "client_kwargs": {"region_name": "us-east-1"}}
+
+
+def kerchunk_refs(url: str, storage_options: dict) -> dict:
+    """kerchunk's references for the file at `url`, read from its server."""
+    import fsspec
+    from kerchunk.hdf import SingleHdf5ToZarr
+    from kerchunk.netCDF3 import NetCDF3ToZarr
+
+    with fsspec.open(url, "rb", **storage_options) as f:
+        magic = f.read(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if magic.startswith(b"CDF"):
+            refs = NetCDF3ToZarr(url, storage_options=storage_options, inline_threshold=64).translate()
+        else:
+            refs = SingleHdf5ToZarr(url, storage_options=storage_options, inline_threshold=64).translate()
+    return refs if "version" in refs else {"version": 1, "refs": refs}
+
+
+class Remote:
+    """The servers, the data tree of reference files, and a gateway over it."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.files = tmp / "files"  # what nginx serves
+        self.files.mkdir()
+        self.fail_flag = tmp / "failing"
+        self.http = start_file_server(self.files, tmp / "nginx", fail_flag=self.fail_flag)
+        self.moto = start_moto()
+        self.moto.create_bucket(ARCHIVE)
+        self.s3_options = {**S3_OPTIONS, "endpoint_url": self.moto.endpoint}
+        self.originals: dict[str, Path] = {}
+        self.data = tmp / "data"
+        self.data.mkdir()
+        self.cases: dict[str, tuple[dict, dict]] = {}  # id -> (refs, storage options for reference://)
+        for path in [*FILES, *[p for p in CORPUS_FILES if p.exists()]]:
+            self.add(path)
+
+    def s3(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.moto.endpoint, region_name="us-east-1",
+                            aws_access_key_id="test", aws_secret_access_key="test")
+
+    def add(self, path: Path) -> None:
+        name = path.name
+        self.originals[name] = path
+        shutil.copy2(path, self.files / name)
+        self.s3().upload_file(str(path), ARCHIVE, f"data/{name}")
+        stem = name.rsplit(".", 1)[0]
+        for kind, url, options, remote in (
+            ("s3", f"s3://{ARCHIVE}/data/{name}", self.s3_options, ("s3", self.s3_options)),
+            ("http", f"{self.http.endpoint}/{name}", {}, ("http", {})),
+        ):
+            refs = kerchunk_refs(url, options)
+            (self.data / kind).mkdir(exist_ok=True)
+            (self.data / kind / f"{stem}.kerchunk.json").write_text(json.dumps(refs))
+            # zarr 3 reads through fsspec asynchronously, so the target filesystem must be too.
+            self.cases[f"{kind}/{stem}"] = (refs, {"remote_protocol": remote[0],
+                                                   "remote_options": {**remote[1], "asynchronous": True}})
+
+    def config(self, catalog: Path) -> Path:
+        config = self.tmp / "gateway.toml"
+        config.write_text(f"""
+listen = "127.0.0.1:0"
+auth_db = "{self.tmp / 'auth.db'}"
+[ops]
+dir = "{self.tmp / 'ops'}"
+[[collections]]
+bucket = "{BUCKET}"
+data = "{self.data}"
+catalog = "{catalog}"
+[[remote]]
+prefix = "s3://{ARCHIVE}/"
+options = {{ aws_endpoint = "{self.moto.endpoint}", aws_allow_http = "true", aws_region = "us-east-1", aws_access_key_id = "test", aws_secret_access_key = "test" }}
+[[remote]]
+prefix = "{self.http.endpoint}/"
+[remote_cache]
+retries = 2
+timeout_seconds = 3
+revalidate_seconds = 0.2
+""")
+        return config
+
+    def stop(self):
+        self.http.stop()
+        self.moto.stop()
+
+
+def serve(config: Path, catalog: Path) -> Gateway:
+    proc = subprocess.Popen([*zarrgate_bin(), "serve", "--config", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "warn"})
+    line = proc.stdout.readline()
+    assert line.startswith("listening on "), proc.stderr.read()
+    log: list[str] = []
+    threading.Thread(target=lambda: log.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    return Gateway(endpoint=line.split()[-1], bucket=BUCKET, proc=proc, catalog_dir=catalog, log=log)
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    r = Remote(tmp_path_factory.mktemp("remote"))
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(remote, tmp_path_factory):
+    catalog = tmp_path_factory.mktemp("remote-catalog") / "catalog"
+    g = serve(remote.config(catalog), catalog)
+    yield g
+    g.stop()
+
+
+def reference(refs: dict, options: dict) -> xr.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xr.open_dataset("reference://", engine="zarr", backend_kwargs={
+            "consolidated": False, "storage_options": {"fo": refs, **options}}).load()
+
+
+def open_served(gw: Gateway, dataset: str, **kw) -> xr.Dataset:
+    options = {"anon": True, "endpoint_url": gw.endpoint, "skip_instance_cache": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xr.open_zarr(f"s3://{gw.bucket}/{dataset}", storage_options=options, consolidated=True, **kw).load()
+
+
+def catalog_entry(gw: Gateway, dataset: str) -> dict:
+    return json.loads((export_catalog(gw.catalog_dir) / "catalog.json").read_text())["joins"].get(dataset, {})
+
+
+def test_remote_datasets_are_served_as_reference_reads_them(remote, gw):
+    assert len(remote.cases) >= 2 * len(FILES)
+    for dataset, (refs, options) in remote.cases.items():
+        entry = catalog_entry(gw, dataset)
+        assert entry.get("status") == "ok", (dataset, entry)
+        want = reference(refs, options)
+        got = open_served(gw, dataset)
+        xr.testing.assert_identical(got, want)
+
+
+def test_values_equal_the_original_files(remote, gw):
+    """The oracle: xarray on the original file. Stored values are compared undecoded, exactly
+    (kerchunk writes packing attributes as JSON numbers, so decoded packed values are float64
+    where the file's decode to float32: a property of the references, the same through
+    `reference://`)."""
+    raw = {"mask_and_scale": False, "decode_times": False}
+    for dataset in remote.cases:
+        name = next(n for n in remote.originals if n.rsplit(".", 1)[0] == dataset.split("/", 1)[1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            original = xr.open_dataset(remote.originals[name], **raw).load()
+        got = open_served(gw, dataset, **raw)
+        assert set(got.variables) == set(original.variables), dataset
+        for var in original.variables:
+            np.testing.assert_array_equal(got[var].values, original[var].values, err_msg=f"{dataset}: {var}")
+
+
+def test_s3_and_http_give_the_same_references_up_to_the_urls(remote, gw):
+    """An object read from S3 and the same file read over HTTP are the same dataset."""
+    for dataset in remote.cases:
+        if dataset.startswith("s3/"):
+            other = "http/" + dataset.split("/", 1)[1]
+            xr.testing.assert_identical(open_served(gw, dataset), open_served(gw, other))
+
+
+def chunk_key(remote: Remote, dataset: str) -> str:
+    refs, _ = remote.cases[dataset]
+    return next(k for k, v in sorted(refs["refs"].items()) if isinstance(v, list) and len(v) == 3)
+
+
+def test_a_server_that_fails_gives_503_with_retry_after_and_the_gateway_recovers(remote, gw):
+    dataset = "http/cal_noleap"
+    key = chunk_key(remote, dataset)
+    url = f"{gw.endpoint}/{BUCKET}/{dataset}/{key}"
+    want = requests.get(url, timeout=30)
+    assert want.status_code == 200
+    # The server answers 500 for a while. (A range read moments ago is served from the cache
+    # while its object was seen unchanged within `revalidate_seconds`; after that, it is
+    # checked again.)
+    remote.fail_flag.touch()
+    time.sleep(0.5)
+    try:
+        r = requests.get(url, timeout=30)
+        assert r.status_code == 503 and r.headers.get("Retry-After"), (r.status_code, r.text)
+        assert "<Code>ServiceUnavailable</Code>" in r.text
+    finally:
+        remote.fail_flag.unlink()
+    r = wait_for(lambda: (x := requests.get(url, timeout=30)).status_code == 200 and x, timeout=30)
+    assert r.content == want.content
+    # The server is stopped, then started again on the same port.
+    port = int(remote.http.endpoint.rsplit(":", 1)[1])
+    remote.http.stop()
+    time.sleep(0.5)
+    try:
+        r = requests.get(url, timeout=30)
+        assert r.status_code == 503 and r.headers.get("Retry-After"), (r.status_code, r.text)
+    finally:
+        remote.http = start_file_server(remote.files, remote.tmp / "nginx", port=port, fail_flag=remote.fail_flag)
+    r = wait_for(lambda: (x := requests.get(url, timeout=30)).status_code == 200 and x, timeout=30)
+    assert r.content == want.content
+
+
+def test_refusals_are_reported_at_import_naming_the_file_and_key(remote, tmp_path):
+    """Missing objects, ranges beyond an object's end, and URLs no [[remote]] prefix covers are
+    refused when the tree is indexed; the dataset answers 503, never fill values."""
+    refs, _ = remote.cases["s3/classic"]
+    key = chunk_key(remote, "s3/classic")
+    url, offset, length = refs["refs"][key]
+    size = (remote.originals["classic.nc"]).stat().st_size
+    bad = {
+        "missing": ([f"s3://{ARCHIVE}/data/nowhere.nc", 0, 10], "does not exist"),
+        "beyond": ([url, size - 4, 100], "beyond the end"),
+        "uncovered": (["https://elsewhere.example.org/x.nc", 0, 10], "no [[remote]] prefix"),
+    }
+    data = tmp_path / "data"
+    (data / "bad").mkdir(parents=True)
+    for name, (value, _) in bad.items():
+        (data / "bad" / f"{name}.kerchunk.json").write_text(json.dumps({**refs, "refs": {**refs["refs"], key: value}}))
+    config = remote.config(tmp_path / "catalog").read_text().replace(str(remote.data), str(data))
+    (tmp_path / "gw.toml").write_text(config.replace(str(remote.tmp / "auth.db"), str(tmp_path / "auth.db")))
+    g = serve(tmp_path / "gw.toml", tmp_path / "catalog")
+    try:
+        for name, (_, words) in bad.items():
+            entry = catalog_entry(g, f"bad/{name}")
+            assert entry.get("status") != "ok", entry
+            assert "bad/" + name + ".kerchunk.json" in entry["error"] and key in entry["error"], entry["error"]
+            assert words in entry["error"], entry["error"]
+            r = requests.get(f"{g.endpoint}/{BUCKET}/bad/{name}/{key}", timeout=30)
+            assert r.status_code == 503, r.status_code
+    finally:
+        g.stop()
+
+
+def test_a_replaced_object_answers_503_and_is_never_served_with_other_bytes(remote, tmp_path):
+    """On a gateway of its own: the object is replaced in the bucket after the import."""
+    name = "packed_be_int16.nc"
+    original = remote.originals[name]
+    remote.s3().upload_file(str(original), ARCHIVE, f"replaced/{name}")
+    url = f"s3://{ARCHIVE}/replaced/{name}"
+    refs = kerchunk_refs(url, remote.s3_options)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "p.kerchunk.json").write_text(json.dumps(refs))
+    config = remote.config(tmp_path / "catalog").read_text().replace(str(remote.data), str(data))
+    (tmp_path / "gw.toml").write_text(config.replace(str(remote.tmp / "auth.db"), str(tmp_path / "auth.db")))
+    g = serve(tmp_path / "gw.toml", tmp_path / "catalog")
+    try:
+        key = next(k for k, v in sorted(refs["refs"].items()) if isinstance(v, list) and len(v) == 3)
+        chunk = f"{g.endpoint}/{BUCKET}/p/{key}"
+        before = requests.get(chunk, timeout=30)
+        assert before.status_code == 200
+        # Same size, other bytes: only the ETag tells.
+        blob = bytearray(original.read_bytes())
+        _, offset, length = refs["refs"][key]
+        blob[offset:offset + length] = bytes(b ^ 0xFF for b in blob[offset:offset + length])
+        remote.s3().put_object(Bucket=ARCHIVE, Key=f"replaced/{name}", Body=bytes(blob))
+        time.sleep(0.5)  # past `revalidate_seconds`
+        # Every later read is refused (the one cached range included, once revalidated), and
+        # the re-index that the stale read starts refuses the import: the references were made
+        # for the old bytes.
+        for _ in range(3):
+            r = requests.get(chunk, timeout=30)
+            assert r.status_code == 503 and r.headers.get("Retry-After"), r.status_code
+            assert r.content != before.content
+        entry = wait_for(lambda: (e := catalog_entry(g, "p")).get("status") not in (None, "ok") and e, timeout=60)
+        assert "changed after its references were imported" in entry["error"], entry["error"]
+        assert requests.get(f"{g.endpoint}/{BUCKET}/p/.zmetadata", timeout=30).status_code == 503
+        # References made again for the new object are imported (by `zarrgate index`, with the
+        # gateway's config for the remote prefixes) and served with its bytes.
+        (data / "p.kerchunk.json").write_text(json.dumps(kerchunk_refs(url, remote.s3_options)))
+        run = subprocess.run([*zarrgate_bin(), "index", str(data), "--out", str(tmp_path / "catalog"),
+                              "--remote-config", str(tmp_path / "gw.toml")], capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr
+        r = wait_for(lambda: (x := requests.get(chunk, timeout=30)).status_code == 200 and x, timeout=60)
+        assert r.content == bytes(blob[offset:offset + length])
+    finally:
+        g.stop()
+
+
+def test_operations_read_remote_chunks(remote, gw, tmp_path):
+    """An average computed by the gateway from chunks in the S3 server equals xarray's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        original = xr.open_dataset(remote.originals["cal_noleap.nc"]).load()
+    r = requests.get(f"{gw.endpoint}/ops/v1/average",
+                     params={"dataset": f"{BUCKET}/s3/cal_noleap", "var": "tas", "dims": "time"}, timeout=60)
+    assert r.status_code == 200, r.text
+    (tmp_path / "result.nc").write_bytes(r.content)
+    got = xr.open_dataset(tmp_path / "result.nc").load()
+    np.testing.assert_allclose(got["tas"].values, original["tas"].mean("time").values, rtol=1e-6)

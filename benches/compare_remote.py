@@ -4,13 +4,18 @@ gateway against s3fs + fsspec's `reference://` directly, side by side.
     .venv/bin/python benches/compare_remote.py --bin target/release/zarrgate [--rounds 5]
 
 moto's S3 server (from the venv) holds one NetCDF-4 file: `compare_gateway.py`'s data, 256
-chunks of 64 KiB and 16 of 4 MiB, uncompressed. kerchunk 0.2.10 writes its references over
-s3:// (reading the object by range); the gateway imports them (`[[remote]]` in its config).
-Each round, in alternating order, xarray loads both variables:
+chunks of 64 KiB and 16 of 4 MiB, uncompressed; nginx serves the same file over HTTP (a fast
+origin, where the gateway's own cost shows). kerchunk 0.2.10 writes references over s3:// and
+over http:// (reading the file by range); the gateway imports both (`[[remote]]` in its
+config). Each round, in alternating order, xarray loads both variables, for each origin:
 - **direct**: `xr.open_dataset("reference://", engine="zarr")` with s3fs as the target
   filesystem (what a user does without the gateway);
 - **gateway, cold**: through a gateway whose range cache is off (`cache_bytes = 0`): every
   chunk is a ranged GET from the gateway to the S3 server;
+- **plain HTTP client**: the same gateway read with fsspec's HTTP filesystem instead of s3fs
+  (s3fs sends a HEAD before every GET and costs about 2 ms of client time per request);
+- **local file**: the same file on the gateway's disk, read through the gateway: what the
+  remote reads add to the gateway's own cost;
 - **gateway, warm**: through a gateway with the default cache, after one load: chunks come
   from its memory once the object is known unchanged (`revalidate_seconds`).
 Medians over the rounds; prints a Markdown table.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +41,7 @@ sys.path.insert(0, str(REPO / "tests" / "python"))
 
 import compare_gateway as cg  # noqa: E402
 import compare_replicas as cr  # noqa: E402
-from servers import start_moto  # noqa: E402
+from servers import start_file_server, start_moto  # noqa: E402
 
 ARCHIVE = "archive"
 KEY = "data/chunks.nc"
@@ -65,6 +71,7 @@ def main() -> None:
     cg.make_data(data / "chunks.nc")
     work = Path(tempfile.mkdtemp(prefix="zarrgate-remote-"))
     moto = start_moto()
+    nginx = start_file_server(data, work / "nginx")
     procs = []
     try:
         moto.create_bucket(ARCHIVE)
@@ -75,10 +82,14 @@ def main() -> None:
                      aws_secret_access_key="test").upload_file(str(data / "chunks.nc"), ARCHIVE, KEY)
         so = {"key": "test", "secret": "test", "endpoint_url": moto.endpoint,
               "client_kwargs": {"region_name": "us-east-1"}}
-        refs = SingleHdf5ToZarr(f"s3://{ARCHIVE}/{KEY}", storage_options=so, inline_threshold=0).translate()
+        refs = {"s3": SingleHdf5ToZarr(f"s3://{ARCHIVE}/{KEY}", storage_options=so, inline_threshold=0).translate(),
+                "http": SingleHdf5ToZarr(f"{nginx.endpoint}/chunks.nc", inline_threshold=0).translate()}
         tree = work / "tree"
         tree.mkdir()
-        (tree / "chunks.kerchunk.json").write_text(json.dumps(refs))
+        for origin, r in refs.items():
+            (tree / f"{origin}.kerchunk.json").write_text(json.dumps(r))
+        # The same file on the gateway's disk: what remote reads add to the gateway's own cost.
+        shutil.copy2(data / "chunks.nc", tree / "chunks.nc")
         endpoints = {}
         for name, cache in (("cold", 0), ("warm", 256 << 20)):
             config = work / f"{name}.toml"
@@ -94,27 +105,40 @@ catalog = "{work / name}"
 [[remote]]
 prefix = "s3://{ARCHIVE}/"
 options = {{ aws_endpoint = "{moto.endpoint}", aws_allow_http = "true", aws_region = "us-east-1", aws_access_key_id = "test", aws_secret_access_key = "test" }}
+[[remote]]
+prefix = "{nginx.endpoint}/"
 [remote_cache]
 cache_bytes = {cache}
 """)
             proc, endpoints[name] = cr.serve(binary, config)
             procs.append(proc)
 
-        def direct():
-            return xr.open_dataset("reference://", engine="zarr", backend_kwargs={
-                "consolidated": False,
-                "storage_options": {"fo": refs, "remote_protocol": "s3", "remote_options": {**so, "asynchronous": True}}})
+        def direct(origin):
+            options = {**so, "asynchronous": True} if origin == "s3" else {"asynchronous": True}
+            return lambda: xr.open_dataset("reference://", engine="zarr", backend_kwargs={
+                "consolidated": False, "storage_options": {"fo": refs[origin], "remote_protocol": origin,
+                                                           "remote_options": options}})
 
-        def through(endpoint):
-            return lambda: xr.open_zarr("s3://bench/chunks", consolidated=True, storage_options={
+        def through(endpoint, origin):
+            return lambda: xr.open_zarr(f"s3://bench/{origin}", consolidated=True, storage_options={
                 "anon": True, "endpoint_url": endpoint, "skip_instance_cache": True})
 
-        cases = {"direct: s3fs + reference://": direct, "gateway, cache off": through(endpoints["cold"]),
-                 "gateway, warm cache": through(endpoints["warm"])}
+        def plain_http(endpoint, origin):
+            # fsspec's HTTP filesystem on the gateway's URLs: no HEAD before each GET
+            return lambda: xr.open_zarr(f"{endpoint}/bench/{origin}", consolidated=True)
+
+        cases = {}
+        for origin, label in (("s3", "S3 (moto)"), ("http", "HTTP (nginx)")):
+            cases[f"{label}: direct, fsspec + reference://"] = direct(origin)
+            cases[f"{label}: gateway, cache off"] = through(endpoints["cold"], origin)
+            cases[f"{label}: gateway, warm cache"] = through(endpoints["warm"], origin)
+            cases[f"{label}: gateway, cache off, plain HTTP client"] = plain_http(endpoints["cold"], origin)
+        cases["local file: gateway"] = through(endpoints["cold"], "chunks.nc")
+        cases["local file: gateway, plain HTTP client"] = plain_http(endpoints["cold"], "chunks.nc")
         # Equal data first, and one load of each to warm the clients (and the warm gateway).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            want = direct().load()
+            want = direct("s3")().load()
             for name, fn in cases.items():
                 xr.testing.assert_identical(fn().load(), want)
         times: dict[str, list[float]] = {n: [] for n in cases}
@@ -127,13 +151,15 @@ cache_bytes = {cache}
             p.terminate()
             p.wait()
         moto.stop()
-    base = statistics.median(times["direct: s3fs + reference://"])
+        nginx.stop()
     size = (data / "chunks.nc").stat().st_size
-    print(f"\n{size / 2**20:.1f} MiB, 272 chunks (256 × 64 KiB, 16 × 4 MiB), moto S3 on 127.0.0.1, "
+    print(f"\n{size / 2**20:.1f} MiB, 272 chunks (256 × 64 KiB, 16 × 4 MiB), servers on 127.0.0.1, "
           f"median of {args.rounds} rounds\n")
-    print("| read | seconds | MiB/s | vs direct |")
+    print("| origin: read | seconds | MiB/s | vs direct |")
     print("|---|--:|--:|--:|")
     for name, ts in times.items():
+        origin = name.split(":")[0]
+        base = statistics.median(times.get(origin + ": direct, fsspec + reference://", ts))
         m = statistics.median(ts)
         print(f"| {name} | {m:.2f} | {size / 2**20 / m:.0f} | {m / base:.2f}× |")
 

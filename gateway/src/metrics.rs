@@ -47,6 +47,10 @@ const HELP: &[(&str, &str)] = &[
     ("zarrgate_quota_rejections_total", "Requests refused by a quota, by bucket."),
     ("zarrgate_stale_sources_total", "Reads that found a source file changed since indexing, by bucket."),
     (
+        "zarrgate_unavailable_sources_total",
+        "Reads refused with 503 because a remote source could not be reached, by bucket.",
+    ),
+    (
         "zarrgate_reads_offloaded_total",
         "Ranges not in the page cache, read on the blocking pool instead of a server thread, by bucket.",
     ),

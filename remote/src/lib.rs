@@ -147,13 +147,16 @@ impl Drop for Remote {
 
 impl Remote {
     pub fn new(settings: &Settings) -> Result<Self, String> {
+        let mut prefixes = Vec::new();
         for p in &settings.remote {
-            if !is_remote(&p.prefix) {
-                return Err(format!(
-                    "[[remote]] prefix {:?} is not an s3://, gs://, az:// or http(s):// URL",
-                    p.prefix
-                ));
+            let normal = url::Url::parse(&p.prefix).ok().filter(|_| is_remote(&p.prefix)).ok_or_else(|| {
+                format!("[[remote]] prefix {:?} is not an s3://, gs://, az:// or http(s):// URL", p.prefix)
+            })?;
+            // A prefix without its slash would also cover `https://host.evil.example/`.
+            if !p.prefix.ends_with('/') || !normal.as_str().ends_with('/') {
+                return Err(format!("[[remote]] prefix {:?} must end with '/'", p.prefix));
             }
+            prefixes.push(PrefixConfig { prefix: normal.as_str().to_string(), options: p.options.clone() });
         }
         let c = &settings.remote_cache;
         if !(c.revalidate_seconds >= 0.0 && c.timeout_seconds > 0.0) {
@@ -165,7 +168,6 @@ impl Remote {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the remote reader: {e}"))?;
-        let mut prefixes = settings.remote.clone();
         prefixes.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
         Ok(Remote {
             runtime: Some(runtime),
@@ -180,14 +182,22 @@ impl Remote {
                 .build(),
             seen: moka::sync::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(Duration::from_secs_f64(c.revalidate_seconds))
+                .time_to_live(Duration::from_secs_f64(c.revalidate_seconds.max(0.001)))
                 .build(),
         })
     }
 
     /// Whether some `[[remote]]` prefix covers `url`.
     pub fn covers(&self, url: &str) -> bool {
-        self.prefixes.iter().any(|p| url.starts_with(&p.prefix))
+        self.prefix_of(url).is_some()
+    }
+
+    /// The index of the `[[remote]]` prefix that covers `url`, compared in its normal form
+    /// (`s3://b/public/../secret/x` is `s3://b/secret/x`), and the parsed URL.
+    fn prefix_of(&self, url: &str) -> Option<(usize, url::Url)> {
+        let parsed = url::Url::parse(url).ok()?;
+        let index = self.prefixes.iter().position(|p| parsed.as_str().starts_with(&p.prefix))?;
+        Some((index, parsed))
     }
 
     /// The fingerprint of the object `url` now.
@@ -213,7 +223,7 @@ impl Remote {
             self.forget(url);
             return Err(RemoteError::Stale { url: url.into(), why });
         }
-        self.seen.insert(url.into(), expected);
+        self.remember(url, expected);
         Ok(())
     }
 
@@ -294,8 +304,16 @@ impl Remote {
         if bytes.len() as u64 != length {
             return Err(RemoteError::Stale { url: url.into(), why: "it is shorter than its references".into() });
         }
-        self.seen.insert(url.into(), expected);
+        self.remember(url, expected);
         Ok((expected, bytes))
+    }
+
+    /// Notes that `url` was seen with fingerprint `fp` (not at all with `revalidate_seconds = 0`,
+    /// so that every read asks the server).
+    fn remember(&self, url: &str, fp: Fingerprint) {
+        if self.cache.revalidate_seconds > 0.0 {
+            self.seen.insert(url.into(), fp);
+        }
     }
 
     fn forget(&self, url: &str) {
@@ -316,13 +334,8 @@ impl Remote {
     /// the object's path in it.
     fn locate(&self, url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), RemoteError> {
         let bad = |why: String| RemoteError::BadConfig { url: url.into(), why };
-        let (index, prefix) = self
-            .prefixes
-            .iter()
-            .enumerate()
-            .find(|(_, p)| url.starts_with(&p.prefix))
-            .ok_or_else(|| RemoteError::NotConfigured { url: url.into() })?;
-        let parsed = url::Url::parse(url).map_err(|e| bad(format!("not a URL: {e}")))?;
+        let (index, parsed) = self.prefix_of(url).ok_or_else(|| RemoteError::NotConfigured { url: url.into() })?;
+        let prefix = &self.prefixes[index];
         let host = parsed.host_str().unwrap_or_default().to_string();
         let base = match parsed.port() {
             Some(port) => format!("{}://{host}:{port}", parsed.scheme()),
@@ -449,6 +462,8 @@ retries = 1
         };
         let r = Remote::new(&s).unwrap();
         assert!(r.covers("https://data.example.org/files/a.nc"));
+        assert!(!r.covers("https://data.example.org/files/../private/a.nc"));
+        assert!(!r.covers("https://data.example.org.evil.example/files/a.nc"));
         let err = r.stat("https://other.example.org/a.nc").unwrap_err();
         assert!(matches!(err, RemoteError::NotConfigured { .. }), "{err}");
         assert!(Remote::new(&Settings {
@@ -456,6 +471,8 @@ retries = 1
             ..Default::default()
         })
         .is_err());
+        let no_slash = PrefixConfig { prefix: "https://data.example.org".into(), options: BTreeMap::new() };
+        assert!(Remote::new(&Settings { remote: vec![no_slash], ..Default::default() }).is_err());
         assert!(is_remote("S3://b/k") && is_remote("https://h/x") && !is_remote("file:///x") && !is_remote("a/b"));
     }
 

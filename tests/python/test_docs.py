@@ -57,6 +57,14 @@ NOT_RUN = {
         "needs an OpenID token (test_identity.py::test_boto3_web_identity_reads_the_restricted_collection)",
     ("docs/identity.md", "import boto3"):
         "needs an OpenID token (test_identity.py::test_s3fs_with_temporary_credentials_equals_the_original)",
+    # docs/remote.md's recipe needs an S3 server holding the files and a config with [[remote]];
+    # test_remote.py makes the same calls against moto and nginx.
+    ("docs/remote.md", "from kerchunk.hdf import SingleHdf5ToZarr"):
+        "needs a bucket (test_remote.py::kerchunk_refs, against moto's S3 server)",
+    ("docs/remote.md", "zarrgate serve --config zarrgate.toml     # with [[collections]] data = \"/data/tree\" and [[remote]]"):
+        "needs the config with [[remote]] prefixes (test_remote.py::serve)",
+    ("docs/remote.md", "import xarray as xr"):
+        "needs a remote dataset (test_remote.py::test_remote_datasets_are_served_as_reference_reads_them)",
 }
 
 

@@ -231,6 +231,8 @@ def test_a_server_that_fails_gives_503_with_retry_after_and_the_gateway_recovers
         assert "<Code>ServiceUnavailable</Code>" in r.text
     finally:
         remote.fail_flag.unlink()
+    metrics = requests.get(f"{gw.endpoint}/metrics", timeout=30).text
+    assert f'zarrgate_unavailable_sources_total{{bucket="{BUCKET}"}}' in metrics
     r = wait_for(lambda: (x := requests.get(url, timeout=30)).status_code == 200 and x, timeout=30)
     assert r.content == want.content
     # The server is stopped, then started again on the same port.

@@ -76,20 +76,8 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml_settings(text)
+        toml::from_str(text).map_err(|e| e.to_string())
     }
-}
-
-fn toml_settings(text: &str) -> Result<Settings, String> {
-    #[derive(Deserialize)]
-    struct Only {
-        #[serde(default)]
-        remote: Vec<PrefixConfig>,
-        #[serde(default)]
-        remote_cache: CacheConfig,
-    }
-    let only: Only = toml::from_str(text).map_err(|e| e.to_string())?;
-    Ok(Settings { remote: only.remote, remote_cache: only.remote_cache })
 }
 
 /// Whether `url` names a remote object (a scheme other than `file`).
@@ -370,37 +358,21 @@ fn build_store(
     };
     let client = ClientOptions::new().with_timeout(timeout).with_connect_timeout(Duration::from_secs(5));
     let key_error = |k: &str, e: object_store::Error| format!("option {k:?}: {e}");
+    // The three cloud builders take the same steps: the environment, the URL, our retries and
+    // client options, then the prefix's options.
+    macro_rules! cloud {
+        ($builder:ty) => {{
+            let mut b = <$builder>::from_env().with_url(base).with_retry(retry).with_client_options(client);
+            for (k, v) in options {
+                b = b.with_config(k.parse().map_err(|e| key_error(k, e))?, v);
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }};
+    }
     let store: Arc<dyn ObjectStore> = match scheme.to_ascii_lowercase().as_str() {
-        "s3" | "s3a" => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env()
-                .with_url(base)
-                .with_retry(retry)
-                .with_client_options(client);
-            for (k, v) in options {
-                b = b.with_config(k.parse().map_err(|e| key_error(k, e))?, v);
-            }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
-        }
-        "gs" | "gcs" => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(base)
-                .with_retry(retry)
-                .with_client_options(client);
-            for (k, v) in options {
-                b = b.with_config(k.parse().map_err(|e| key_error(k, e))?, v);
-            }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
-        }
-        "az" | "abfs" | "abfss" => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(base)
-                .with_retry(retry)
-                .with_client_options(client);
-            for (k, v) in options {
-                b = b.with_config(k.parse().map_err(|e| key_error(k, e))?, v);
-            }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
-        }
+        "s3" | "s3a" => cloud!(object_store::aws::AmazonS3Builder),
+        "gs" | "gcs" => cloud!(object_store::gcp::GoogleCloudStorageBuilder),
+        "az" | "abfs" | "abfss" => cloud!(object_store::azure::MicrosoftAzureBuilder),
         "http" | "https" => {
             let mut client = client.with_allow_http(scheme.eq_ignore_ascii_case("http"));
             for (k, v) in options {

@@ -91,20 +91,7 @@ def start_proxy(upstream: str | list[str], work: Path) -> Nginx:
     else:
         pool = ""
     port = free_port()
-    temp = "".join(f"{kind}_temp_path {work}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    conf = work / "nginx.conf"
-    conf.write_text(f"""
-daemon off;
-master_process off;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    {temp}
-    {pool}
-    server {{
-        listen 127.0.0.1:{port};
+    return _run_nginx(work, port, pool, f"""
         location / {{
             proxy_pass {upstream};
             proxy_http_version 1.1;
@@ -112,21 +99,7 @@ http {{
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_buffering off;
-        }}
-    }}
-}}
-""")
-    proc = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(work)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return Nginx(proc, f"http://127.0.0.1:{port}", work)
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"nginx did not start: {proc.stderr.read().decode(errors='replace')}")
-            time.sleep(0.05)
+        }}""")
 
 
 def start_file_server(root: Path, work: Path, port: int | None = None, fail_flag: Path | None = None) -> Nginx:
@@ -134,9 +107,14 @@ def start_file_server(root: Path, work: Path, port: int | None = None, fail_flag
     a THREDDS `fileServer` or any web server does); while `fail_flag` exists, every request
     gets 500. `port` keeps the address of a server started again."""
     work.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    temp = "".join(f"{kind}_temp_path {work}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     failing = f"if (-f {fail_flag}) {{ return 500; }}" if fail_flag else ""
+    return _run_nginx(work, port or free_port(), "", f"root {root};\n        location / {{ {failing} }}")
+
+
+def _run_nginx(work: Path, port: int, http_extra: str, server: str) -> Nginx:
+    """nginx in the foreground as this user, its files under `work`, listening on 127.0.0.1:`port`
+    with `server` as the body of its one server block; returns once it accepts connections."""
+    temp = "".join(f"{kind}_temp_path {work}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     conf = work / "nginx.conf"
     conf.write_text(f"""
 daemon off;
@@ -147,10 +125,10 @@ events {{ worker_connections 1024; }}
 http {{
     access_log off;
     {temp}
+    {http_extra}
     server {{
         listen 127.0.0.1:{port};
-        root {root};
-        location / {{ {failing} }}
+        {server}
     }}
 }}
 """)

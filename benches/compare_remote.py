@@ -16,9 +16,13 @@ config). Each round, in alternating order, xarray loads both variables, for each
   (s3fs sends a HEAD before every GET and costs about 2 ms of client time per request);
 - **local file**: the same file on the gateway's disk, read through the gateway: what the
   remote reads add to the gateway's own cost;
+- **gateway, first read, 1 MiB blocks**: through a gateway with the default cache, started
+  afresh before each load: chunks under 1 MiB are read as the aligned 1 MiB blocks that hold
+  them (`block_bytes`), so neighbouring small chunks come in one request;
 - **gateway, warm**: through a gateway with the default cache, after one load: chunks come
   from its memory once the object is known unchanged (`revalidate_seconds`).
-Medians over the rounds; prints a Markdown table.
+Medians over the rounds; for the HTTP origin, the requests nginx logged per load too. Prints
+a Markdown table.
 """
 
 from __future__ import annotations
@@ -90,8 +94,8 @@ def main() -> None:
             (tree / f"{origin}.kerchunk.json").write_text(json.dumps(r))
         # The same file on the gateway's disk: what remote reads add to the gateway's own cost.
         shutil.copy2(data / "chunks.nc", tree / "chunks.nc")
-        endpoints = {}
-        for name, cache in (("cold", 0), ("warm", 256 << 20)):
+        endpoints, configs = {}, {}
+        for name, cache in (("cold", 0), ("warm", 256 << 20), ("fresh", 256 << 20)):
             config = work / f"{name}.toml"
             config.write_text(f"""listen = "127.0.0.1:0"
 max_connections_per_client = 4096
@@ -110,7 +114,16 @@ prefix = "{nginx.endpoint}/"
 [remote_cache]
 cache_bytes = {cache}
 """)
+            configs[name] = config
             proc, endpoints[name] = cr.serve(binary, config)
+            procs.append(proc)
+
+        def restart_fresh():
+            """The "fresh" gateway started again: an empty cache, the catalog kept."""
+            old = procs.pop()
+            old.terminate()
+            old.wait()
+            proc, endpoints["fresh"] = cr.serve(binary, configs["fresh"])
             procs.append(proc)
 
         def direct(origin):
@@ -121,7 +134,8 @@ cache_bytes = {cache}
 
         def through(endpoint, origin):
             return lambda: xr.open_zarr(f"s3://bench/{origin}", consolidated=True, storage_options={
-                "anon": True, "endpoint_url": endpoint, "skip_instance_cache": True})
+                "anon": True, "endpoint_url": endpoint if endpoint != "fresh" else endpoints["fresh"],
+                "skip_instance_cache": True})
 
         def plain_http(endpoint, origin):
             # fsspec's HTTP filesystem on the gateway's URLs: no HEAD before each GET
@@ -131,6 +145,7 @@ cache_bytes = {cache}
         for origin, label in (("s3", "S3 (moto)"), ("http", "HTTP (nginx)")):
             cases[f"{label}: direct, fsspec + reference://"] = direct(origin)
             cases[f"{label}: gateway, cache off"] = through(endpoints["cold"], origin)
+            cases[f"{label}: gateway, first read, 1 MiB blocks"] = through("fresh", origin)
             cases[f"{label}: gateway, warm cache"] = through(endpoints["warm"], origin)
             cases[f"{label}: gateway, cache off, plain HTTP client"] = plain_http(endpoints["cold"], origin)
         cases["local file: gateway"] = through(endpoints["cold"], "chunks.nc")
@@ -142,10 +157,16 @@ cache_bytes = {cache}
             for name, fn in cases.items():
                 xr.testing.assert_identical(fn().load(), want)
         times: dict[str, list[float]] = {n: [] for n in cases}
+        requests: dict[str, list[int]] = {n: [] for n in cases}
+        log = nginx.work / "access.log"
         for r in range(args.rounds):
             order = list(cases.items()) if r % 2 == 0 else list(reversed(cases.items()))
             for name, fn in order:
+                if "first read" in name:
+                    restart_fresh()
+                before = log.read_bytes().count(b"\n")
                 times[name].append(load(fn))
+                requests[name].append(log.read_bytes().count(b"\n") - before)
     finally:
         for p in procs:
             p.terminate()
@@ -155,13 +176,15 @@ cache_bytes = {cache}
     size = (data / "chunks.nc").stat().st_size
     print(f"\n{size / 2**20:.1f} MiB, 272 chunks (256 × 64 KiB, 16 × 4 MiB), servers on 127.0.0.1, "
           f"median of {args.rounds} rounds\n")
-    print("| origin: read | seconds | MiB/s | vs direct |")
-    print("|---|--:|--:|--:|")
+    print("| origin: read | seconds | MiB/s | vs direct | requests to nginx |")
+    print("|---|--:|--:|--:|--:|")
     for name, ts in times.items():
         origin = name.split(":")[0]
-        base = statistics.median(times.get(origin + ": direct, fsspec + reference://", ts))
+        direct = times.get(origin + ": direct, fsspec + reference://")
         m = statistics.median(ts)
-        print(f"| {name} | {m:.2f} | {size / 2**20 / m:.0f} | {m / base:.2f}× |")
+        ratio = f"{m / statistics.median(direct):.2f}×" if direct else ""
+        n = f"{statistics.median(requests[name]):.0f}" if origin.startswith("HTTP") else ""
+        print(f"| {name} | {m:.2f} | {size / 2**20 / m:.0f} | {ratio} | {n} |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 //!
 //! - Kerchunk v0 (a flat map) and v1 (`refs`, `templates`, and `gen` with plain `{{name}}`
 //!   substitutions); inline text, `base64:` values and JSON objects.
+//! - Kerchunk parquet (`NAME.kerchunk.parq/`, a directory as fsspec's `LazyReferenceMapper`
+//!   writes it), read by [`crate::refs_parquet`].
 //! - URLs are local paths inside the data directory (relative to the reference file, absolute,
 //!   or `file://`), or remote objects (`s3://`, `gs://`, `az://`, `http(s)://`) under a
 //!   `[[remote]]` prefix of the configuration, read through [`zarrgate_remote`].
@@ -33,14 +35,22 @@ use zarrgate_remote::Remote;
 /// Suffix of an imported reference file.
 pub const SUFFIX: &str = ".kerchunk.json";
 
+/// Suffix of an imported parquet reference directory (see [`crate::refs_parquet`]).
+pub const PARQUET_SUFFIX: &str = ".kerchunk.parq";
+
 /// Most `gen` keys a reference file may make.
 const MAX_GENERATED: u64 = 10_000_000;
 
-/// The dataset of reference file `rel` (relative to `root`), whose text is `text`.
+/// The dataset of reference file `rel` (relative to `root`), whose text is `text`, or of the
+/// parquet reference directory `rel`.
 pub fn build(root: &Path, rel: &str, text: &str, remote: Option<&Remote>) -> Result<JoinDoc, String> {
-    let doc: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
-    let doc = expand_gen(doc)?;
-    let set = ReferenceSet::from_json(&doc).map_err(|e| e.to_string())?;
+    let set = if rel.ends_with(PARQUET_SUFFIX) {
+        crate::refs_parquet::read(&root.join(rel))?
+    } else {
+        let doc: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let doc = expand_gen(doc)?;
+        ReferenceSet::from_json(&doc).map_err(|e| e.to_string())?
+    };
     let (dir, _) = split_dir(rel);
     let mut sources = Sources { root, dir, remote, list: Vec::new() };
     let mut metadata: BTreeMap<String, Vec<u8>> = BTreeMap::new();

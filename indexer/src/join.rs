@@ -13,9 +13,9 @@ use zarrgate_core::catalog::{packed, CatalogDb, CatalogError, EntryStatus, Finge
 use zarrgate_core::join::doc::{DocSource, JoinDoc, SourceFile};
 use zarrgate_core::join::{parallel_map, ByteReader, CoordValue, Edit, Force, Joiner, Member, Node};
 
-use crate::import;
 use crate::ncml::{self, NcNode};
 use crate::paths::{join_path, split_dir};
+use crate::{import, refs_parquet};
 use zarrgate_core::ops::store::{parse_json, Attrs};
 use zarrgate_core::refs::{Reference, ReferenceSet};
 use zarrgate_remote::Remote;
@@ -125,6 +125,8 @@ pub fn find(root: &Path, files: &[String], drs: bool) -> Vec<Result<Definition, 
             NCML_SUFFIX
         } else if name.ends_with(import::SUFFIX) {
             import::SUFFIX
+        } else if name.ends_with(import::PARQUET_SUFFIX) && entry.file_type().is_dir() {
+            import::PARQUET_SUFFIX
         } else {
             continue;
         };
@@ -133,12 +135,16 @@ pub fn find(root: &Path, files: &[String], drs: bool) -> Vec<Result<Definition, 
         let id = rel[..rel.len() - kind.len()].to_string();
         let (dir, _) = split_dir(&rel);
         let dir = dir.to_string();
-        let read = std::fs::read_to_string(entry.path()).map_err(|e| format!("{rel}: {e}"));
-        let def = read.and_then(|text| {
+        let read = if kind == import::PARQUET_SUFFIX {
+            refs_parquet::listing(entry.path())
+        } else {
+            std::fs::read_to_string(entry.path()).map_err(|e| e.to_string())
+        };
+        let def = read.map_err(|e| format!("{rel}: {e}")).and_then(|text| {
             let plan = if kind == SPEC_SUFFIX {
                 let spec: Spec = toml::from_str(&text).map_err(|e| format!("{rel}: {e}"))?;
                 Plan::Spec { dir, spec }
-            } else if kind == import::SUFFIX {
+            } else if kind == import::SUFFIX || kind == import::PARQUET_SUFFIX {
                 Plan::Import
             } else {
                 let (node, edits) = ncml::parse(&text, &dir, files).map_err(|e| format!("{rel}: {e}"))?;
@@ -270,6 +276,26 @@ impl ByteReader for Files {
         let mut buf = vec![0; length as usize];
         file.read_exact_at(&mut buf, offset).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(buf)
+    }
+}
+
+/// Reads the sources of imported references: local files, and remote objects through
+/// `remote`, checked against the fingerprints the import recorded.
+struct ImportReader<'a> {
+    doc: &'a JoinDoc,
+    files: Files,
+    remote: Option<&'a Remote>,
+}
+
+impl ByteReader for ImportReader<'_> {
+    fn read(&self, source: u32, offset: u64, length: u64) -> Result<Vec<u8>, zarrgate_core::join::array::ReadFailure> {
+        let s = &self.doc.sources[source as usize];
+        if !zarrgate_remote::is_remote(&s.path) {
+            return self.files.read(source, offset, length);
+        }
+        let remote = self.remote.ok_or_else(|| format!("{}: no [[remote]] prefix covers it", s.path))?;
+        let bytes = remote.read(&s.path, s.fingerprint, offset, length, false)?;
+        Ok(bytes.to_vec())
     }
 }
 
@@ -414,13 +440,10 @@ fn import_one(
             }
         }
     }
-    let local = doc.sources.iter().all(|s| !zarrgate_remote::is_remote(&s.path));
-    let item = local
-        .then(|| {
-            let reader = Files::new(doc.sources.iter().map(|s| root.join(&s.path)).collect());
-            Item::describe(&def.id, &DocSource { doc: &doc, reader: &reader }).ok()
-        })
-        .flatten();
+    // Discovery reads the coordinates, from remote objects too (a few block reads).
+    let reader =
+        ImportReader { doc: &doc, files: Files::new(doc.sources.iter().map(|s| root.join(&s.path)).collect()), remote };
+    let item = Item::describe(&def.id, &DocSource { doc: &doc, reader: &reader }).ok();
     let entry = JoinEntry {
         status: EntryStatus::Ok,
         members: members.into_iter().map(|(m, _)| m).collect(),

@@ -24,6 +24,7 @@ pub mod join;
 pub mod nc3;
 pub mod ncml;
 pub mod paths;
+pub mod refs_parquet;
 pub mod store;
 pub mod tree;
 

@@ -56,11 +56,21 @@ pub struct CacheConfig {
     pub retries: usize,
     /// The longest a request and its retries may take.
     pub timeout_seconds: f64,
+    /// Reads shorter than this are made as reads of the aligned blocks of this size that hold
+    /// them, so that neighbouring small chunks come in one request and from the cache after it.
+    /// 0 reads every range as asked; so does a cache of 0 bytes.
+    pub block_bytes: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { cache_bytes: 256 << 20, revalidate_seconds: 1.0, retries: 3, timeout_seconds: 10.0 }
+        CacheConfig {
+            cache_bytes: 256 << 20,
+            revalidate_seconds: 1.0,
+            retries: 3,
+            timeout_seconds: 10.0,
+            block_bytes: 1 << 20,
+        }
     }
 }
 
@@ -218,6 +228,9 @@ impl Remote {
     /// `length` bytes at `offset` of the object `url`, which must still have the fingerprint
     /// `expected`. With `cached_only`, only what the cache holds of an object seen unchanged
     /// lately; anything else is [`RemoteError::NotCached`].
+    ///
+    /// A range shorter than `block_bytes` is cut from the aligned blocks that hold it (at most
+    /// two), read and cached whole: neighbouring small chunks then cost one request.
     pub fn read(
         &self,
         url: &str,
@@ -226,9 +239,40 @@ impl Remote {
         length: u64,
         cached_only: bool,
     ) -> Result<Bytes, RemoteError> {
-        if offset.checked_add(length).is_none_or(|end| end > expected.size) {
+        let end = offset.checked_add(length).filter(|end| *end <= expected.size);
+        let Some(end) = end else {
             return Err(RemoteError::Stale { url: url.into(), why: "it is shorter than its references".into() });
+        };
+        let block = self.cache.block_bytes;
+        if block == 0 || self.cache.cache_bytes == 0 || length >= block || length == 0 {
+            return self.read_range(url, expected, offset, length, cached_only);
         }
+        let first = offset / block * block;
+        let mut out = Vec::with_capacity(length as usize);
+        let mut at = first;
+        while at < end {
+            let size = block.min(expected.size - at);
+            let bytes = self.read_range(url, expected, at, size, cached_only)?;
+            let from = offset.max(at) - at;
+            let to = end.min(at + size) - at;
+            if at == first && to - from == length {
+                return Ok(bytes.slice(from as usize..to as usize));
+            }
+            out.extend_from_slice(&bytes[from as usize..to as usize]);
+            at += size;
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// `length` bytes at `offset`, from the cache or by one request.
+    fn read_range(
+        &self,
+        url: &str,
+        expected: Fingerprint,
+        offset: u64,
+        length: u64,
+        cached_only: bool,
+    ) -> Result<Bytes, RemoteError> {
         let key: RangeKey = (url.into(), offset, length);
         if let Some((fp, bytes)) = self.ranges.get(&key) {
             if fp == expected {

@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use super::request::Problem;
-use super::store::{number, Attrs, NAN, NEG_INF, POS_INF};
+use super::store::{number, untag, Attrs, NAN, NEG_INF, POS_INF};
 use crate::cftime;
 use crate::zarr::{ArrayMetadataV2, Codec, DType, Endian, Kind, Order, Separator, ZarrFormat2};
 
@@ -228,12 +228,6 @@ pub fn zattrs(attrs: &Attrs, dims: Option<&[String]>) -> Vec<u8> {
     doc.extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
     let text = serde_json::to_string(&Value::Object(doc)).expect("JSON values serialize");
     untag(&text).into_bytes()
-}
-
-/// Replaces tagged non-finite strings by Zarr's bare tokens.
-fn untag(text: &str) -> String {
-    let quoted = |t: &str| serde_json::to_string(t).expect("strings serialize");
-    text.replace(&quoted(NAN), "NaN").replace(&quoted(POS_INF), "Infinity").replace(&quoted(NEG_INF), "-Infinity")
 }
 
 /// A Zarr v2 store (consolidated) of the result: `(key, bytes)` pairs. Each variable is one

@@ -193,6 +193,13 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     serde_json::from_str(&out)
 }
 
+/// JSON text with the tagged non-finite strings of [`parse_json`] written back as Zarr's bare
+/// tokens.
+pub fn untag(text: &str) -> String {
+    let quoted = |t: &str| serde_json::to_string(t).expect("strings serialize");
+    text.replace(&quoted(NAN), "NaN").replace(&quoted(POS_INF), "Infinity").replace(&quoted(NEG_INF), "-Infinity")
+}
+
 /// Why a chunk cannot be read as numbers.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChunkError {

@@ -105,10 +105,12 @@ def start_proxy(upstream: str | list[str], work: Path) -> Nginx:
 def start_file_server(root: Path, work: Path, port: int | None = None, fail_flag: Path | None = None) -> Nginx:
     """nginx serving the files under `root` on 127.0.0.1 (ranges, ETag and Last-Modified, as
     a THREDDS `fileServer` or any web server does); while `fail_flag` exists, every request
-    gets 500. `port` keeps the address of a server started again."""
+    gets 500. `port` keeps the address of a server started again. Requests are logged, one
+    line each, in `work/access.log`."""
     work.mkdir(parents=True, exist_ok=True)
     failing = f"if (-f {fail_flag}) {{ return 500; }}" if fail_flag else ""
-    return _run_nginx(work, port or free_port(), "", f"root {root};\n        location / {{ {failing} }}")
+    return _run_nginx(work, port or free_port(), "",
+                      f"root {root};\n        access_log {work}/access.log;\n        location / {{ {failing} }}")
 
 
 def _run_nginx(work: Path, port: int, http_extra: str, server: str) -> Nginx:

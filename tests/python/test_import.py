@@ -6,6 +6,11 @@ groups, packing and checksums, NetCDF-3) and combines two DRS files along time w
 MultiZarrToZarr; the test also writes the same references as Kerchunk v0, with templates,
 with relative URLs and with `gen`. Malformed reference files must be refused when the tree is
 indexed, with an error naming the file and the key, and answer 503.
+
+The same references are also written as Kerchunk parquet (`NAME.kerchunk.parq/`): by kerchunk's
+`refs_to_dataframe` (fastparquet) and by fsspec's `LazyReferenceMapper` (pyarrow), in small
+records so that a variable spans several record files, for fixture files, the combined DRS
+files and a CMIP6 corpus file.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ import pytest
 import requests
 import xarray as xr
 
-from gateway import REPO, start_gateway
+from gateway import CORPUS, REPO, corpus_missing, start_gateway
 
 BUCKET = "imported"
 FIXTURES = REPO / "fixtures" / "data" / "good"
 FILES = ["cal_noleap.nc", "classic.nc", "packed_be_int16.nc", "groups.nc", "fletcher32.nc", "unlimited.nc"]
 DRS = sorted((FIXTURES / "drs").rglob("*.nc"))
+#: a CMIP6 NetCDF-4 file of the corpus (read there, linked into the data tree)
+CORPUS_FILE = ("mini-esgf-data/test_data/badc/cmip6/data/CMIP6/CMIP/NCAR/CESM2-FV2/historical/r1i1p1f1/Omon/tos"
+               "/gn/v20191120/tos_Omon_CESM2-FV2_historical_r1i1p1f1_gn_200001.nc")
 
 
 def kerchunk_refs(path: Path, inline: int = 64) -> dict:
@@ -99,7 +107,63 @@ def build(root: Path) -> dict[str, dict]:
                                    inline_threshold=0).translate()
     (drs / "combined.kerchunk.json").write_text(json.dumps(combined))
     cases["drs/combined"] = combined
+    build_parquet(root, cases)
     return cases
+
+
+#: the parquet library each writer uses
+ENGINES = {"kerchunk": "fastparquet", "fsspec": "pyarrow"}
+
+
+def write_parquet(refs: dict, out: Path, writer: str, record_size: int) -> None:
+    """`refs` as a parquet reference directory, written by kerchunk or by fsspec itself."""
+    from fsspec.implementations.local import LocalFileSystem
+    from fsspec.implementations.reference import LazyReferenceMapper
+    from kerchunk.df import refs_to_dataframe
+
+    refs = refs.get("refs", refs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if writer == "kerchunk":
+            # paths stored as categories (dictionary-encoded) whenever a URL repeats
+            refs_to_dataframe(refs, str(out), record_size=record_size, categorical_threshold=1)
+        else:
+            mapper = LazyReferenceMapper.create(str(out), fs=LocalFileSystem(), record_size=record_size,
+                                                engine="pyarrow")
+            for key in sorted(refs):
+                mapper[key] = refs[key]
+            mapper.flush()
+
+
+def build_parquet(root: Path, cases: dict) -> None:
+    pq = root / "parquet"
+    pq.mkdir()
+    for n, name in enumerate(FILES):
+        stem = name.rsplit(".", 1)[0]
+        writer = "kerchunk" if n % 2 == 0 else "fsspec"
+        out = pq / f"{stem}.kerchunk.parq"
+        write_parquet(cases[f"files/{stem}"], out, writer, record_size=3)
+        cases[f"parquet/{stem}"] = {"parquet": str(out), "engine": ENGINES[writer]}
+    # Attributes of non-finite values: fsspec writes them as bare NaN and Infinity tokens.
+    refs = json.loads(json.dumps(cases["files/cal_noleap"]))
+    attrs = json.loads(refs["refs"]["tas/.zattrs"])
+    refs["refs"]["tas/.zattrs"] = json.dumps({**attrs, "valid_max": float("nan"), "valid_min": float("-inf")})
+    write_parquet(refs, pq / "nonfinite.kerchunk.parq", "fsspec", record_size=3)
+    cases["parquet/nonfinite"] = {"parquet": str(pq / "nonfinite.kerchunk.parq"), "engine": "pyarrow"}
+    for writer in ("kerchunk", "fsspec"):
+        out = pq / f"combined-{writer}.kerchunk.parq"
+        write_parquet(cases["drs/combined"], out, writer, record_size=2)
+        cases[f"parquet/combined-{writer}"] = {"parquet": str(out), "engine": ENGINES[writer]}
+    corpus = CORPUS / CORPUS_FILE
+    if corpus.exists():
+        cmip = root / "cmip"
+        cmip.mkdir()
+        (cmip / corpus.name).symlink_to(corpus)
+        refs = v1(kerchunk_refs(cmip / corpus.name))
+        # URLs relative to the reference directory: the link stays inside the data tree
+        relative = {k: ([corpus.name, *v[1:]] if isinstance(v, list) else v) for k, v in refs["refs"].items()}
+        write_parquet(relative, cmip / "tos.kerchunk.parq", "kerchunk", record_size=100)
+        cases["cmip/tos"] = refs
 
 
 #: malformed reference files: (text, words the error must hold)
@@ -128,6 +192,31 @@ def malformed(data: Path) -> dict[str, tuple[str, str]]:
     }
 
 
+def malformed_parquet(root: Path) -> dict[str, str]:
+    """Malformed parquet reference directories under `root/badpq`: name -> words the error must hold."""
+    good = json.loads((root / "files" / "cal_noleap.kerchunk.json").read_text())["refs"]
+    chunk = next(k for k, v in good.items() if isinstance(v, list) and len(v) == 3)
+    url, _, _ = good[chunk]
+    size = Path(url).stat().st_size
+    bad = root / "badpq"
+    bad.mkdir()
+    write_parquet({**good, chunk: [url, size - 5, 100]}, bad / "beyond_the_end.kerchunk.parq", "fsspec", 3)
+    write_parquet({**good, chunk: [str(root / "files" / "nowhere.nc"), 0, 10]},
+                  bad / "missing_file.kerchunk.parq", "kerchunk", 3)
+    write_parquet(good, bad / "garbage_record.kerchunk.parq", "kerchunk", 3)
+    var = chunk.split("/")[0]
+    (bad / "garbage_record.kerchunk.parq" / var / "refs.0.parq").write_bytes(b"not parquet at all")
+    write_parquet(good, bad / "no_record_size.kerchunk.parq", "fsspec", 3)
+    meta = bad / "no_record_size.kerchunk.parq" / ".zmetadata"
+    meta.write_text(json.dumps({"metadata": json.loads(meta.read_text())["metadata"]}))
+    return {
+        "beyond_the_end": f'key "{chunk}"',
+        "missing_file": f'key "{chunk}"',
+        "garbage_record": f"{var}/refs.0.parq",
+        "no_record_size": ".zmetadata: no positive record_size",
+    }
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("import") / "data"
@@ -137,17 +226,28 @@ def served(tmp_path_factory):
     refused = malformed(root)
     for name, (text, _) in refused.items():
         (bad / f"{name}.kerchunk.json").write_text(text)
+    refused_parquet = malformed_parquet(root)
     gw = start_gateway(root, BUCKET, tmp_path_factory.mktemp("import-catalog") / "catalog")
     catalog = json.loads((gw.exported() / "catalog.json").read_text())
-    yield root, gw, catalog, cases, refused
+    yield root, gw, catalog, cases, {**refused, **{f"parquet:{k}": v for k, v in refused_parquet.items()}}
     gw.stop()
 
 
 def reference(refs: dict) -> xr.Dataset:
+    """fsspec's reading of references: a dict, or `{"parquet": DIR, "engine": ENGINE}` for a
+    parquet reference directory, read with the engine that wrote it (fsspec's default reader,
+    fastparquet, takes the null-typed columns pyarrow writes for NaN)."""
+    fo = refs
+    if "parquet" in refs:
+        from fsspec.implementations.local import LocalFileSystem
+        from fsspec.implementations.reference import LazyReferenceMapper
+
+        fo = LazyReferenceMapper(refs["parquet"], fs=LocalFileSystem(), engine=refs["engine"])
+    options = {"fo": fo, "remote_protocol": "file"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return xr.open_dataset("reference://", engine="zarr",
-                               backend_kwargs={"consolidated": False, "storage_options": {"fo": refs}}).load()
+                               backend_kwargs={"consolidated": False, "storage_options": options}).load()
 
 
 def open_served(gw, dataset: str) -> xr.Dataset:
@@ -163,6 +263,19 @@ def test_every_kerchunk_file_is_served_as_reference_reads_it(served):
         entry = catalog["joins"].get(dataset)
         assert entry and entry["status"] == "ok", (dataset, entry)
         xr.testing.assert_identical(open_served(gw, dataset), reference(refs))
+
+
+def test_parquet_references_of_a_corpus_file_are_served_as_reference_reads_them(served):
+    """The parquet case of the corpus file is among the cases above; this test says so, and
+    compares the served data variable with xarray on the original file too."""
+    root, gw, catalog, cases, _ = served
+    if "cmip/tos" not in cases:
+        corpus_missing(f"corpus file {CORPUS_FILE} not found")
+    assert catalog["joins"]["cmip/tos"]["status"] == "ok", catalog["joins"]["cmip/tos"]
+    got = open_served(gw, "cmip/tos")
+    with xr.open_dataset(CORPUS / CORPUS_FILE) as original:
+        np.testing.assert_array_equal(got.tos.values, original.tos.values)
+        assert got.tos.dims == original.tos.dims
 
 
 def test_a_combined_reference_set_reads_both_files(served):
@@ -206,6 +319,18 @@ def test_malformed_reference_files_are_refused_naming_the_file_and_key(served, n
     assert entry and entry["status"] == "failed", entry
     assert f"bad/{name}.kerchunk.json" in entry["error"], entry["error"]
     assert refused[name][1] in entry["error"], entry["error"]
+    r = requests.get(f"{gw.endpoint}/{BUCKET}/{dataset}/.zmetadata", timeout=30)
+    assert r.status_code == 503, r.text
+
+
+@pytest.mark.parametrize("name", ["beyond_the_end", "missing_file", "garbage_record", "no_record_size"])
+def test_malformed_parquet_references_are_refused_naming_the_file_and_key(served, name):
+    _, gw, catalog, _, refused = served
+    dataset = f"badpq/{name}"
+    entry = catalog["joins"].get(dataset)
+    assert entry and entry["status"] == "failed", entry
+    assert f"badpq/{name}.kerchunk.parq" in entry["error"], entry["error"]
+    assert refused[f"parquet:{name}"] in entry["error"], entry["error"]
     r = requests.get(f"{gw.endpoint}/{BUCKET}/{dataset}/.zmetadata", timeout=30)
     assert r.status_code == 503, r.text
 

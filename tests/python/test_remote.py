@@ -41,6 +41,8 @@ CORPUS_FILES = [
     CORPUS / "mini-esgf-data/test_data/pool/data/C3SCMIP5/BCC/bcc-csm1-1/rcp85/mon/ocean/Omon/r1i1p1/zos/v20120705"
              "/zos_Omon_bcc-csm1-1_rcp85_r1i1p1_200601.nc",
 ]
+#: a file of many small chunks, for the block reads
+SMALL = "small_chunks.nc"
 S3_OPTIONS = {"key": "test", "secret": "test", "client_kwargs": {"region_name": "us-east-1"}}
 
 
@@ -79,6 +81,36 @@ class Remote:
         self.cases: dict[str, tuple[dict, dict]] = {}  # id -> (refs, storage options for reference://)
         for path in [*FILES, *[p for p in CORPUS_FILES if p.exists()]]:
             self.add(path)
+        self.add_small_chunks()
+        self.add_parquet()
+
+    def add_small_chunks(self) -> None:
+        """A file of 64 chunks of 4 KiB on nginx, its references in `data/blocks/` (read by
+        one test only, so that nothing has read it before)."""
+        import netCDF4
+
+        path = self.files / SMALL
+        with netCDF4.Dataset(path, "w") as nc:
+            nc.createDimension("x", 64 * 512)
+            v = nc.createVariable("v", "f8", ("x",), chunksizes=(512,), zlib=False)
+            v[:] = np.arange(64 * 512, dtype="f8")
+        (self.data / "blocks").mkdir()
+        refs = kerchunk_refs(f"{self.http.endpoint}/{SMALL}", {})
+        (self.data / "blocks" / "small.kerchunk.json").write_text(json.dumps(refs))
+        self.small_refs = refs
+
+    def add_parquet(self) -> None:
+        """The S3 references of two files as Kerchunk parquet, as kerchunk writes them."""
+        from kerchunk.df import refs_to_dataframe
+
+        (self.data / "parquet").mkdir()
+        for stem in ("cal_noleap", "groups"):
+            refs, options = self.cases[f"s3/{stem}"]
+            out = self.data / "parquet" / f"{stem}.kerchunk.parq"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                refs_to_dataframe(refs, str(out), record_size=2)
+            self.cases[f"parquet/{stem}"] = (str(out), options)
 
     def s3(self):
         import boto3
@@ -156,7 +188,8 @@ def gw(remote, tmp_path_factory):
     g.stop()
 
 
-def reference(refs: dict, options: dict) -> xr.Dataset:
+def reference(refs: dict | str, options: dict) -> xr.Dataset:
+    """fsspec's reading of references: a dict, or the path of a parquet reference directory."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return xr.open_dataset("reference://", engine="zarr", backend_kwargs={
@@ -324,6 +357,45 @@ def test_a_replaced_object_answers_503_and_is_never_served_with_other_bytes(remo
         assert r.content == bytes(blob[offset:offset + length])
     finally:
         g.stop()
+
+
+def test_neighbouring_small_chunks_come_in_one_request(remote, gw):
+    """64 chunks of 4 KiB in one 256 KiB file: the gateway reads the aligned 1 MiB block that
+    holds the first one, and serves the others from it (`block_bytes`), byte for byte."""
+    log = remote.http.work / "access.log"
+    gets = lambda: sum(1 for line in log.read_text().splitlines() if f"GET /{SMALL} " in line)  # noqa: E731
+    before = gets()
+    original = (remote.files / SMALL).read_bytes()
+    chunks = {k: v for k, v in remote.small_refs["refs"].items() if k.startswith("v/") and isinstance(v, list)}
+    assert len(chunks) == 64
+    for key, (_, offset, length) in sorted(chunks.items()):
+        r = requests.get(f"{gw.endpoint}/{BUCKET}/blocks/small/{key}", timeout=30)
+        assert r.status_code == 200 and r.content == original[offset:offset + length], key
+    assert gets() - before == 1, log.read_text()[-2000:]
+
+
+def test_remote_datasets_are_in_the_stac_catalogue(remote, gw):
+    """Imported references over S3 and over HTTP get discovery records like local data: their
+    box, time range and variables are read from the remote coordinates at import."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with xr.open_dataset(remote.originals["cal_noleap.nc"]) as o:
+            first, last = o.time.values[0], o.time.values[-1]
+            lat = (float(o.lat.min()), float(o.lat.max()))
+    items = {}
+    for kind in ("s3", "http"):
+        r = requests.get(f"{gw.endpoint}/stac/collections/{BUCKET}/items/{kind}/cal_noleap", timeout=30)
+        assert r.status_code == 200, r.text
+        items[kind] = r.json()
+    s3, http = items["s3"], items["http"]
+    assert s3["bbox"] == http["bbox"] and s3["properties"] == http["properties"]
+    assert (s3["bbox"][1], s3["bbox"][3]) == pytest.approx(lat)
+    assert s3["properties"]["start_datetime"].startswith(first.strftime("%Y-%m-%d"))
+    assert s3["properties"]["end_datetime"].startswith(last.strftime("%Y-%m-%d"))
+    assert "tas" in s3["properties"]["cube:variables"]
+    found = requests.get(f"{gw.endpoint}/stac/search", params={"collections": BUCKET, "ids": "s3/cal_noleap"},
+                         timeout=30).json()
+    assert [f["id"] for f in found["features"]] == ["s3/cal_noleap"]
 
 
 def test_operations_read_remote_chunks(remote, gw, tmp_path):

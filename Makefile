@@ -64,6 +64,7 @@ bench: build oidc-provider
 	$(PY) benches/compare_discovery.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 	$(PY) benches/compare_identity.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 	$(PY) benches/compare_remote.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
+	$(PY) benches/compare_remote_index.py --bin $(abspath $(or $(CARGO_TARGET_DIR),target))/release/zarrgate
 
 fixtures: venv
 	$(PY) fixtures/generate.py

@@ -32,7 +32,9 @@ struct Cli {
 enum Command {
     /// Write Kerchunk references for a file (`-o OUT.json`) or a directory tree (`--out CATALOG_DIR`).
     Index {
-        /// A NetCDF-3, NetCDF-4 or HDF5 file, or a directory to index recursively.
+        /// A NetCDF-3, NetCDF-4 or HDF5 file, or a directory to index recursively; or a remote
+        /// NetCDF-3 object (`s3://`, `gs://`, `az://`, `http(s)://`, with --remote-config) read by
+        /// range, or an object store prefix ending in '/' (with -o DIR for its reference files).
         path: PathBuf,
         /// Output JSON for a single file (default: standard output).
         #[arg(short = 'o', long = "output", conflicts_with = "out")]
@@ -64,7 +66,7 @@ enum Command {
         #[command(flatten)]
         removals: RemovalArgs,
         /// A TOML file whose `[[remote]]` tables allow the remote objects that imported
-        /// references name (a `serve` config file will do; docs/remote.md).
+        /// references name, or that are indexed (a `serve` config file will do; docs/remote.md).
         #[arg(long)]
         remote_config: Option<PathBuf>,
     },
@@ -494,6 +496,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             removals,
             remote_config,
         } => {
+            let target = path.to_string_lossy().into_owned();
+            if zarrgate_remote::is_remote(&target) {
+                let Some(file) = remote_config else {
+                    bail!("indexing {target} needs --remote-config FILE with a [[remote]] prefix that covers it")
+                };
+                return index_remote(&target, &remote_from(&file)?, output.as_deref());
+            }
             if path.is_dir() {
                 let Some(out) = out else { bail!("indexing a directory needs --out CATALOG_DIR") };
                 let jobs = jobs.unwrap_or_else(cpus);
@@ -501,13 +510,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let removals = removals.removals();
                 let remote = match &remote_config {
                     None => None,
-                    Some(file) => {
-                        let text =
-                            std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-                        let settings = zarrgate_remote::Settings::from_toml(&text)
-                            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-                        Some(Arc::new(zarrgate_remote::Remote::new(&settings).map_err(anyhow::Error::msg)?))
-                    }
+                    Some(file) => Some(Arc::new(remote_from(file)?)),
                 };
                 let options = TreeOptions { url_prefix, force, jobs, no_drs_join, removals, remote };
                 index_dir(&path, &out, options, &isolated)
@@ -617,6 +620,37 @@ fn demo_fixtures() -> anyhow::Result<PathBuf> {
     bail!("cannot find fixtures/data/good; run from the zarrgate checkout or pass --data DIR")
 }
 
+/// The `[[remote]]` sources of a TOML file (a `serve` config file will do).
+fn remote_from(file: &Path) -> anyhow::Result<zarrgate_remote::Remote> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let settings =
+        zarrgate_remote::Settings::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    zarrgate_remote::Remote::new(&settings).map_err(anyhow::Error::msg)
+}
+
+/// A remote object indexed by ranged reads into Kerchunk JSON (`-o FILE`, or standard
+/// output); or every object under a prefix (ending in '/') into reference files under
+/// `-o DIR`, for a data tree to import.
+fn index_remote(target: &str, remote: &zarrgate_remote::Remote, output: Option<&Path>) -> anyhow::Result<ExitCode> {
+    if !target.ends_with('/') {
+        let set = zarrgate_indexer::index_remote(target, remote)
+            .map_err(|e| anyhow::anyhow!(zarrgate_core::error_chain(&e)))?;
+        return write_refs(&set, output);
+    }
+    let Some(out) = output else { bail!("indexing the objects under {target} needs -o DIR for their reference files") };
+    let written = zarrgate_indexer::remote_refs::index_prefix(target, remote, out).map_err(anyhow::Error::msg)?;
+    for (url, why) in &written.failed {
+        eprintln!("failed: {url}: {why}");
+    }
+    eprintln!(
+        "indexed {} objects under {target} into {} ({} failed)",
+        written.files.len(),
+        out.display(),
+        written.failed.len()
+    );
+    Ok(if written.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
 fn index_single(
     indexer: &dyn FileIndexer,
     path: &Path,
@@ -624,6 +658,11 @@ fn index_single(
     url: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let set = indexer.index(path, url).map_err(|e| anyhow::anyhow!(e))?;
+    write_refs(&set, output)
+}
+
+/// References as JSON to `output`, or to standard output (`None` or `-`).
+fn write_refs(set: &zarrgate_core::refs::ReferenceSet, output: Option<&Path>) -> anyhow::Result<ExitCode> {
     let bytes = set.to_json_bytes();
     match output {
         Some(o) if o != Path::new("-") => {

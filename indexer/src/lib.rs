@@ -25,6 +25,7 @@ pub mod nc3;
 pub mod ncml;
 pub mod paths;
 pub mod refs_parquet;
+pub mod remote_refs;
 pub mod store;
 pub mod tree;
 
@@ -88,6 +89,55 @@ pub fn index_file(path: &Path, options: &IndexOptions) -> Result<ReferenceSet, I
     };
     let source = SourceInfo { path: abs.to_string_lossy().into_owned(), fingerprint: Fingerprint::of(&meta) };
     Ok(builder.finish(source, format))
+}
+
+/// Indexes the remote object `url` (under a `[[remote]]` prefix of `remote`) by ranged reads,
+/// without downloading it: NetCDF-3 from its header, giving the references a local copy gives
+/// (with the object's URL), fingerprinted with its size, `Last-Modified` and `ETag`.
+/// NetCDF-4/HDF5 is refused: its indexer reads through netCDF-C and libhdf5, which open local
+/// files only.
+pub fn index_remote(url: &str, remote: &zarrgate_remote::Remote) -> Result<ReferenceSet, IndexError> {
+    let path = Path::new(url);
+    let io = |e: zarrgate_remote::RemoteError| IndexError::Io { path: path.into(), source: std::io::Error::other(e) };
+    let fingerprint = remote.stat(url).map_err(io)?;
+    if fingerprint.size == 0 {
+        return Err(IndexError::Empty { path: path.into() });
+    }
+    let object = RemoteObject { remote, url, fingerprint };
+    let mut head = vec![0u8; fingerprint.size.min(8) as usize];
+    nc3::ReadAt::read_exact_at(&object, &mut head, 0).map_err(|source| IndexError::Io { path: path.into(), source })?;
+    let Some(variant) = nc3::header::sniff(&head) else {
+        let why = if head.as_slice() == HDF5_MAGIC {
+            "NetCDF-4/HDF5 objects are not indexed by ranged reads yet: make their references with kerchunk \
+             (which reads by range) and import them (docs/remote.md)"
+        } else {
+            "not a NetCDF-3 file (remote NetCDF-4/HDF5 is not indexed by ranged reads yet)"
+        };
+        return Err(IndexError::Unsupported { path: path.into(), object: "the object".into(), why: why.into() });
+    };
+    let builder = nc3::translate(&object, path, fingerprint.size, url)?;
+    let source = SourceInfo { path: url.into(), fingerprint };
+    Ok(builder.finish(source, nc3::format_of(variant)))
+}
+
+/// A remote object as a NetCDF-3 byte source.
+struct RemoteObject<'a> {
+    remote: &'a zarrgate_remote::Remote,
+    url: &'a str,
+    fingerprint: Fingerprint,
+}
+
+impl nc3::ReadAt for RemoteObject<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let got = self.read_ranges(&[(offset, buf.len() as u64)])?;
+        buf.copy_from_slice(&got[0]);
+        Ok(())
+    }
+
+    fn read_ranges(&self, ranges: &[(u64, u64)]) -> std::io::Result<Vec<Vec<u8>>> {
+        let got = self.remote.read_ranges(self.url, self.fingerprint, ranges).map_err(std::io::Error::other)?;
+        Ok(got.into_iter().map(|b| b.to_vec()).collect())
+    }
 }
 
 fn describe_magic(file: &std::fs::File) -> String {

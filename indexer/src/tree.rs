@@ -21,7 +21,7 @@ use crate::{index_file, IndexOptions};
 
 /// File extensions taken as data even when their first bytes are wrong (so a broken `.nc` is
 /// reported, while a README beside the data is not).
-const DATA_EXTENSIONS: &[&str] = &["nc", "nc3", "nc4", "netcdf", "cdf", "h5", "hdf5", "he5", "hdf"];
+pub const DATA_EXTENSIONS: &[&str] = &["nc", "nc3", "nc4", "netcdf", "cdf", "h5", "hdf5", "he5", "hdf"];
 
 #[derive(Clone, Debug, Default)]
 pub struct TreeOptions {

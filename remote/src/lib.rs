@@ -117,6 +117,11 @@ pub enum RemoteError {
 
 type RangeKey = (Arc<str>, u64, u64);
 
+/// Ranges of [`Remote::read_ranges`] closer than this are fetched in one request: the bytes
+/// between them cost less than another round trip. (object_store's own default, 1 MiB, would
+/// read a NetCDF-3 record coordinate by reading every record of the file.)
+pub const GATHER_GAP: u64 = 64 << 10;
+
 /// Reads remote objects; one per process, shared.
 pub struct Remote {
     runtime: Option<tokio::runtime::Runtime>,
@@ -205,6 +210,24 @@ impl Remote {
         Ok(fingerprint(&meta))
     }
 
+    /// The URLs of every object under `prefix` (a URL ending in '/'), sorted. Object stores
+    /// only: HTTP servers have no listing.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>, RemoteError> {
+        use futures::TryStreamExt as _;
+        let (store, path) = self.locate(prefix)?;
+        let (scheme, rest) = prefix.split_once("://").unwrap_or(("", prefix));
+        let root = format!("{scheme}://{}", rest.split('/').next().unwrap_or_default());
+        let found = self.wait(async move { store.list(Some(&path)).try_collect::<Vec<_>>().await });
+        let mut urls: Vec<String> = found
+            .map_err(|e| failure(prefix, e))?
+            .into_iter()
+            .map(|meta| format!("{root}/{}", meta.location))
+            .filter(|url| url.starts_with(prefix))
+            .collect();
+        urls.sort();
+        Ok(urls)
+    }
+
     /// Fails unless the object `url` still has the fingerprint `expected` (asking the server
     /// at most once per `revalidate_seconds`).
     pub fn check(&self, url: &str, expected: Fingerprint) -> Result<(), RemoteError> {
@@ -262,6 +285,58 @@ impl Remote {
             at += size;
         }
         Ok(Bytes::from(out))
+    }
+
+    /// The ranges `(offset, length)` of the object `url`, which must have the fingerprint
+    /// `expected`, as asked (no blocks, no cache: what the indexer reads once). Ranges less
+    /// than [`GATHER_GAP`] apart are fetched in one request, the requests ten at a time, and
+    /// the object is checked unchanged afterwards.
+    pub fn read_ranges(
+        &self,
+        url: &str,
+        expected: Fingerprint,
+        ranges: &[(u64, u64)],
+    ) -> Result<Vec<Bytes>, RemoteError> {
+        if ranges.iter().any(|(o, l)| o.checked_add(*l).is_none_or(|end| end > expected.size)) {
+            return Err(RemoteError::Stale { url: url.into(), why: "it is shorter than its references".into() });
+        }
+        let wanted: Vec<std::ops::Range<u64>> = ranges.iter().filter(|(_, l)| *l > 0).map(|(o, l)| *o..o + l).collect();
+        let mut fetched = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            let (store, path) = self.locate(url)?;
+            let merged = merge(&wanted);
+            let asked = merged.clone();
+            let fetched = self.wait(async move {
+                use futures::{StreamExt as _, TryStreamExt as _};
+                futures::stream::iter(asked)
+                    .map(|r| {
+                        let (store, path) = (store.clone(), path.clone());
+                        async move { store.get_range(&path, r).await }
+                    })
+                    .buffered(10)
+                    .try_collect::<Vec<Bytes>>()
+                    .await
+            });
+            match fetched.map(|pieces| slice(&wanted, &merged, &pieces)) {
+                Err(object_store::Error::NotFound { .. }) => {
+                    self.forget(url);
+                    return Err(RemoteError::Stale { url: url.into(), why: "it was deleted".into() });
+                }
+                other => other.map_err(|e| failure(url, e))?,
+            }
+        }
+        .into_iter();
+        self.check(url, expected)?;
+        let mut out = Vec::with_capacity(ranges.len());
+        for (_, length) in ranges {
+            let bytes = if *length == 0 { Bytes::new() } else { fetched.next().unwrap_or_default() };
+            if bytes.len() as u64 != *length {
+                return Err(RemoteError::Stale { url: url.into(), why: "it is shorter than its references".into() });
+            }
+            out.push(bytes);
+        }
+        Ok(out)
     }
 
     /// `length` bytes at `offset`, from the cache or by one request.
@@ -384,6 +459,35 @@ impl Remote {
     }
 }
 
+/// The ranges to fetch for `wanted`: sorted, with those less than [`GATHER_GAP`] apart merged.
+fn merge(wanted: &[std::ops::Range<u64>]) -> Vec<std::ops::Range<u64>> {
+    let mut sorted = wanted.to_vec();
+    sorted.sort_by_key(|r| r.start);
+    let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+    for r in sorted {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end.saturating_add(GATHER_GAP) => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Each wanted (non-empty) range cut from the merged piece that holds it (a piece shorter than
+/// asked, from an object that shrank, gives a short range).
+fn slice(wanted: &[std::ops::Range<u64>], merged: &[std::ops::Range<u64>], pieces: &[Bytes]) -> Vec<Bytes> {
+    wanted
+        .iter()
+        .map(|r| {
+            let i = merged.partition_point(|m| m.end <= r.start).min(merged.len() - 1);
+            let (m, piece) = (&merged[i], &pieces[i]);
+            let from = ((r.start - m.start) as usize).min(piece.len());
+            let to = ((r.end - m.start) as usize).min(piece.len());
+            piece.slice(from..to)
+        })
+        .collect()
+}
+
 fn build_store(
     base: &str,
     scheme: &str,
@@ -490,6 +594,20 @@ retries = 1
         let no_slash = PrefixConfig { prefix: "https://data.example.org".into(), options: BTreeMap::new() };
         assert!(Remote::new(&Settings { remote: vec![no_slash], ..Default::default() }).is_err());
         assert!(is_remote("S3://b/k") && is_remote("https://h/x") && !is_remote("file:///x") && !is_remote("a/b"));
+    }
+
+    #[test]
+    fn neighbouring_ranges_are_fetched_together_and_cut_apart() {
+        let wanted = vec![100..108, 0..8, (200 << 10)..(200 << 10) + 8, 140..150];
+        let merged = merge(&wanted);
+        assert_eq!(merged, vec![0..150, (200 << 10)..(200 << 10) + 8]);
+        let pieces: Vec<Bytes> =
+            merged.iter().map(|m| Bytes::from((m.start..m.end).map(|b| b as u8).collect::<Vec<_>>())).collect();
+        let got = slice(&wanted, &merged, &pieces);
+        assert_eq!(&got[0][..], &(100..108).map(|b| b as u8).collect::<Vec<_>>()[..]);
+        assert_eq!(&got[1][..], &(0..8).map(|b| b as u8).collect::<Vec<_>>()[..]);
+        assert_eq!(got[2].len(), 8);
+        assert_eq!(&got[3][..], &(140..150).map(|b| b as u8).collect::<Vec<_>>()[..]);
     }
 
     #[test]

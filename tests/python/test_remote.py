@@ -41,6 +41,8 @@ CORPUS_FILES = [
     CORPUS / "mini-esgf-data/test_data/pool/data/C3SCMIP5/BCC/bcc-csm1-1/rcp85/mon/ocean/Omon/r1i1p1/zos/v20120705"
              "/zos_Omon_bcc-csm1-1_rcp85_r1i1p1_200601.nc",
 ]
+#: the NetCDF-3 files (zarrgate indexes NetCDF-3 objects by ranged reads)
+NC3 = ["classic.nc", "zos_Omon_bcc-csm1-1_rcp85_r1i1p1_200601.nc"]
 #: a file of many small chunks, for the block reads
 SMALL = "small_chunks.nc"
 S3_OPTIONS = {"key": "test", "secret": "test", "client_kwargs": {"region_name": "us-east-1"}}
@@ -83,6 +85,50 @@ class Remote:
             self.add(path)
         self.add_small_chunks()
         self.add_parquet()
+        self.index_remote()
+
+    def remote_tables(self) -> str:
+        """The `[[remote]]` tables of the servers (for the gateway and for `zarrgate index`)."""
+        return f"""
+[[remote]]
+prefix = "s3://{ARCHIVE}/"
+options = {{ aws_endpoint = "{self.moto.endpoint}", aws_allow_http = "true", aws_region = "us-east-1", aws_access_key_id = "test", aws_secret_access_key = "test" }}
+[[remote]]
+prefix = "{self.http.endpoint}/"
+"""
+
+    def index_remote(self) -> None:
+        """zarrgate's own references for the objects, made by ranged reads: every object under
+        the S3 prefix (the NetCDF-4 ones are refused, each named), and the NetCDF-3 files over
+        HTTP one by one; also a local copy's, to compare."""
+        sources = self.tmp / "sources.toml"
+        sources.write_text(self.remote_tables())
+        index = [*zarrgate_bin(), "index", "--remote-config", str(sources)]
+        run = subprocess.run([*index, f"s3://{ARCHIVE}/data/", "-o", str(self.data / "indexed-s3")],
+                             capture_output=True, text=True, timeout=300)
+        self.index_log = run.stderr
+        (self.data / "indexed-http").mkdir()
+        self.local_refs: dict[str, dict] = {}
+        self.index_bytes: dict[str, int] = {}  # what nginx sent while an object was indexed
+        log = self.http.work / "access.log"
+        for name in NC3:
+            if name not in self.originals:
+                continue
+            out = self.data / "indexed-http" / f"{name}.kerchunk.json"
+            before = len(log.read_text().splitlines())
+            run = subprocess.run([*index, f"{self.http.endpoint}/{name}", "-o", str(out)],
+                                 capture_output=True, text=True, timeout=300)
+            assert run.returncode == 0, run.stderr
+            # combined log format: ... "GET /NAME HTTP/1.1" STATUS BYTES ...
+            self.index_bytes[name] = sum(int(line.split('" ')[1].split()[1])
+                                         for line in log.read_text().splitlines()[before:])
+            local = subprocess.run([*zarrgate_bin(), "index", str(self.files / name), "-o", "-"],
+                                   capture_output=True, text=True, timeout=300)
+            assert local.returncode == 0, local.stderr
+            self.local_refs[name] = json.loads(local.stdout)
+            for kind, url in (("s3", f"s3://{ARCHIVE}/data/{name}"), ("http", f"{self.http.endpoint}/{name}")):
+                refs = json.loads((self.data / f"indexed-{kind}" / f"{name}.kerchunk.json").read_text())
+                self.cases[f"indexed-{kind}/{name}"] = (refs, self.cases[f"{kind}/{name.rsplit('.', 1)[0]}"][1])
 
     def add_small_chunks(self) -> None:
         """A file of 64 chunks of 4 KiB on nginx, its references in `data/blocks/` (read by
@@ -146,11 +192,7 @@ dir = "{self.tmp / 'ops'}"
 bucket = "{BUCKET}"
 data = "{self.data}"
 catalog = "{catalog}"
-[[remote]]
-prefix = "s3://{ARCHIVE}/"
-options = {{ aws_endpoint = "{self.moto.endpoint}", aws_allow_http = "true", aws_region = "us-east-1", aws_access_key_id = "test", aws_secret_access_key = "test" }}
-[[remote]]
-prefix = "{self.http.endpoint}/"
+{self.remote_tables()}
 [remote_cache]
 retries = 2
 timeout_seconds = 3
@@ -224,7 +266,7 @@ def test_values_equal_the_original_files(remote, gw):
     `reference://`)."""
     raw = {"mask_and_scale": False, "decode_times": False}
     for dataset in remote.cases:
-        name = next(n for n in remote.originals if n.rsplit(".", 1)[0] == dataset.split("/", 1)[1])
+        name = next(n for n in remote.originals if dataset.split("/", 1)[1] in (n, n.rsplit(".", 1)[0]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             original = xr.open_dataset(remote.originals[name], **raw).load()
@@ -357,6 +399,27 @@ def test_a_replaced_object_answers_503_and_is_never_served_with_other_bytes(remo
         assert r.content == bytes(blob[offset:offset + length])
     finally:
         g.stop()
+
+
+def test_netcdf3_objects_are_indexed_by_ranged_reads_as_their_local_copies_are(remote, gw):
+    """`zarrgate index s3://…/` and `zarrgate index http://…/FILE.nc`: the same references as
+    for the local copy, but for the URL (the fidelity tests above serve them too); NetCDF-4
+    objects are refused by name, and nothing was downloaded whole (nginx sent less than the file)."""
+    assert set(remote.local_refs) == set(NC3) or os.environ.get("CI") is None, remote.local_refs.keys()
+    assert any((remote.files / n).stat().st_size > 256 << 10 for n in remote.index_bytes) or not os.environ.get("CI")
+    for name, local in remote.local_refs.items():
+        for kind, url in (("s3", f"s3://{ARCHIVE}/data/{name}"), ("http", f"{remote.http.endpoint}/{name}")):
+            refs, _ = remote.cases[f"indexed-{kind}/{name}"]
+            assert refs["templates"] == {"u": url}
+            assert refs["refs"] == local["refs"], (kind, name)
+            assert refs["zarrgate"]["variables"] == local["zarrgate"]["variables"]
+            assert catalog_entry(gw, f"indexed-{kind}/{name}").get("status") == "ok"
+    assert "cal_noleap.nc" in remote.index_log and "not indexed by ranged reads yet" in remote.index_log
+    for name, sent in remote.index_bytes.items():
+        size = (remote.files / name).stat().st_size
+        if size > 256 << 10:
+            assert sent < size / 4, (name, sent, size)
+    assert not (remote.data / "indexed-s3" / "cal_noleap.nc.kerchunk.json").exists()
 
 
 def test_neighbouring_small_chunks_come_in_one_request(remote, gw):

@@ -10,7 +10,7 @@
 
 pub mod header;
 
-use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use zarrgate_core::attrs::{AttrValue, Attributes};
@@ -37,8 +37,31 @@ pub fn format_of(variant: Variant) -> SourceFormat {
     }
 }
 
+/// Where a NetCDF-3 file's bytes come from: a local file, or a remote object read by range.
+pub trait ReadAt {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+
+    /// Several ranges at once (`(offset, length)`), which a remote reader may fetch in fewer
+    /// requests.
+    fn read_ranges(&self, ranges: &[(u64, u64)]) -> std::io::Result<Vec<Vec<u8>>> {
+        ranges
+            .iter()
+            .map(|&(offset, length)| {
+                let mut buf = vec![0u8; length as usize];
+                self.read_exact_at(&mut buf, offset).map(|()| buf)
+            })
+            .collect()
+    }
+}
+
+impl ReadAt for std::fs::File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
 /// Reads and parses the header, reading more of the file until the header fits.
-pub fn read_header(file: &std::fs::File, path: &Path, size: u64) -> Result<Header, IndexError> {
+pub fn read_header(file: &dyn ReadAt, path: &Path, size: u64) -> Result<Header, IndexError> {
     let mut want = size.min(1 << 16);
     loop {
         let mut buf = vec![0u8; want as usize];
@@ -53,7 +76,7 @@ pub fn read_header(file: &std::fs::File, path: &Path, size: u64) -> Result<Heade
 }
 
 /// Translates a parsed NetCDF-3 file into references.
-pub fn translate(file: &std::fs::File, path: &Path, size: u64, url: &str) -> Result<StoreBuilder, IndexError> {
+pub fn translate(file: &dyn ReadAt, path: &Path, size: u64, url: &str) -> Result<StoreBuilder, IndexError> {
     let h = read_header(file, path, size)?;
     check_sizes(&h, path, size)?;
     let layout = Layout::new(&h, size);
@@ -240,7 +263,7 @@ fn array_meta(var: &Var, v: &VarLayout) -> (ArrayMetadataV2, Attributes) {
 
 fn write_chunks(
     out: &mut StoreBuilder,
-    file: &std::fs::File,
+    file: &dyn ReadAt,
     path: &Path,
     var: &Var,
     v: &VarLayout,
@@ -257,12 +280,9 @@ fn write_chunks(
         out.chunk_range(&var.name, &key, v.begin, v.slab);
         out.status(&var.name, VariableStatus::Referenced, None);
     } else if v.gathered() {
-        let mut data = vec![0u8; v.total_bytes() as usize];
-        for (r, slab) in data.chunks_mut(v.slab as usize).enumerate() {
-            file.read_exact_at(slab, v.record_offset(r as u64))
-                .map_err(|source| IndexError::Io { path: path.into(), source })?;
-        }
-        out.chunk_inline(&var.name, &zeros(0), data);
+        let ranges: Vec<(u64, u64)> = (0..v.numrecs).map(|r| (v.record_offset(r), v.slab)).collect();
+        let slabs = file.read_ranges(&ranges).map_err(|source| IndexError::Io { path: path.into(), source })?;
+        out.chunk_inline(&var.name, &zeros(0), slabs.concat());
         let why = format!("{} records of {} bytes gathered into one inline chunk", v.numrecs, v.slab);
         out.status(&var.name, VariableStatus::Inlined, Some(why));
     } else {

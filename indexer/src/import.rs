@@ -154,6 +154,7 @@ pub fn build(root: &Path, rel: &str, text: &str, remote: Option<&Remote>) -> Res
         let docs: Vec<(String, Vec<u8>)> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         metadata.insert(".zmetadata".into(), consolidated_v2("", docs.iter().map(|(k, v)| (k.as_str(), &v[..]))));
     }
+    made_from(root, set.meta.as_ref().map(|m| &m.source), &sources.list)?;
     let mut list = sources.list;
     if list.is_empty() {
         // Every chunk is inline: the reference file is the source, so that a changed file is
@@ -163,6 +164,32 @@ pub fn build(root: &Path, rel: &str, text: &str, remote: Option<&Remote>) -> Res
     }
     let sources = list.into_iter().map(|(path, _, fingerprint)| SourceFile { path, fingerprint }).collect();
     Ok(JoinDoc { sources, metadata, arrays, notes })
+}
+
+/// References that zarrgate made (`zarrgate index FILE_OR_URL -o …`) record the fingerprint
+/// their source had then: a source changed since is refused, never served through references
+/// made for other bytes. (Other tools' references record none; their sources are fingerprinted
+/// here, at import.)
+fn made_from(
+    root: &Path,
+    made: Option<&zarrgate_core::report::SourceInfo>,
+    list: &[(String, u64, Fingerprint)],
+) -> Result<(), String> {
+    let Some(made) = made else { return Ok(()) };
+    let same_file = |path: &str| {
+        let here = root.join(path);
+        here.to_string_lossy() == made.path
+            || std::fs::canonicalize(&here).ok().is_some_and(|a| std::fs::canonicalize(&made.path).ok() == Some(a))
+    };
+    for (path, _, now) in list {
+        let named = if zarrgate_remote::is_remote(path) { *path == made.path } else { same_file(path) };
+        if let Some(why) = named.then(|| made.fingerprint.changed(now)).flatten() {
+            return Err(format!(
+                "{path} changed since these references were made ({why}); make them again (zarrgate index)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The files a reference set points at: (path relative to the root, size, fingerprint).

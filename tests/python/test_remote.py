@@ -422,6 +422,34 @@ def test_netcdf3_objects_are_indexed_by_ranged_reads_as_their_local_copies_are(r
     assert not (remote.data / "indexed-s3" / "cal_noleap.nc.kerchunk.json").exists()
 
 
+def test_references_zarrgate_made_refuse_an_object_changed_since(remote, tmp_path):
+    """`zarrgate index URL` records the object's fingerprint in its references: an object
+    replaced between then and the tree's import is refused, never served through references
+    made for other bytes (whatever the import sees of the new object)."""
+    name = "classic.nc"
+    key = f"changed/{name}"
+    remote.s3().upload_file(str(remote.originals[name]), ARCHIVE, key)
+    data = tmp_path / "data"
+    data.mkdir()
+    sources = remote.tmp / "sources.toml"
+    made = subprocess.run([*zarrgate_bin(), "index", f"s3://{ARCHIVE}/{key}", "-o", str(data / f"{name}.kerchunk.json"),
+                           "--remote-config", str(sources)], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+
+    def imported() -> dict:
+        subprocess.run([*zarrgate_bin(), "index", str(data), "--out", str(tmp_path / "catalog"),
+                        "--remote-config", str(sources)], capture_output=True, text=True, timeout=300)
+        return json.loads((export_catalog(tmp_path / "catalog") / "catalog.json").read_text())["joins"][name]
+
+    assert imported()["status"] == "ok"
+    blob = bytearray(remote.originals[name].read_bytes())
+    blob[-1] ^= 0xFF
+    remote.s3().put_object(Bucket=ARCHIVE, Key=key, Body=bytes(blob))
+    entry = imported()
+    assert entry["status"] == "failed", entry
+    assert "changed since these references were made" in entry["error"], entry["error"]
+
+
 def test_neighbouring_small_chunks_come_in_one_request(remote, gw):
     """64 chunks of 4 KiB in one 256 KiB file: the gateway reads the aligned 1 MiB block that
     holds the first one, and serves the others from it (`block_bytes`), byte for byte."""

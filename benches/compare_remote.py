@@ -158,15 +158,14 @@ cache_bytes = {cache}
                 xr.testing.assert_identical(fn().load(), want)
         times: dict[str, list[float]] = {n: [] for n in cases}
         requests: dict[str, list[int]] = {n: [] for n in cases}
-        log = nginx.work / "access.log"
         for r in range(args.rounds):
             order = list(cases.items()) if r % 2 == 0 else list(reversed(cases.items()))
             for name, fn in order:
                 if "first read" in name:
                     restart_fresh()
-                before = log.read_bytes().count(b"\n")
+                before = len(nginx.requests())
                 times[name].append(load(fn))
-                requests[name].append(log.read_bytes().count(b"\n") - before)
+                requests[name].append(len(nginx.requests()) - before)
     finally:
         for p in procs:
             p.terminate()

@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "python"))
 
-from servers import start_file_server, start_moto  # noqa: E402
+from servers import bytes_sent, start_file_server, start_moto  # noqa: E402
 
 ARCHIVE = "archive"
 
@@ -58,12 +58,6 @@ def make_data(path: Path) -> None:
                 nc.variables[name][r] = rng.random((180, 360), dtype="f4")
 
 
-def sent(log: Path, before: int) -> int:
-    """Body bytes nginx sent since line `before` of its access log (combined format)."""
-    lines = log.read_text().splitlines()[before:]
-    return sum(int(line.split('" ')[1].split()[1]) for line in lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(REPO / "target" / "release" / "zarrgate"))
@@ -77,7 +71,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="zarrgate-remote-index-"))
     nginx = start_file_server(data, work / "nginx")
     moto = start_moto()
-    log = nginx.work / "access.log"
     try:
         import boto3
         import fsspec
@@ -145,11 +138,11 @@ prefix = "{nginx.endpoint}/"
             order = list(cases.items()) if r % 2 == 0 else list(reversed(cases.items()))
             for name, fn in order:
                 local.unlink(missing_ok=True)
-                before = len(log.read_text().splitlines())
+                before = len(nginx.requests())
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
-                transferred[name].append(sent(log, before))
+                transferred[name].append(bytes_sent(nginx.requests()[before:]))
     finally:
         nginx.stop()
         moto.stop()

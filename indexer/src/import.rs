@@ -176,10 +176,10 @@ fn made_from(
     list: &[(String, u64, Fingerprint)],
 ) -> Result<(), String> {
     let Some(made) = made else { return Ok(()) };
+    let made_file = std::fs::canonicalize(&made.path).ok();
     let same_file = |path: &str| {
         let here = root.join(path);
-        here.to_string_lossy() == made.path
-            || std::fs::canonicalize(&here).ok().is_some_and(|a| std::fs::canonicalize(&made.path).ok() == Some(a))
+        here.to_string_lossy() == made.path || (made_file.is_some() && std::fs::canonicalize(&here).ok() == made_file)
     };
     for (path, _, now) in list {
         let named = if zarrgate_remote::is_remote(path) { *path == made.path } else { same_file(path) };

@@ -50,11 +50,10 @@ pub struct IndexOptions {
 
 /// Tells the format from the first bytes of a file. HDF5 files may start with a user block
 /// (512, 1024, … bytes), so the signature is also looked for at powers of two.
-pub fn sniff(file: &std::fs::File, size: u64) -> std::io::Result<Option<SourceFormat>> {
-    use std::os::unix::fs::FileExt as _;
-    let mut head = [0u8; 8];
-    let n = file.read_at(&mut head, 0)?;
-    if let Some(v) = nc3::header::sniff(&head[..n]) {
+pub fn sniff(file: &dyn nc3::ReadAt, size: u64) -> std::io::Result<Option<SourceFormat>> {
+    let mut head = vec![0u8; size.min(8) as usize];
+    file.read_exact_at(&mut head, 0)?;
+    if let Some(v) = nc3::header::sniff(&head) {
         return Ok(Some(nc3::format_of(v)));
     }
     let mut at = 0u64;
@@ -82,7 +81,7 @@ pub fn index_file(path: &Path, options: &IndexOptions) -> Result<ReferenceSet, I
     let url = options.url.clone().unwrap_or_else(|| abs.to_string_lossy().into_owned());
     let format = sniff(&file, size)
         .map_err(io)?
-        .ok_or_else(|| IndexError::NotNetcdf { path: path.into(), magic: describe_magic(&file) })?;
+        .ok_or_else(|| IndexError::NotNetcdf { path: path.into(), magic: describe_magic(&file, size) })?;
     let builder = match format {
         SourceFormat::Hdf5 => hdf::translate(&abs, &url, options.view)?,
         _ => nc3::translate(&file, &abs, size, &url)?,
@@ -104,20 +103,18 @@ pub fn index_remote(url: &str, remote: &zarrgate_remote::Remote) -> Result<Refer
         return Err(IndexError::Empty { path: path.into() });
     }
     let object = RemoteObject { remote, url, fingerprint };
-    let mut head = vec![0u8; fingerprint.size.min(8) as usize];
-    nc3::ReadAt::read_exact_at(&object, &mut head, 0).map_err(|source| IndexError::Io { path: path.into(), source })?;
-    let Some(variant) = nc3::header::sniff(&head) else {
-        let why = if head.as_slice() == HDF5_MAGIC {
-            "NetCDF-4/HDF5 objects are not indexed by ranged reads yet: make their references with kerchunk \
-             (which reads by range) and import them (docs/remote.md)"
-        } else {
-            "not a NetCDF-3 file (remote NetCDF-4/HDF5 is not indexed by ranged reads yet)"
-        };
+    let size = fingerprint.size;
+    let format = sniff(&object, size)
+        .map_err(|source| IndexError::Io { path: path.into(), source })?
+        .ok_or_else(|| IndexError::NotNetcdf { path: path.into(), magic: describe_magic(&object, size) })?;
+    if format == SourceFormat::Hdf5 {
+        let why = "NetCDF-4/HDF5 objects are not indexed by ranged reads yet: make their references with \
+                   kerchunk (which reads by range) and import them (docs/remote.md)";
         return Err(IndexError::Unsupported { path: path.into(), object: "the object".into(), why: why.into() });
-    };
-    let builder = nc3::translate(&object, path, fingerprint.size, url)?;
+    }
+    let builder = nc3::translate(&object, path, size, url)?;
     let source = SourceInfo { path: url.into(), fingerprint };
-    Ok(builder.finish(source, nc3::format_of(variant)))
+    Ok(builder.finish(source, format))
 }
 
 /// A remote object as a NetCDF-3 byte source.
@@ -140,9 +137,8 @@ impl nc3::ReadAt for RemoteObject<'_> {
     }
 }
 
-fn describe_magic(file: &std::fs::File) -> String {
-    use std::os::unix::fs::FileExt as _;
-    let mut head = [0u8; 8];
-    let n = file.read_at(&mut head, 0).unwrap_or(0);
-    format!("{:02x?}", &head[..n])
+fn describe_magic(file: &dyn nc3::ReadAt, size: u64) -> String {
+    let mut head = vec![0u8; size.min(8) as usize];
+    let head = if file.read_exact_at(&mut head, 0).is_ok() { &head[..] } else { &[] };
+    format!("{head:02x?}")
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use zarrgate_remote::Remote;
 
 use crate::import::SUFFIX;
-use crate::tree::DATA_EXTENSIONS;
+use crate::tree::has_data_extension;
 
 /// What indexing a prefix did.
 #[derive(Debug, Default)]
@@ -30,8 +30,7 @@ pub fn index_prefix(prefix: &str, remote: &Remote, out: &Path) -> Result<Written
     let mut written = Written::default();
     for url in urls {
         let rel = &url[prefix.len()..];
-        let ext = rel.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
-        if !ext.is_some_and(|e| DATA_EXTENSIONS.contains(&e.as_str())) {
+        if !has_data_extension(Path::new(rel)) {
             continue;
         }
         match crate::index_remote(&url, remote) {

@@ -21,7 +21,13 @@ use crate::{index_file, IndexOptions};
 
 /// File extensions taken as data even when their first bytes are wrong (so a broken `.nc` is
 /// reported, while a README beside the data is not).
-pub const DATA_EXTENSIONS: &[&str] = &["nc", "nc3", "nc4", "netcdf", "cdf", "h5", "hdf5", "he5", "hdf"];
+const DATA_EXTENSIONS: &[&str] = &["nc", "nc3", "nc4", "netcdf", "cdf", "h5", "hdf5", "he5", "hdf"];
+
+/// Whether a file name has one of [`DATA_EXTENSIONS`].
+pub fn has_data_extension(name: &Path) -> bool {
+    let ext = name.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    ext.is_some_and(|e| DATA_EXTENSIONS.contains(&e.as_str()))
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct TreeOptions {
@@ -366,8 +372,7 @@ fn data_files(root: &Path) -> Result<Vec<String>, TreeError> {
 }
 
 fn looks_like_data(path: &Path) -> bool {
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-    if ext.is_some_and(|e| DATA_EXTENSIONS.contains(&e.as_str())) {
+    if has_data_extension(path) {
         return true;
     }
     std::fs::File::open(path)

@@ -78,6 +78,17 @@ class Nginx:
                 self.proc.kill()
                 self.proc.wait()
 
+    def requests(self) -> list[str]:
+        """The requests a file server (`start_file_server`) logged so far, a line each."""
+        log = self.work / "access.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+
+def bytes_sent(requests: list[str]) -> int:
+    """The body bytes nginx sent for logged requests (combined format:
+    `... "GET /NAME HTTP/1.1" STATUS BYTES ...`)."""
+    return sum(int(line.split('" ')[1].split()[1]) for line in requests)
+
 
 def start_proxy(upstream: str | list[str], work: Path) -> Nginx:
     """nginx on a free port of 127.0.0.1, proxying everything to `upstream` (http://HOST:PORT),

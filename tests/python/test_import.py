@@ -229,7 +229,8 @@ def served(tmp_path_factory):
     refused_parquet = malformed_parquet(root)
     gw = start_gateway(root, BUCKET, tmp_path_factory.mktemp("import-catalog") / "catalog")
     catalog = json.loads((gw.exported() / "catalog.json").read_text())
-    yield root, gw, catalog, cases, {**refused, **{f"parquet:{k}": v for k, v in refused_parquet.items()}}
+    words = {**{f"bad/{k}": w for k, (_, w) in refused.items()}, **{f"badpq/{k}": w for k, w in refused_parquet.items()}}
+    yield root, gw, catalog, cases, words
     gw.stop()
 
 
@@ -310,27 +311,19 @@ def test_chunks_are_the_files_bytes(served):
             assert r.status_code == 200 and r.content == want, key
 
 
-@pytest.mark.parametrize("name", ["missing_file", "beyond_the_end", "not_json", "remote", "outside", "expression",
-                                  "zarray", "version"])
-def test_malformed_reference_files_are_refused_naming_the_file_and_key(served, name):
+@pytest.mark.parametrize("dataset, file", [
+    *[(f"bad/{n}", f"bad/{n}.kerchunk.json") for n in ["missing_file", "beyond_the_end", "not_json", "remote",
+                                                       "outside", "expression", "zarray", "version"]],
+    *[(f"badpq/{n}", f"badpq/{n}.kerchunk.parq") for n in ["beyond_the_end", "missing_file", "garbage_record",
+                                                           "no_record_size"]],
+])
+def test_malformed_reference_files_are_refused_naming_the_file_and_key(served, dataset, file):
+    """Kerchunk JSON (`bad/`) and parquet directories (`badpq/`)."""
     _, gw, catalog, _, refused = served
-    dataset = f"bad/{name}"
     entry = catalog["joins"].get(dataset)
     assert entry and entry["status"] == "failed", entry
-    assert f"bad/{name}.kerchunk.json" in entry["error"], entry["error"]
-    assert refused[name][1] in entry["error"], entry["error"]
-    r = requests.get(f"{gw.endpoint}/{BUCKET}/{dataset}/.zmetadata", timeout=30)
-    assert r.status_code == 503, r.text
-
-
-@pytest.mark.parametrize("name", ["beyond_the_end", "missing_file", "garbage_record", "no_record_size"])
-def test_malformed_parquet_references_are_refused_naming_the_file_and_key(served, name):
-    _, gw, catalog, _, refused = served
-    dataset = f"badpq/{name}"
-    entry = catalog["joins"].get(dataset)
-    assert entry and entry["status"] == "failed", entry
-    assert f"badpq/{name}.kerchunk.parq" in entry["error"], entry["error"]
-    assert refused[f"parquet:{name}"] in entry["error"], entry["error"]
+    assert file in entry["error"], entry["error"]
+    assert refused[dataset] in entry["error"], entry["error"]
     r = requests.get(f"{gw.endpoint}/{BUCKET}/{dataset}/.zmetadata", timeout=30)
     assert r.status_code == 503, r.text
 

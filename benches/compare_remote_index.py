@@ -1,18 +1,23 @@
-"""Indexing a remote NetCDF-3 file by ranged reads, against downloading it and indexing the
-local copy, and against kerchunk reading it by range: bytes transferred and time.
+"""Indexing a remote file by ranged reads, against downloading it and indexing the local copy,
+and against kerchunk reading it by range: bytes transferred and time.
 
     .venv/bin/python benches/compare_remote_index.py --bin target/release/zarrgate [--rounds 5]
 
-One NetCDF-3 file (64-bit offsets) of 4 float32 record variables on a 180 × 360 grid over 120
-records, with a `time` record coordinate (about 124 MiB) is served by nginx and held by moto's
-S3 server, both on 127.0.0.1. Each round, in alternating order:
-- **zarrgate, ranged reads**: `zarrgate index URL -o refs.json` (the header, then the record
-  coordinate's values gathered in requests of neighbouring ranges);
+Two files of 4 float32 variables on a 180 × 360 grid over 120 time steps, written one time
+step at a time, are served by nginx and held by moto's S3 server, both on 127.0.0.1:
+- NetCDF-3 (64-bit offsets, about 124 MiB): record variables and a `time` record coordinate;
+- NetCDF-4 (about 92 MiB): one zlib chunk per variable and time step, so each variable's
+  chunk index grows between the chunks, as in a CMIP file written step by step.
+Each round, in alternating order:
+- **zarrgate, ranged reads**: `zarrgate index URL -o refs.json` (NetCDF-3: the header, then
+  the record coordinate's values gathered in requests of neighbouring ranges; NetCDF-4:
+  netCDF-C and HDF5 reading through zarrgate's driver, in 1 MiB blocks);
 - **download, then zarrgate**: the whole object fetched (fsspec's HTTP client or boto3), then
   `zarrgate index FILE -o refs.json`;
-- **kerchunk, ranged reads**: `NetCDF3ToZarr(URL).translate()` through fsspec (the peer).
-Bytes are what nginx logged as sent for the run; medians over the rounds. Prints a Markdown
-table.
+- **kerchunk, ranged reads**: `NetCDF3ToZarr(URL)` or `SingleHdf5ToZarr(URL)` through fsspec
+  (the peer).
+Bytes are what nginx logged as sent for the run; medians over the rounds. Prints Markdown
+tables.
 """
 
 from __future__ import annotations
@@ -35,13 +40,18 @@ from servers import bytes_sent, start_file_server, start_moto  # noqa: E402
 ARCHIVE = "archive"
 
 
-def make_data(path: Path) -> None:
+NAMES = ("tas", "pr", "psl", "huss")
+
+
+def make_data(path: Path, netcdf4: bool) -> None:
+    """The bench file: 4 variables × 120 time steps on a 180 × 360 grid, written step by step."""
     import netCDF4
     import numpy as np
 
     if path.exists():
         return
-    with netCDF4.Dataset(path, "w", format="NETCDF3_64BIT_OFFSET") as nc:
+    fmt = "NETCDF4" if netcdf4 else "NETCDF3_64BIT_OFFSET"
+    with netCDF4.Dataset(path, "w", format=fmt) as nc:
         nc.createDimension("time", None)
         nc.createDimension("lat", 180)
         nc.createDimension("lon", 360)
@@ -50,12 +60,20 @@ def make_data(path: Path) -> None:
         nc.createVariable("lat", "f8", ("lat",))[:] = np.linspace(-89.5, 89.5, 180)
         nc.createVariable("lon", "f8", ("lon",))[:] = np.linspace(0.5, 359.5, 360)
         rng = np.random.default_rng(0)
-        for name in ("tas", "pr", "psl", "huss"):
-            nc.createVariable(name, "f4", ("time", "lat", "lon"))
+        for name in NAMES:
+            if netcdf4:
+                nc.createVariable(name, "f4", ("time", "lat", "lon"), chunksizes=(1, 180, 360), zlib=True,
+                                  complevel=1)
+            else:
+                nc.createVariable(name, "f4", ("time", "lat", "lon"))
         for r in range(120):
             t[r] = 30.0 * r
-            for name in ("tas", "pr", "psl", "huss"):
-                nc.variables[name][r] = rng.random((180, 360), dtype="f4")
+            for name in NAMES:
+                # 3 significant digits: zlib shrinks it a little, as real data
+                nc.variables[name][r] = np.round(rng.random((180, 360), dtype="f4"), 3)
+
+
+FILES = {"NetCDF-3": "records.nc", "NetCDF-4": "records4.nc"}
 
 
 def main() -> None:
@@ -66,19 +84,21 @@ def main() -> None:
     binary = os.path.abspath(args.bin)
     data = REPO / "target" / "bench" / "remote-index"
     data.mkdir(parents=True, exist_ok=True)
-    make_data(data / "records.nc")
-    size = (data / "records.nc").stat().st_size
+    for kind, name in FILES.items():
+        make_data(data / name, netcdf4=kind == "NetCDF-4")
     work = Path(tempfile.mkdtemp(prefix="zarrgate-remote-index-"))
     nginx = start_file_server(data, work / "nginx")
     moto = start_moto()
     try:
         import boto3
         import fsspec
+        import requests
 
         moto.create_bucket(ARCHIVE)
         s3 = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1", aws_access_key_id="test",
                           aws_secret_access_key="test")
-        s3.upload_file(str(data / "records.nc"), ARCHIVE, "records.nc")
+        for name in FILES.values():
+            s3.upload_file(str(data / name), ARCHIVE, name)
         sources = work / "sources.toml"
         sources.write_text(f"""
 [[remote]]
@@ -87,7 +107,6 @@ options = {{ aws_endpoint = "{moto.endpoint}", aws_allow_http = "true", aws_regi
 [[remote]]
 prefix = "{nginx.endpoint}/"
 """)
-        http_url = f"{nginx.endpoint}/records.nc"
         local = work / "copy.nc"
 
         def zarrgate(target: str) -> None:
@@ -95,29 +114,37 @@ prefix = "{nginx.endpoint}/"
             subprocess.run([binary, "index", target, "-o", str(work / "refs.json"), *extra], check=True,
                            capture_output=True)
 
-        def download_http() -> None:
-            fsspec.filesystem("http").get_file(http_url, str(local))
-            zarrgate(str(local))
+        def cases_for(name: str) -> dict:
+            http_url = f"{nginx.endpoint}/{name}"
 
-        def download_s3() -> None:
-            s3.download_file(ARCHIVE, "records.nc", str(local))
-            zarrgate(str(local))
+            def download_http() -> None:
+                fsspec.filesystem("http").get_file(http_url, str(local))
+                zarrgate(str(local))
 
-        def kerchunk_http() -> None:
-            from kerchunk.netCDF3 import NetCDF3ToZarr
+            def download_s3() -> None:
+                s3.download_file(ARCHIVE, name, str(local))
+                zarrgate(str(local))
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                NetCDF3ToZarr(http_url, inline_threshold=100).translate()
+            def kerchunk_http() -> None:
+                from kerchunk.hdf import SingleHdf5ToZarr
+                from kerchunk.netCDF3 import NetCDF3ToZarr
 
-        cases = {
-            "HTTP (nginx): zarrgate, ranged reads": lambda: zarrgate(http_url),
-            "HTTP (nginx): download, then zarrgate": download_http,
-            "HTTP (nginx): kerchunk, ranged reads": kerchunk_http,
-            "S3 (moto): zarrgate, ranged reads": lambda: zarrgate(f"s3://{ARCHIVE}/records.nc"),
-            "S3 (moto): download, then zarrgate": download_s3,
-        }
-        # What one small ranged GET costs each server (the ranged reads above make about 120).
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if name == FILES["NetCDF-3"]:
+                        NetCDF3ToZarr(http_url, inline_threshold=100).translate()
+                    else:
+                        SingleHdf5ToZarr(http_url, inline_threshold=100).translate()
+
+            return {
+                "HTTP (nginx): zarrgate, ranged reads": lambda: zarrgate(http_url),
+                "HTTP (nginx): download, then zarrgate": download_http,
+                "HTTP (nginx): kerchunk, ranged reads": kerchunk_http,
+                "S3 (moto): zarrgate, ranged reads": lambda: zarrgate(f"s3://{ARCHIVE}/{name}"),
+                "S3 (moto): download, then zarrgate": download_s3,
+            }
+
+        # What one small ranged GET costs each server.
         def one_get(fn) -> float:
             ts = []
             for _ in range(20):
@@ -126,33 +153,43 @@ prefix = "{nginx.endpoint}/"
                 ts.append(time.perf_counter() - t0)
             return statistics.median(ts)
 
-        import requests
-
+        name = FILES["NetCDF-3"]
         per_get = {
-            "HTTP (nginx)": one_get(lambda: requests.get(http_url, headers={"Range": "bytes=1000000-1000007"})),
-            "S3 (moto)": one_get(lambda: s3.get_object(Bucket=ARCHIVE, Key="records.nc", Range="bytes=1000000-1000007")),
+            "HTTP (nginx)": one_get(lambda: requests.get(f"{nginx.endpoint}/{name}",
+                                                         headers={"Range": "bytes=1000000-1000007"})),
+            "S3 (moto)": one_get(lambda: s3.get_object(Bucket=ARCHIVE, Key=name, Range="bytes=1000000-1000007")),
         }
-        times: dict[str, list[float]] = {n: [] for n in cases}
-        transferred: dict[str, list[int]] = {n: [] for n in cases}
-        for r in range(args.rounds):
-            order = list(cases.items()) if r % 2 == 0 else list(reversed(cases.items()))
-            for name, fn in order:
-                local.unlink(missing_ok=True)
-                before = len(nginx.requests())
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-                transferred[name].append(bytes_sent(nginx.requests()[before:]))
+        results = {}
+        for kind, name in FILES.items():
+            cases = cases_for(name)
+            times: dict[str, list[float]] = {n: [] for n in cases}
+            transferred: dict[str, list[int]] = {n: [] for n in cases}
+            requests_made: dict[str, list[int]] = {n: [] for n in cases}
+            for r in range(args.rounds):
+                order = list(cases.items()) if r % 2 == 0 else list(reversed(cases.items()))
+                for case, fn in order:
+                    local.unlink(missing_ok=True)
+                    before = len(nginx.requests())
+                    t0 = time.perf_counter()
+                    fn()
+                    times[case].append(time.perf_counter() - t0)
+                    made = nginx.requests()[before:]
+                    transferred[case].append(bytes_sent(made))
+                    requests_made[case].append(len(made))
+            results[kind] = ((data / name).stat().st_size, times, transferred, requests_made)
     finally:
         nginx.stop()
         moto.stop()
-    print(f"\n{size / 2**20:.1f} MiB NetCDF-3 (64-bit offsets), 4 record variables × 120 records, servers on "
-          f"127.0.0.1, median of {args.rounds} rounds\n")
-    print("| origin: how | seconds | bytes from the server |")
-    print("|---|--:|--:|")
-    for name, ts in times.items():
-        n = f"{statistics.median(transferred[name]):,.0f}" if name.startswith("HTTP") else ""
-        print(f"| {name} | {statistics.median(ts):.2f} | {n} |")
+    for kind, (size, times, transferred, requests_made) in results.items():
+        print(f"\n{kind}: {size / 2**20:.1f} MiB, 4 variables × 120 time steps, servers on 127.0.0.1, "
+              f"median of {args.rounds} rounds\n")
+        print("| origin: how | seconds | bytes from the server | requests |")
+        print("|---|--:|--:|--:|")
+        for case, ts in times.items():
+            http = case.startswith("HTTP")
+            n = f"{statistics.median(transferred[case]):,.0f}" if http else ""
+            k = f"{statistics.median(requests_made[case]):.0f}" if http else ""
+            print(f"| {case} | {statistics.median(ts):.2f} | {n} | {k} |")
     print()
     for origin, t in per_get.items():
         print(f"- one 8-byte ranged GET from {origin}: {t * 1000:.1f} ms")

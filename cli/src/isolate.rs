@@ -23,6 +23,8 @@ const FILES_PER_WORKER: usize = 2000;
 /// per child. Starting a process per file cost ~13 ms, most of the time of a small file.
 pub struct Isolated {
     exe: PathBuf,
+    /// Passed to the workers, for requests that name remote objects.
+    remote_config: Option<PathBuf>,
     timeout: Duration,
     idle: Mutex<Vec<Worker>>,
 }
@@ -47,9 +49,12 @@ impl Drop for Worker {
 }
 
 impl Worker {
-    fn start(exe: &Path) -> Result<Worker, String> {
+    fn start(exe: &Path, remote_config: Option<&Path>) -> Result<Worker, String> {
         let mut cmd = Command::new(exe);
         cmd.arg("index-worker");
+        if let Some(config) = remote_config {
+            cmd.arg("--remote-config").arg(config);
+        }
         limit_memory(&mut cmd);
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -107,13 +112,20 @@ impl Worker {
 
 impl Isolated {
     pub fn new(timeout: Duration) -> anyhow::Result<Self> {
-        Ok(Isolated { exe: std::env::current_exe()?, timeout, idle: Mutex::new(Vec::new()) })
+        Ok(Isolated { exe: std::env::current_exe()?, remote_config: None, timeout, idle: Mutex::new(Vec::new()) })
+    }
+
+    /// Workers that also index remote objects (a request whose path is a URL), reading them
+    /// through the `[[remote]]` sources of `config`.
+    pub fn reading_remote(mut self, config: &Path) -> Self {
+        self.remote_config = Some(config.to_path_buf());
+        self
     }
 
     fn take(&self) -> Result<Worker, String> {
         match self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             Some(w) => Ok(w),
-            None => Worker::start(&self.exe),
+            None => Worker::start(&self.exe, self.remote_config.as_deref()),
         }
     }
 
@@ -144,7 +156,7 @@ impl Isolated {
         worker.stderr.lock().unwrap_or_else(|p| p.into_inner()).clear();
         if worker.send(path, url.as_deref(), view).is_err() {
             // An idle worker that died since its last file: start afresh once.
-            worker = Worker::start(&self.exe).map_err(Failure::Error)?;
+            worker = Worker::start(&self.exe, self.remote_config.as_deref()).map_err(Failure::Error)?;
             worker
                 .send(path, url.as_deref(), view)
                 .map_err(|e| Failure::Error(format!("cannot reach an indexing worker: {e}")))?;
@@ -215,8 +227,9 @@ impl FileIndexer for Isolated {
     }
 }
 
-/// The worker side: answers requests from stdin until it closes.
-pub fn worker_loop() -> anyhow::Result<()> {
+/// The worker side: answers requests from stdin until it closes. A path that is a remote URL
+/// is read through `remote`.
+pub fn worker_loop(remote: Option<&zarrgate_remote::Remote>) -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut out = std::io::stdout().lock();
@@ -231,7 +244,12 @@ pub fn worker_loop() -> anyhow::Result<()> {
         let path = fields.next().unwrap_or_default();
         let url = fields.next().filter(|u| !u.is_empty()).map(str::to_string);
         let view = if fields.next() == Some(H5NETCDF) { View::H5netcdf } else { View::Netcdf };
-        let (status, payload) = match InProcess.index_as(Path::new(path), url, view) {
+        let indexed = if zarrgate_remote::is_remote(path) {
+            index_remote(path, remote, view)
+        } else {
+            InProcess.index_as(Path::new(path), url, view)
+        };
+        let (status, payload) = match indexed {
             Ok(set) => (b'O', set.to_json_bytes()),
             Err(e) => (b'E', e.into_bytes()),
         };
@@ -240,6 +258,12 @@ pub fn worker_loop() -> anyhow::Result<()> {
         out.write_all(&payload)?;
         out.flush()?;
     }
+}
+
+/// A remote object, by ranged reads.
+fn index_remote(url: &str, remote: Option<&zarrgate_remote::Remote>, view: View) -> Result<ReferenceSet, String> {
+    let Some(remote) = remote else { return Err(format!("{url}: no --remote-config was given to read it")) };
+    zarrgate_indexer::index_remote(url, remote, view).map_err(|e| zarrgate_core::error_chain(&e))
 }
 
 /// Address space a worker may map. Indexing reads metadata only; netCDF-C on a malformed file

@@ -72,7 +72,11 @@ enum Command {
     },
     /// Index files named on standard input (what tree indexing runs in child processes).
     #[command(hide = true)]
-    IndexWorker,
+    IndexWorker {
+        /// The `[[remote]]` sources, for requests that name remote objects.
+        #[arg(long)]
+        remote_config: Option<PathBuf>,
+    },
     /// Serve data as a read-only S3 bucket of Zarr stores (one per file: `s3://BUCKET/<relpath>`).
     Serve {
         /// Data tree to index at start (incrementally) and serve.
@@ -501,7 +505,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let Some(file) = remote_config else {
                     bail!("indexing {target} needs --remote-config FILE with a [[remote]] prefix that covers it")
                 };
-                return index_remote(&target, &remote_from(&file)?, output.as_deref());
+                let remote = remote_from(&file)?;
+                let isolated = isolate::Isolated::new(Duration::from_secs(file_timeout))?.reading_remote(&file);
+                return index_remote(&target, &remote, &isolated, output.as_deref());
             }
             if path.is_dir() {
                 let Some(out) = out else { bail!("indexing a directory needs --out CATALOG_DIR") };
@@ -528,8 +534,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 index_single(indexer.as_ref(), &path, output.as_deref(), url)
             }
         }
-        Command::IndexWorker => {
-            isolate::worker_loop()?;
+        Command::IndexWorker { remote_config } => {
+            let remote = remote_config.as_deref().map(remote_from).transpose()?;
+            isolate::worker_loop(remote.as_ref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { action, db } => {
@@ -630,15 +637,21 @@ fn remote_from(file: &Path) -> anyhow::Result<zarrgate_remote::Remote> {
 
 /// A remote object indexed by ranged reads into Kerchunk JSON (`-o FILE`, or standard
 /// output); or every object under a prefix (ending in '/') into reference files under
-/// `-o DIR`, for a data tree to import.
-fn index_remote(target: &str, remote: &zarrgate_remote::Remote, output: Option<&Path>) -> anyhow::Result<ExitCode> {
+/// `-o DIR`, for a data tree to import. Each object is indexed by `isolated`, in a worker
+/// process, as local files are.
+fn index_remote(
+    target: &str,
+    remote: &zarrgate_remote::Remote,
+    isolated: &isolate::Isolated,
+    output: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     if !target.ends_with('/') {
-        let set = zarrgate_indexer::index_remote(target, remote)
-            .map_err(|e| anyhow::anyhow!(zarrgate_core::error_chain(&e)))?;
+        let set = isolated.index(Path::new(target), None).map_err(anyhow::Error::msg)?;
         return write_refs(&set, output);
     }
     let Some(out) = output else { bail!("indexing the objects under {target} needs -o DIR for their reference files") };
-    let written = zarrgate_indexer::remote_refs::index_prefix(target, remote, out).map_err(anyhow::Error::msg)?;
+    let written =
+        zarrgate_indexer::remote_refs::index_prefix(target, remote, isolated, out).map_err(anyhow::Error::msg)?;
     for (url, why) in &written.failed {
         eprintln!("failed: {url}: {why}");
     }

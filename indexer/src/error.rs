@@ -41,3 +41,21 @@ pub enum IndexError {
     #[error("{path}: {object}: {why}")]
     Unsupported { path: PathBuf, object: String, why: String },
 }
+
+impl IndexError {
+    /// The same error, naming `path` as the file: for a remote object read through a local
+    /// stand-in.
+    pub fn naming(mut self, name: &std::path::Path) -> Self {
+        match &mut self {
+            Self::Io { path, .. }
+            | Self::Empty { path }
+            | Self::NotNetcdf { path, .. }
+            | Self::Nc3Header { path, .. }
+            | Self::Truncated { path, .. }
+            | Self::Netcdf { path, .. }
+            | Self::Hdf5 { path, .. }
+            | Self::Unsupported { path, .. } => *path = name.into(),
+        }
+        self
+    }
+}

@@ -48,20 +48,25 @@ pub struct IndexOptions {
     pub view: hdf::View,
 }
 
-/// Tells the format from the first bytes of a file. HDF5 files may start with a user block
-/// (512, 1024, … bytes), so the signature is also looked for at powers of two.
+/// Tells the format from the first bytes of a file.
 pub fn sniff(file: &dyn nc3::ReadAt, size: u64) -> std::io::Result<Option<SourceFormat>> {
     let mut head = vec![0u8; size.min(8) as usize];
     file.read_exact_at(&mut head, 0)?;
     if let Some(v) = nc3::header::sniff(&head) {
         return Ok(Some(nc3::format_of(v)));
     }
+    Ok(hdf5_signature(file, size)?.map(|_| SourceFormat::Hdf5))
+}
+
+/// Where the HDF5 signature is. HDF5 files may start with a user block (512, 1024, … bytes),
+/// so it is looked for at 0 and at powers of two from 512.
+fn hdf5_signature(file: &dyn nc3::ReadAt, size: u64) -> std::io::Result<Option<u64>> {
     let mut at = 0u64;
     while at + 8 <= size {
         let mut sig = [0u8; 8];
         file.read_exact_at(&mut sig, at)?;
         if &sig == HDF5_MAGIC {
-            return Ok(Some(SourceFormat::Hdf5));
+            return Ok(Some(at));
         }
         at = if at == 0 { 512 } else { at * 2 };
     }
@@ -91,28 +96,33 @@ pub fn index_file(path: &Path, options: &IndexOptions) -> Result<ReferenceSet, I
 }
 
 /// Indexes the remote object `url` (under a `[[remote]]` prefix of `remote`) by ranged reads,
-/// without downloading it: NetCDF-3 from its header, giving the references a local copy gives
-/// (with the object's URL), fingerprinted with its size, `Last-Modified` and `ETag`.
-/// NetCDF-4/HDF5 is refused: its indexer reads through netCDF-C and libhdf5, which open local
-/// files only.
-pub fn index_remote(url: &str, remote: &zarrgate_remote::Remote) -> Result<ReferenceSet, IndexError> {
+/// without downloading it, into the references a local copy gives (with the object's URL),
+/// fingerprinted with its size, `Last-Modified` and `ETag`. NetCDF-3 is read from its header;
+/// NetCDF-4/HDF5 through netCDF-C and libhdf5, whose reads a driver of ours serves from the
+/// object ([`hdf::remote_vfd`]).
+pub fn index_remote(url: &str, remote: &zarrgate_remote::Remote, view: hdf::View) -> Result<ReferenceSet, IndexError> {
     let path = Path::new(url);
-    let io = |e: zarrgate_remote::RemoteError| IndexError::Io { path: path.into(), source: std::io::Error::other(e) };
-    let fingerprint = remote.stat(url).map_err(io)?;
+    let io = |source: std::io::Error| IndexError::Io { path: path.into(), source };
+    let fingerprint = remote.stat(url).map_err(|e| io(std::io::Error::other(e)))?;
     if fingerprint.size == 0 {
         return Err(IndexError::Empty { path: path.into() });
     }
     let object = RemoteObject { remote, url, fingerprint };
     let size = fingerprint.size;
     let format = sniff(&object, size)
-        .map_err(|source| IndexError::Io { path: path.into(), source })?
+        .map_err(io)?
         .ok_or_else(|| IndexError::NotNetcdf { path: path.into(), magic: describe_magic(&object, size) })?;
-    if format == SourceFormat::Hdf5 {
-        let why = "NetCDF-4/HDF5 objects are not indexed by ranged reads yet: make their references with \
-                   kerchunk (which reads by range) and import them (docs/remote.md)";
-        return Err(IndexError::Unsupported { path: path.into(), object: "the object".into(), why: why.into() });
-    }
-    let builder = nc3::translate(&object, path, size, url)?;
+    let builder = if format == SourceFormat::Hdf5 {
+        let signature = hdf5_signature(&object, size).map_err(io)?.unwrap_or(0);
+        let mut head = vec![0u8; signature as usize + 8];
+        nc3::ReadAt::read_exact_at(&object, &mut head, 0).map_err(io)?;
+        let translated = hdf::remote_vfd::with_standin(remote, url, fingerprint, &head, |standin| {
+            hdf::translate(standin, url, view).map_err(|e| e.naming(path))
+        });
+        translated.map_err(|e| io(std::io::Error::other(e)))??
+    } else {
+        nc3::translate(&object, path, size, url)?
+    };
     let source = SourceInfo { path: url.into(), fingerprint };
     Ok(builder.finish(source, format))
 }

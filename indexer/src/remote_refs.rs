@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use zarrgate_remote::Remote;
 
 use crate::import::SUFFIX;
-use crate::tree::has_data_extension;
+use crate::tree::{has_data_extension, FileIndexer};
 
 /// What indexing a prefix did.
 #[derive(Debug, Default)]
@@ -21,8 +21,9 @@ pub struct Written {
 
 /// Indexes every object under `prefix` (a URL ending in '/') whose name has a NetCDF or HDF5
 /// extension into `out`: the object `PREFIX/a/b.nc` becomes `out/a/b.nc.kerchunk.json`, so
-/// that the tree serves it as `a/b.nc`, the name a local copy would have.
-pub fn index_prefix(prefix: &str, remote: &Remote, out: &Path) -> Result<Written, String> {
+/// that the tree serves it as `a/b.nc`, the name a local copy would have. `index` indexes one
+/// object, given its URL as the path (in a worker process, as local files are).
+pub fn index_prefix(prefix: &str, remote: &Remote, index: &dyn FileIndexer, out: &Path) -> Result<Written, String> {
     if !prefix.ends_with('/') {
         return Err(format!("{prefix}: a prefix ends with '/'"));
     }
@@ -33,7 +34,7 @@ pub fn index_prefix(prefix: &str, remote: &Remote, out: &Path) -> Result<Written
         if !has_data_extension(Path::new(rel)) {
             continue;
         }
-        match crate::index_remote(&url, remote) {
+        match index.index(Path::new(&url), None) {
             Ok(set) => {
                 let file = out.join(format!("{rel}{SUFFIX}"));
                 if let Some(dir) = file.parent() {
@@ -42,7 +43,7 @@ pub fn index_prefix(prefix: &str, remote: &Remote, out: &Path) -> Result<Written
                 std::fs::write(&file, set.to_json_bytes()).map_err(|e| format!("{}: {e}", file.display()))?;
                 written.files.push(file);
             }
-            Err(e) => written.failed.push((url.clone(), zarrgate_core::error_chain(&e))),
+            Err(why) => written.failed.push((url.clone(), why)),
         }
     }
     Ok(written)

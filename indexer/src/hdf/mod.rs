@@ -16,6 +16,7 @@ mod h5attrs;
 pub mod h5model;
 pub mod model;
 mod raw_attr;
+pub mod remote_vfd;
 pub mod storage;
 
 use std::path::Path;

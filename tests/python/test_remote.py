@@ -464,6 +464,34 @@ def test_indexed_objects_pass_the_fidelity_suite_through_the_gateway(remote, gw)
         assert result.ok, result.summary()
 
 
+def test_malformed_or_unreachable_objects_fail_as_their_local_copies_do(remote):
+    """Every malformed fixture (corrupt B-tree and superblock, truncated NetCDF-4 and NetCDF-3,
+    not NetCDF, empty) indexed over HTTP fails with the local copy's error, naming the URL, and
+    exit status 1; a server answering 500 gives an error naming the object, and the same
+    command succeeds once it is back."""
+    bad = REPO / "fixtures" / "data" / "bad"
+    (remote.files / "bad").mkdir(exist_ok=True)
+    sources = remote.tmp / "sources.toml"
+    index = [*zarrgate_bin(), "index", "--remote-config", str(sources), "-o", "-"]
+    for path in sorted(bad.iterdir()):
+        shutil.copy2(path, remote.files / "bad" / path.name)
+        url = f"{remote.http.endpoint}/bad/{path.name}"
+        got = subprocess.run([*index, url], capture_output=True, text=True, timeout=300)
+        local = subprocess.run([*index, str(path)], capture_output=True, text=True, timeout=300)
+        assert got.returncode == local.returncode == 1, (path.name, got.stderr)
+        assert got.stderr.replace(url, str(path)) == local.stderr, (got.stderr, local.stderr)
+    url = f"{remote.http.endpoint}/cal_noleap.nc"
+    remote.fail_flag.touch()
+    try:
+        failed = subprocess.run([*index, url], capture_output=True, text=True, timeout=300)
+    finally:
+        remote.fail_flag.unlink()
+    assert failed.returncode == 1 and url in failed.stderr and not failed.stdout, failed.stderr
+    again = subprocess.run([*index, url], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["refs"] == remote.cases["indexed-http/cal_noleap.nc"][0]["refs"]
+
+
 def test_references_zarrgate_made_refuse_an_object_changed_since(remote, tmp_path):
     """`zarrgate index URL` records the object's fingerprint in its references: an object
     replaced between then and the tree's import is refused, never served through references

@@ -507,7 +507,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 let remote = remote_from(&file)?;
                 let isolated = isolate::Isolated::new(Duration::from_secs(file_timeout))?.reading_remote(&file);
-                return index_remote(&target, &remote, &isolated, output.as_deref());
+                let jobs = jobs.unwrap_or_else(cpus);
+                return index_remote(&target, &remote, &isolated, output.as_deref(), jobs);
             }
             if path.is_dir() {
                 let Some(out) = out else { bail!("indexing a directory needs --out CATALOG_DIR") };
@@ -638,12 +639,13 @@ fn remote_from(file: &Path) -> anyhow::Result<zarrgate_remote::Remote> {
 /// A remote object indexed by ranged reads into Kerchunk JSON (`-o FILE`, or standard
 /// output); or every object under a prefix (ending in '/') into reference files under
 /// `-o DIR`, for a data tree to import. Each object is indexed by `isolated`, in a worker
-/// process, as local files are.
+/// process, as local files are; `jobs` at once under a prefix.
 fn index_remote(
     target: &str,
     remote: &zarrgate_remote::Remote,
     isolated: &isolate::Isolated,
     output: Option<&Path>,
+    jobs: usize,
 ) -> anyhow::Result<ExitCode> {
     if !target.ends_with('/') {
         let set = isolated.index(Path::new(target), None).map_err(anyhow::Error::msg)?;
@@ -651,7 +653,7 @@ fn index_remote(
     }
     let Some(out) = output else { bail!("indexing the objects under {target} needs -o DIR for their reference files") };
     let written =
-        zarrgate_indexer::remote_refs::index_prefix(target, remote, isolated, out).map_err(anyhow::Error::msg)?;
+        zarrgate_indexer::remote_refs::index_prefix(target, remote, isolated, out, jobs).map_err(anyhow::Error::msg)?;
     for (url, why) in &written.failed {
         eprintln!("failed: {url}: {why}");
     }

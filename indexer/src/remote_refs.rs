@@ -4,7 +4,7 @@
 //! object answering 503). The objects are never downloaded: see [`crate::index_remote`].
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use zarrgate_remote::Remote;
@@ -43,12 +43,17 @@ pub fn index_prefix(
         .filter(|u| has_data_extension(Path::new(u)))
         .collect();
     let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
     let done = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..jobs.clamp(1, urls.len().max(1)) {
             scope.spawn(|| {
                 while let Some(url) = urls.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
                     let outcome = one(url, &url[prefix.len()..], index, out);
+                    stop.fetch_or(matches!(outcome, Outcome::CannotWrite(_)), Ordering::Relaxed);
                     done.lock().unwrap_or_else(|p| p.into_inner()).push((url.clone(), outcome));
                 }
             });
@@ -71,7 +76,8 @@ enum Outcome {
     Written(PathBuf),
     /// The object could not be indexed.
     Failed(String),
-    /// Its reference file could not be written: the run stops.
+    /// Its reference file could not be written: no further object is started, and the run
+    /// fails.
     CannotWrite(String),
 }
 

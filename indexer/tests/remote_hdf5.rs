@@ -7,15 +7,16 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use zarrgate_indexer::{hdf::View, index_file, index_remote, IndexOptions};
-use zarrgate_remote::{PrefixConfig, Remote, Settings};
+use zarrgate_remote::{CacheConfig, PrefixConfig, Remote, Settings};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/data/good").join(name)
 }
 
 /// An HTTP server on 127.0.0.1 for the files of `dir`, answering HEAD and ranged GET (as
-/// nginx does, with Last-Modified and ETag), one connection at a time.
-fn serve(dir: PathBuf) -> String {
+/// nginx does, with Last-Modified and ETag), one connection at a time. With `fail_above`,
+/// GETs of more bytes than that answer 500.
+fn serve(dir: PathBuf, fail_above: Option<usize>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -43,6 +44,11 @@ fn serve(dir: PathBuf) -> String {
             };
             let common = "Last-Modified: Tue, 08 Dec 2026 00:00:00 GMT\r\nETag: \"v1\"\r\nAccept-Ranges: bytes\r\n\
                           Connection: close\r\n";
+            if fail_above.is_some_and(|n| range.is_none_or(|(a, b)| b - a + 1 > n)) && method == "GET" {
+                out.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                continue;
+            }
             let (status, slice) = match range {
                 Some((a, b)) => {
                     let b = b.min(body.len() - 1);
@@ -63,7 +69,7 @@ fn serve(dir: PathBuf) -> String {
 #[test]
 fn a_remote_netcdf4_object_gives_the_references_of_its_local_copy() {
     let dir = fixture("");
-    let endpoint = serve(dir.clone());
+    let endpoint = serve(dir, None);
     let settings = Settings {
         remote: vec![PrefixConfig { prefix: format!("{endpoint}/"), options: Default::default() }],
         ..Default::default()
@@ -85,4 +91,19 @@ fn a_remote_netcdf4_object_gives_the_references_of_its_local_copy() {
     // A missing object is an error naming it, not a crash.
     let missing = index_remote(&format!("{endpoint}/none.nc"), &remote, View::Netcdf).unwrap_err();
     assert!(zarrgate_core::error_chain(&missing).contains("none.nc"), "{missing}");
+}
+
+#[test]
+fn a_server_failing_during_the_translation_is_the_objects_error_not_hdf5s() {
+    // The sniffing reads (8 bytes) succeed; HDF5's first block read gets 500.
+    let endpoint = serve(fixture(""), Some(64));
+    let settings = Settings {
+        remote: vec![PrefixConfig { prefix: format!("{endpoint}/"), options: Default::default() }],
+        remote_cache: CacheConfig { retries: 0, ..Default::default() },
+    };
+    let remote = Remote::new(&settings).unwrap();
+    let url = format!("{endpoint}/cal_noleap.nc");
+    let chain = zarrgate_core::error_chain(&index_remote(&url, &remote, View::Netcdf).unwrap_err());
+    assert!(chain.contains(&format!("{url} cannot be read now")), "{chain}");
+    assert!(!chain.contains("HDF5 cannot") && !chain.contains("netCDF-C cannot"), "{chain}");
 }

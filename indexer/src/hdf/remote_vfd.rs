@@ -10,18 +10,28 @@
 //!   crate both use it. HDF5 takes its default driver from `HDF5_DRIVER`; its package
 //!   function `H5P__facc_set_def_driver` reads that variable again, and is called with the
 //!   variable set to this driver's name, then to what it was before (`sec2` if unset);
-//! - serves every read HDF5 makes of the stand-in's name from the object, by ranged reads
-//!   (small reads become cached block reads), each checked against the object's
-//!   fingerprint. HDF5 never reads the stand-in's own bytes.
+//! - serves every read HDF5 makes of the stand-in's name through the driver from the object,
+//!   by ranged reads (small reads become cached block reads), each checked against the
+//!   object's fingerprint. netCDF-C's own probes of the name (the magic number by stdio, and
+//!   `H5Fis_accessible` with sec2, which looks for the signature) find the first bytes in
+//!   place; nothing reads the rest of the stand-in.
 //!
 //! All of it happens under the one lock that serializes libhdf5 and libnetcdf, so no other
 //! thread opens a file while the default is ours. The driver opens nothing but registered
-//! stand-ins, read-only.
+//! stand-ins, read-only. A file that HDF5 leaves open after a translation (netCDF-C does,
+//! after refusing some files, with any driver) is never shared with a later window: `cmp`
+//! tells windows apart, so HDF5 never reads through it again.
+//!
+//! The switch sets an environment variable, which is not safe while another thread of the
+//! process reads the environment from C (`getenv`). It happens only between remote reads: the
+//! remote reader's runtime threads are then idle, and the callers are the indexing worker
+//! processes, which index one file at a time.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use hdf5_sys::h5::{haddr_t, herr_t, hsize_t};
@@ -69,7 +79,9 @@ pub fn with_standin<T>(
         file.as_file().write_all(head)?;
         let path = file.path().to_string_lossy().into_owned();
         let failure = Arc::new(Mutex::new(None));
-        let source = Source { remote, url: url.into(), fingerprint, failure: failure.clone() };
+        static WINDOWS: AtomicU64 = AtomicU64::new(0);
+        let window = WINDOWS.fetch_add(1, Ordering::Relaxed);
+        let source = Source { remote, url: url.into(), fingerprint, window, failure: failure.clone() };
         let _window = Window::open(driver, path.clone(), source)?;
         let out = f(file.path());
         let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -97,6 +109,8 @@ struct Source {
     remote: *const Remote,
     url: String,
     fingerprint: Fingerprint,
+    /// Which [`with_standin`] call registered it.
+    window: u64,
     failure: Arc<Mutex<Option<RemoteError>>>,
 }
 
@@ -119,7 +133,8 @@ struct Window {
 
 impl Window {
     fn open(driver: &'static str, path: String, source: Source) -> Result<Self, StandinError> {
-        let restore = std::env::var("HDF5_DRIVER").unwrap_or_else(|_| "sec2".into());
+        // HDF5 ignores an empty HDF5_DRIVER, as unset: its default is sec2.
+        let restore = std::env::var("HDF5_DRIVER").ok().filter(|d| !d.is_empty()).unwrap_or_else(|| "sec2".into());
         standins().get_or_insert_with(HashMap::new).insert(path.clone(), source);
         let window = Window { path, restore };
         set_default_driver(driver)?;
@@ -156,8 +171,8 @@ fn set_default_driver(name: &str) -> Result<(), StandinError> {
     Ok(())
 }
 
-/// Registers the driver once per process, after checking that the library's class layout is
-/// the one mirrored here.
+/// Registers the driver once per process. Libraries older than 1.14 are refused: their class
+/// struct has another layout than the one mirrored here.
 fn registered() -> Result<&'static str, StandinError> {
     static DRIVER: OnceLock<Result<(), String>> = OnceLock::new();
     let done = DRIVER.get_or_init(|| {
@@ -321,9 +336,10 @@ unsafe extern "C" fn close(f: *mut Public) -> herr_t {
     0
 }
 
+/// Two opens are the same file only within one window.
 unsafe extern "C" fn cmp(a: *const Public, b: *const Public) -> c_int {
-    let (a, b) = unsafe { (file(a), file(b)) };
-    a.source.url.cmp(&b.source.url) as c_int
+    let (a, b) = unsafe { (&file(a).source, &file(b).source) };
+    (a.window, &a.url).cmp(&(b.window, &b.url)) as c_int
 }
 
 unsafe extern "C" fn query(_f: *const Public, flags: *mut c_ulong) -> herr_t {

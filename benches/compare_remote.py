@@ -79,11 +79,9 @@ def main() -> None:
     procs = []
     try:
         moto.create_bucket(ARCHIVE)
-        import boto3
         from kerchunk.hdf import SingleHdf5ToZarr
 
-        boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1", aws_access_key_id="test",
-                     aws_secret_access_key="test").upload_file(str(data / "chunks.nc"), ARCHIVE, KEY)
+        moto.client().upload_file(str(data / "chunks.nc"), ARCHIVE, KEY)
         so = {"key": "test", "secret": "test", "endpoint_url": moto.endpoint,
               "client_kwargs": {"region_name": "us-east-1"}}
         refs = {"s3": SingleHdf5ToZarr(f"s3://{ARCHIVE}/{KEY}", storage_options=so, inline_threshold=0).translate(),
@@ -106,10 +104,7 @@ dir = "{work / 'ops'}"
 bucket = "bench"
 data = "{tree}"
 catalog = "{work / name}"
-[[remote]]
-prefix = "s3://{ARCHIVE}/"
-options = {{ aws_endpoint = "{moto.endpoint}", aws_allow_http = "true", aws_region = "us-east-1", aws_access_key_id = "test", aws_secret_access_key = "test" }}
-[[remote]]
+{moto.remote_table(ARCHIVE)}[[remote]]
 prefix = "{nginx.endpoint}/"
 [remote_cache]
 cache_bytes = {cache}

@@ -90,21 +90,16 @@ def main() -> None:
     nginx = start_file_server(data, work / "nginx")
     moto = start_moto()
     try:
-        import boto3
         import fsspec
         import requests
 
         moto.create_bucket(ARCHIVE)
-        s3 = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1", aws_access_key_id="test",
-                          aws_secret_access_key="test")
+        s3 = moto.client()
         for name in FILES.values():
             s3.upload_file(str(data / name), ARCHIVE, name)
         sources = work / "sources.toml"
         sources.write_text(f"""
-[[remote]]
-prefix = "s3://{ARCHIVE}/"
-options = {{ aws_endpoint = "{moto.endpoint}", aws_allow_http = "true", aws_region = "us-east-1", aws_access_key_id = "test", aws_secret_access_key = "test" }}
-[[remote]]
+{moto.remote_table(ARCHIVE)}[[remote]]
 prefix = "{nginx.endpoint}/"
 """)
         local = work / "copy.nc"

@@ -260,11 +260,22 @@ class Moto:
             self.proc.terminate()
             self.proc.wait(timeout=20)
 
-    def create_bucket(self, name: str) -> None:
+    def client(self):
+        """A boto3 S3 client of the server (moto takes any credentials)."""
         import boto3
 
-        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="test",
-                     aws_secret_access_key="test").create_bucket(Bucket=name)
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="test",
+                            aws_secret_access_key="test")
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+    def remote_table(self, bucket: str) -> str:
+        """The `[[remote]]` table (zarrgate's config) that lets zarrgate read `s3://BUCKET/`."""
+        return f"""[[remote]]
+prefix = "s3://{bucket}/"
+options = {{ aws_endpoint = "{self.endpoint}", aws_allow_http = "true", aws_region = "us-east-1", aws_access_key_id = "test", aws_secret_access_key = "test" }}
+"""
 
 
 def start_moto() -> Moto:

@@ -94,10 +94,7 @@ class Remote:
     def remote_tables(self) -> str:
         """The `[[remote]]` tables of the servers (for the gateway and for `zarrgate index`)."""
         return f"""
-[[remote]]
-prefix = "s3://{ARCHIVE}/"
-options = {{ aws_endpoint = "{self.moto.endpoint}", aws_allow_http = "true", aws_region = "us-east-1", aws_access_key_id = "test", aws_secret_access_key = "test" }}
-[[remote]]
+{self.moto.remote_table(ARCHIVE)}[[remote]]
 prefix = "{self.http.endpoint}/"
 """
 
@@ -182,10 +179,7 @@ prefix = "{self.http.endpoint}/"
             self.cases[f"parquet/{stem}"] = (str(out), options)
 
     def s3(self):
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.moto.endpoint, region_name="us-east-1",
-                            aws_access_key_id="test", aws_secret_access_key="test")
+        return self.moto.client()
 
     def add(self, path: Path) -> None:
         name = path.name

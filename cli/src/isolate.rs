@@ -122,10 +122,14 @@ impl Isolated {
         self
     }
 
+    fn start_worker(&self) -> Result<Worker, String> {
+        Worker::start(&self.exe, self.remote_config.as_deref())
+    }
+
     fn take(&self) -> Result<Worker, String> {
         match self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             Some(w) => Ok(w),
-            None => Worker::start(&self.exe, self.remote_config.as_deref()),
+            None => self.start_worker(),
         }
     }
 
@@ -156,7 +160,7 @@ impl Isolated {
         worker.stderr.lock().unwrap_or_else(|p| p.into_inner()).clear();
         if worker.send(path, url.as_deref(), view).is_err() {
             // An idle worker that died since its last file: start afresh once.
-            worker = Worker::start(&self.exe, self.remote_config.as_deref()).map_err(Failure::Error)?;
+            worker = self.start_worker().map_err(Failure::Error)?;
             worker
                 .send(path, url.as_deref(), view)
                 .map_err(|e| Failure::Error(format!("cannot reach an indexing worker: {e}")))?;

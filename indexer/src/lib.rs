@@ -50,23 +50,27 @@ pub struct IndexOptions {
 
 /// Tells the format from the first bytes of a file.
 pub fn sniff(file: &dyn nc3::ReadAt, size: u64) -> std::io::Result<Option<SourceFormat>> {
+    Ok(sniff_at(file, size)?.map(|(format, _)| format))
+}
+
+/// The format, and where its signature ends: HDF5 files may start with a user block (512,
+/// 1024, … bytes), so the HDF5 signature is looked for at 0 and at powers of two from 512.
+fn sniff_at(file: &dyn nc3::ReadAt, size: u64) -> std::io::Result<Option<(SourceFormat, u64)>> {
     let mut head = vec![0u8; size.min(8) as usize];
     file.read_exact_at(&mut head, 0)?;
     if let Some(v) = nc3::header::sniff(&head) {
-        return Ok(Some(nc3::format_of(v)));
+        return Ok(Some((nc3::format_of(v), 4)));
     }
-    Ok(hdf5_signature(file, size)?.map(|_| SourceFormat::Hdf5))
-}
-
-/// Where the HDF5 signature is. HDF5 files may start with a user block (512, 1024, … bytes),
-/// so it is looked for at 0 and at powers of two from 512.
-fn hdf5_signature(file: &dyn nc3::ReadAt, size: u64) -> std::io::Result<Option<u64>> {
     let mut at = 0u64;
     while at + 8 <= size {
         let mut sig = [0u8; 8];
-        file.read_exact_at(&mut sig, at)?;
+        if at == 0 {
+            sig.copy_from_slice(&head);
+        } else {
+            file.read_exact_at(&mut sig, at)?;
+        }
         if &sig == HDF5_MAGIC {
-            return Ok(Some(at));
+            return Ok(Some((SourceFormat::Hdf5, at + 8)));
         }
         at = if at == 0 { 512 } else { at * 2 };
     }
@@ -109,12 +113,11 @@ pub fn index_remote(url: &str, remote: &zarrgate_remote::Remote, view: hdf::View
     }
     let object = RemoteObject { remote, url, fingerprint };
     let size = fingerprint.size;
-    let format = sniff(&object, size)
+    let (format, signature_end) = sniff_at(&object, size)
         .map_err(io)?
         .ok_or_else(|| IndexError::NotNetcdf { path: path.into(), magic: describe_magic(&object, size) })?;
     let builder = if format == SourceFormat::Hdf5 {
-        let signature = hdf5_signature(&object, size).map_err(io)?.unwrap_or(0);
-        let mut head = vec![0u8; signature as usize + 8];
+        let mut head = vec![0u8; signature_end as usize];
         nc3::ReadAt::read_exact_at(&object, &mut head, 0).map_err(io)?;
         let translated = hdf::remote_vfd::with_standin(remote, url, fingerprint, &head, |standin| {
             hdf::translate(standin, url, view).map_err(|e| e.naming(path))

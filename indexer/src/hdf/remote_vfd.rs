@@ -27,7 +27,6 @@
 //! remote reader's runtime threads are then idle, and the callers are the indexing worker
 //! processes, which index one file at a time.
 
-use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};
 use std::io::Write;
 use std::path::Path;
@@ -82,7 +81,7 @@ pub fn with_standin<T>(
         static WINDOWS: AtomicU64 = AtomicU64::new(0);
         let window = WINDOWS.fetch_add(1, Ordering::Relaxed);
         let source = Source { remote, url: url.into(), fingerprint, window, failure: failure.clone() };
-        let _window = Window::open(driver, path.clone(), source)?;
+        let _window = Window::open(driver, path, source)?;
         let out = f(file.path());
         let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
         match failed {
@@ -117,17 +116,17 @@ struct Source {
 // SAFETY: `remote` points to a `Remote` (which is Sync) that outlives the registration.
 unsafe impl Send for Source {}
 
-/// Stand-in paths and their sources, while their window is open.
-static STANDINS: Mutex<Option<HashMap<String, Source>>> = Mutex::new(None);
+/// The stand-in's path and its source while its window is open. Windows never overlap (each
+/// holds HDF5's lock), so there is at most one.
+static STANDIN: Mutex<Option<(String, Source)>> = Mutex::new(None);
 
-fn standins() -> std::sync::MutexGuard<'static, Option<HashMap<String, Source>>> {
-    STANDINS.lock().unwrap_or_else(|p| p.into_inner())
+fn standin() -> std::sync::MutexGuard<'static, Option<(String, Source)>> {
+    STANDIN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The span in which a stand-in is registered and the driver is HDF5's default. Closing it
 /// (on drop, also when unwinding) puts the previous default back.
 struct Window {
-    path: String,
     restore: String,
 }
 
@@ -135,8 +134,8 @@ impl Window {
     fn open(driver: &'static str, path: String, source: Source) -> Result<Self, StandinError> {
         // HDF5 ignores an empty HDF5_DRIVER, as unset: its default is sec2.
         let restore = std::env::var("HDF5_DRIVER").ok().filter(|d| !d.is_empty()).unwrap_or_else(|| "sec2".into());
-        standins().get_or_insert_with(HashMap::new).insert(path.clone(), source);
-        let window = Window { path, restore };
+        *standin() = Some((path, source));
+        let window = Window { restore };
         set_default_driver(driver)?;
         Ok(window)
     }
@@ -144,9 +143,7 @@ impl Window {
 
 impl Drop for Window {
     fn drop(&mut self) {
-        if let Some(map) = standins().as_mut() {
-            map.remove(&self.path);
-        }
+        *standin() = None;
         // Failing to put sec2 back would leave later local opens refused by this driver,
         // never served wrong bytes; there is nothing better to do with the error here.
         let _ = set_default_driver(&self.restore);
@@ -317,7 +314,8 @@ unsafe extern "C" fn open(name: *const c_char, flags: c_uint, _fapl: hid_t, _max
     }
     // SAFETY: HDF5 passes a NUL-terminated name.
     let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
-    let Some(source) = standins().as_ref().and_then(|m| m.get(name.as_ref()).cloned()) else {
+    let found = standin().as_ref().filter(|(path, _)| *path == name).map(|(_, source)| source.clone());
+    let Some(source) = found else {
         return std::ptr::null_mut();
     };
     // SAFETY: Public is plain integers, pointers and a bool, for which zero is valid; HDF5
